@@ -1,0 +1,39 @@
+# segshards: `make shards` builds the default MNIST shard sets, `make test` runs the test suite.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+OUT     ?= shards
+JOBS    ?= 0
+
+.PHONY: install shards test lint typecheck bench train clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	# The CPU wheel of torch first: an unpinned requirement would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0 || $(BIN)/pip install -q "torch>=2.2" --index-url https://download.pytorch.org/whl/cpu
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+shards: $(STAMP)
+	$(BIN)/segshards build mnist-foreground --out $(OUT)/mnist-foreground --jobs $(JOBS)
+	$(BIN)/segshards build mnist-circle --out $(OUT)/mnist-circle --jobs $(JOBS)
+	$(BIN)/segshards build mnist-grid --out $(OUT)/mnist-grid --jobs $(JOBS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check writer loaders train tests bench
+	$(BIN)/ruff format --check writer loaders train tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy writer loaders
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(OUT) runs bench-out

@@ -1,0 +1,3 @@
+"""segshards writer: render recipes into deterministic, deduplicated WebDataset tar shards."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+"""`python -m writer` runs the segshards command line."""
+
+from writer.cli import run
+
+run()

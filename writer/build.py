@@ -1,0 +1,156 @@
+"""The build job: validate, plan centrally, render shards in parallel workers, write the manifest last."""
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+from tqdm import tqdm
+
+from writer import __version__
+from writer.atomic import atomic_write, remove_stale_temps
+from writer.errors import ConfigError, OutputError
+from writer.keys import HASH_ALGORITHM
+from writer.manifest import FORMAT, FORMAT_VERSION, MANIFEST, SAMPLE_LAYOUT, write_manifest
+from writer.plan import SplitPlan, plan_all, shard_tasks
+from writer.recipe import SPLITS, Recipe
+from writer.shards import ShardResult, ShardTask, run_shard_task
+
+MARKER = ".segshards-build.json"
+RUN_LOG = "build-log.json"
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """A resolved build: what goes into the manifest (`public`) plus how to run it."""
+
+    recipe: str
+    out: Path
+    counts: dict[str, int | None]
+    seed: int
+    shard_size: int
+    jobs: int
+    backend: str
+    options: dict[str, Any]  # recipe options as recorded in the manifest
+
+    def public(self) -> dict[str, Any]:
+        counts = {s: ("all" if n is None else n) for s, n in self.counts.items()}
+        return {"recipe": self.recipe, "seed": self.seed, "shard_size": self.shard_size, "counts": counts, **self.options}
+
+
+def validate(config: BuildConfig) -> None:
+    """Refuse impossible options with a message naming the option."""
+    for split, n in config.counts.items():
+        if n is not None and n < 0:
+            raise ConfigError(f"--{split} {n}: a sample count must be >= 0")
+    if config.shard_size < 1:
+        raise ConfigError(f"--shard-size {config.shard_size}: must be >= 1")
+    if config.jobs < 0:
+        raise ConfigError(f"--jobs {config.jobs}: must be >= 0 (0 = all cores)")
+    if not 0 <= config.seed < 2**63:
+        raise ConfigError(f"--seed {config.seed}: must be in 0..2**63-1")
+
+
+def claim_output(out: Path, public: dict[str, Any]) -> None:
+    """Make `out` ours for this config: refuse another set or foreign files, mark the build in progress."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (MANIFEST, MARKER):
+        path = out / name
+        if path.is_file():
+            found = json.loads(path.read_text()).get("config")
+            if found != public:
+                what = found.get("recipe", "?") if isinstance(found, dict) else "?"
+                raise OutputError(f"--out {out}: holds a {what} set built with other settings ({name}); "
+                                  "choose another folder or delete it")
+    visible = [p.name for p in out.iterdir() if not p.name.startswith(".")]
+    if visible and not (out / MANIFEST).is_file() and not (out / MARKER).is_file():
+        raise OutputError(f"--out {out}: not empty and holds no segshards set ({visible[0]} ...)")
+    atomic_write(out / MARKER, json.dumps({"config": public}, sort_keys=True).encode())
+    remove_stale_temps(out)
+
+
+def run_tasks(tasks: list[ShardTask], *, jobs: int, backend: str) -> Iterator[ShardResult]:
+    """Run shard tasks on joblib workers, yielding results as they complete."""
+    n_jobs = jobs or joblib.cpu_count()
+    if n_jobs == 1 or len(tasks) <= 1:
+        yield from map(run_shard_task, tasks)
+        return
+    parallel = joblib.Parallel(n_jobs=min(n_jobs, len(tasks)), backend=backend, return_as="generator_unordered")
+    yield from parallel(joblib.delayed(run_shard_task)(t) for t in tasks)
+
+
+def split_summary(plan: SplitPlan, results: list[ShardResult]) -> dict[str, Any]:
+    """The manifest entry of one split."""
+    pixels: dict[str, int] = {}
+    labels: dict[str, int] = {}
+    for r in results:
+        for cls, n in r.pixels.items():
+            pixels[str(cls)] = pixels.get(str(cls), 0) + n
+        for cls, n in r.labels.items():
+            labels[str(cls)] = labels.get(str(cls), 0) + n
+    return {
+        "count": sum(r.count for r in results),
+        "shards": [r.entry() for r in results],
+        "duplicates_rejected": plan.rejected,
+        "class_histogram": {"pixels": pixels, "labels": labels},
+    }
+
+
+def make_manifest(recipe: Recipe, spec: Any, config: BuildConfig, plans: list[SplitPlan],
+                  results: list[ShardResult]) -> dict[str, Any]:
+    """The complete, deterministic manifest of a build."""
+    info = recipe.describe(spec)
+    splits = {p.split: split_summary(p, [r for r in results if r.split == p.split]) for p in plans}
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "segshards_version": __version__,
+        "recipe": recipe.name,
+        "seed": config.seed,
+        "config": config.public(),
+        "source": {"kind": info.kind, "files": info.files, **info.extra},
+        "hash": {"algorithm": HASH_ALGORITHM, "of": "image pixels, uint8, C order"},
+        "sample": SAMPLE_LAYOUT,
+        "mask": {"dtype": "uint8", "num_classes": recipe.num_classes, "background": 0},
+        "splits": splits,
+        "duplicates_rejected": sum(p.rejected for p in plans),
+    }
+
+
+def build(recipe: Recipe, spec: Any, config: BuildConfig) -> dict[str, Any]:
+    """Build the shard set described by `config`; returns the manifest. Resumes an interrupted build."""
+    validate(config)
+    started = time.perf_counter()
+    plans, _ = plan_all(recipe, spec, config.counts, seed=config.seed)
+    claim_output(config.out, config.public())
+    tasks = shard_tasks(recipe, spec, str(config.out), plans, config.shard_size)
+    results: list[ShardResult] = []
+    total = sum(len(t.keys) for t in tasks)
+    with tqdm(total=total, unit="sample", unit_scale=True, desc=f"{recipe.name}", smoothing=0.1) as bar:
+        for result in run_tasks(tasks, jobs=config.jobs, backend=config.backend):
+            results.append(result)
+            bar.update(result.count)
+    order = {s: i for i, s in enumerate(SPLITS)}
+    results.sort(key=lambda r: (order.get(r.split, len(order)), r.split, r.index))
+    manifest = make_manifest(recipe, spec, config, plans, results)
+    write_manifest(config.out, manifest)
+    (config.out / MARKER).unlink(missing_ok=True)
+    elapsed = time.perf_counter() - started
+    log = {
+        "elapsed_s": round(elapsed, 3),
+        "jobs": config.jobs or joblib.cpu_count(),
+        "backend": config.backend,
+        "samples": total,
+        "samples_per_s": round(total / elapsed, 1) if elapsed else None,
+        "shards_written": sum(not r.reused for r in results),
+        "shards_reused": sum(r.reused for r in results),
+        "pid": os.getpid(),
+    }
+    atomic_write(config.out / RUN_LOG, json.dumps(log, indent=2, sort_keys=True).encode())
+    return manifest

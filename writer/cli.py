@@ -1,0 +1,107 @@
+"""The `segshards` command line: build, verify, preview, plus subcommands that other packages register."""
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from writer import __version__
+from writer.build import BuildConfig, build
+from writer.errors import SegshardsError
+from writer.preview import write_preview
+from writer.recipe import SPLITS
+from writer.recipes import RECIPES, get_recipe
+from writer.verify import verify_folder
+
+PLUGIN_GROUP = "segshards.commands"
+
+
+def build_parser(recipe_name: str | None) -> argparse.ArgumentParser:
+    """The argument parser; recipe-specific options are added once the recipe is known."""
+    parser = argparse.ArgumentParser(prog="segshards", description="Segmentation datasets as WebDataset shards.")
+    parser.add_argument("--version", action="version", version=f"segshards {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    b = sub.add_parser("build", help="render a recipe into shards")
+    b.add_argument("recipe", choices=sorted(RECIPES), metavar="RECIPE", help=", ".join(sorted(RECIPES)))
+    b.add_argument("--out", required=True, help="output folder")
+    for split in SPLITS:
+        b.add_argument(f"--{split}", type=int, default=None, metavar="N", help=f"{split} samples (default: recipe's)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--jobs", type=int, default=0, help="parallel workers (0 = all cores)")
+    b.add_argument("--shard-size", type=int, default=10_000, metavar="K", help="samples per shard")
+    b.add_argument("--backend", default="loky", help="joblib backend (loky, threading, dask)")
+    if recipe_name in RECIPES:
+        RECIPES[recipe_name].add_options(b)
+    v = sub.add_parser("verify", help="check a shard set against its manifest")
+    v.add_argument("folder")
+    p = sub.add_parser("preview", help="contact sheet of samples with masks overlaid")
+    p.add_argument("folder")
+    p.add_argument("-o", "--output", default="preview.png")
+    p.add_argument("--split", default="train")
+    p.add_argument("--count", type=int, default=64)
+    return parser
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    recipe = get_recipe(args.recipe)
+    defaults = recipe.default_counts()
+    counts = {s: getattr(args, s) if getattr(args, s) is not None else defaults[s] for s in SPLITS}
+    config = BuildConfig(recipe=recipe.name, out=Path(args.out), counts=counts, seed=args.seed,
+                         shard_size=args.shard_size, jobs=args.jobs, backend=args.backend,
+                         options=recipe.spec_config(args))
+    manifest = build(recipe, recipe.make_spec(args), config)
+    summary = ", ".join(f"{s} {info['count']:,}" for s, info in manifest["splits"].items())
+    print(f"{args.out}: {summary} samples; {manifest['duplicates_rejected']:,} duplicates rejected")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    problems, shards, samples = verify_folder(Path(args.folder))
+    for line in problems:
+        print(line, file=sys.stderr)
+    if problems:
+        print(f"{args.folder}: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"{args.folder}: ok, {shards} shards, {samples:,} samples, keys unique")
+    return 0
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    write_preview(Path(args.folder), Path(args.output), split=args.split, count=args.count)
+    print(f"wrote {args.output}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"build": cmd_build, "verify": cmd_verify,
+                                                            "preview": cmd_preview}
+
+
+def plugin(name: str) -> Callable[[list[str]], int] | None:
+    """A subcommand registered under the `segshards.commands` entry-point group, if any."""
+    for ep in entry_points(group=PLUGIN_GROUP):
+        if ep.name == name:
+            return ep.load()
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status. Only here do errors become exit codes."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in COMMANDS and (handler := plugin(argv[0])) is not None:
+        return handler(argv[1:])
+    recipe_name = argv[1] if len(argv) > 1 and argv[0] == "build" else None
+    args = build_parser(recipe_name).parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except SegshardsError as exc:
+        print(f"segshards: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("segshards: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""Exceptions of segshards; `cli.main` turns each into one line on stderr and a non-zero exit."""
+
+
+class SegshardsError(Exception):
+    """Base class: the message is a complete, one-line explanation for the user."""
+
+
+class SourceError(SegshardsError):
+    """A source file is missing, truncated, corrupt or inconsistent."""
+
+
+class ConfigError(SegshardsError):
+    """An option or configuration value breaks a rule."""
+
+
+class SupplyError(SegshardsError):
+    """The source cannot supply the requested number of unique samples."""
+
+
+class OutputError(SegshardsError):
+    """The output location cannot be used or written."""
+
+
+class ShardFormatError(SegshardsError):
+    """A shard or manifest does not follow the segshards format, or is unsafe to read."""

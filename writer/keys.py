@@ -1,0 +1,36 @@
+"""Content hashing: sample keys are the hex xxh3-128 of the rendered image's pixels."""
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import xxhash
+
+HASH_ALGORITHM = "xxh3_128"
+KEY_LENGTH = 32
+
+
+def pixel_key(image: np.ndarray) -> str:
+    """Key of an image: hex xxh3-128 of its C-ordered uint8 pixel bytes."""
+    if image.dtype != np.uint8:
+        raise TypeError(f"pixel_key expects uint8 pixels, got {image.dtype}")
+    return xxhash.xxh3_128_hexdigest(np.ascontiguousarray(image).data)
+
+
+def pixel_digest(image: np.ndarray) -> bytes:
+    """The 16-byte digest behind `pixel_key`, for compact dedup indexes."""
+    return xxhash.xxh3_128_digest(np.ascontiguousarray(image).data)
+
+
+def is_key(text: str) -> bool:
+    """True when `text` looks like a sample key (32 lowercase hex digits)."""
+    return len(text) == KEY_LENGTH and all(c in "0123456789abcdef" for c in text)
+
+
+def file_digest(path: Path, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
+    """Hex digest of a file's bytes (`sha256` or `md5`), read in chunks."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,96 @@
+"""The manifest schema: build it deterministically, write it last, and read others' manifests safely."""
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from writer.atomic import atomic_write
+from writer.errors import ShardFormatError
+from writer.keys import HASH_ALGORITHM
+from writer.recipe import SPLITS
+
+MANIFEST = "manifest.json"
+FORMAT = "segshards"
+FORMAT_VERSION = 1
+SAMPLE_LAYOUT = {"image": "png", "mask": "mask.png", "meta": "json"}
+SHARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*\.tar")
+
+
+def dumps(manifest: dict[str, Any]) -> bytes:
+    """Canonical manifest bytes: sorted keys, two-space indent, trailing newline."""
+    return (json.dumps(manifest, sort_keys=True, indent=2) + "\n").encode("utf-8")
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """Atomically write `folder/manifest.json`."""
+    atomic_write(folder / MANIFEST, dumps(manifest))
+
+
+def _require(mapping: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if not isinstance(mapping, dict) or key not in mapping:
+        raise ShardFormatError(f"{where}: missing field {key!r}")
+    value = mapping[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ShardFormatError(f"{where}: field {key!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def check_shard_entry(entry: Any, where: str) -> None:
+    """Refuse a shard entry whose name is not a plain `*.tar` file name or whose fields are malformed."""
+    name = _require(entry, "name", str, where)
+    if not SHARD_NAME.fullmatch(name):
+        raise ShardFormatError(f"{where}: shard name {name!r} is not a plain file name")
+    for key in ("count", "bytes"):
+        if _require(entry, key, int, where) < 0:
+            raise ShardFormatError(f"{where}: shard {name} has negative {key}")
+    if not re.fullmatch(r"[0-9a-f]{64}", _require(entry, "sha256", str, where)):
+        raise ShardFormatError(f"{where}: shard {name} has a malformed sha256")
+
+
+def parse_manifest(text: str | bytes, where: str) -> dict[str, Any]:
+    """Parse and validate manifest JSON; `where` names it in errors."""
+    try:
+        manifest = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ShardFormatError(f"{where}: not valid JSON ({exc})") from exc
+    if _require(manifest, "format", str, where) != FORMAT:
+        raise ShardFormatError(f"{where}: not a segshards manifest")
+    version = _require(manifest, "format_version", int, where)
+    if version > FORMAT_VERSION:
+        raise ShardFormatError(f"{where}: format_version {version} is newer than this segshards ({FORMAT_VERSION})")
+    _require(manifest, "recipe", str, where)
+    splits = _require(manifest, "splits", dict, where)
+    for split, info in splits.items():
+        _require(info, "count", int, f"{where}: splits.{split}")
+        entries = _require(info, "shards", list, f"{where}: splits.{split}")
+        for i, entry in enumerate(entries):
+            check_shard_entry(entry, f"{where}: splits.{split}.shards[{i}]")
+        if sum(e["count"] for e in entries) != info["count"]:
+            raise ShardFormatError(f"{where}: splits.{split}.count disagrees with its shards")
+    return manifest
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """Read and validate `folder/manifest.json`."""
+    path = folder / MANIFEST
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        raise ShardFormatError(f"{path}: no manifest (not a finished segshards set)") from None
+    return parse_manifest(text, str(path))
+
+
+def split_names(manifest: dict[str, Any]) -> list[str]:
+    """The manifest's splits in canonical order."""
+    return [s for s in SPLITS if s in manifest["splits"]] + sorted(set(manifest["splits"]) - set(SPLITS))
+
+
+def shard_entries(manifest: dict[str, Any], split: str) -> list[dict[str, Any]]:
+    """The shard entries of `split`, or an error naming the splits that exist."""
+    if split not in manifest["splits"]:
+        raise ShardFormatError(f"split {split!r} not in manifest (has {', '.join(split_names(manifest))})")
+    return list(manifest["splits"][split]["shards"])
+
+
+__all__ = ["HASH_ALGORITHM", "MANIFEST", "SAMPLE_LAYOUT", "parse_manifest", "read_manifest", "write_manifest"]

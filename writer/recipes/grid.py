@@ -1,0 +1,50 @@
+"""mnist-grid: four digits of one split composed into a 56x56 2x2 image with a per-pixel class mask."""
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from writer.recipe import Candidates, Rendered
+from writer.recipes.digits import DigitsSourceMixin, DigitsSpec, load_digits, row_digests, source_ref, split_pool
+
+BATCH = 1 << 15
+
+
+def compose(tiles: np.ndarray) -> np.ndarray:
+    """(B, 4, h, w) tiles, row-major, into (B, 2h, 2w) images."""
+    b, _, h, w = tiles.shape
+    return tiles.reshape(b, 2, 2, h, w).transpose(0, 1, 3, 2, 4).reshape(b, 2 * h, 2 * w)
+
+
+class GridRecipe(DigitsSourceMixin):
+    """Image: digits [a b; c d]. Mask: 0 background, d+1 on the Otsu foreground of digit d."""
+
+    name = "mnist-grid"
+    num_classes = 11
+
+    def default_counts(self) -> dict[str, int | None]:
+        return {"train": 250_000, "val": 10_000, "test": 10_000}
+
+    def candidates(self, spec: DigitsSpec, split: str, rng: np.random.Generator) -> Iterator[Candidates]:
+        digits = load_digits(spec)
+        pool = split_pool(digits, split)
+        if len(pool) == 0:
+            return
+        while True:
+            items = pool[rng.integers(0, len(pool), size=(BATCH, 4))]
+            yield Candidates(items=items, digests=row_digests(compose(digits.images[items])))
+
+    def render(self, spec: DigitsSpec, item: np.ndarray) -> Rendered:
+        digits = load_digits(spec)
+        image = compose(digits.images[item][None])[0]
+        classes = (digits.labels[item] + 1).astype(np.uint8)
+        mask = compose((digits.masks[item] * classes[:, None, None])[None])[0]
+        meta = {
+            "digits": [int(d) for d in digits.labels[item]],
+            "sources": [source_ref(digits, int(i)) for i in item],
+        }
+        return Rendered(image=image, mask=mask, meta=meta)
+
+    def labels(self, meta: dict[str, Any]) -> list[int]:
+        return [int(d) for d in meta["digits"]]

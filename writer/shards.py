@@ -1,0 +1,111 @@
+"""Shard tasks: render a planned list of samples into one tar shard, or account for one already written."""
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from writer.atomic import atomic_write
+from writer.encode import decode_image, sample_members
+from writer.errors import ShardFormatError
+from writer.recipes import get_recipe
+from writer.tarformat import iter_samples, tar_bytes
+
+
+def shard_name(split: str, index: int) -> str:
+    """Deterministic, zero-padded shard file name."""
+    return f"{split}-{index:06d}.tar"
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """Everything a worker needs to produce one shard; small and picklable."""
+
+    recipe: str
+    spec: Any
+    out_dir: str
+    split: str
+    index: int
+    items: np.ndarray  # (n, k) source record indices, in sample order
+    keys: tuple[str, ...]  # the planned key of each sample
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.split, self.index)
+
+
+@dataclass
+class ShardResult:
+    """What the manifest needs from a finished shard, plus its class statistics."""
+
+    split: str
+    index: int
+    name: str
+    count: int
+    bytes: int
+    sha256: str
+    keys: list[str]
+    pixels: dict[int, int] = field(default_factory=dict)
+    labels: dict[int, int] = field(default_factory=dict)
+    reused: bool = False
+
+    def entry(self) -> dict[str, Any]:
+        return {"name": self.name, "count": self.count, "bytes": self.bytes, "sha256": self.sha256}
+
+
+def add_stats(result: ShardResult, mask: np.ndarray, labels: list[int]) -> None:
+    """Accumulate the mask's per-class pixel counts and the sample's labels into `result`."""
+    counts = np.bincount(mask.ravel(), minlength=256)
+    for cls in np.flatnonzero(counts):
+        result.pixels[int(cls)] = result.pixels.get(int(cls), 0) + int(counts[cls])
+    for label in labels:
+        result.labels[label] = result.labels.get(label, 0) + 1
+
+
+def render_shard(task: ShardTask) -> ShardResult:
+    """Render the task's samples and write the shard atomically."""
+    recipe = get_recipe(task.recipe)
+    result = ShardResult(task.split, task.index, task.name, 0, 0, "", [])
+    members: list[tuple[str, bytes]] = []
+    for item in task.items:
+        sample = recipe.render(task.spec, item)
+        key, sample_parts = sample_members(sample)
+        assert key == task.keys[len(result.keys)], "rendered image differs from the planned one"
+        members.extend(sample_parts)
+        result.keys.append(key)
+        add_stats(result, sample.mask, recipe.labels(sample.meta))
+    data = tar_bytes(members)
+    atomic_write(Path(task.out_dir) / task.name, data)
+    result.count, result.bytes, result.sha256 = len(task.items), len(data), hashlib.sha256(data).hexdigest()
+    return result
+
+
+def scan_shard(task: ShardTask, path: Path) -> ShardResult:
+    """Account for a shard already on disk (a resumed build) by reading it back."""
+    recipe = get_recipe(task.recipe)
+    data = path.read_bytes()
+    result = ShardResult(task.split, task.index, task.name, 0, len(data), hashlib.sha256(data).hexdigest(), [])
+    for sample in iter_samples(io.BytesIO(data), str(path)):
+        mask = decode_image(sample["mask.png"], "png", f"{path}:{sample['__key__']}")  # type: ignore[arg-type]
+        add_stats(result, mask, recipe.labels(json.loads(sample["json"])))
+        result.keys.append(str(sample["__key__"]))
+    result.count = len(result.keys)
+    result.reused = True
+    return result
+
+
+def run_shard_task(task: ShardTask) -> ShardResult:
+    """Produce the task's shard unless a readable one holding exactly the planned keys is already there."""
+    path = Path(task.out_dir) / task.name
+    if path.is_file():
+        try:
+            result = scan_shard(task, path)
+            if tuple(result.keys) == task.keys:
+                return result
+        except ShardFormatError:
+            pass  # an unreadable leftover is simply rendered again
+    return render_shard(task)

@@ -1,0 +1,109 @@
+"""The tar layer of the shard format: fixed USTAR headers to write, and a safe member reader."""
+
+import posixpath
+import tarfile
+from collections.abc import Iterable, Iterator
+from typing import IO
+
+from writer.errors import ShardFormatError
+
+BLOCK = 512
+RECORD = 20 * BLOCK  # GNU tar and Python's tarfile pad archives to this size
+MTIME = 0  # fixed, integer: no PAX headers, identical bytes on every build
+MODE = 0o644
+REFUSED_SUFFIXES = (".pkl", ".pickle", ".pyd", ".pth", ".pt", ".npy", ".npz")
+MAX_MEMBER_BYTES = 256 << 20
+
+Sample = dict[str, bytes | str]
+
+
+def _octal(value: int, width: int) -> bytes:
+    return b"%0*o\0" % (width - 1, value)
+
+
+def ustar_header(name: str, size: int) -> bytes:
+    """A 512-byte USTAR header for a regular file, with every field fixed but name and size."""
+    raw = name.encode("utf-8")
+    if len(raw) > 100:
+        raise ShardFormatError(f"tar member name longer than 100 bytes: {name!r}")
+    header = bytearray(BLOCK)
+    header[0 : len(raw)] = raw
+    header[100:108] = _octal(MODE, 8)
+    header[108:116] = _octal(0, 8)  # uid
+    header[116:124] = _octal(0, 8)  # gid
+    header[124:136] = _octal(size, 12)
+    header[136:148] = _octal(MTIME, 12)
+    header[148:156] = b" " * 8  # checksum is computed with this field as spaces
+    header[156:157] = b"0"  # regular file
+    header[257:265] = b"ustar\x0000"
+    header[329:337] = _octal(0, 8)  # devmajor
+    header[337:345] = _octal(0, 8)  # devminor
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header)
+
+
+def tar_bytes(members: Iterable[tuple[str, bytes]]) -> bytes:
+    """A complete tar archive holding `members` (name, payload) in the given order."""
+    parts: list[bytes] = []
+    total = 0
+    for name, payload in members:
+        parts.append(ustar_header(name, len(payload)))
+        parts.append(payload)
+        pad = -len(payload) % BLOCK
+        if pad:
+            parts.append(b"\0" * pad)
+        total += BLOCK + len(payload) + pad
+    total += 2 * BLOCK
+    parts.append(b"\0" * (2 * BLOCK + (-total % RECORD)))
+    return b"".join(parts)
+
+
+def split_member_name(name: str, where: str) -> tuple[str, str]:
+    """Split `dir/KEY.ext.ext` into (`dir/KEY`, `ext.ext`) the way webdataset does, refusing unsafe names."""
+    if not name or name.startswith("/") or "\\" in name:
+        raise ShardFormatError(f"{where}: unsafe tar member name {name!r}")
+    if ".." in name.split("/"):
+        raise ShardFormatError(f"{where}: tar member name {name!r} contains '..'")
+    if name.lower().endswith(REFUSED_SUFFIXES):
+        raise ShardFormatError(f"{where}: refusing pickled/serialised member {name!r}")
+    directory, base = posixpath.split(name)
+    stem, dot, ext = base.partition(".")
+    if not stem or not dot or not ext:
+        raise ShardFormatError(f"{where}: tar member {name!r} is not KEY.EXTENSION")
+    return posixpath.join(directory, stem), ext
+
+
+def iter_members(stream: IO[bytes], where: str) -> Iterator[tuple[str, bytes]]:
+    """Yield (name, payload) of each regular member of a tar stream; refuse links, devices and bad names."""
+    try:
+        with tarfile.open(fileobj=stream, mode="r|*") as archive:
+            for info in archive:
+                if not info.isreg():
+                    raise ShardFormatError(f"{where}: tar member {info.name!r} is not a regular file")
+                split_member_name(info.name, where)
+                if info.size > MAX_MEMBER_BYTES:
+                    raise ShardFormatError(f"{where}: tar member {info.name!r} is {info.size} bytes")
+                handle = archive.extractfile(info)
+                assert handle is not None  # regular files always have a payload
+                payload = handle.read()
+                if len(payload) != info.size:
+                    raise ShardFormatError(f"{where}: tar member {info.name!r} is truncated")
+                yield info.name, payload
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise ShardFormatError(f"{where}: corrupt or truncated tar ({exc})") from exc
+
+
+def iter_samples(stream: IO[bytes], where: str) -> Iterator[Sample]:
+    """Group consecutive members sharing a key into sample dicts {'__key__', ext: payload}."""
+    current: Sample = {}
+    for name, payload in iter_members(stream, where):
+        key, ext = split_member_name(name, where)
+        if current and current["__key__"] != key:
+            yield current
+            current = {}
+        if ext in current:
+            raise ShardFormatError(f"{where}: duplicate member {name!r}")
+        current.setdefault("__key__", key)
+        current[ext] = payload
+    if current:
+        yield current

@@ -1,0 +1,92 @@
+"""`segshards verify`: check every shard of a set against its manifest, and keys against the pixels."""
+
+import hashlib
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from writer.encode import decode_image
+from writer.errors import SegshardsError
+from writer.keys import is_key, pixel_key
+from writer.manifest import SHARD_NAME, read_manifest, shard_entries, split_names
+from writer.tarformat import iter_samples
+
+Opener = Callable[[str], bytes]
+
+
+def check_sample(sample: dict[str, Any], layout: dict[str, str], where: str) -> Iterator[str]:
+    """Problems with one sample: missing or extra members, a key that is not the image's pixel hash."""
+    key = str(sample["__key__"])
+    exts = {k for k in sample if k != "__key__"}
+    expected = {layout["mask"], layout["meta"]}
+    image_ext = next((e for e in exts - expected), None)
+    if not is_key(key):
+        yield f"{where}: member key {key!r} is not a 32-digit hex hash"
+    if not expected <= exts or image_ext is None or len(exts) != 3:
+        yield f"{where}: sample {key} has members {sorted(exts)}, expected image, {layout['mask']}, {layout['meta']}"
+        return
+    try:
+        image = decode_image(sample[image_ext], image_ext, f"{where}:{key}")
+    except SegshardsError as exc:
+        yield str(exc)
+        return
+    if pixel_key(image) != key:
+        yield f"{where}: sample {key} does not match the hash of its image pixels"
+
+
+def check_shard(data: bytes, entry: dict[str, Any], layout: dict[str, str], where: str,
+                seen: set[str]) -> Iterator[str]:
+    """Problems with one shard's bytes against its manifest entry; adds its keys to `seen`."""
+    if len(data) != entry["bytes"]:
+        yield f"{where}: {len(data)} bytes, manifest says {entry['bytes']}"
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        yield f"{where}: sha256 differs from the manifest"
+    count = 0
+    try:
+        for sample in iter_samples(io.BytesIO(data), where):
+            count += 1
+            key = str(sample["__key__"])
+            if key in seen:
+                yield f"{where}: duplicate key {key}"
+            seen.add(key)
+            yield from check_sample(sample, layout, where)
+    except SegshardsError as exc:
+        yield str(exc)
+    if count != entry["count"]:
+        yield f"{where}: {count} samples, manifest says {entry['count']}"
+
+
+def local_opener(folder: Path) -> Opener:
+    """Read shard bytes from a local folder."""
+    return lambda name: (folder / name).read_bytes()
+
+
+def verify_set(manifest: dict[str, Any], opener: Opener, where: str) -> tuple[list[str], int, int]:
+    """All problems of a set; returns (problems, shards checked, samples checked)."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    shards = 0
+    layout = manifest.get("sample", {"image": "png", "mask": "mask.png", "meta": "json"})
+    for split in split_names(manifest):
+        for entry in shard_entries(manifest, split):
+            shard_where = f"{where}/{entry['name']}"
+            try:
+                data = opener(entry["name"])
+            except (OSError, SegshardsError) as exc:
+                problems.append(f"{shard_where}: cannot read ({exc})")
+                continue
+            shards += 1
+            problems.extend(check_shard(data, entry, layout, shard_where, seen))
+    return problems, shards, len(seen)
+
+
+def verify_folder(folder: Path) -> tuple[list[str], int, int]:
+    """Verify a local set, also flagging shard files the manifest does not list."""
+    manifest = read_manifest(folder)
+    problems, shards, samples = verify_set(manifest, local_opener(folder), str(folder))
+    listed = {e["name"] for s in manifest["splits"].values() for e in s["shards"]}
+    for path in sorted(folder.glob("*.tar")):
+        if path.name not in listed and SHARD_NAME.fullmatch(path.name):
+            problems.append(f"{path}: shard not listed in the manifest")
+    return problems, shards, samples
