@@ -1,0 +1,28 @@
+"""`python -m bench [SECTION ...]`: run the benchmark sections (all by default) and print ratios."""
+
+import argparse
+import importlib
+import sys
+
+SECTIONS = ["writer_bench", "loader_bench", "coco_bench", "publish_bench"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("sections", nargs="*", default=SECTIONS, help=f"any of {SECTIONS}")
+    args, rest = parser.parse_known_args(argv)
+    for name in args.sections:
+        try:
+            module = importlib.import_module(f"bench.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"bench.{name}":
+                raise
+            print(f"[bench] {name}: not present, skipped")
+            continue
+        print(f"\n===== {name} =====", flush=True)
+        module.main(rest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
