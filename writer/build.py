@@ -17,7 +17,7 @@ from writer.errors import ConfigError, OutputError
 from writer.keys import HASH_ALGORITHM
 from writer.manifest import FORMAT, FORMAT_VERSION, MANIFEST, SAMPLE_LAYOUT, write_manifest
 from writer.plan import SplitPlan, plan_all, shard_tasks
-from writer.recipe import SPLITS, Recipe
+from writer.recipe import SPLITS, Recipe, SourceInfo
 from writer.shards import ShardResult, ShardTask, run_shard_task
 
 MARKER = ".segshards-build.json"
@@ -39,7 +39,13 @@ class BuildConfig:
 
     def public(self) -> dict[str, Any]:
         counts = {s: ("all" if n is None else n) for s, n in self.counts.items()}
-        return {"recipe": self.recipe, "seed": self.seed, "shard_size": self.shard_size, "counts": counts, **self.options}
+        return {
+            "recipe": self.recipe,
+            "seed": self.seed,
+            "shard_size": self.shard_size,
+            "counts": counts,
+            **self.options,
+        }
 
 
 def validate(config: BuildConfig) -> None:
@@ -66,8 +72,10 @@ def claim_output(out: Path, public: dict[str, Any]) -> None:
             found = json.loads(path.read_text()).get("config")
             if found != public:
                 what = found.get("recipe", "?") if isinstance(found, dict) else "?"
-                raise OutputError(f"--out {out}: holds a {what} set built with other settings ({name}); "
-                                  "choose another folder or delete it")
+                raise OutputError(
+                    f"--out {out}: holds a {what} set built with other settings ({name}); "
+                    "choose another folder or delete it"
+                )
     visible = [p.name for p in out.iterdir() if not p.name.startswith(".")]
     if visible and not (out / MANIFEST).is_file() and not (out / MARKER).is_file():
         raise OutputError(f"--out {out}: not empty and holds no segshards set ({visible[0]} ...)")
@@ -81,7 +89,9 @@ def run_tasks(tasks: list[ShardTask], *, jobs: int, backend: str) -> Iterator[Sh
     if n_jobs == 1 or len(tasks) <= 1:
         yield from map(run_shard_task, tasks)
         return
-    parallel = joblib.Parallel(n_jobs=min(n_jobs, len(tasks)), backend=backend, return_as="generator_unordered")
+    parallel = joblib.Parallel(
+        n_jobs=min(n_jobs, len(tasks)), backend=backend, return_as="generator_unordered"
+    )
     yield from parallel(joblib.delayed(run_shard_task)(t) for t in tasks)
 
 
@@ -102,10 +112,10 @@ def split_summary(plan: SplitPlan, results: list[ShardResult]) -> dict[str, Any]
     }
 
 
-def make_manifest(recipe: Recipe, spec: Any, config: BuildConfig, plans: list[SplitPlan],
-                  results: list[ShardResult]) -> dict[str, Any]:
+def make_manifest(
+    recipe: Recipe, info: SourceInfo, config: BuildConfig, plans: list[SplitPlan], results: list[ShardResult]
+) -> dict[str, Any]:
     """The complete, deterministic manifest of a build."""
-    info = recipe.describe(spec)
     splits = {p.split: split_summary(p, [r for r in results if r.split == p.split]) for p in plans}
     return {
         "format": FORMAT,
@@ -127,6 +137,7 @@ def build(recipe: Recipe, spec: Any, config: BuildConfig) -> dict[str, Any]:
     """Build the shard set described by `config`; returns the manifest. Resumes an interrupted build."""
     validate(config)
     started = time.perf_counter()
+    info = recipe.describe(spec)  # validates source checksums before any work
     plans, _ = plan_all(recipe, spec, config.counts, seed=config.seed)
     claim_output(config.out, config.public())
     tasks = shard_tasks(recipe, spec, str(config.out), plans, config.shard_size)
@@ -138,7 +149,7 @@ def build(recipe: Recipe, spec: Any, config: BuildConfig) -> dict[str, Any]:
             bar.update(result.count)
     order = {s: i for i, s in enumerate(SPLITS)}
     results.sort(key=lambda r: (order.get(r.split, len(order)), r.split, r.index))
-    manifest = make_manifest(recipe, spec, config, plans, results)
+    manifest = make_manifest(recipe, info, config, plans, results)
     write_manifest(config.out, manifest)
     (config.out / MARKER).unlink(missing_ok=True)
     elapsed = time.perf_counter() - started

@@ -19,14 +19,18 @@ PLUGIN_GROUP = "segshards.commands"
 
 def build_parser(recipe_name: str | None) -> argparse.ArgumentParser:
     """The argument parser; recipe-specific options are added once the recipe is known."""
-    parser = argparse.ArgumentParser(prog="segshards", description="Segmentation datasets as WebDataset shards.")
+    parser = argparse.ArgumentParser(
+        prog="segshards", description="Segmentation datasets as WebDataset shards."
+    )
     parser.add_argument("--version", action="version", version=f"segshards {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     b = sub.add_parser("build", help="render a recipe into shards")
     b.add_argument("recipe", choices=sorted(RECIPES), metavar="RECIPE", help=", ".join(sorted(RECIPES)))
     b.add_argument("--out", required=True, help="output folder")
     for split in SPLITS:
-        b.add_argument(f"--{split}", type=int, default=None, metavar="N", help=f"{split} samples (default: recipe's)")
+        b.add_argument(
+            f"--{split}", type=int, default=None, metavar="N", help=f"{split} samples (default: recipe's)"
+        )
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--jobs", type=int, default=0, help="parallel workers (0 = all cores)")
     b.add_argument("--shard-size", type=int, default=10_000, metavar="K", help="samples per shard")
@@ -47,9 +51,16 @@ def cmd_build(args: argparse.Namespace) -> int:
     recipe = get_recipe(args.recipe)
     defaults = recipe.default_counts()
     counts = {s: getattr(args, s) if getattr(args, s) is not None else defaults[s] for s in SPLITS}
-    config = BuildConfig(recipe=recipe.name, out=Path(args.out), counts=counts, seed=args.seed,
-                         shard_size=args.shard_size, jobs=args.jobs, backend=args.backend,
-                         options=recipe.spec_config(args))
+    config = BuildConfig(
+        recipe=recipe.name,
+        out=Path(args.out),
+        counts=counts,
+        seed=args.seed,
+        shard_size=args.shard_size,
+        jobs=args.jobs,
+        backend=args.backend,
+        options=recipe.spec_config(args),
+    )
     manifest = build(recipe, recipe.make_spec(args), config)
     summary = ", ".join(f"{s} {info['count']:,}" for s, info in manifest["splits"].items())
     print(f"{args.out}: {summary} samples; {manifest['duplicates_rejected']:,} duplicates rejected")
@@ -73,8 +84,11 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"build": cmd_build, "verify": cmd_verify,
-                                                            "preview": cmd_preview}
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "build": cmd_build,
+    "verify": cmd_verify,
+    "preview": cmd_preview,
+}
 
 
 def plugin(name: str) -> Callable[[list[str]], int] | None:

@@ -58,7 +58,9 @@ def parse_manifest(text: str | bytes, where: str) -> dict[str, Any]:
         raise ShardFormatError(f"{where}: not a segshards manifest")
     version = _require(manifest, "format_version", int, where)
     if version > FORMAT_VERSION:
-        raise ShardFormatError(f"{where}: format_version {version} is newer than this segshards ({FORMAT_VERSION})")
+        raise ShardFormatError(
+            f"{where}: format_version {version} is newer than this segshards ({FORMAT_VERSION})"
+        )
     _require(manifest, "recipe", str, where)
     splits = _require(manifest, "splits", dict, where)
     for split, info in splits.items():

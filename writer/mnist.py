@@ -32,11 +32,10 @@ class DigitSet:
 
 @dataclass(frozen=True)
 class MnistSource:
-    """A whole IDX folder: the train and test sets and a record of the files read."""
+    """A whole IDX folder: the train and test sets."""
 
     train: DigitSet
     test: DigitSet
-    files: list[dict[str, str | int]]
 
 
 def find_file(folder: Path, stem: str) -> Path:
@@ -95,11 +94,23 @@ def describe_file(path: Path, expected_md5: dict[str, str]) -> dict[str, str | i
     return {"name": path.name, "bytes": path.stat().st_size, "md5": md5, "sha256": file_digest(path)}
 
 
-def load_pair(folder: Path, split: str, sums: dict[str, str]) -> tuple[DigitSet, list[dict[str, str | int]]]:
+def source_files(folder: Path) -> list[Path]:
+    """The four IDX files of `folder`, in a fixed order."""
+    if not folder.is_dir():
+        raise SourceError(f"{folder}: source folder does not exist")
+    return [find_file(folder, stem) for stem in STEMS.values()]
+
+
+def describe_files(folder: Path) -> list[dict[str, str | int]]:
+    """Name, size, md5 and sha256 of each source file, checking md5 against MD5SUMS when present."""
+    sums = read_checksums(folder)
+    return [describe_file(path, sums) for path in source_files(folder)]
+
+
+def load_pair(folder: Path, split: str) -> DigitSet:
     """Read and cross-check one images/labels pair (`split` is 'train' or 'test')."""
     image_path = find_file(folder, STEMS[f"{split}_images"])
     label_path = find_file(folder, STEMS[f"{split}_labels"])
-    files = [describe_file(image_path, sums), describe_file(label_path, sums)]
     images = parse_idx(read_idx_bytes(image_path), magic=IMAGES_MAGIC, path=image_path)
     labels = parse_idx(read_idx_bytes(label_path), magic=LABELS_MAGIC, path=label_path)
     if images.ndim != 3 or images.shape[1:] != (28, 28):
@@ -108,14 +119,10 @@ def load_pair(folder: Path, split: str, sums: dict[str, str]) -> tuple[DigitSet,
         raise SourceError(f"{label_path}: {len(labels)} labels for {len(images)} images in {image_path.name}")
     if len(labels) and labels.max() > 9:
         raise SourceError(f"{label_path}: label {labels.max()} outside 0..9")
-    return DigitSet(images=images, labels=labels), files
+    return DigitSet(images=images, labels=labels)
 
 
 def load_mnist(folder: Path) -> MnistSource:
-    """Load and validate an MNIST-format folder (see module docstring)."""
-    if not folder.is_dir():
-        raise SourceError(f"{folder}: source folder does not exist")
-    sums = read_checksums(folder)
-    train, train_files = load_pair(folder, "train", sums)
-    test, test_files = load_pair(folder, "test", sums)
-    return MnistSource(train=train, test=test, files=train_files + test_files)
+    """Load and structurally validate an MNIST-format folder (checksums: `describe_files`)."""
+    source_files(folder)
+    return MnistSource(train=load_pair(folder, "train"), test=load_pair(folder, "test"))

@@ -28,7 +28,9 @@ def split_rng(seed: int, split: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, SPLIT_IDS[split]]))
 
 
-def plan_split(recipe: Recipe, spec: Any, split: str, count: int | None, *, seed: int, seen: set[bytes]) -> SplitPlan:
+def plan_split(
+    recipe: Recipe, spec: Any, split: str, count: int | None, *, seed: int, seen: set[bytes]
+) -> SplitPlan:
     """Accept candidates whose image digest is new to `seen` until `count` (None: all the source has)."""
     rows: list[np.ndarray] = []
     keys: list[str] = []
@@ -64,13 +66,23 @@ def plan_all(
     return plans, len(seen)
 
 
-def shard_tasks(recipe: Recipe, spec: Any, out_dir: str, plans: list[SplitPlan], shard_size: int) -> list[ShardTask]:
+def shard_tasks(
+    recipe: Recipe, spec: Any, out_dir: str, plans: list[SplitPlan], shard_size: int
+) -> list[ShardTask]:
     """Cut each split's plan into tasks of `shard_size` samples (the last one may be smaller)."""
     tasks = []
     for plan in plans:
         for index, start in enumerate(range(0, len(plan.keys), shard_size)):
             stop = start + shard_size
             tasks.append(
-                ShardTask(recipe.name, spec, out_dir, plan.split, index, plan.items[start:stop], tuple(plan.keys[start:stop]))
+                ShardTask(
+                    recipe.name,
+                    spec,
+                    out_dir,
+                    plan.split,
+                    index,
+                    plan.items[start:stop],
+                    tuple(plan.keys[start:stop]),
+                )
             )
     return tasks

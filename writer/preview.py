@@ -15,8 +15,19 @@ from writer.tarformat import iter_samples
 
 CELL = 112
 # Distinct colours (BGR) for classes 1..10; other classes get seeded colours, 255 (ignore) is white.
-BASE_PALETTE = [(0, 0, 0), (180, 119, 31), (14, 127, 255), (44, 160, 44), (40, 39, 214), (189, 103, 148),
-                (75, 86, 140), (194, 119, 227), (127, 127, 127), (34, 189, 188), (207, 190, 23)]
+BASE_PALETTE = [
+    (0, 0, 0),
+    (180, 119, 31),
+    (14, 127, 255),
+    (44, 160, 44),
+    (40, 39, 214),
+    (189, 103, 148),
+    (75, 86, 140),
+    (194, 119, 227),
+    (127, 127, 127),
+    (34, 189, 188),
+    (207, 190, 23),
+]
 
 
 def default_palette() -> np.ndarray:

@@ -57,9 +57,12 @@ class ShardResult:
         return {"name": self.name, "count": self.count, "bytes": self.bytes, "sha256": self.sha256}
 
 
-def add_stats(result: ShardResult, mask: np.ndarray, labels: list[int]) -> None:
-    """Accumulate the mask's per-class pixel counts and the sample's labels into `result`."""
-    counts = np.bincount(mask.ravel(), minlength=256)
+def add_stats(result: ShardResult, masks: list[np.ndarray], labels: list[int]) -> None:
+    """Accumulate per-class pixel counts of `masks` and the counts of `labels` into `result`."""
+    counts = np.zeros(256, np.int64)
+    for start in range(0, len(masks), 1024):  # bounded temporary memory for large masks
+        flat = np.concatenate([m.ravel() for m in masks[start : start + 1024]])
+        counts += np.bincount(flat, minlength=256)
     for cls in np.flatnonzero(counts):
         result.pixels[int(cls)] = result.pixels.get(int(cls), 0) + int(counts[cls])
     for label in labels:
@@ -71,13 +74,17 @@ def render_shard(task: ShardTask) -> ShardResult:
     recipe = get_recipe(task.recipe)
     result = ShardResult(task.split, task.index, task.name, 0, 0, "", [])
     members: list[tuple[str, bytes]] = []
+    masks: list[np.ndarray] = []
+    labels: list[int] = []
     for item in task.items:
         sample = recipe.render(task.spec, item)
         key, sample_parts = sample_members(sample)
         assert key == task.keys[len(result.keys)], "rendered image differs from the planned one"
         members.extend(sample_parts)
         result.keys.append(key)
-        add_stats(result, sample.mask, recipe.labels(sample.meta))
+        masks.append(sample.mask)
+        labels.extend(recipe.labels(sample.meta))
+    add_stats(result, masks, labels)
     data = tar_bytes(members)
     atomic_write(Path(task.out_dir) / task.name, data)
     result.count, result.bytes, result.sha256 = len(task.items), len(data), hashlib.sha256(data).hexdigest()
@@ -88,11 +95,16 @@ def scan_shard(task: ShardTask, path: Path) -> ShardResult:
     """Account for a shard already on disk (a resumed build) by reading it back."""
     recipe = get_recipe(task.recipe)
     data = path.read_bytes()
-    result = ShardResult(task.split, task.index, task.name, 0, len(data), hashlib.sha256(data).hexdigest(), [])
+    result = ShardResult(
+        task.split, task.index, task.name, 0, len(data), hashlib.sha256(data).hexdigest(), []
+    )
+    masks: list[np.ndarray] = []
+    labels: list[int] = []
     for sample in iter_samples(io.BytesIO(data), str(path)):
-        mask = decode_image(sample["mask.png"], "png", f"{path}:{sample['__key__']}")  # type: ignore[arg-type]
-        add_stats(result, mask, recipe.labels(json.loads(sample["json"])))
+        masks.append(decode_image(sample["mask.png"], "png", f"{path}:{sample['__key__']}"))  # type: ignore[arg-type]
+        labels.extend(recipe.labels(json.loads(sample["json"])))
         result.keys.append(str(sample["__key__"]))
+    add_stats(result, masks, labels)
     result.count = len(result.keys)
     result.reused = True
     return result

@@ -21,24 +21,36 @@ def _octal(value: int, width: int) -> bytes:
     return b"%0*o\0" % (width - 1, value)
 
 
+def _template() -> bytearray:
+    """A USTAR header with every fixed field filled in and name, size and checksum blank."""
+    header = bytearray(BLOCK)
+    header[100:108] = _octal(MODE, 8)
+    header[108:116] = _octal(0, 8)  # uid
+    header[116:124] = _octal(0, 8)  # gid
+    header[136:148] = _octal(MTIME, 12)
+    header[148:156] = b" " * 8  # the checksum is computed with this field as spaces
+    header[156:157] = b"0"  # regular file
+    header[257:265] = b"ustar\x0000"
+    header[329:337] = _octal(0, 8)  # devmajor
+    header[337:345] = _octal(0, 8)  # devminor
+    return header
+
+
+_TEMPLATE = bytes(_template())
+_TEMPLATE_SUM = sum(_TEMPLATE)
+
+
 def ustar_header(name: str, size: int) -> bytes:
     """A 512-byte USTAR header for a regular file, with every field fixed but name and size."""
     raw = name.encode("utf-8")
     if len(raw) > 100:
         raise ShardFormatError(f"tar member name longer than 100 bytes: {name!r}")
-    header = bytearray(BLOCK)
+    size_field = _octal(size, 12)
+    header = bytearray(_TEMPLATE)
     header[0 : len(raw)] = raw
-    header[100:108] = _octal(MODE, 8)
-    header[108:116] = _octal(0, 8)  # uid
-    header[116:124] = _octal(0, 8)  # gid
-    header[124:136] = _octal(size, 12)
-    header[136:148] = _octal(MTIME, 12)
-    header[148:156] = b" " * 8  # checksum is computed with this field as spaces
-    header[156:157] = b"0"  # regular file
-    header[257:265] = b"ustar\x0000"
-    header[329:337] = _octal(0, 8)  # devmajor
-    header[337:345] = _octal(0, 8)  # devminor
-    header[148:156] = b"%06o\0 " % sum(header)
+    header[124:136] = size_field
+    # Only name and size differ from the template; both fields were zero bytes there.
+    header[148:156] = b"%06o\0 " % (_TEMPLATE_SUM + sum(raw) + sum(size_field))
     return bytes(header)
 
 

@@ -35,8 +35,9 @@ def check_sample(sample: dict[str, Any], layout: dict[str, str], where: str) -> 
         yield f"{where}: sample {key} does not match the hash of its image pixels"
 
 
-def check_shard(data: bytes, entry: dict[str, Any], layout: dict[str, str], where: str,
-                seen: set[str]) -> Iterator[str]:
+def check_shard(
+    data: bytes, entry: dict[str, Any], layout: dict[str, str], where: str, seen: set[str]
+) -> Iterator[str]:
     """Problems with one shard's bytes against its manifest entry; adds its keys to `seen`."""
     if len(data) != entry["bytes"]:
         yield f"{where}: {len(data)} bytes, manifest says {entry['bytes']}"

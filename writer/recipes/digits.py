@@ -11,7 +11,7 @@ import numpy as np
 
 from writer.errors import ConfigError
 from writer.keys import pixel_digest
-from writer.mnist import load_mnist
+from writer.mnist import describe_files, load_mnist
 from writer.recipe import SourceInfo
 
 BUNDLED_MNIST = Path(__file__).resolve().parents[2] / "data" / "mnist"
@@ -32,13 +32,18 @@ class Digits:
     masks: np.ndarray
     labels: np.ndarray
     n_train: int
-    info: SourceInfo
 
 
-def otsu_mask(image: np.ndarray) -> np.ndarray:
-    """Binary (0/1) uint8 mask of a grayscale image by Otsu's threshold, exactly as cv2 computes it."""
-    _, mask = cv2.threshold(image, 0, 1, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
-    return mask
+def otsu_threshold(image: np.ndarray) -> int:
+    """Otsu's threshold of a grayscale uint8 image, as cv2 computes it."""
+    threshold, _ = cv2.threshold(image, 0, 1, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+    return int(threshold)
+
+
+def otsu_masks(images: np.ndarray) -> np.ndarray:
+    """(N, H, W) 0/1 uint8 masks: pixels above each image's Otsu threshold (cv2's THRESH_BINARY rule)."""
+    thresholds = np.array([otsu_threshold(image) for image in images], dtype=np.uint8)
+    return (images > thresholds[:, None, None]).view(np.uint8)
 
 
 @functools.lru_cache(maxsize=2)
@@ -47,9 +52,7 @@ def load_digits(spec: DigitsSpec) -> Digits:
     source = load_mnist(Path(spec.folder))
     images = np.concatenate([source.train.images, source.test.images])
     labels = np.concatenate([source.train.labels, source.test.labels])
-    masks = np.stack([otsu_mask(image) for image in images]) if len(images) else images.copy()
-    info = SourceInfo(kind="mnist-idx", files=source.files)
-    return Digits(images=images, masks=masks, labels=labels, n_train=len(source.train.images), info=info)
+    return Digits(images=images, masks=otsu_masks(images), labels=labels, n_train=len(source.train.images))
 
 
 def split_pool(digits: Digits, split: str) -> np.ndarray:
@@ -58,7 +61,11 @@ def split_pool(digits: Digits, split: str) -> np.ndarray:
     For MNIST (60,000 train digits) that is train 0..54999, val 55000..59999, test the 10,000 test digits.
     """
     val_start = digits.n_train - digits.n_train // 12
-    bounds = {"train": (0, val_start), "val": (val_start, digits.n_train), "test": (digits.n_train, len(digits.images))}
+    bounds = {
+        "train": (0, val_start),
+        "val": (val_start, digits.n_train),
+        "test": (digits.n_train, len(digits.images)),
+    }
     if split not in bounds:
         raise ConfigError(f"unknown split {split!r}")
     lo, hi = bounds[split]
@@ -96,4 +103,4 @@ class DigitsSourceMixin:
         return {"source": options.source or "bundled:data/mnist"}
 
     def describe(self, spec: DigitsSpec) -> SourceInfo:
-        return load_digits(spec).info
+        return SourceInfo(kind="mnist-idx", files=describe_files(Path(spec.folder)))

@@ -6,7 +6,14 @@ from typing import Any
 import numpy as np
 
 from writer.recipe import Candidates, Rendered
-from writer.recipes.digits import DigitsSourceMixin, DigitsSpec, load_digits, row_digests, source_ref, split_pool
+from writer.recipes.digits import (
+    DigitsSourceMixin,
+    DigitsSpec,
+    load_digits,
+    row_digests,
+    source_ref,
+    split_pool,
+)
 
 
 class SingleDigitRecipe(DigitsSourceMixin):

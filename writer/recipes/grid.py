@@ -6,7 +6,14 @@ from typing import Any
 import numpy as np
 
 from writer.recipe import Candidates, Rendered
-from writer.recipes.digits import DigitsSourceMixin, DigitsSpec, load_digits, row_digests, source_ref, split_pool
+from writer.recipes.digits import (
+    DigitsSourceMixin,
+    DigitsSpec,
+    load_digits,
+    row_digests,
+    source_ref,
+    split_pool,
+)
 
 BATCH = 1 << 15
 
@@ -37,9 +44,15 @@ class GridRecipe(DigitsSourceMixin):
 
     def render(self, spec: DigitsSpec, item: np.ndarray) -> Rendered:
         digits = load_digits(spec)
-        image = compose(digits.images[item][None])[0]
-        classes = (digits.labels[item] + 1).astype(np.uint8)
-        mask = compose((digits.masks[item] * classes[:, None, None])[None])[0]
+        image = np.empty((56, 56), np.uint8)
+        mask = np.empty((56, 56), np.uint8)
+        for tile, index in enumerate(item.tolist()):
+            rows, cols = (
+                slice(28 * (tile // 2), 28 * (tile // 2) + 28),
+                slice(28 * (tile % 2), 28 * (tile % 2) + 28),
+            )
+            image[rows, cols] = digits.images[index]
+            np.multiply(digits.masks[index], digits.labels[index] + 1, out=mask[rows, cols])
         meta = {
             "digits": [int(d) for d in digits.labels[item]],
             "sources": [source_ref(digits, int(i)) for i in item],
