@@ -1,7 +1,7 @@
 """The build job: validate, plan centrally, render shards in parallel workers, write the manifest last."""
 
 import json
-import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +21,7 @@ from writer.recipe import SPLITS, Recipe, SourceInfo
 from writer.shards import ShardResult, ShardTask, run_shard_task
 
 MARKER = ".segshards-build.json"
+WORK_DIR = ".segshards-work"
 RUN_LOG = "build-log.json"
 
 
@@ -81,6 +82,7 @@ def claim_output(out: Path, public: dict[str, Any]) -> None:
         raise OutputError(f"--out {out}: not empty and holds no segshards set ({visible[0]} ...)")
     atomic_write(out / MARKER, json.dumps({"config": public}, sort_keys=True).encode())
     remove_stale_temps(out)
+    shutil.rmtree(out / WORK_DIR, ignore_errors=True)
 
 
 def run_tasks(tasks: list[ShardTask], *, jobs: int, backend: str) -> Iterator[ShardResult]:
@@ -133,6 +135,27 @@ def make_manifest(
     }
 
 
+def worker_spec(recipe: Recipe, spec: Any, config: BuildConfig, work: Path) -> Any:
+    """The spec workers receive: the recipe's shared form when it has one and workers are separate processes."""
+    share = getattr(recipe, "share", None)
+    if share is None or config.jobs == 1 or config.backend == "threading":
+        return spec
+    work.mkdir(exist_ok=True)
+    return share(spec, work)
+
+
+def render_all(recipe: Recipe, spec: Any, config: BuildConfig, plans: list[SplitPlan]) -> list[ShardResult]:
+    """Render every planned shard with a progress bar; results in completion order."""
+    tasks = shard_tasks(recipe, spec, str(config.out), plans, config.shard_size)
+    results: list[ShardResult] = []
+    total = sum(len(t.keys) for t in tasks)
+    with tqdm(total=total, unit="sample", unit_scale=True, desc=recipe.name, smoothing=0.1) as bar:
+        for result in run_tasks(tasks, jobs=config.jobs, backend=config.backend):
+            results.append(result)
+            bar.update(result.count)
+    return results
+
+
 def build(recipe: Recipe, spec: Any, config: BuildConfig) -> dict[str, Any]:
     """Build the shard set described by `config`; returns the manifest. Resumes an interrupted build."""
     validate(config)
@@ -140,19 +163,23 @@ def build(recipe: Recipe, spec: Any, config: BuildConfig) -> dict[str, Any]:
     info = recipe.describe(spec)  # validates source checksums before any work
     plans, _ = plan_all(recipe, spec, config.counts, seed=config.seed)
     claim_output(config.out, config.public())
-    tasks = shard_tasks(recipe, spec, str(config.out), plans, config.shard_size)
-    results: list[ShardResult] = []
-    total = sum(len(t.keys) for t in tasks)
-    with tqdm(total=total, unit="sample", unit_scale=True, desc=f"{recipe.name}", smoothing=0.1) as bar:
-        for result in run_tasks(tasks, jobs=config.jobs, backend=config.backend):
-            results.append(result)
-            bar.update(result.count)
+    work = config.out / WORK_DIR
+    try:
+        results = render_all(recipe, worker_spec(recipe, spec, config, work), config, plans)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     order = {s: i for i, s in enumerate(SPLITS)}
     results.sort(key=lambda r: (order.get(r.split, len(order)), r.split, r.index))
     manifest = make_manifest(recipe, info, config, plans, results)
     write_manifest(config.out, manifest)
     (config.out / MARKER).unlink(missing_ok=True)
-    elapsed = time.perf_counter() - started
+    write_run_log(config, results, time.perf_counter() - started)
+    return manifest
+
+
+def write_run_log(config: BuildConfig, results: list[ShardResult], elapsed: float) -> None:
+    """Run-specific facts (time, workers, rate) go beside the manifest, never into it."""
+    total = sum(r.count for r in results)
     log = {
         "elapsed_s": round(elapsed, 3),
         "jobs": config.jobs or joblib.cpu_count(),
@@ -161,7 +188,5 @@ def build(recipe: Recipe, spec: Any, config: BuildConfig) -> dict[str, Any]:
         "samples_per_s": round(total / elapsed, 1) if elapsed else None,
         "shards_written": sum(not r.reused for r in results),
         "shards_reused": sum(r.reused for r in results),
-        "pid": os.getpid(),
     }
     atomic_write(config.out / RUN_LOG, json.dumps(log, indent=2, sort_keys=True).encode())
-    return manifest

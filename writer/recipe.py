@@ -45,7 +45,9 @@ class Recipe(Protocol):
     """A dataset recipe: turns a source and a seeded plan into samples.
 
     `spec` is a small picklable value (paths and options) from which every worker can load the source;
-    `candidates` runs once, centrally, in a fixed order; `render` runs in parallel workers.
+    `candidates` runs once, centrally, in a fixed order; `render` runs in parallel workers. A recipe may
+    also define `share(spec, folder) -> spec`: prepare the source once in `folder` so that workers open it
+    cheaply (the build removes `folder` when it ends).
     """
 
     name: str

@@ -19,9 +19,10 @@ BUNDLED_MNIST = Path(__file__).resolve().parents[2] / "data" / "mnist"
 
 @dataclass(frozen=True)
 class DigitsSpec:
-    """Where the digits come from: an MNIST IDX folder."""
+    """Where the digits come from: an MNIST IDX folder, and optionally a prepared `.npz` to memory-map."""
 
     folder: str
+    prepared: str | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,9 @@ def otsu_masks(images: np.ndarray) -> np.ndarray:
 @functools.lru_cache(maxsize=2)
 def load_digits(spec: DigitsSpec) -> Digits:
     """Read, validate and Otsu-threshold every digit of `spec.folder` (cached per process)."""
+    if spec.prepared is not None:
+        with np.load(spec.prepared) as arrays:
+            return Digits(arrays["images"], arrays["masks"], arrays["labels"], int(arrays["n_train"]))
     source = load_mnist(Path(spec.folder))
     images = np.concatenate([source.train.images, source.test.images])
     labels = np.concatenate([source.train.labels, source.test.labels])
@@ -104,3 +108,10 @@ class DigitsSourceMixin:
 
     def describe(self, spec: DigitsSpec) -> SourceInfo:
         return SourceInfo(kind="mnist-idx", files=describe_files(Path(spec.folder)))
+
+    def share(self, spec: DigitsSpec, folder: Path) -> DigitsSpec:
+        """Save the prepared digits once so worker processes load them without re-decoding."""
+        digits = load_digits(spec)
+        path = folder / "digits.npz"
+        np.savez(path, images=digits.images, masks=digits.masks, labels=digits.labels, n_train=digits.n_train)
+        return DigitsSpec(folder=spec.folder, prepared=str(path))
