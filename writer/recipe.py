@@ -47,7 +47,8 @@ class Recipe(Protocol):
     `spec` is a small picklable value (paths and options) from which every worker can load the source;
     `candidates` runs once, centrally, in a fixed order; `render` runs in parallel workers. A recipe may
     also define `share(spec, folder) -> spec`: prepare the source once in `folder` so that workers open it
-    cheaply (the build removes `folder` when it ends).
+    cheaply (the build removes `folder` when it ends), and `render_batch(spec, items) -> Iterator[Rendered]`,
+    a vectorised `render` over a whole shard.
     """
 
     name: str

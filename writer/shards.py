@@ -3,6 +3,7 @@
 import hashlib
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import numpy as np
 from writer.atomic import atomic_write
 from writer.encode import decode_image, sample_members
 from writer.errors import ShardFormatError
+from writer.recipe import Recipe, Rendered
 from writer.recipes import get_recipe
 from writer.tarformat import iter_samples, tar_bytes
 
@@ -69,6 +71,14 @@ def add_stats(result: ShardResult, masks: list[np.ndarray], labels: list[int]) -
         result.labels[label] = result.labels.get(label, 0) + 1
 
 
+def render_samples(recipe: Recipe, task: ShardTask) -> Iterator[Rendered]:
+    """The task's samples in order, through the recipe's batch renderer when it has one."""
+    render_batch = getattr(recipe, "render_batch", None)
+    if render_batch is not None:
+        return render_batch(task.spec, task.items)
+    return (recipe.render(task.spec, item) for item in task.items)
+
+
 def render_shard(task: ShardTask) -> ShardResult:
     """Render the task's samples and write the shard atomically."""
     recipe = get_recipe(task.recipe)
@@ -76,8 +86,7 @@ def render_shard(task: ShardTask) -> ShardResult:
     members: list[tuple[str, bytes]] = []
     masks: list[np.ndarray] = []
     labels: list[int] = []
-    for item in task.items:
-        sample = recipe.render(task.spec, item)
+    for sample in render_samples(recipe, task):
         key, sample_parts = sample_members(sample)
         assert key == task.keys[len(result.keys)], "rendered image differs from the planned one"
         members.extend(sample_parts)

@@ -43,21 +43,19 @@ class GridRecipe(DigitsSourceMixin):
             yield Candidates(items=items, digests=row_digests(compose(digits.images[items])))
 
     def render(self, spec: DigitsSpec, item: np.ndarray) -> Rendered:
+        return next(self.render_batch(spec, item[None]))
+
+    def render_batch(self, spec: DigitsSpec, items: np.ndarray) -> Iterator[Rendered]:
+        """Compose a whole shard's images and masks at once (B, 56, 56), then wrap each sample."""
         digits = load_digits(spec)
-        image = np.empty((56, 56), np.uint8)
-        mask = np.empty((56, 56), np.uint8)
-        for tile, index in enumerate(item.tolist()):
-            rows, cols = (
-                slice(28 * (tile // 2), 28 * (tile // 2) + 28),
-                slice(28 * (tile % 2), 28 * (tile % 2) + 28),
-            )
-            image[rows, cols] = digits.images[index]
-            np.multiply(digits.masks[index], digits.labels[index] + 1, out=mask[rows, cols])
-        meta = {
-            "digits": [int(d) for d in digits.labels[item]],
-            "sources": [source_ref(digits, int(i)) for i in item],
-        }
-        return Rendered(image=image, mask=mask, meta=meta)
+        labels = digits.labels[items]  # (B, 4)
+        images = compose(digits.images[items])
+        masks = compose(digits.masks[items] * (labels + 1)[:, :, None, None].astype(np.uint8))
+        for image, mask, item, digit_labels in zip(
+            images, masks, items.tolist(), labels.tolist(), strict=True
+        ):
+            meta = {"digits": digit_labels, "sources": [source_ref(digits, i) for i in item]}
+            yield Rendered(image=image, mask=mask, meta=meta)
 
     def labels(self, meta: dict[str, Any]) -> list[int]:
         return [int(d) for d in meta["digits"]]
