@@ -36,7 +36,8 @@ def plan_split(
     keys: list[str] = []
     rejected = attempts = 0
     limit = None if count is None else ATTEMPTS_PER_SAMPLE * count + 10_000
-    for batch in recipe.candidates(spec, split, split_rng(seed, split)):
+    batches = recipe.candidates(spec, split, split_rng(seed, split)) if count != 0 else iter(())
+    for batch in batches:
         for row, digest in zip(batch.items, batch.digests, strict=True):
             if count is not None and len(keys) == count:
                 break

@@ -3,10 +3,13 @@
 from writer.errors import ConfigError
 from writer.recipe import Recipe
 from writer.recipes.circle import CircleRecipe
+from writer.recipes.coco import CocoSemanticRecipe
 from writer.recipes.foreground import ForegroundRecipe
 from writer.recipes.grid import GridRecipe
 
-RECIPES: dict[str, Recipe] = {r.name: r for r in (ForegroundRecipe(), CircleRecipe(), GridRecipe())}
+RECIPES: dict[str, Recipe] = {
+    r.name: r for r in (ForegroundRecipe(), CircleRecipe(), GridRecipe(), CocoSemanticRecipe())
+}
 
 
 def get_recipe(name: str) -> Recipe:

@@ -1,0 +1,351 @@
+"""coco-semantic: a seeded subset of COCO images with class-index masks rendered from instance annotations."""
+
+import argparse
+import functools
+import json
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from writer.coco_annotations import ON_ERROR, BadRecord, CocoIndex, ImageRecord, load_index, subset_json
+from writer.coco_masks import IGNORE, OVERLAPS, Instance, annotation_rle, compose
+from writer.errors import SupplyError
+from writer.keys import file_digest, pixel_digest
+from writer.recipe import SPLITS, Candidates, Rendered, SourceInfo
+
+DEFAULT_COUNTS = {"train": 8000, "val": 500, "test": 500}
+SELECTION_STREAM = 5  # seeds the one permutation all splits are cut from (apart from per-split streams)
+CHUNK = 64  # images checked ahead in parallel threads while walking the permutation
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+@dataclass(frozen=True)
+class CocoSpec:
+    """Where the source is and how to cut it; `prepared` is a COCO-format subset written for workers."""
+
+    annotations: str
+    images: str
+    categories: tuple[str, ...] | None
+    overlap: str
+    on_error: str
+    seed: int
+    counts: tuple[int | None, ...]  # train, val, test
+    prepared: str | None = None
+
+
+@dataclass
+class Selection:
+    """The outcome of walking the seeded permutation: per split, the image ids offered to the planner
+    (duplicates included, which the planner rejects in the same order) and their pixel digests."""
+
+    offered: dict[str, list[int]] = field(default_factory=dict)
+    chosen: dict[str, list[int]] = field(default_factory=dict)
+    duplicates: dict[str, list[int]] = field(default_factory=dict)
+    digests: dict[int, bytes] = field(default_factory=dict)
+    skipped: dict[int, BadRecord] = field(default_factory=dict)  # image id -> problem met in the walk
+    eligible: int = 0
+
+
+def spec_index(spec: CocoSpec) -> CocoIndex:
+    return load_index(spec.prepared or spec.annotations, spec.categories, spec.on_error)
+
+
+def read_image(folder: str, record: ImageRecord, where: str) -> bytes:
+    """The image file's bytes, or a BadRecord for a missing or unreadable file."""
+    path = Path(folder) / record.file_name
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise BadRecord(
+            "missing-image", f"{where}: image {record.id}: file {record.file_name} not found"
+        ) from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise BadRecord(
+            "unreadable-image", f"{where}: image {record.id}: cannot read {record.file_name} ({reason})"
+        ) from None
+
+
+def decode_jpeg(data: bytes, record: ImageRecord, where: str) -> np.ndarray:
+    """(H, W, 3) BGR pixels as `segshards verify` decodes them, checked against the record's size and
+    against EXIF orientation (which would turn the pixels away from the annotations' frame)."""
+    where = f"{where}: image {record.id} ({record.file_name})"
+    if not data.startswith(JPEG_MAGIC):
+        raise BadRecord("unreadable-image", f"{where}: not a JPEG file")
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if pixels is None:
+        raise BadRecord("unreadable-image", f"{where}: undecodable JPEG")
+    if b"Exif\0\0" in data[:65536]:
+        raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        if raw.shape != pixels.shape or not np.array_equal(raw, pixels):
+            raise BadRecord(
+                "exif-orientation",
+                f"{where}: EXIF orientation rotates the decoded pixels away from the annotations' frame",
+            )
+    if pixels.shape[:2] != (record.height, record.width):
+        raise BadRecord(
+            "image-size",
+            f"{where}: file is {pixels.shape[1]}x{pixels.shape[0]}, "
+            f"annotations say {record.width}x{record.height}",
+        )
+    return pixels
+
+
+def instances(index: CocoIndex, record: ImageRecord) -> list[Instance]:
+    """The image's selected annotations as checked RLEs with their contiguous classes."""
+    class_of = index.class_of()
+    return [
+        Instance(
+            class_of[a.category_id],
+            a.iscrowd,
+            a.id,
+            annotation_rle(a, record.height, record.width, index.name),
+        )
+        for a in index.annotations.get(record.id, [])
+    ]
+
+
+def check_image(index: CocoIndex, folder: str, image_id: int) -> bytes | BadRecord:
+    """The pixel digest of a sound image, or the first problem with its annotations or its file."""
+    record = index.images[image_id]
+    try:
+        instances(index, record)
+        return pixel_digest(decode_jpeg(read_image(folder, record, index.name), record, index.name))
+    except BadRecord as problem:
+        return problem
+
+
+def permutation(eligible: list[int], seed: int) -> list[int]:
+    rng = np.random.default_rng(np.random.SeedSequence([seed, SELECTION_STREAM]))
+    return [eligible[i] for i in rng.permutation(len(eligible))]
+
+
+@functools.lru_cache(maxsize=2)
+def select(spec: CocoSpec) -> Selection:
+    """Walk one seeded permutation of the eligible images, cutting consecutive runs for train, val and
+    test (so they are disjoint); images with problems raise or are skipped, duplicates are offered to
+    the planner, which rejects them exactly as counted here. Files are read and decoded once, here."""
+    index = spec_index(spec)
+    eligible = index.eligible()
+    order = permutation(eligible, spec.seed)
+    sel = Selection(eligible=len(eligible))
+    seen: set[bytes] = set()
+    pos = 0
+    pending: list[bytes | BadRecord] = []
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for split, count in zip(SPLITS, spec.counts, strict=True):
+            offered, chosen, dups = sel.offered.setdefault(split, []), sel.chosen.setdefault(split, []), []
+            while count is None or len(chosen) < count:
+                if pos == len(order):
+                    if count is None:
+                        break
+                    raise SupplyError(
+                        f"--{split} {count}: {index.name} has {len(eligible)} eligible images (with a "
+                        f"non-crowd annotation{' of --categories' if spec.categories else ''}); "
+                        f"after {sum(len(v) for v in sel.chosen.values()) - len(chosen)} for earlier splits, "
+                        f"{len(sel.skipped)} skipped and {sum(len(v) for v in sel.duplicates.values())} "
+                        f"duplicates, only {len(chosen)} remain for {split}"
+                    )
+                if not pending:
+                    ahead = order[pos : pos + CHUNK]
+                    pending = list(pool.map(lambda i: check_image(index, spec.images, i), ahead))[::-1]
+                image_id, outcome = order[pos], pending.pop()
+                pos += 1
+                if isinstance(outcome, BadRecord):
+                    if spec.on_error == "raise":
+                        raise outcome
+                    sel.skipped[image_id] = outcome
+                    continue
+                offered.append(image_id)
+                sel.digests[image_id] = outcome
+                if outcome in seen:
+                    dups.append(image_id)
+                    continue
+                seen.add(outcome)
+                chosen.append(image_id)
+            sel.duplicates[split] = dups
+    return sel
+
+
+@functools.lru_cache(maxsize=4)
+def annotation_sha256(path: str, size: int, mtime_ns: int) -> str:
+    return file_digest(Path(path))
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a file, cached while its size and mtime stay the same."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        load_index(path, None, "raise")  # raises the SourceError naming the problem
+        raise
+    return annotation_sha256(path, st.st_size, st.st_mtime_ns)
+
+
+def palette(n: int) -> list[list[int]]:
+    """The PASCAL VOC colour map (RGB) for class ids 0..n-1: deterministic and well separated."""
+    colours = []
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        colours.append([r, g, b])
+    return colours
+
+
+def skip_report(index: CocoIndex, sel: Selection) -> dict[str, Any]:
+    """Counts per reason, with the image ids (or records naming no image) left out under --on-error skip."""
+    images: dict[str, list[int]] = {}
+    for image_id, problem in [*index.bad_images.items(), *sel.skipped.items()]:
+        images.setdefault(problem.reason, []).append(image_id)
+    records: dict[str, list[str]] = {}
+    for record, problem in index.dropped:
+        records.setdefault(problem.reason, []).append(record)
+    counts = {r: len(v) for r, v in images.items()}
+    for r, v in records.items():
+        counts[r] = counts.get(r, 0) + len(v)
+    return {
+        "counts": dict(sorted(counts.items())),
+        "image_ids": {r: sorted(v) for r, v in sorted(images.items())},
+        "annotations": {r: v for r, v in sorted(records.items())},
+    }
+
+
+class CocoSemanticRecipe:
+    """Image: the original COCO JPEG. Mask: 0 background, 1..K classes in category-id order, 255 ignore."""
+
+    name = "coco-semantic"
+    num_classes = 81  # background + the 80 COCO categories; fewer with --categories (see the manifest)
+
+    def default_counts(self) -> dict[str, int | None]:
+        return dict(DEFAULT_COUNTS)
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--annotations", required=True, metavar="FILE", help="COCO instances JSON")
+        parser.add_argument("--images", required=True, metavar="DIR", help="folder holding the image files")
+        parser.add_argument(
+            "--categories",
+            default=None,
+            metavar="NAMES",
+            help="comma-separated category names to keep (default: all); others become background",
+        )
+        parser.add_argument(
+            "--overlap",
+            choices=OVERLAPS,
+            default="ignore",
+            help="pixels of overlapping instances: ignore (255 where classes differ), "
+            "z-order (smaller on top), max (highest class id)",
+        )
+        parser.add_argument(
+            "--on-error",
+            choices=ON_ERROR,
+            default="raise",
+            dest="on_error",
+            help="bad input: stop (raise) or leave the image out and count it (skip)",
+        )
+
+    def make_spec(self, options: argparse.Namespace) -> CocoSpec:
+        counts = tuple(
+            getattr(options, s) if getattr(options, s, None) is not None else DEFAULT_COUNTS[s]
+            for s in SPLITS
+        )
+        names = tuple(n.strip() for n in options.categories.split(",")) if options.categories else None
+        return CocoSpec(
+            annotations=str(Path(options.annotations).resolve()),
+            images=str(Path(options.images).resolve()),
+            categories=names,
+            overlap=options.overlap,
+            on_error=options.on_error,
+            seed=options.seed,
+            counts=counts,
+        )
+
+    def spec_config(self, options: argparse.Namespace) -> dict[str, Any]:
+        spec = self.make_spec(options)
+        return {
+            "annotations": Path(spec.annotations).name,
+            "annotations_sha256": file_sha256(spec.annotations),
+            "images": Path(spec.images).name,
+            "categories": list(spec.categories) if spec.categories else "all",
+            "overlap": spec.overlap,
+            "on_error": spec.on_error,
+        }
+
+    def describe(self, spec: CocoSpec) -> SourceInfo:
+        index, sel = spec_index(spec), select(spec)
+        path = Path(spec.annotations)
+        files = [{"name": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(spec.annotations)}]
+        classes = [{"class": c.index, "category_id": c.category_id, "name": c.name} for c in index.classes]
+        extra = {
+            "classes": classes,
+            "palette": palette(len(classes) + 1),
+            "ignore_index": IGNORE,
+            "overlap": spec.overlap,
+            "annotation_file": {
+                "images": index.n_images,
+                "annotations": index.n_annotations,
+                "eligible_images": sel.eligible,
+            },
+            "image_ids": {s: sel.chosen[s] for s in SPLITS},
+            "duplicate_image_ids": {s: sel.duplicates[s] for s in SPLITS},
+            "skipped": skip_report(index, sel),
+        }
+        return SourceInfo(kind="coco-instances", files=files, extra=extra)
+
+    def candidates(self, spec: CocoSpec, split: str, rng: np.random.Generator) -> Iterator[Candidates]:
+        # One permutation for all splits keeps them disjoint, so the per-split `rng` is not used.
+        sel = select(spec)
+        ids = sel.offered[split]
+        yield Candidates(items=np.array(ids, np.int64).reshape(-1, 1), digests=[sel.digests[i] for i in ids])
+
+    def share(self, spec: CocoSpec, folder: Path) -> CocoSpec:
+        """Write the planned images' records as a small COCO file, so workers need not parse the full one."""
+        sel, index = select(spec), spec_index(spec)
+        path = folder / "coco-subset.json"
+        ids = [i for s in SPLITS for i in sel.offered[s]]
+        path.write_text(json.dumps(subset_json(index, ids)))
+        return replace(spec, prepared=str(path), on_error="raise")
+
+    def render(self, spec: CocoSpec, item: np.ndarray) -> Rendered:
+        index = spec_index(spec)
+        record = index.images[int(item[0])]
+        data = read_image(spec.images, record, index.name)
+        image = decode_jpeg(data, record, index.name)
+        found = instances(index, record)
+        mask = compose(found, record.height, record.width, spec.overlap)
+        present: dict[int, list[int]] = {}
+        for inst in found:
+            counts = present.setdefault(inst.cls, [0, 0])
+            counts[inst.crowd] += 1
+        meta = {
+            "image_id": record.id,
+            "file_name": record.file_name,
+            "license": record.license,
+            "width": record.width,
+            "height": record.height,
+            "categories": [
+                {
+                    "class": c.index,
+                    "id": c.category_id,
+                    "name": c.name,
+                    "instances": present[c.index][0],
+                    "crowd": present[c.index][1],
+                }
+                for c in index.classes
+                if c.index in present
+            ],
+        }
+        return Rendered(image=image, mask=mask, meta=meta, image_ext="jpg", image_bytes=data)
+
+    def labels(self, meta: dict[str, Any]) -> list[int]:
+        return [int(c["class"]) for c in meta["categories"]]
