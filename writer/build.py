@@ -128,8 +128,8 @@ def make_manifest(
         "config": config.public(),
         "source": {"kind": info.kind, "files": info.files, **info.extra},
         "hash": {"algorithm": HASH_ALGORITHM, "of": "image pixels, uint8, C order"},
-        "sample": SAMPLE_LAYOUT,
-        "mask": {"dtype": "uint8", "num_classes": recipe.num_classes, "background": 0},
+        "sample": {**SAMPLE_LAYOUT, "image": info.image_ext},
+        "mask": {"dtype": "uint8", "num_classes": recipe.num_classes, "background": 0, **info.mask},
         "splits": splits,
         "duplicates_rejected": sum(p.rejected for p in plans),
     }

@@ -39,6 +39,8 @@ class SourceInfo:
     kind: str
     files: list[dict[str, Any]]
     extra: dict[str, Any] = field(default_factory=dict)
+    image_ext: str = "png"  # the stored image member (manifest `sample.image`)
+    mask: dict[str, Any] = field(default_factory=dict)  # added to or overriding the manifest's `mask` entry
 
 
 class Recipe(Protocol):
