@@ -56,8 +56,8 @@ def test_headers_are_fixed_ustar_as_python_tarfile_reads_them() -> None:
     ours = ustar_header("0123abcd.png", 700)
     theirs = info.tobuf(format=tarfile.USTAR_FORMAT)
     assert ours[:148] == theirs[:148] and ours[156:329] == theirs[156:329]
-    assert tarfile.nti(ours[148:156]) in tarfile.calc_chksums(ours)
-    assert tarfile.nti(ours[329:337]) == tarfile.nti(ours[337:345]) == 0
+    assert int(ours[148:154], 8) == sum(ours[:148]) + 8 * ord(" ") + sum(ours[156:])
+    assert int(ours[329:336], 8) == int(ours[337:344], 8) == 0
 
 
 def test_tar_bytes_refuses_long_names() -> None:
@@ -120,6 +120,35 @@ def test_truncated_and_garbage_tars_are_refused() -> None:
         list(iter_members(io.BytesIO(data[: BLOCK + 100]), "evil.tar"))
     with pytest.raises(ShardFormatError, match="evil.tar"):
         list(iter_members(io.BytesIO(b"not a tar at all" * 64), "evil.tar"))
+
+
+SILENT_END = pytest.mark.xfail(
+    strict=True,
+    reason="tarfile's stream reader takes a bad header or EOF after the first member for the end of the "
+    "archive; iter_members then drops the remaining samples without an error (reported to the lead)",
+)
+
+
+@SILENT_END
+@pytest.mark.parametrize("damage", ["flipped-name", "zeroed-header", "bad-checksum"])
+def test_damaged_header_after_the_first_member_is_an_error(damage: str) -> None:
+    data = bytearray(tar_bytes(MEMBERS))
+    header = 2 * BLOCK  # the second member's header (the first payload takes one block)
+    if damage == "flipped-name":
+        data[header + 3] ^= 0xFF
+    elif damage == "zeroed-header":
+        data[header : header + BLOCK] = bytes(BLOCK)
+    else:
+        data[header + 150] ^= 0x01
+    with pytest.raises(ShardFormatError, match="evil.tar"):
+        list(iter_members(io.BytesIO(bytes(data)), "evil.tar"))
+
+
+@SILENT_END
+def test_archive_cut_at_a_member_boundary_is_an_error() -> None:
+    data = tar_bytes(MEMBERS)
+    with pytest.raises(ShardFormatError, match="evil.tar"):
+        list(iter_members(io.BytesIO(data[: 5 * BLOCK]), "evil.tar"))  # two whole members, no end marker
 
 
 def test_duplicate_member_in_one_sample_is_refused() -> None:

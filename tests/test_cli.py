@@ -1,0 +1,277 @@
+"""`segshards build` on bad input: a non-zero exit, one stderr line naming the culprit, nothing partial left."""
+
+import errno
+import gzip
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.mnist_fixtures import (
+    LABELS_MAGIC,
+    SHARD_FILE,
+    STEMS,
+    error_lines,
+    folder_bytes,
+    idx_bytes,
+    read_shard,
+    tiny_arrays,
+    tiny_source,
+    visible_files,
+    write_mnist_folder,
+)
+from writer.cli import main
+
+
+def fails(capsys: pytest.CaptureFixture[str], argv: list[str], *, naming: str) -> str:
+    """Run `main(argv)`, expect failure with exactly one error line that contains `naming`."""
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc != 0
+    assert "Traceback" not in err
+    lines = error_lines(err)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("segshards: error: ") and naming in lines[0], lines[0]
+    return lines[0]
+
+
+def assert_nothing_left(out: Path) -> None:
+    """No visible file (shard, manifest, log) and no temp file in `out`, if it exists at all."""
+    assert visible_files(out) == []
+    if out.exists():
+        assert not [p.name for p in out.iterdir() if ".tmp-" in p.name]
+
+
+def build_args(source: Path, out: Path, *extra: str, recipe: str = "mnist-foreground") -> list[str]:
+    return ["build", recipe, "--source", str(source), "--out", str(out), "--jobs", "1", *extra]
+
+
+def test_a_good_build_prints_one_summary_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = tiny_source(tmp_path / "src")
+    assert main(build_args(source, tmp_path / "out")) == 0
+    captured = capsys.readouterr()
+    assert captured.out == f"{tmp_path / 'out'}: train 44, val 4, test 12 samples; 0 duplicates rejected\n"
+    assert error_lines(captured.err) == []
+
+
+# ---- bad sources ----------------------------------------------------------------------------------
+
+
+def corrupted_source(tmp_path: Path, kind: str) -> tuple[Path, Path]:
+    """A tiny gzipped source with one file spoilt as `kind`; returns (folder, spoilt file)."""
+    arrays = tiny_arrays()
+    folder = write_mnist_folder(tmp_path / "src", arrays)
+    if kind == "truncated-gz":
+        path = folder / f"{STEMS['train_images']}.gz"
+        path.write_bytes(path.read_bytes()[:-100])
+    elif kind == "corrupt-gz":
+        path = folder / f"{STEMS['test_images']}.gz"
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2 : len(data) // 2 + 8] = bytes(
+            255 - b for b in data[len(data) // 2 : len(data) // 2 + 8]
+        )
+        path.write_bytes(bytes(data))
+    elif kind == "wrong-magic":
+        path = folder / f"{STEMS['test_images']}.gz"
+        path.write_bytes(gzip.compress(idx_bytes(arrays["test_images"], LABELS_MAGIC), mtime=0))
+    elif kind == "count-mismatch":
+        path = folder / f"{STEMS['train_labels']}.gz"
+        path.write_bytes(gzip.compress(idx_bytes(arrays["train_labels"][:40], LABELS_MAGIC), mtime=0))
+    elif kind == "md5-mismatch":
+        folder = write_mnist_folder(tmp_path / "src", arrays, md5sums=True)
+        path = folder / f"{STEMS['test_labels']}.gz"
+        path.write_bytes(gzip.compress(idx_bytes((arrays["test_labels"] + 1) % 10, LABELS_MAGIC), mtime=0))
+    elif kind == "missing-file":
+        path = folder / f"{STEMS['test_labels']}.gz"
+        path.unlink()
+    else:
+        raise AssertionError(kind)
+    return folder, path
+
+
+@pytest.mark.parametrize(
+    ("kind", "says"),
+    [
+        ("truncated-gz", "truncated"),
+        ("corrupt-gz", "corrupt"),
+        ("wrong-magic", "magic"),
+        ("count-mismatch", "40 labels for 48 images"),
+        ("md5-mismatch", "MD5SUMS"),
+        ("missing-file", "missing"),
+    ],
+)
+@pytest.mark.parametrize("recipe", ["mnist-foreground", "mnist-grid"])
+def test_bad_source_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, says: str, recipe: str
+) -> None:
+    folder, path = corrupted_source(tmp_path, kind)
+    line = fails(capsys, build_args(folder, tmp_path / "out", recipe=recipe), naming=path.name)
+    assert says in line
+    assert_nothing_left(tmp_path / "out")
+
+
+def test_missing_source_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fails(capsys, build_args(tmp_path / "nowhere", tmp_path / "out"), naming=str(tmp_path / "nowhere"))
+    assert_nothing_left(tmp_path / "out")
+
+
+# ---- counts the source cannot supply, bad options --------------------------------------------------------
+
+
+def test_more_digits_than_mnist_has(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["build", "mnist-foreground", "--out", str(tmp_path / "out"), "--train", "999999", "--jobs", "1"]
+    line = fails(capsys, argv, naming="--train 999999")
+    assert "55,000" in line or "55000" in line
+    assert_nothing_left(tmp_path / "out")
+
+
+def test_more_unique_samples_than_a_source_with_duplicates_has(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # One duplicate among the 44 train-pool digits: 43 unique ones.
+    source = tiny_source(tmp_path / "src", duplicates=[("train", 0, "train", 1)])
+    fails(capsys, build_args(source, tmp_path / "out", "--train", "44"), naming="--train 44")
+    assert_nothing_left(tmp_path / "out")
+    # Grid: every train digit a copy of digit 0 or 1, so only 16 distinct grids exist.
+    source = tiny_source(tmp_path / "src2", duplicates=[("train", j % 2, "train", j) for j in range(2, 48)])
+    argv = build_args(
+        source, tmp_path / "out", "--train", "17", "--val", "0", "--test", "0", recipe="mnist-grid"
+    )
+    line = fails(capsys, argv, naming="--train 17")
+    assert "16" in line
+    assert_nothing_left(tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("extra", "naming"),
+    [
+        (["--train", "-5"], "--train -5"),
+        (["--val", "-1"], "--val -1"),
+        (["--test", "-2"], "--test -2"),
+        (["--shard-size", "0"], "--shard-size 0"),
+        (["--shard-size", "-3"], "--shard-size -3"),
+        (["--jobs", "-1"], "--jobs -1"),
+        (["--seed", "-1"], "--seed -1"),
+    ],
+)
+def test_bad_option_values(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], naming: str
+) -> None:
+    source = tiny_source(tmp_path / "src")
+    fails(capsys, build_args(source, tmp_path / "out", *extra), naming=naming)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_recipe_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["build", "mnist-nope", "--out", str(tmp_path / "out")])
+    assert exited.value.code == 2
+    assert "mnist-nope" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+# ---- output folders that are not ours ---------------------------------------------------------------
+
+
+def test_out_folder_holding_another_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = tiny_source(tmp_path / "src")
+    out = tmp_path / "out"
+    assert main(build_args(source, out)) == 0
+    capsys.readouterr()
+    before = folder_bytes(out, skip=())
+    line = fails(capsys, build_args(source, out, recipe="mnist-circle"), naming=f"--out {out}")
+    assert "mnist-foreground" in line
+    fails(capsys, build_args(source, out, "--seed", "7"), naming=f"--out {out}")
+    assert folder_bytes(out, skip=()) == before  # the existing set is untouched
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)
+
+
+def test_out_folder_with_foreign_files_or_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = tiny_source(tmp_path / "src")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    fails(capsys, build_args(source, out), naming=f"--out {out}")
+    assert visible_files(out) == ["notes.txt"]
+    fails(capsys, build_args(source, out / "notes.txt"), naming="notes.txt")
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+# ---- a full disk ------------------------------------------------------------------------------------------
+
+
+class FullDiskFile:
+    """A file that takes half of what it is given, then fails as a full disk does."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    def write(self, data: bytes) -> int:
+        self.handle.write(bytes(memoryview(data)[: len(data) // 2]))
+        self.handle.flush()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.handle, name)
+
+    def __enter__(self) -> "FullDiskFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.close()
+
+
+def fill_disk_at(monkeypatch: pytest.MonkeyPatch, out: Path, nth: int) -> None:
+    """Make the `nth` shard file opened for writing in `out` (and every later one) hit ENOSPC."""
+    real_open = open
+    opened = 0
+
+    def fake_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        nonlocal opened
+        handle = real_open(file, mode, *args, **kwargs)
+        if (
+            isinstance(file, str | Path)
+            and Path(file).parent == out
+            and ".tar" in Path(file).name
+            and "w" in mode
+        ):
+            opened += 1
+            if opened >= nth:
+                return FullDiskFile(handle)
+        return handle
+
+    monkeypatch.setattr("builtins.open", fake_open)
+
+
+def test_full_disk_on_the_first_shard(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tiny_source(tmp_path / "src")
+    out = tmp_path / "out"
+    fill_disk_at(monkeypatch, out, 1)
+    line = fails(capsys, build_args(source, out, "--shard-size", "10"), naming=str(out / "train-000000.tar"))
+    assert "no space left on device" in line
+    assert_nothing_left(out)
+
+
+def test_full_disk_mid_build_then_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tiny_source(tmp_path / "src")
+    out = tmp_path / "out"
+    argv = build_args(source, out, "--shard-size", "10")
+    with monkeypatch.context() as patch:
+        fill_disk_at(patch, out, 3)
+        fails(capsys, argv, naming=str(out / "train-000002.tar"))
+    assert visible_files(out) == ["train-000000.tar", "train-000001.tar"]  # complete shards only, no manifest
+    assert all(len(read_shard(out / n)) == 10 for n in visible_files(out))
+    assert not [p.name for p in out.iterdir() if ".tmp-" in p.name]
+    assert main(argv) == 0
+    log = json.loads((out / "build-log.json").read_text())
+    assert (log["shards_reused"], log["shards_written"]) == (2, 6)
+    fresh = tmp_path / "fresh"
+    assert main(build_args(source, fresh, "--shard-size", "10")) == 0
+    assert folder_bytes(out) == folder_bytes(fresh)
+    assert all(SHARD_FILE.fullmatch(n) for n in visible_files(out) if n.endswith(".tar"))
