@@ -22,7 +22,7 @@ class BadRecord(SourceError):
 class CocoClass(NamedTuple):
     """One mask class: contiguous id 1..K (category-id order), COCO category id and name."""
 
-    index: int
+    class_id: int
     category_id: int
     name: str
     supercategory: str | None
@@ -64,7 +64,7 @@ class CocoIndex:
 
     def class_of(self) -> dict[int, int]:
         """COCO category id -> contiguous class id, for the selected categories."""
-        return {c.category_id: c.index for c in self.classes}
+        return {c.category_id: c.class_id for c in self.classes}
 
     def eligible(self) -> list[int]:
         """Sorted ids of the sound images with at least one selected non-crowd annotation."""

@@ -83,7 +83,7 @@ def decode_jpeg(data: bytes, record: ImageRecord, where: str) -> np.ndarray:
         raise BadRecord("unreadable-image", f"{where}: undecodable JPEG")
     if b"Exif\0\0" in data[:65536]:
         raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-        if raw.shape != pixels.shape or not np.array_equal(raw, pixels):
+        if raw is None or raw.shape != pixels.shape or not np.array_equal(raw, pixels):
             raise BadRecord(
                 "exif-orientation",
                 f"{where}: EXIF orientation rotates the decoded pixels away from the annotations' frame",
@@ -285,11 +285,10 @@ class CocoSemanticRecipe:
         index, sel = spec_index(spec), select(spec)
         path = Path(spec.annotations)
         files = [{"name": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(spec.annotations)}]
-        classes = [{"class": c.index, "category_id": c.category_id, "name": c.name} for c in index.classes]
+        classes = [{"class": c.class_id, "category_id": c.category_id, "name": c.name} for c in index.classes]
         extra = {
             "classes": classes,
             "palette": palette(len(classes) + 1),
-            "ignore_index": IGNORE,
             "overlap": spec.overlap,
             "annotation_file": {
                 "images": index.n_images,
@@ -300,7 +299,8 @@ class CocoSemanticRecipe:
             "duplicate_image_ids": {s: sel.duplicates[s] for s in SPLITS},
             "skipped": skip_report(index, sel),
         }
-        return SourceInfo(kind="coco-instances", files=files, extra=extra)
+        mask = {"num_classes": len(classes) + 1, "ignore_index": IGNORE}
+        return SourceInfo(kind="coco-instances", files=files, extra=extra, image_ext="jpg", mask=mask)
 
     def candidates(self, spec: CocoSpec, split: str, rng: np.random.Generator) -> Iterator[Candidates]:
         # One permutation for all splits keeps them disjoint, so the per-split `rng` is not used.
@@ -335,14 +335,14 @@ class CocoSemanticRecipe:
             "height": record.height,
             "categories": [
                 {
-                    "class": c.index,
+                    "class": c.class_id,
                     "id": c.category_id,
                     "name": c.name,
-                    "instances": present[c.index][0],
-                    "crowd": present[c.index][1],
+                    "instances": present[c.class_id][0],
+                    "crowd": present[c.class_id][1],
                 }
                 for c in index.classes
-                if c.index in present
+                if c.class_id in present
             ],
         }
         return Rendered(image=image, mask=mask, meta=meta, image_ext="jpg", image_bytes=data)
