@@ -1,9 +1,11 @@
 """The build job: validate, plan centrally, render shards in parallel workers, write the manifest last."""
 
+import functools
 import json
 import shutil
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,12 +15,16 @@ from tqdm import tqdm
 
 from writer import __version__
 from writer.atomic import atomic_write, remove_stale_temps
+from writer.card import CARD, render_card
+from writer.cluster import check_scheduler, run_on_dask
 from writer.errors import ConfigError, OutputError
 from writer.keys import HASH_ALGORITHM
-from writer.manifest import FORMAT, FORMAT_VERSION, MANIFEST, SAMPLE_LAYOUT, write_manifest
+from writer.manifest import FORMAT, FORMAT_VERSION, MANIFEST, SAMPLE_LAYOUT, dumps
 from writer.plan import SplitPlan, plan_all, shard_tasks
 from writer.recipe import SPLITS, Recipe, SourceInfo
+from writer.remote import run_remote_task
 from writer.shards import ShardResult, ShardTask, run_shard_task
+from writer.store import LocalStore, S3Store, Store, is_remote, open_store
 
 MARKER = ".segshards-build.json"
 WORK_DIR = ".segshards-work"
@@ -30,13 +36,14 @@ class BuildConfig:
     """A resolved build: what goes into the manifest (`public`) plus how to run it."""
 
     recipe: str
-    out: Path
+    out: Path | str  # a local folder, or an s3://bucket/prefix URL (a str)
     counts: dict[str, int | None]
     seed: int
     shard_size: int
     jobs: int
     backend: str
     options: dict[str, Any]  # recipe options as recorded in the manifest
+    scheduler: str | None = None  # dask scheduler address, for backend "dask"
 
     def public(self) -> dict[str, Any]:
         counts = {s: ("all" if n is None else n) for s, n in self.counts.items()}
@@ -60,6 +67,11 @@ def validate(config: BuildConfig) -> None:
         raise ConfigError(f"--jobs {config.jobs}: must be >= 0 (0 = all cores)")
     if not 0 <= config.seed < 2**63:
         raise ConfigError(f"--seed {config.seed}: must be in 0..2**63-1")
+    if config.backend == "dask":
+        check_scheduler(config.scheduler)
+    elif config.scheduler is not None:
+        raise ConfigError(f"--scheduler {config.scheduler}: only used with --backend dask")
+    open_store(config.out)  # refuses unsupported URL schemes and malformed bucket names
 
 
 def claim_output(out: Path, public: dict[str, Any]) -> None:
@@ -85,16 +97,52 @@ def claim_output(out: Path, public: dict[str, Any]) -> None:
     shutil.rmtree(out / WORK_DIR, ignore_errors=True)
 
 
-def run_tasks(tasks: list[ShardTask], *, jobs: int, backend: str) -> Iterator[ShardResult]:
-    """Run shard tasks on joblib workers, yielding results as they complete."""
+def claim_store(store: S3Store, public: dict[str, Any]) -> frozenset[str]:
+    """`claim_output` for an object-store prefix; returns the names of the objects already there."""
+    store.check_bucket()
+    names = store.names()
+    for name in (MANIFEST, MARKER):
+        if name in names:
+            try:
+                found = json.loads(store.read(name)).get("config")
+            except (ValueError, AttributeError):
+                found = None
+            if found != public:
+                what = found.get("recipe", "?") if isinstance(found, dict) else "?"
+                raise OutputError(
+                    f"--out {store.url}: holds a {what} set built with other settings ({name}); "
+                    "choose another prefix or delete it"
+                )
+    visible = [n for n in names if not n.startswith(".")]
+    if visible and MANIFEST not in names and MARKER not in names:
+        raise OutputError(f"--out {store.url}: not empty and holds no segshards set ({visible[0]} ...)")
+    store.write(MARKER, json.dumps({"config": public}, sort_keys=True).encode())
+    return frozenset(names)
+
+
+Runner = Callable[[ShardTask], ShardResult]
+
+
+def run_tasks(
+    tasks: list[ShardTask],
+    *,
+    jobs: int,
+    backend: str,
+    scheduler: str | None = None,
+    runner: Runner = run_shard_task,
+) -> Iterator[ShardResult]:
+    """Run shard tasks on joblib workers (or a dask cluster), yielding results as they complete."""
+    if backend == "dask":
+        yield from run_on_dask(runner, tasks, check_scheduler(scheduler))
+        return
     n_jobs = jobs or joblib.cpu_count()
     if n_jobs == 1 or len(tasks) <= 1:
-        yield from map(run_shard_task, tasks)
+        yield from map(runner, tasks)
         return
     parallel = joblib.Parallel(
         n_jobs=min(n_jobs, len(tasks)), backend=backend, return_as="generator_unordered"
     )
-    yield from parallel(joblib.delayed(run_shard_task)(t) for t in tasks)
+    yield from parallel(joblib.delayed(runner)(t) for t in tasks)
 
 
 def split_summary(plan: SplitPlan, results: list[ShardResult]) -> dict[str, Any]:
@@ -135,25 +183,70 @@ def make_manifest(
     }
 
 
-def worker_spec(recipe: Recipe, spec: Any, config: BuildConfig, work: Path) -> Any:
-    """The spec workers receive: the recipe's shared form when it has one and workers are separate processes."""
+def worker_spec(recipe: Recipe, spec: Any, config: BuildConfig, work: Path | None) -> Any:
+    """The spec workers receive: the recipe's shared form when it has one and workers are separate processes.
+
+    `work` is where the shared form goes (None: nowhere every worker is sure to reach, so workers load
+    the source themselves). Dask workers always run in other processes, whatever --jobs says.
+    """
     share = getattr(recipe, "share", None)
-    if share is None or config.jobs == 1 or config.backend == "threading":
+    if share is None or work is None or config.backend == "threading":
+        return spec
+    if config.jobs == 1 and config.backend != "dask":
         return spec
     work.mkdir(exist_ok=True)
     return share(spec, work)
 
 
-def render_all(recipe: Recipe, spec: Any, config: BuildConfig, plans: list[SplitPlan]) -> list[ShardResult]:
+def work_folder(config: BuildConfig) -> Path | None:
+    """Scratch space for the shared source: inside a local output (workers reach it since they write there);
+    for an object-store output a local temp folder, or none with dask, whose workers may be elsewhere."""
+    if not is_remote(config.out):
+        return Path(config.out) / WORK_DIR
+    if config.backend == "dask":
+        return None
+    return Path(tempfile.mkdtemp(prefix="segshards-work-"))
+
+
+def task_runner(config: BuildConfig, present: frozenset[str]) -> tuple[str, Runner]:
+    """Where workers write (the `out_dir` of each task) and the function that runs a task."""
+    if is_remote(config.out):
+        return str(config.out), functools.partial(run_remote_task, present=present)
+    out = Path(config.out)
+    # Dask workers have their own working folders: give them an absolute path.
+    return str(out.resolve() if config.backend == "dask" else out), run_shard_task
+
+
+def render_all(
+    recipe: Recipe,
+    spec: Any,
+    config: BuildConfig,
+    plans: list[SplitPlan],
+    present: frozenset[str] = frozenset(),
+) -> list[ShardResult]:
     """Render every planned shard with a progress bar; results in completion order."""
-    tasks = shard_tasks(recipe, spec, str(config.out), plans, config.shard_size)
+    out_dir, runner = task_runner(config, present)
+    tasks = shard_tasks(recipe, spec, out_dir, plans, config.shard_size)
     results: list[ShardResult] = []
     total = sum(len(t.keys) for t in tasks)
     with tqdm(total=total, unit="sample", unit_scale=True, desc=recipe.name, smoothing=0.1) as bar:
-        for result in run_tasks(tasks, jobs=config.jobs, backend=config.backend):
+        run = run_tasks(
+            tasks, jobs=config.jobs, backend=config.backend, scheduler=config.scheduler, runner=runner
+        )
+        for result in run:
             results.append(result)
             bar.update(result.count)
     return results
+
+
+def claim(config: BuildConfig) -> tuple[Store, frozenset[str]]:
+    """Claim the output (folder or prefix); returns its store and the names already there."""
+    if is_remote(config.out):
+        store = open_store(config.out)
+        assert isinstance(store, S3Store)  # open_store accepts no other URL
+        return store, claim_store(store, config.public())
+    claim_output(Path(config.out), config.public())
+    return LocalStore(Path(config.out)), frozenset()
 
 
 def build(recipe: Recipe, spec: Any, config: BuildConfig) -> dict[str, Any]:
@@ -162,31 +255,35 @@ def build(recipe: Recipe, spec: Any, config: BuildConfig) -> dict[str, Any]:
     started = time.perf_counter()
     info = recipe.describe(spec)  # validates source checksums before any work
     plans, _ = plan_all(recipe, spec, config.counts, seed=config.seed)
-    claim_output(config.out, config.public())
-    work = config.out / WORK_DIR
+    store, present = claim(config)
+    work = work_folder(config)
     try:
-        results = render_all(recipe, worker_spec(recipe, spec, config, work), config, plans)
+        results = render_all(recipe, worker_spec(recipe, spec, config, work), config, plans, present)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
     order = {s: i for i, s in enumerate(SPLITS)}
     results.sort(key=lambda r: (order.get(r.split, len(order)), r.split, r.index))
     manifest = make_manifest(recipe, info, config, plans, results)
-    write_manifest(config.out, manifest)
-    (config.out / MARKER).unlink(missing_ok=True)
-    write_run_log(config, results, time.perf_counter() - started)
+    data = dumps(manifest)
+    store.write(CARD, render_card(manifest, data).encode("utf-8"))  # the card first, the manifest last
+    store.write(MANIFEST, data)
+    store.delete(MARKER)
+    write_run_log(config, store, results, time.perf_counter() - started)
     return manifest
 
 
-def write_run_log(config: BuildConfig, results: list[ShardResult], elapsed: float) -> None:
+def write_run_log(config: BuildConfig, store: Store, results: list[ShardResult], elapsed: float) -> None:
     """Run-specific facts (time, workers, rate) go beside the manifest, never into it."""
     total = sum(r.count for r in results)
     log = {
         "elapsed_s": round(elapsed, 3),
         "jobs": config.jobs or joblib.cpu_count(),
         "backend": config.backend,
+        **({"scheduler": config.scheduler} if config.scheduler else {}),
         "samples": total,
         "samples_per_s": round(total / elapsed, 1) if elapsed else None,
         "shards_written": sum(not r.reused for r in results),
         "shards_reused": sum(r.reused for r in results),
     }
-    atomic_write(config.out / RUN_LOG, json.dumps(log, indent=2, sort_keys=True).encode())
+    store.write(RUN_LOG, json.dumps(log, indent=2, sort_keys=True).encode())

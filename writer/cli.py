@@ -10,9 +10,11 @@ from writer import __version__
 from writer.build import BuildConfig, build
 from writer.errors import SegshardsError
 from writer.preview import write_preview
+from writer.publish import PublishConfig, publish
 from writer.recipe import SPLITS
 from writer.recipes import RECIPES, get_recipe
-from writer.verify import verify_folder
+from writer.store import is_remote
+from writer.verify import verify_location
 
 PLUGIN_GROUP = "segshards.commands"
 
@@ -26,7 +28,7 @@ def build_parser(recipe_name: str | None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     b = sub.add_parser("build", help="render a recipe into shards")
     b.add_argument("recipe", choices=sorted(RECIPES), metavar="RECIPE", help=", ".join(sorted(RECIPES)))
-    b.add_argument("--out", required=True, help="output folder")
+    b.add_argument("--out", required=True, help="output folder, or s3://bucket/prefix")
     for split in SPLITS:
         b.add_argument(
             f"--{split}", type=int, default=None, metavar="N", help=f"{split} samples (default: recipe's)"
@@ -35,10 +37,17 @@ def build_parser(recipe_name: str | None) -> argparse.ArgumentParser:
     b.add_argument("--jobs", type=int, default=0, help="parallel workers (0 = all cores)")
     b.add_argument("--shard-size", type=int, default=10_000, metavar="K", help="samples per shard")
     b.add_argument("--backend", default="loky", help="joblib backend (loky, threading, dask)")
+    b.add_argument(
+        "--scheduler", default=None, metavar="tcp://HOST:PORT", help="dask scheduler (with --backend dask)"
+    )
     if recipe_name in RECIPES:
         RECIPES[recipe_name].add_options(b)
     v = sub.add_parser("verify", help="check a shard set against its manifest")
-    v.add_argument("folder")
+    v.add_argument("folder", help="set folder, or s3://bucket/prefix")
+    u = sub.add_parser("publish", help="upload a finished set to s3://bucket/prefix, manifest last")
+    u.add_argument("folder", help="set folder")
+    u.add_argument("dest", help="s3://bucket/prefix (endpoint and credentials from the AWS environment)")
+    u.add_argument("--jobs", type=int, default=8, help="concurrent uploads")
     p = sub.add_parser("preview", help="contact sheet of samples with masks overlaid")
     p.add_argument("folder")
     p.add_argument("-o", "--output", default="preview.png")
@@ -53,13 +62,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     counts = {s: getattr(args, s) if getattr(args, s) is not None else defaults[s] for s in SPLITS}
     config = BuildConfig(
         recipe=recipe.name,
-        out=Path(args.out),
+        out=args.out if is_remote(args.out) else Path(args.out),
         counts=counts,
         seed=args.seed,
         shard_size=args.shard_size,
         jobs=args.jobs,
         backend=args.backend,
         options=recipe.spec_config(args),
+        scheduler=args.scheduler,
     )
     manifest = build(recipe, recipe.make_spec(args), config)
     summary = ", ".join(f"{s} {info['count']:,}" for s, info in manifest["splits"].items())
@@ -68,13 +78,23 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    problems, shards, samples = verify_folder(Path(args.folder))
+    problems, shards, samples = verify_location(args.folder)
     for line in problems:
         print(line, file=sys.stderr)
     if problems:
         print(f"{args.folder}: {len(problems)} problem(s)", file=sys.stderr)
         return 1
     print(f"{args.folder}: ok, {shards} shards, {samples:,} samples, keys unique")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    report = publish(PublishConfig(folder=Path(args.folder), dest=args.dest, jobs=args.jobs))
+    rate = report.bytes_uploaded / report.elapsed_s / 1e6 if report.elapsed_s else 0.0
+    print(
+        f"{args.dest}: uploaded {len(report.uploaded)} objects ({report.bytes_uploaded / 1e6:,.1f} MB, "
+        f"{rate:,.1f} MB/s), {len(report.skipped)} already in place; manifest last"
+    )
     return 0
 
 
@@ -87,6 +107,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "build": cmd_build,
     "verify": cmd_verify,
+    "publish": cmd_publish,
     "preview": cmd_preview,
 }
 

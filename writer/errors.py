@@ -23,3 +23,11 @@ class OutputError(SegshardsError):
 
 class ShardFormatError(SegshardsError):
     """A shard or manifest does not follow the segshards format, or is unsafe to read."""
+
+
+class StoreError(SegshardsError):
+    """An object store cannot be reached, refuses a request, or lacks an object."""
+
+
+class ClusterError(SegshardsError):
+    """The dask cluster cannot be reached or could not finish the shard tasks."""

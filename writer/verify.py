@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from writer.encode import decode_image
-from writer.errors import SegshardsError
+from writer.errors import SegshardsError, ShardFormatError
 from writer.keys import is_key, pixel_key
-from writer.manifest import SHARD_NAME, read_manifest, shard_entries, split_names
+from writer.manifest import MANIFEST, SHARD_NAME, parse_manifest, read_manifest, shard_entries, split_names
+from writer.store import is_remote, open_store
 from writer.tarformat import iter_samples
 
 Opener = Callable[[str], bytes]
@@ -90,4 +91,20 @@ def verify_folder(folder: Path) -> tuple[list[str], int, int]:
     for path in sorted(folder.glob("*.tar")):
         if path.name not in listed and SHARD_NAME.fullmatch(path.name):
             problems.append(f"{path}: shard not listed in the manifest")
+    return problems, shards, samples
+
+
+def verify_location(location: str) -> tuple[list[str], int, int]:
+    """Verify a local folder or an `s3://bucket/prefix` set, streaming each shard from the store."""
+    if not is_remote(location):
+        return verify_folder(Path(location))
+    store = open_store(location)
+    if store.head(MANIFEST) is None:
+        raise ShardFormatError(f"{store.url}/{MANIFEST}: no manifest (not a finished segshards set)")
+    manifest = parse_manifest(store.read(MANIFEST), f"{store.url}/{MANIFEST}")
+    problems, shards, samples = verify_set(manifest, store.read, store.url)
+    listed = {e["name"] for s in manifest["splits"].values() for e in s["shards"]}
+    for name in store.names():
+        if name not in listed and SHARD_NAME.fullmatch(name):
+            problems.append(f"{store.url}/{name}: shard not listed in the manifest")
     return problems, shards, samples
