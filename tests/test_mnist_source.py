@@ -125,3 +125,15 @@ def test_missing_file_and_folder(tmp_path: Path) -> None:
     (folder / f"{STEMS['test_labels']}.gz").unlink()
     assert load_error(folder) == f"{folder}: missing {STEMS['test_labels']}.gz (MNIST IDX format expected)"
     assert load_error(tmp_path / "nowhere").startswith(f"{tmp_path / 'nowhere'}: ")
+
+
+def test_header_shorter_than_its_dimensions(tmp_path: Path) -> None:
+    # A valid images magic (3 dimensions) but only one dimension present.
+    folder, path = folder_with(tmp_path, "test_images", b"\x00\x00\x08\x03" + b"\x00" * 8, gz=False)
+    assert load_error(folder).startswith(f"{path}: too short")
+
+
+def test_negative_dimension(tmp_path: Path) -> None:
+    data = b"\x00\x00\x08\x03" + b"\xff\xff\xff\xff" + b"\xff\xff\xff\xe4" + b"\x00\x00\x00\x1c" + bytes(784)
+    folder, path = folder_with(tmp_path, "test_images", data, gz=False)
+    assert load_error(folder).startswith(f"{path}: ")

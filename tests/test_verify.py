@@ -124,3 +124,10 @@ def test_missing_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main(["verify", str(tmp_path)]) == 1
     lines = error_lines(capsys.readouterr().err)
     assert len(lines) == 1 and lines[0].startswith(f"segshards: error: {tmp_path}/manifest.json: no manifest")
+
+
+def test_verify_a_file_instead_of_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "afile").write_text("x")
+    assert main(["verify", str(tmp_path / "afile")]) == 1
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and lines[0].startswith(f"segshards: error: {tmp_path / 'afile'}")

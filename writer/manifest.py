@@ -80,6 +80,8 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         text = path.read_bytes()
     except FileNotFoundError:
         raise ShardFormatError(f"{path}: no manifest (not a finished segshards set)") from None
+    except OSError as exc:
+        raise ShardFormatError(f"{path}: cannot read ({exc.strerror or exc})") from None
     return parse_manifest(text, str(path))
 
 

@@ -1,6 +1,8 @@
 """Reader for digit sets in the MNIST IDX format (MNIST, Fashion-MNIST, KMNIST ...), gzipped or raw."""
 
 import gzip
+import math
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -64,9 +66,13 @@ def parse_idx(data: bytes, *, magic: int, path: Path) -> np.ndarray:
     if found != magic:
         raise SourceError(f"{path}: wrong magic number {found}, expected {magic}")
     ndim = data[3]
-    dims = struct.unpack(f">{ndim}i", data[4 : 4 + 4 * ndim])
     offset = 4 + 4 * ndim
-    expected = int(np.prod(dims))
+    if len(data) < offset:
+        raise SourceError(f"{path}: too short for an IDX header of {ndim} dimensions")
+    dims = struct.unpack(f">{ndim}i", data[4:offset])
+    if min(dims, default=0) < 0:
+        raise SourceError(f"{path}: negative dimension in IDX header {dims}")
+    expected = math.prod(dims)
     if len(data) - offset != expected:
         raise SourceError(f"{path}: holds {len(data) - offset} data bytes, header {dims} needs {expected}")
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
@@ -78,10 +84,13 @@ def read_checksums(folder: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     sums: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            digest, name = line.split(maxsplit=1)
-            sums[name.strip().lstrip("*")] = digest.lower()
+    for number, line in enumerate(path.read_bytes().decode("utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2 or not re.fullmatch(r"[0-9a-fA-F]{32}", parts[0]):
+            raise SourceError(f"{path}: line {number} is not 'MD5  FILENAME'")
+        sums[parts[1].strip().lstrip("*")] = parts[0].lower()
     return sums
 
 
