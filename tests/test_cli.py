@@ -310,3 +310,34 @@ def test_out_folder_with_a_corrupt_manifest_or_marker(
     (out / name).write_text(content)
     fails(capsys, build_args(source, out), naming=str(out))
     assert sorted(p.name for p in out.iterdir()) == [name]
+
+
+def test_interrupt_mid_build_leaves_no_partial_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tiny_source(tmp_path / "src")
+    out = tmp_path / "out"
+    real_open = open
+    opened = 0
+
+    def interrupting_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        nonlocal opened
+        if (
+            isinstance(file, str | Path)
+            and Path(file).parent == out
+            and ".tar" in Path(file).name
+            and "w" in mode
+        ):
+            opened += 1
+            if opened == 2:
+                real_open(file, mode, *args, **kwargs).close()  # the temp file exists when Ctrl-C lands
+                raise KeyboardInterrupt
+        return real_open(file, mode, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr("builtins.open", interrupting_open)
+        assert main(build_args(source, out, "--shard-size", "10")) == 130
+    lines = error_lines(capsys.readouterr().err)
+    assert lines == ["segshards: interrupted; run the same command again to resume"]
+    assert visible_files(out) == ["train-000000.tar"]
+    assert not [p.name for p in out.iterdir() if ".tmp-" in p.name]
