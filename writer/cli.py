@@ -8,7 +8,7 @@ from pathlib import Path
 
 from writer import __version__
 from writer.build import BuildConfig, build
-from writer.errors import SegshardsError
+from writer.errors import SegshardsError, StoreError
 from writer.preview import write_preview
 from writer.publish import PublishConfig, publish
 from writer.recipe import SPLITS
@@ -89,7 +89,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    report = publish(PublishConfig(folder=Path(args.folder), dest=args.dest, jobs=args.jobs))
+    try:
+        report = publish(PublishConfig(folder=Path(args.folder), dest=args.dest, jobs=args.jobs))
+    except StoreError as exc:
+        raise StoreError(
+            f"{exc}; run the same command again to resume (finished objects are kept, the manifest goes last)"
+        ) from exc
     rate = report.bytes_uploaded / report.elapsed_s / 1e6 if report.elapsed_s else 0.0
     print(
         f"{args.dest}: uploaded {len(report.uploaded)} objects ({report.bytes_uploaded / 1e6:,.1f} MB, "

@@ -16,7 +16,7 @@ from typing import Any
 from writer.build import MARKER, RUN_LOG
 from writer.card import CARD
 from writer.errors import ConfigError, OutputError, ShardFormatError
-from writer.manifest import MANIFEST, parse_manifest
+from writer.manifest import MANIFEST, parse_manifest, split_names
 from writer.store import LocalStore, S3Store, Store, open_store, sha256_file
 
 
@@ -55,8 +55,8 @@ def set_files(folder: Path, manifest: dict[str, Any]) -> list[SetFile]:
     anywhere); contents are checked against the manifest's sha256 as they are uploaded.
     """
     files: list[SetFile] = []
-    for split in manifest["splits"].values():
-        for entry in split["shards"]:
+    for split in split_names(manifest):
+        for entry in manifest["splits"][split]["shards"]:
             path = folder / entry["name"]
             if path.is_symlink() or not path.is_file():
                 raise ShardFormatError(f"{path}: listed in the manifest but not a regular file")
