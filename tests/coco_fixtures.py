@@ -156,7 +156,7 @@ def fixture_json(specs: list[tuple[int, int, int, list[Any]]]) -> dict[str, Any]
                 "id": ann_id, "image_id": image_id, "category_id": cat, "iscrowd": int(crowd),
                 "segmentation": segmentation, "area": float(m.sum()), "bbox": [0.0, 0.0, 1.0, 1.0],
             })  # fmt: skip
-    return {"info": {"description": "segshards test fixture"}, "licenses": [], "images": images,
+    return {"info": {"description": "segshards test fixture"}, "licenses": [{"id": 3, "name": "Attribution-NonCommercial License", "url": "http://example.org/by-nc/2.0/"}], "images": images,
             "annotations": annotations, "categories": categories}  # fmt: skip
 
 

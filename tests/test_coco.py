@@ -142,6 +142,9 @@ def test_manifest_records_classes_palette_checksum_and_choices(coco: CocoFixture
     assert len(set(ids["train"]) | set(ids["val"]) | set(ids["test"])) == 7
     assert set(ids["train"] + ids["val"] + ids["test"]) <= ELIGIBLE
     assert source["skipped"] == {"counts": {}, "image_ids": {}, "annotations": {}}
+    assert source["licenses"] == [
+        {"id": 3, "name": "Attribution-NonCommercial License", "url": "http://example.org/by-nc/2.0/"}
+    ]
     assert source["annotation_file"] == {"images": 9, "annotations": 16, "eligible_images": 7}
     assert manifest["mask"] == {"dtype": "uint8", "num_classes": 5, "background": 0, "ignore_index": 255}
     assert manifest["sample"]["image"] == "jpg"

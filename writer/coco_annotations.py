@@ -61,6 +61,7 @@ class CocoIndex:
     dropped: list[tuple[str, BadRecord]] = field(default_factory=list)  # (record, problem) naming no image
     n_images: int = 0
     n_annotations: int = 0
+    licenses: list[dict[str, Any]] = field(default_factory=list)  # the `licenses` table: id, name, url
 
     def class_of(self) -> dict[int, int]:
         """COCO category id -> contiguous class id, for the selected categories."""
@@ -200,6 +201,14 @@ def parse_annotation(record: Any, name: str, position: int, categories: set[int]
     return Annotation(ann_id, image_id, category_id, bool(iscrowd), segmentation)
 
 
+def licence_table(raw: Any) -> list[dict[str, Any]]:
+    """The `licenses` entries that have an int id, reduced to id, name and url (informative only)."""
+    table = (
+        [r for r in raw if isinstance(r, dict) and type(r.get("id")) is int] if isinstance(raw, list) else []
+    )
+    return [{k: r[k] for k in ("id", "name", "url") if isinstance(r.get(k), int | str)} for r in table]
+
+
 def top_list(data: Any, key: str, name: str) -> list[Any]:
     if not isinstance(data, dict):
         raise SourceError(f"{name}: top level is {type(data).__name__}, expected an object")
@@ -223,6 +232,7 @@ def load_index(path: str, names: tuple[str, ...] | None, on_error: str) -> CocoI
     index = CocoIndex(
         name, categories, classes, {}, {}, n_images=len(raw_images), n_annotations=len(raw_annotations)
     )
+    index.licenses = licence_table(data.get("licenses"))
     known_ids: set[int] = set()
     for i, record in enumerate(raw_images):
         raw_id = record.get("id") if isinstance(record, dict) else None
@@ -269,4 +279,9 @@ def subset_json(index: CocoIndex, image_ids: list[int]) -> dict[str, Any]:
     annotations = [a._asdict() for i in sorted(image_ids) for a in index.annotations.get(i, [])]
     for a in annotations:
         a["iscrowd"] = int(a["iscrowd"])
-    return {"categories": index.categories, "images": images, "annotations": annotations}
+    return {
+        "categories": index.categories,
+        "images": images,
+        "annotations": annotations,
+        "licenses": index.licenses,
+    }

@@ -295,6 +295,7 @@ class CocoSemanticRecipe:
                 "annotations": index.n_annotations,
                 "eligible_images": sel.eligible,
             },
+            "licenses": index.licenses,
             "image_ids": {s: sel.chosen[s] for s in SPLITS},
             "duplicate_image_ids": {s: sel.duplicates[s] for s in SPLITS},
             "skipped": skip_report(index, sel),
