@@ -1,0 +1,25 @@
+"""Stream segshards shard sets (local, http(s), s3) into PyTorch training: `make_loader`, `DevicePrefetcher`.
+
+Importing this package registers an s3:// handler in `webdataset.gopen_schemes` (see `loaders.storage`).
+"""
+
+from loaders.device import CudaPrefetcher, DevicePrefetcher, to_device, to_float
+from loaders.errors import ResumeError, SkippedDataWarning, StorageError
+from loaders.loader import LoaderConfig, ShardLoader, make_loader
+from loaders.storage import RetryPolicy, register_gopen
+
+register_gopen()
+
+__all__ = [
+    "CudaPrefetcher",
+    "DevicePrefetcher",
+    "LoaderConfig",
+    "ResumeError",
+    "RetryPolicy",
+    "ShardLoader",
+    "SkippedDataWarning",
+    "StorageError",
+    "make_loader",
+    "to_device",
+    "to_float",
+]

@@ -1,0 +1,105 @@
+"""Feeding a device: batches copied ahead on a side CUDA stream while the current one trains.
+
+On CUDA, batch k+1 is copied (non-blocking, from pinned memory when the loader pins) on a side stream
+while the training step on batch k runs; the compute stream waits for that copy only when it takes the
+batch. `transform` (e.g. `to_float`) runs on the device right after the copy, on the same side stream:
+float conversion and normalisation happen there, never in the workers. Without CUDA the same code runs
+on the CPU with no stream.
+"""
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+Batch = dict[str, Any]
+
+
+def to_device(batch: Batch, device: torch.device, *, non_blocking: bool = True) -> Batch:
+    """The batch with its tensors on `device` (other values, such as keys, as they are)."""
+    return {
+        k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }
+
+
+def to_float(batch: Batch, mean: float = 0.0, std: float = 1.0) -> Batch:
+    """Images as float32 in [0, 1], then (x - mean) / std; masks as int64 class indices (for the loss)."""
+    out = dict(batch)
+    image = batch["image"].float().div_(255.0)
+    out["image"] = image.sub_(mean).div_(std) if (mean, std) != (0.0, 1.0) else image
+    out["mask"] = batch["mask"].long()
+    return out
+
+
+class DevicePrefetcher:
+    """Iterate `loader` with every batch already on `device`, the next one copied while this one is used.
+
+    `state_dict()` reports the position after the batches handed out by this prefetcher (not the one it
+    holds ahead), so a checkpoint taken inside the training loop resumes at the right batch.
+    `data_wait_s` accumulates the time spent waiting for the loader (host side).
+    """
+
+    def __init__(
+        self, loader: Any, device: torch.device | str, transform: Callable[[Batch], Batch] | None = None
+    ) -> None:
+        self.loader, self.device, self.transform = loader, torch.device(device), transform
+        self.cuda = self.device.type == "cuda"
+        self.stream = torch.cuda.Stream(device=self.device) if self.cuda else None
+        self.data_wait_s = 0.0
+        self._state: dict[str, Any] | None = None
+
+    def _fetch(self, iterator: Iterator[Batch]) -> Batch | None:
+        started = time.perf_counter()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return None
+        finally:
+            self.data_wait_s += time.perf_counter() - started
+        if self.stream is None:
+            batch = to_device(batch, self.device, non_blocking=False)
+            return self.transform(batch) if self.transform else batch
+        with torch.cuda.stream(self.stream):
+            batch = to_device(batch, self.device)
+            return self.transform(batch) if self.transform else batch
+
+    def __iter__(self) -> Iterator[Batch]:
+        iterator = iter(self.loader)
+        upcoming = self._fetch(iterator)
+        upcoming_state = self._loader_state()
+        while upcoming is not None:
+            batch, state = upcoming, upcoming_state
+            if self.stream is not None:
+                current = torch.cuda.current_stream(self.device)
+                current.wait_stream(self.stream)
+                for value in batch.values():
+                    if isinstance(value, torch.Tensor):
+                        value.record_stream(current)  # its memory is reused only after the step's kernels
+            upcoming = self._fetch(iterator)
+            upcoming_state = self._loader_state()
+            self._state = state
+            yield batch
+        self._state = upcoming_state
+
+    def _loader_state(self) -> dict[str, Any] | None:
+        return self.loader.state_dict() if hasattr(self.loader, "state_dict") else None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The loader's position after the batches this prefetcher has handed out."""
+        return self._state if self._state is not None else self.loader.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loader.load_state_dict(state)
+        self._state = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+        self._state = None
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+CudaPrefetcher = DevicePrefetcher

@@ -1,0 +1,25 @@
+"""Loader-specific exceptions and warnings, subclassing the project's errors in `writer.errors`."""
+
+from writer.errors import ConfigError, SegshardsError, ShardFormatError, SourceError
+
+
+class StorageError(SourceError):
+    """A URL cannot be read: missing object, refused credentials, or a transient failure that outlived retries."""
+
+
+class ResumeError(ConfigError):
+    """A saved loader state does not fit this loader (other workers, ranks, batch size, seed or shards)."""
+
+
+class SkippedDataWarning(UserWarning):
+    """With `on_error="skip"`: shards or samples were skipped this epoch (see `loader.stats`)."""
+
+
+__all__ = [
+    "ConfigError",
+    "ResumeError",
+    "SegshardsError",
+    "ShardFormatError",
+    "SkippedDataWarning",
+    "StorageError",
+]

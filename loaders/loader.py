@@ -1,0 +1,292 @@
+"""`make_loader`: batches of a shard set for training, with epochs, rank/worker splitting and mid-epoch resume.
+
+Epochs. The shard order of epoch e is a permutation seeded by (seed, e), identical on every rank; rank r
+takes shards r, r+R, r+2R ... of it and its worker w every W-th of those, so with W workers on each of R
+ranks every sample is read exactly once per epoch. When the shards do not divide evenly (or hold unequal
+counts) that stays true, but ranks and workers get unequal numbers of samples, so ranks may run different
+numbers of batches: for DistributedDataParallel use `resampled=True`, or shards that divide evenly. Each
+worker shuffles through a buffer seeded by (seed, epoch, rank, worker) and batches on its own, so each
+worker ends with a short batch unless `drop_last=True`. In resampled mode every worker draws shards with
+replacement (seeded by seed, epoch, rank, worker) and an "epoch" is `epoch_batches` batches per rank (by
+default the split's size divided by world_size * batch_size): an endless stream cut into equal epochs, so
+every rank runs the same number of steps and checkpoints still fall on epochs.
+
+Iterating the loader continues from its position: a full pass ends the epoch and moves to the next one
+(`set_epoch(e)` chooses another; setting the current epoch again keeps the position, so a resumed loader
+stays mid-epoch). `state_dict()` after k batches records (epoch, items delivered per worker, the worker
+due next); `load_state_dict` on a loader with the same settings and shards makes it yield exactly the
+remaining batches of that epoch in the uninterrupted order. Resuming re-reads, without decoding, the
+samples each worker had delivered: the shuffle buffers are replayed rather than stored.
+"""
+
+import hashlib
+import math
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from loaders.dataset import EMPTY_TAG, END_TAG, WORKER_TAG, LoaderConfig, ShardStream
+from loaders.errors import ResumeError, SkippedDataWarning
+from loaders.source import ShardSet, resolve
+from loaders.stages import OnError, Stats
+from loaders.storage import RetryPolicy
+from writer.errors import ConfigError, SegshardsError
+
+STATE_VERSION = 1
+
+
+def _identity(batch: dict[str, Any]) -> dict[str, Any]:
+    return batch
+
+
+def _clean(exc: SegshardsError) -> SegshardsError:
+    """The original one-line message of an error re-raised by DataLoader from a worker process."""
+    lines = str(exc).strip().splitlines()
+    if len(lines) > 1 and lines[0].startswith("Caught ") and ": " in lines[-1]:
+        return type(exc)(lines[-1].split(": ", 1)[1])
+    return exc
+
+
+def distributed_defaults(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """(rank, world_size): as given, else from torch.distributed when initialised, else (0, 1)."""
+    dist = torch.distributed
+    ready = dist.is_available() and dist.is_initialized()
+    if rank is None:
+        rank = dist.get_rank() if ready else 0
+    if world_size is None:
+        world_size = dist.get_world_size() if ready else 1
+    return rank, world_size
+
+
+def validate(config: LoaderConfig, shards: ShardSet) -> None:
+    """Refuse impossible settings, naming the option."""
+    c = config
+    checks = [
+        (c.batch_size >= 1, f"batch_size {c.batch_size}: must be >= 1"),
+        (c.num_workers >= 0, f"num_workers {c.num_workers}: must be >= 0"),
+        (c.world_size >= 1, f"world_size {c.world_size}: must be >= 1"),
+        (0 <= c.rank < c.world_size, f"rank {c.rank}: must be in 0..{c.world_size - 1}"),
+        (c.seed >= 0, f"seed {c.seed}: must be >= 0"),
+        (c.shuffle_buffer >= 0, f"shuffle_buffer {c.shuffle_buffer}: must be >= 0"),
+        (c.on_error in ("raise", "skip"), f"on_error {c.on_error!r}: must be 'raise' or 'skip'"),
+        (c.size is None or (len(c.size) == 2 and min(c.size) >= 1), f"size {c.size}: must be (H, W) >= 1"),
+        (c.epoch_batches is None or c.epoch_batches >= 1, f"epoch_batches {c.epoch_batches}: must be >= 1"),
+        (c.retry.attempts >= 1, f"retry.attempts {c.retry.attempts}: must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    if c.resampled and c.epoch_batches is None:
+        raise ConfigError(f"{shards.source}: resampled mode without a manifest needs epoch_batches")
+
+
+class ShardLoader:
+    """An iterable of batch dicts over one split of a shard set (build it with `make_loader`)."""
+
+    def __init__(
+        self, shards: ShardSet, config: LoaderConfig, *, pin_memory: bool, prefetch_factor: int
+    ) -> None:
+        validate(config, shards)
+        self.shards, self.config = shards, config
+        self.dataset = ShardStream(shards, config)
+        self.dataloader = DataLoader(
+            self.dataset,
+            batch_size=None,
+            collate_fn=_identity,
+            num_workers=config.num_workers,
+            pin_memory=pin_memory,
+            prefetch_factor=prefetch_factor if config.num_workers else None,
+        )
+        self.epoch = 0
+        self.stats = Stats()  # what on_error="skip" left out in the current (or last) epoch
+        self._reset_position()
+
+    def _reset_position(self) -> None:
+        workers = self.config.workers
+        self.batches = 0  # batches yielded this epoch
+        self._items = [0] * workers  # items (batches, empty batches, end markers) per logical worker
+        self._ended = [False] * workers
+        self._next = 0  # the logical worker due next in DataLoader's round-robin
+
+    def _record(self, worker: int, *, ended: bool) -> None:
+        self._items[worker] += 1
+        self._ended[worker] = self._ended[worker] or ended
+        workers = len(self._items)
+        for step in range(1, workers + 1):
+            candidate = (worker + step) % workers
+            if not self._ended[candidate]:
+                self._next = candidate
+                break
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.batches == 0 and not any(self._items):
+            self.stats = Stats()
+        self.dataset.epoch = self.epoch
+        self.dataset.skip = list(self._items)
+        self.dataset.rotation = self._next
+        try:
+            for item in self.dataloader:
+                worker = item.pop(WORKER_TAG)
+                self._record(worker, ended=END_TAG in item)
+                if END_TAG in item:
+                    self.stats.merge(item[END_TAG])
+                elif not item.pop(EMPTY_TAG, False):
+                    self.batches += 1
+                    yield item
+        except SegshardsError as exc:
+            raise _clean(exc) from exc
+        self._finish_epoch()
+
+    def _finish_epoch(self) -> None:
+        s = self.stats
+        if s.shards_failed or s.samples_skipped:
+            first = s.errors[0] if s.errors else ""
+            warnings.warn(
+                SkippedDataWarning(
+                    f"{self.shards.source}: epoch {self.epoch} skipped {s.shards_failed} shard(s) and "
+                    f"{s.samples_skipped} sample(s); first: {first}"
+                ),
+                stacklevel=3,
+            )
+        self.epoch += 1
+        self._reset_position()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start `epoch` from its beginning, unless it is the current epoch (then the position is kept)."""
+        if epoch < 0:
+            raise ConfigError(f"epoch {epoch}: must be >= 0")
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self._reset_position()
+
+    def __len__(self) -> int:
+        """Batches this rank yields per epoch (all workers together)."""
+        c = self.config
+        if c.resampled:
+            assert c.epoch_batches is not None
+            return c.epoch_batches
+        if self.shards.counts is None:
+            raise TypeError(f"{self.shards.source}: epoch length unknown without a manifest")
+        counts = self.shards.counts
+        self.dataset.epoch = self.epoch
+        total = 0
+        for worker in range(c.workers):
+            n = sum(counts[i] for i in self.dataset.worker_shards(worker))
+            total += n // c.batch_size if c.drop_last else math.ceil(n / c.batch_size)
+        return total
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings a saved position only makes sense with."""
+        c = self.config
+        names = "\n".join(self.shards.names()) + repr(self.shards.counts)
+        return {
+            "num_workers": c.workers,
+            "rank": c.rank,
+            "world_size": c.world_size,
+            "batch_size": c.batch_size,
+            "seed": c.seed,
+            "shuffle": c.shuffle,
+            "shuffle_buffer": c.shuffle_buffer,
+            "resampled": c.resampled,
+            "epoch_batches": c.epoch_batches,
+            "drop_last": c.drop_last,
+            "shards": hashlib.sha256(names.encode()).hexdigest()[:16],
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position after the batches yielded so far: save it with a training checkpoint."""
+        return {
+            "version": STATE_VERSION,
+            "epoch": self.epoch,
+            "batches": self.batches,
+            "items": list(self._items),
+            "ended": list(self._ended),
+            "next_worker": self._next,
+            "settings": self.fingerprint(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a saved position (the next iteration yields the rest of that epoch)."""
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise ResumeError(
+                f"loader state: unknown version {state.get('version') if isinstance(state, dict) else state!r}"
+            )
+        saved, mine = state["settings"], self.fingerprint()
+        for key, value in mine.items():
+            if saved.get(key) != value:
+                raise ResumeError(
+                    f"loader state: saved with {key}={saved.get(key)!r}, this loader has {value!r}; "
+                    "the rest of the epoch can only be replayed with the same settings"
+                )
+        self.epoch, self.batches, self._next = (
+            int(state["epoch"]),
+            int(state["batches"]),
+            int(state["next_worker"]),
+        )
+        self._items, self._ended = [int(i) for i in state["items"]], [bool(e) for e in state["ended"]]
+
+
+def make_loader(
+    source: str | Path,
+    split: str,
+    batch_size: int,
+    num_workers: int = 0,
+    shuffle: bool = True,
+    seed: int = 0,
+    *,
+    rank: int | None = None,
+    world_size: int | None = None,
+    resampled: bool = False,
+    epoch_batches: int | None = None,
+    drop_last: bool = False,
+    shuffle_buffer: int = 1000,
+    size: tuple[int, int] | None = None,
+    on_error: OnError = "raise",
+    with_meta: bool = False,
+    recipe: str | None = None,
+    pin_memory: bool | None = None,
+    prefetch_factor: int = 4,
+    retry: RetryPolicy | None = None,
+) -> ShardLoader:
+    """A loader of `split` from `source`: a shard-set folder (local path, http(s):// or s3:// URL of the folder
+    holding manifest.json) or brace-expanded shard URLs (`.../train-{000000..000009}.tar`).
+
+    Batches are dicts: `image` uint8 (N, C, H, W), `mask` uint8 (N, H, W), `key` list[str], plus the
+    recipe's targets: mnist-circle `label` int64 (N,) and `circle` float32 (N, 3) as (cx, cy, r);
+    mnist-grid `digits` int64 (N, 4); `meta` list[dict] with `with_meta=True`.
+
+    rank/world_size default to torch.distributed's when it is initialised. `size=(H, W)` letterboxes
+    variable-size images (see `loaders.decode`). `on_error="skip"` counts and reports corrupt shards and
+    samples (`loader.stats`, a SkippedDataWarning at the end of the epoch) instead of raising.
+    pin_memory defaults to torch.cuda.is_available().
+    """
+    rank, world_size = distributed_defaults(rank, world_size)
+    retry = retry or RetryPolicy()
+    shards = resolve(source, split, recipe=recipe, retry=retry)
+    if resampled and epoch_batches is None and shards.total is not None:
+        epoch_batches = max(1, math.ceil(shards.total / (world_size * batch_size)))
+    config = LoaderConfig(
+        batch_size=batch_size,
+        num_workers=num_workers,
+        shuffle=shuffle,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        resampled=resampled,
+        epoch_batches=epoch_batches,
+        drop_last=drop_last,
+        shuffle_buffer=shuffle_buffer,
+        size=tuple(size) if size is not None else None,  # type: ignore[arg-type]
+        on_error=on_error,
+        with_meta=with_meta,
+        retry=retry,
+    )
+    pin = torch.cuda.is_available() if pin_memory is None else pin_memory
+    return ShardLoader(shards, config, pin_memory=pin, prefetch_factor=prefetch_factor)
+
+
+__all__ = ["LoaderConfig", "ShardLoader", "make_loader"]

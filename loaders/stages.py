@@ -1,0 +1,138 @@
+"""The loader's pipeline as small generator stages: shard order, rank/worker split, read, shuffle, group.
+
+Every random choice comes from a generator seeded by (seed, epoch[, rank, worker], purpose), so an epoch is
+replayed exactly from the same settings; that is what makes mid-epoch resume possible.
+"""
+
+import random
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+
+from loaders.storage import RetryPolicy, open_url
+from loaders.tarstream import iter_samples
+from writer.errors import SegshardsError, ShardFormatError
+from writer.tarformat import Sample
+
+T = TypeVar("T")
+OnError = Literal["raise", "skip"]
+MAX_REPORTED = 20
+
+# Purposes, so that the generators drawn from one (seed, epoch, ...) are independent of each other.
+SHARD_ORDER, SHUFFLE_BUFFER, RESAMPLE = 1, 2, 3
+
+
+def derive_seed(*parts: int) -> int:
+    """A 64-bit seed from non-negative integers (numpy's SeedSequence mixing)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0])
+
+
+@dataclass
+class Stats:
+    """What a skip-mode worker left out: failed shards, skipped samples, and the first messages."""
+
+    shards_failed: int = 0
+    samples_skipped: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, message: str, *, shard: bool) -> None:
+        if shard:
+            self.shards_failed += 1
+        else:
+            self.samples_skipped += 1
+        if len(self.errors) < MAX_REPORTED:
+            self.errors.append(message)
+
+    def merge(self, other: dict[str, Any]) -> None:
+        self.shards_failed += other["shards_failed"]
+        self.samples_skipped += other["samples_skipped"]
+        self.errors.extend(other["errors"][: MAX_REPORTED - len(self.errors)])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "shards_failed": self.shards_failed,
+            "samples_skipped": self.samples_skipped,
+            "errors": list(self.errors),
+        }
+
+
+def shard_order(n: int, *, seed: int, epoch: int, shuffle: bool) -> list[int]:
+    """The epoch's shard order, the same on every rank and worker: a permutation seeded by (seed, epoch)."""
+    if not shuffle:
+        return list(range(n))
+    return [int(i) for i in np.random.default_rng(derive_seed(seed, epoch, SHARD_ORDER)).permutation(n)]
+
+
+def take_share(items: Sequence[T], index: int, count: int) -> list[T]:
+    """Every `count`-th item from `index`: ranks take their share of the shards, then workers theirs."""
+    return list(items[index::count])
+
+
+def resampled(n: int, rng: np.random.Generator) -> Iterator[int]:
+    """Shard indices drawn with replacement, forever."""
+    while True:
+        yield from (int(i) for i in rng.integers(0, n, size=64))
+
+
+def read_shards(
+    urls: Sequence[str],
+    order: Iterable[int],
+    *,
+    counts: Sequence[int] | None,
+    retry: RetryPolicy,
+    on_error: OnError,
+    stats: Stats,
+    give_up_after: int,
+) -> Iterator[Sample]:
+    """Samples of the shards in `order`, each tagged with `__url__`; a shard whose count differs from the
+    manifest is an error. With on_error="skip", a failing shard is counted and the loader goes on with the
+    next one (the samples read before the damage were already yielded), unless `give_up_after` shards in a
+    row failed (in resampled mode the order never ends)."""
+    failures = 0
+    for index in order:
+        url = urls[index]
+        seen = 0
+        try:
+            with open_url(url, retry) as stream:
+                for sample in iter_samples(stream, url):
+                    sample["__url__"] = url
+                    seen += 1
+                    yield sample
+            if counts is not None and seen != counts[index]:
+                raise ShardFormatError(f"{url}: {seen} samples, the manifest says {counts[index]}")
+            failures = 0
+        except SegshardsError as exc:
+            failures += 1
+            if on_error == "raise" or failures >= give_up_after:
+                raise
+            stats.add(str(exc), shard=True)
+
+
+def shuffle_buffer(samples: Iterable[T], size: int, rng: random.Random) -> Iterator[T]:
+    """Reservoir-style shuffle: fill `size` items, then each new item takes the place of a random one."""
+    if size <= 1:
+        yield from samples
+        return
+    buffer: list[T] = []
+    draw = rng.random
+    for sample in samples:
+        if len(buffer) < size:
+            buffer.append(sample)
+            continue
+        j = int(draw() * size)
+        out, buffer[j] = buffer[j], sample
+        yield out
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def groups(samples: Iterable[T], size: int, *, drop_last: bool) -> Iterator[list[T]]:
+    """Consecutive lists of `size` items; the last, shorter one unless `drop_last`."""
+    iterator = iter(samples)
+    while group := list(islice(iterator, size)):
+        if len(group) < size and drop_last:
+            return
+        yield group

@@ -1,0 +1,233 @@
+"""Fast, safe streaming of samples out of a tar shard: hand-parsed headers, the writer's member-name rules.
+
+Python's `tarfile` costs ~70 us a member; this reader parses USTAR headers itself from 1 MiB chunks (a few us
+a member) and applies the same rules as `writer.tarformat.iter_samples`: regular files only (links, devices,
+directories refused), names checked by `split_member_name` (no absolute paths, no '..', no pickles),
+members of a sample contiguous, at most `MAX_MEMBER_BYTES` each. Header checksums are verified in groups
+before any sample of the group is yielded; a stream that ends before the end-of-archive blocks is truncated.
+PAX ('x') and GNU long-name ('L') headers are honoured for names and sizes; gzip-compressed tars are read too.
+"""
+
+import gzip
+import zlib
+from collections.abc import Iterator
+from typing import IO
+
+import numpy as np
+
+from writer.errors import ShardFormatError
+from writer.tarformat import BLOCK, MAX_MEMBER_BYTES, REFUSED_SUFFIXES, Sample, split_member_name
+
+CHUNK = 1 << 20
+VERIFY_EVERY = 32  # samples per checksum verification
+REGULAR = (b"0", b"\0", b"7")
+EXTENSIONS = (b"x", b"g", b"L")  # PAX per-member and global records, GNU long name
+ZERO_BLOCK = bytes(BLOCK)
+
+
+def _octal(field: bytes, what: str, where: str) -> int:
+    if field[:1] and field[0] & 0x80:  # GNU base-256 for sizes over 8 GiB
+        return int.from_bytes(field[1:], "big")
+    try:
+        return int(field.replace(b"\0", b" ").strip() or b"0", 8)
+    except ValueError:
+        raise ShardFormatError(f"{where}: corrupt tar header ({what} field {field!r})") from None
+
+
+def _stored_checksums(fields: np.ndarray) -> np.ndarray:
+    """Parse (n, 8) checksum fields (octal digits, space/NUL padded) into integers, vectorised."""
+    value = np.zeros(len(fields), np.int64)
+    started = np.zeros(len(fields), bool)
+    done = np.zeros(len(fields), bool)
+    for column in fields.T:
+        digit = (column >= 48) & (column <= 55)
+        take = digit & ~done
+        value = np.where(take, value * 8 + column.astype(np.int64) - 48, value)
+        started |= digit
+        done |= started & ~digit
+    return value
+
+
+def _verify_checksums(headers: list[bytes], where: str) -> None:
+    """Check the checksum of every header at once (numpy: ~0.1 us a header instead of ~4 us)."""
+    if not headers:
+        return
+    blocks = np.frombuffer(b"".join(headers), np.uint8).reshape(len(headers), BLOCK)
+    unsigned = blocks.sum(axis=1, dtype=np.int64) - blocks[:, 148:156].sum(axis=1, dtype=np.int64) + 8 * 32
+    for i in np.flatnonzero(_stored_checksums(blocks[:, 148:156]) != unsigned):
+        header = headers[i]
+        stored = _octal(header[148:156], "checksum", where)
+        signed = blocks[i].view(np.int8)  # some old tars summed signed bytes
+        if stored not in (unsigned[i], int(signed.sum()) - int(signed[148:156].sum()) + 8 * 32):
+            name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+            raise ShardFormatError(f"{where}: corrupt tar header (bad checksum) at member {name!r}")
+
+
+def _pax_records(payload: bytes, where: str) -> dict[str, str]:
+    records: dict[str, str] = {}
+    pos = 0
+    while pos < len(payload):
+        space = payload.find(b" ", pos)
+        try:
+            length = int(payload[pos:space])
+        except ValueError:
+            raise ShardFormatError(f"{where}: corrupt PAX header") from None
+        key, _, value = payload[space + 1 : pos + length - 1].partition(b"=")
+        records[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+        pos += length
+    return records
+
+
+class _Unzipping:
+    """Reads a gzip stream, turning decompression failures into ShardFormatError."""
+
+    def __init__(self, stream: gzip.GzipFile, where: str) -> None:
+        self.stream, self.where = stream, where
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self.stream.read(size)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+            raise ShardFormatError(f"{self.where}: corrupt or truncated gzip ({exc})") from exc
+
+
+class _Prefixed:
+    """A stream with bytes already read put back in front (for sniffing the gzip magic)."""
+
+    def __init__(self, prefix: bytes, stream: IO[bytes]) -> None:
+        self.prefix, self.stream = prefix, stream
+
+    def read(self, size: int = -1) -> bytes:
+        if self.prefix:
+            cut = len(self.prefix) if size < 0 else size
+            out, self.prefix = self.prefix[:cut], self.prefix[cut:]
+            return out
+        return self.stream.read(size)
+
+
+def _split_name(name: str, where: str) -> tuple[str, str]:
+    """`writer.tarformat.split_member_name`, with a shortcut for the common plain `KEY.ext` names."""
+    if "/" not in name and "\\" not in name and not name.lower().endswith(REFUSED_SUFFIXES):
+        stem, _, ext = name.partition(".")
+        if stem and ext:
+            return stem, ext
+    return split_member_name(name, where)  # the writer's rules and messages for everything else
+
+
+class _Chunks:
+    """The stream's bytes, held in large chunks: `buf[pos:]` is what has not been consumed yet."""
+
+    __slots__ = ("stream", "buf", "pos")
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream, self.buf, self.pos = stream, b"", 0
+
+    def fill(self, n: int) -> bool:
+        """Make `buf[pos:pos + n]` available; False when the stream ends first."""
+        parts, have = [self.buf[self.pos :]], len(self.buf) - self.pos
+        while have < n:
+            data = self.stream.read(max(CHUNK, n - have))
+            if not data:
+                break
+            parts.append(data)
+            have += len(data)
+        self.buf, self.pos = b"".join(parts), 0
+        return have >= n
+
+
+def _open(stream: IO[bytes], where: str) -> _Chunks:
+    chunks = _Chunks(stream)
+    chunks.fill(2)
+    if chunks.buf[:2] == b"\x1f\x8b":
+        unzipped = gzip.GzipFile(fileobj=_Prefixed(chunks.buf, stream), mode="rb")  # type: ignore[arg-type]
+        chunks = _Chunks(_Unzipping(unzipped, where))  # type: ignore[arg-type]
+    return chunks
+
+
+def _member_name(header: bytes, where: str) -> str:
+    name = header[:100].split(b"\0", 1)[0]
+    if header[257:262] == b"ustar" and header[345]:
+        name = header[345:500].split(b"\0", 1)[0] + b"/" + name
+    return name.decode("utf-8", "replace")
+
+
+def _split_name(name: str, where: str) -> tuple[str, str]:
+    """`writer.tarformat.split_member_name`, with a shortcut for the common plain `KEY.ext` names."""
+    if "/" not in name and "\\" not in name and not name.lower().endswith(REFUSED_SUFFIXES):
+        stem, _, ext = name.partition(".")
+        if stem and ext:
+            return stem, ext
+    return split_member_name(name, where)  # the writer's rules and messages for everything else
+
+
+def iter_samples(stream: IO[bytes], where: str) -> Iterator[Sample]:
+    """Group consecutive members sharing a key into {'__key__', ext: payload}, as `writer.tarformat` does.
+
+    One flat loop, since it runs for every member: headers are parsed in place and the samples of each
+    group of `VERIFY_EVERY` are yielded once their header checksums are verified.
+    """
+    chunks = _open(stream, where)
+    pending: list[Sample] = []
+    pending_headers: list[bytes] = []
+    current: Sample = {}
+    current_headers: list[bytes] = []
+    extended: dict[str, str] = {}  # PAX records or a GNU long name for the next member
+    try:
+        while True:
+            if chunks.pos + BLOCK > len(chunks.buf) and not chunks.fill(BLOCK):
+                raise ShardFormatError(f"{where}: truncated tar (ends without the end-of-archive blocks)")
+            pos = chunks.pos
+            header = chunks.buf[pos : pos + BLOCK]
+            if not header[0] and header == ZERO_BLOCK:
+                break
+            try:
+                size = int(header[124:135], 8)  # the common case: 11 octal digits and a NUL
+            except ValueError:
+                size = _octal(header[124:136], "size", where)
+            if extended:
+                size = int(extended.get("size", size))
+            kind = header[156:157]
+            name = extended.get("path") or _member_name(header, where)
+            if size > MAX_MEMBER_BYTES:
+                raise ShardFormatError(f"{where}: tar member {name!r} is {size} bytes")
+            if kind not in REGULAR and kind not in EXTENSIONS:
+                raise ShardFormatError(f"{where}: tar member {name!r} is not a regular file")
+            end = pos + BLOCK + size
+            padded = end + (-size % BLOCK)
+            if padded > len(chunks.buf):
+                if not chunks.fill(padded - pos):
+                    raise ShardFormatError(f"{where}: tar member {name!r} is truncated")
+                pos, end, padded = 0, end - pos, padded - pos
+            payload = chunks.buf[pos + BLOCK : end]
+            chunks.pos = padded
+            current_headers.append(header)
+            if kind in EXTENSIONS:
+                if kind == b"x":
+                    extended = _pax_records(payload, where)
+                elif kind == b"L":
+                    extended = {"path": payload.rstrip(b"\0").decode("utf-8", "replace")}
+                continue  # b"g": global PAX records carry nothing this reader uses
+            extended = {}
+            key, ext = _split_name(name, where)
+            if current and current["__key__"] != key:
+                pending.append(current)
+                pending_headers.extend(current_headers[:-1])
+                current, current_headers = {}, [header]
+                if len(pending) >= VERIFY_EVERY:
+                    _verify_checksums(pending_headers, where)
+                    yield from pending
+                    pending, pending_headers = [], []
+            if ext in current:
+                raise ShardFormatError(f"{where}: duplicate member {name!r}")
+            current["__key__"] = key
+            current[ext] = payload
+    except ShardFormatError:
+        # The samples completed before the damage are good once their own headers check out.
+        _verify_checksums(pending_headers, where)
+        yield from pending
+        raise
+    if current:
+        pending.append(current)
+        pending_headers.extend(current_headers)
+    _verify_checksums(pending_headers, where)
+    yield from pending

@@ -1,0 +1,112 @@
+"""Decoding: the fast PNG path against cv2, colour order, letterbox resizing, batch assembly and targets."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from loaders.decode import BatchAssembler, decode_member, fast_png, letterbox
+from loaders.errors import ShardFormatError
+from writer.encode import encode_png
+
+
+def plain(shape: tuple[int, ...], dtype: type) -> torch.Tensor:
+    return torch.empty(
+        shape, dtype={np.uint8: torch.uint8, np.int64: torch.int64, np.float32: torch.float32}[dtype]
+    )
+
+
+@pytest.mark.parametrize("shape", [(56, 56), (1, 1), (3, 200), (31, 7)])
+def test_fast_png_matches_cv2_on_the_writer_pngs(shape: tuple[int, int]) -> None:
+    array = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    payload = encode_png(array)
+    fast = fast_png(payload)
+    assert fast is not None
+    np.testing.assert_array_equal(fast, array)
+    np.testing.assert_array_equal(decode_member(payload, "png", "w"), array)
+
+
+def test_other_pngs_go_through_cv2() -> None:
+    rng = np.random.default_rng(1)
+    grey = rng.integers(0, 256, (20, 30), dtype=np.uint8)
+    filtered = cv2.imencode(".png", grey)[1].tobytes()  # cv2's default row filters
+    colour = cv2.imencode(".png", rng.integers(0, 256, (20, 30, 3), dtype=np.uint8))[1].tobytes()
+    for payload in (filtered, colour, b"not a png"):
+        assert fast_png(payload) is None
+    np.testing.assert_array_equal(decode_member(filtered, "png", "w"), grey)
+    with pytest.raises(ShardFormatError, match="^where: undecodable png"):
+        decode_member(encode_png(grey)[:60], "png", "where")
+
+
+def test_jpeg_and_colour_png_come_out_rgb() -> None:
+    bgr = np.zeros((8, 8, 3), np.uint8)
+    bgr[..., 2] = 200  # red in cv2's BGR order
+    jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 100])[1].tobytes()
+    rgb = decode_member(jpeg, "jpg", "w")
+    assert rgb.shape == (8, 8, 3) and rgb[..., 0].min() > 190 and rgb[..., 2].max() < 10
+    png = cv2.imencode(".png", bgr)[1].tobytes()
+    np.testing.assert_array_equal(decode_member(png, "png", "w"), bgr[..., ::-1])
+
+
+def test_letterbox_scales_centres_and_pads_mask_with_ignore() -> None:
+    image = np.full((20, 40, 3), 100, np.uint8)
+    mask = np.zeros((20, 40), np.uint8)
+    mask[:, 20:] = 3
+    out_image, out_mask = np.empty((3, 32, 32), np.uint8), np.empty((32, 32), np.uint8)
+    letterbox(image, mask, out_image, out_mask)
+    # scale 32/40 = 0.8: content 16 rows x 32 columns, rows 8..23
+    assert (out_mask[:8] == 255).all() and (out_mask[24:] == 255).all()
+    assert (out_image[:, :8] == 0).all() and (out_image[:, 8:24] == 100).all()
+    assert (out_mask[8:24, :16] == 0).all() and (out_mask[8:24, 16:] == 3).all()
+
+
+def sample(key: str, image: np.ndarray, mask: np.ndarray, meta: dict) -> dict:
+    return {
+        "__key__": key,
+        "__url__": "s.tar",
+        "png": encode_png(image),
+        "mask.png": encode_png(mask),
+        "json": json.dumps(meta).encode(),
+    }
+
+
+def test_batch_assembly_with_circle_targets() -> None:
+    image, mask = np.arange(28 * 28, dtype=np.uint8).reshape(28, 28), np.eye(28, dtype=np.uint8)
+    meta = {"label": 7, "circle": {"cx": 1.5, "cy": 2.5, "r": 3.0}, "source": {}}
+    assemble = BatchAssembler(
+        recipe="mnist-circle", image_ext="png", size=None, with_meta=True, allocate=plain
+    )
+    batch = assemble(
+        [sample("a", image, mask, meta), sample("b", image.T, mask, {**meta, "label": 2})], _raise
+    )
+    assert batch["key"] == ["a", "b"]
+    assert batch["image"].shape == (2, 1, 28, 28) and batch["image"].dtype == torch.uint8
+    assert batch["mask"].shape == (2, 28, 28) and batch["mask"].dtype == torch.uint8
+    np.testing.assert_array_equal(batch["image"][1, 0].numpy(), image.T)
+    assert batch["label"].tolist() == [7, 2] and batch["label"].dtype == torch.int64
+    assert batch["circle"].tolist() == [[1.5, 2.5, 3.0]] * 2 and batch["circle"].dtype == torch.float32
+    assert batch["meta"][0]["label"] == 7
+
+
+def _raise(exc: ShardFormatError) -> None:
+    raise exc
+
+
+def test_bad_samples_raise_or_are_skipped() -> None:
+    image = np.zeros((56, 56), np.uint8)
+    good = sample("good", image, image, {"digits": [1, 2, 3, 4]})
+    no_digits = sample("nodigits", image, image, {"digit": 1})
+    other_size = sample("small", image[:28], image[:28], {"digits": [1, 2, 3, 4]})
+    assemble = BatchAssembler(
+        recipe="mnist-grid", image_ext="png", size=None, with_meta=False, allocate=plain
+    )
+    with pytest.raises(ShardFormatError, match="s.tar:nodigits: metadata lacks a valid 'digits'"):
+        assemble([good, no_digits], _raise)
+    with pytest.raises(ShardFormatError, match="pass size="):
+        assemble([good, other_size], _raise)
+    skipped: list[str] = []
+    batch = assemble([no_digits, good, other_size, good], lambda exc: skipped.append(str(exc)))
+    assert batch["key"] == ["good", "good"] and batch["digits"].tolist() == [[1, 2, 3, 4]] * 2
+    assert len(skipped) == 2
