@@ -285,20 +285,12 @@ def test_malformed_md5sums(tmp_path: Path, capsys: pytest.CaptureFixture[str], c
     assert_nothing_left(tmp_path / "out")
 
 
-CLAIM_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="writer/build.py claim_output lets OSError / JSONDecodeError escape (reported to the lead)",
-)
-
-
-@CLAIM_BUG
 def test_out_folder_below_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = tiny_source(tmp_path / "src")
     (tmp_path / "afile").write_text("x")
     fails(capsys, build_args(source, tmp_path / "afile" / "sub"), naming=str(tmp_path / "afile"))
 
 
-@CLAIM_BUG
 @pytest.mark.parametrize(("name", "content"), [("manifest.json", "{not json"), ("manifest.json", "[1, 2]"),
                                                (".segshards-build.json", "")])  # fmt: skip
 def test_out_folder_with_a_corrupt_manifest_or_marker(

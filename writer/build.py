@@ -74,15 +74,29 @@ def validate(config: BuildConfig) -> None:
     open_store(config.out)  # refuses unsupported URL schemes and malformed bucket names
 
 
+def read_config(path: Path) -> Any:
+    """The `config` recorded in a manifest or build marker; OutputError when the file is not one."""
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise OutputError(f"{path}: unreadable, not a segshards manifest or build marker ({exc})") from exc
+    if not isinstance(document, dict):
+        raise OutputError(f"{path}: not a segshards manifest or build marker (not a JSON object)")
+    return document.get("config")
+
+
 def claim_output(out: Path, public: dict[str, Any]) -> None:
     """Make `out` ours for this config: refuse another set or foreign files, mark the build in progress."""
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"--out {out}: cannot create folder ({exc.strerror or exc})") from exc
     for name in (MANIFEST, MARKER):
         path = out / name
         if path.is_file():
-            found = json.loads(path.read_text()).get("config")
+            found = read_config(path)
             if found != public:
                 what = found.get("recipe", "?") if isinstance(found, dict) else "?"
                 raise OutputError(
