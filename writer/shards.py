@@ -13,9 +13,11 @@ import numpy as np
 from writer.atomic import atomic_write
 from writer.encode import decode_image, sample_members
 from writer.errors import ShardFormatError
+from writer.manifest import SAMPLE_LAYOUT
 from writer.recipe import Recipe, Rendered
 from writer.recipes import get_recipe
 from writer.tarformat import iter_samples, tar_bytes
+from writer.verify import check_sample
 
 
 def shard_name(split: str, index: int) -> str:
@@ -101,7 +103,7 @@ def render_shard(task: ShardTask) -> ShardResult:
 
 
 def scan_shard(task: ShardTask, path: Path) -> ShardResult:
-    """Account for a shard already on disk (a resumed build) by reading it back."""
+    """Account for a shard already on disk (a resumed build) by reading it back and checking every key."""
     recipe = get_recipe(task.recipe)
     data = path.read_bytes()
     result = ShardResult(
@@ -110,6 +112,8 @@ def scan_shard(task: ShardTask, path: Path) -> ShardResult:
     masks: list[np.ndarray] = []
     labels: list[int] = []
     for sample in iter_samples(io.BytesIO(data), str(path)):
+        for problem in check_sample(sample, SAMPLE_LAYOUT, str(path)):
+            raise ShardFormatError(problem)  # a damaged leftover is rendered again
         masks.append(decode_image(sample["mask.png"], "png", f"{path}:{sample['__key__']}"))  # type: ignore[arg-type]
         labels.extend(recipe.labels(json.loads(sample["json"])))
         result.keys.append(str(sample["__key__"]))
