@@ -12,7 +12,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	# The CPU wheel of torch first: an unpinned requirement would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0 || $(BIN)/pip install -q "torch>=2.2" --index-url https://download.pytorch.org/whl/cpu
-	$(BIN)/pip install -q -e ".[dev]"
+	# constraints.txt pins every package of a known-good environment: pip resolves it in seconds.
+	$(BIN)/pip install -q -e ".[dev]" -c constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP)
