@@ -216,7 +216,8 @@ def work_folder(config: BuildConfig) -> Path | None:
     """Scratch space for the shared source: inside a local output (workers reach it since they write there);
     for an object-store output a local temp folder, or none with dask, whose workers may be elsewhere."""
     if not is_remote(config.out):
-        return Path(config.out) / WORK_DIR
+        out = Path(config.out)
+        return (out.resolve() if config.backend == "dask" else out) / WORK_DIR
     if config.backend == "dask":
         return None
     return Path(tempfile.mkdtemp(prefix="segshards-work-"))
@@ -276,6 +277,8 @@ def build(recipe: Recipe, spec: Any, config: BuildConfig) -> dict[str, Any]:
     finally:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
+    if isinstance(store, LocalStore):
+        remove_stale_temps(store.folder)  # left by a worker that died mid-write (its task ran again)
     order = {s: i for i, s in enumerate(SPLITS)}
     results.sort(key=lambda r: (order.get(r.split, len(order)), r.split, r.index))
     manifest = make_manifest(recipe, info, config, plans, results)

@@ -49,3 +49,8 @@ def run_on_dask(fn: Callable[[Any], Any], tasks: Iterable[Any], scheduler: str) 
             ) from exc
         except TimeoutError as exc:
             raise ClusterError(f"--scheduler {scheduler}: {' '.join(str(exc).split())}") from exc
+        except OSError as exc:
+            raise ClusterError(
+                f"--scheduler {scheduler}: a worker could not read or write a file ({exc}); "
+                "every worker must reach the source and the output"
+            ) from exc

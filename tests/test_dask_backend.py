@@ -1,0 +1,231 @@
+"""`--backend dask`: a real scheduler and two workers on loopback produce the bytes of a local build,
+also when a worker is killed in the middle of the build."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+import writer.build
+import writer.cluster
+from tests.mnist_fixtures import error_lines, folder_bytes, tiny_source
+from tests.moto_fixture import S3, free_port, moto_server_fixture, s3_fixture, wait_listening  # noqa: F401
+from writer.cli import main
+
+distributed = pytest.importorskip("distributed")
+DASK = str(Path(sys.executable).with_name("dask"))
+
+
+class Cluster:
+    """`dask scheduler` and `dask worker` subprocesses, each in its own process group; always stopped."""
+
+    def __init__(self, workers: int, cwd: Path) -> None:
+        self.port = free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.procs: list[subprocess.Popen[bytes]] = []
+        try:
+            self.procs.append(
+                self._start(["scheduler", "--host", "127.0.0.1", "--port", str(self.port)], cwd)
+            )
+            wait_listening(self.port, self.procs[0])
+            for _ in range(workers):
+                self.procs.append(
+                    self._start(["worker", self.address, "--nworkers", "1", "--nthreads", "1"], cwd)
+                )
+            with distributed.Client(self.address, timeout=30) as client:
+                client.wait_for_workers(workers, timeout=60)
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _start(args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [DASK, *args, "--no-dashboard"],
+            cwd=cwd,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    @property
+    def workers(self) -> list[subprocess.Popen[bytes]]:
+        return self.procs[1:]
+
+    def kill_busy_worker(self) -> int:
+        """SIGKILL the nanny and process of a worker that is running tasks; returns how many it held."""
+        with distributed.Client(self.address, timeout=10) as client:
+            deadline = time.monotonic() + 5
+            while True:
+                processing = {a: len(t) for a, t in client.processing().items()}
+                busy = max(processing, key=lambda a: processing[a])
+                if processing[busy] or time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
+            pid = client.run(os.getpid, workers=[busy])[busy]
+        nanny = psutil.Process(pid).ppid()
+        victim = next(p for p in self.workers if p.pid == nanny)
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait()
+        return processing[busy]
+
+    def alive_workers(self) -> int:
+        with distributed.Client(self.address, timeout=10) as client:
+            deadline = time.monotonic() + 10
+            while len(client.scheduler_info()["workers"]) > sum(p.poll() is None for p in self.workers):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            return len(client.scheduler_info()["workers"])
+
+    def close(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = Cluster(2, tmp_path_factory.mktemp("dask-cwd"))
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_source(tmp_path_factory.mktemp("tiny") / "src")
+
+
+def grid_args(source: Path, train: int = 600) -> list[str]:
+    return ["mnist-grid", "--source", str(source), "--train", str(train), "--val", "40", "--test", "40"]
+
+
+def local_build(tmp_path: Path, args: list[str]) -> Path:
+    out = tmp_path / "local"
+    assert main(["build", *args, "--out", str(out), "--jobs", "1"]) == 0
+    return out
+
+
+def test_dask_build_matches_local_build(
+    cluster: Cluster,
+    source: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    args = [*grid_args(source), "--shard-size", "100"]
+    monkeypatch.chdir(tmp_path)  # a relative --out: the workers, started elsewhere, must still find it
+    assert (
+        main(["build", *args, "--out", "dask-out", "--backend", "dask", "--scheduler", cluster.address]) == 0
+    )
+    captured = capsys.readouterr()
+    assert error_lines(captured.err) == []
+    assert captured.out.startswith("dask-out: train 600, val 40, test 40 samples; ")
+    assert folder_bytes(tmp_path / "dask-out") == folder_bytes(local_build(tmp_path, args))
+    assert not (tmp_path / "dask-out" / ".segshards-work").exists()
+
+
+def test_worker_killed_mid_build_still_gives_identical_bytes(
+    source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    own = Cluster(2, tmp_path)
+    try:
+        run_on_dask = writer.cluster.run_on_dask
+        killed: list[int] = []
+
+        def kill_after_first_result(*a: Any) -> Iterator[Any]:
+            results = run_on_dask(*a)
+            yield next(results)  # the build is under way: more tasks queued and running
+            killed.append(own.kill_busy_worker())
+            yield from results
+
+        monkeypatch.setattr(writer.build, "run_on_dask", kill_after_first_result)
+        args = [*grid_args(source, 3000), "--shard-size", "50"]
+        out = tmp_path / "dask-out"
+        assert main(["build", *args, "--out", str(out), "--backend", "dask", "--scheduler", own.address]) == 0
+        assert len(killed) == 1 and killed[0] > 0, "the killed worker was running tasks"
+        assert own.alive_workers() == 1
+    finally:
+        own.close()
+    capsys.readouterr()
+    assert folder_bytes(out) == folder_bytes(local_build(tmp_path, args))
+
+
+def test_dask_build_to_s3(s3: S3, source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Workers upload straight to the store with their own AWS settings and read the source themselves."""
+    args = [*grid_args(source, 200), "--shard-size", "100"]
+    own = Cluster(1, tmp_path)  # started after the fixture exported the AWS settings: workers inherit them
+    try:
+        assert (
+            main(["build", *args, "--out", s3.url("grid"), "--backend", "dask", "--scheduler", own.address])
+            == 0
+        )
+    finally:
+        own.close()
+    capsys.readouterr()
+    remote = {k: v for k, v in s3.objects("grid").items() if k != "build-log.json"}
+    assert remote == folder_bytes(local_build(tmp_path, args))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--backend", "dask"],
+            "--backend dask needs --scheduler tcp://HOST:PORT (the dask scheduler's address)",
+        ),
+        (
+            ["--backend", "dask", "--scheduler", "127.0.0.1:8786"],
+            "--scheduler 127.0.0.1:8786: expected tcp://HOST:PORT",
+        ),
+        (
+            ["--scheduler", "tcp://127.0.0.1:8786"],
+            "--scheduler tcp://127.0.0.1:8786: only used with --backend dask",
+        ),
+    ],
+)
+def test_scheduler_options_are_checked(
+    extra: list[str], message: str, source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["build", *grid_args(source), "--out", str(tmp_path / "o"), *extra]) == 1
+    assert error_lines(capsys.readouterr().err) == [f"segshards: error: {message}"]
+    assert not (tmp_path / "o").exists()
+
+
+def test_unreachable_scheduler(
+    source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer.cluster, "CONNECT_TIMEOUT_S", 1)
+    address = f"tcp://127.0.0.1:{free_port()}"
+    assert (
+        main(
+            [
+                "build",
+                *grid_args(source),
+                "--out",
+                str(tmp_path / "o"),
+                "--backend",
+                "dask",
+                "--scheduler",
+                address,
+            ]
+        )
+        == 1
+    )
+    errors = error_lines(capsys.readouterr().err)
+    assert len(errors) == 1 and errors[0].startswith(
+        f"segshards: error: --scheduler {address}: cannot connect ("
+    )
