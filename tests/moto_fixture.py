@@ -1,4 +1,4 @@
-"""A real S3 API on loopback for the store tests: moto's server in a subprocess, reached through a relay.
+"""A real S3 API on loopback for the store tests: the session's moto server, reached through a relay.
 
 moto keeps its objects in memory, so killing its process would lose the bucket, which a real store
 never does. To take "the server" down in the middle of a publish and bring it back with its data, the
@@ -12,7 +12,6 @@ import contextlib
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -46,31 +45,6 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes] | None = None, timeo
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
-
-
-class MotoServer:
-    """`python -m moto.server` on 127.0.0.1 and a free port."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            wait_listening(self.port, self.proc)
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 class Relay:
@@ -198,17 +172,11 @@ def aws_environment(endpoint: str) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="session", name="moto_server")
-def moto_server_fixture() -> Iterator[MotoServer]:
-    server = MotoServer()
-    yield server
-    server.close()
-
-
 @pytest.fixture(name="s3")
-def s3_fixture(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3]:
-    """A fresh bucket, and the AWS environment variables pointing at it through a new relay."""
-    relay = Relay(moto_server.port)
+def s3_fixture(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3]:
+    """A fresh bucket on the session's moto server (conftest's `s3_server`), and the AWS environment
+    variables pointing at it through a new relay."""
+    relay = Relay(int(s3_server.rsplit(":", 1)[1]))
     relay.start()
     endpoint = f"http://127.0.0.1:{relay.port}"
     for key in [k for k in os.environ if k.startswith("AWS_")]:
@@ -217,7 +185,7 @@ def s3_fixture(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Iter
         monkeypatch.setenv(key, value)
     client = boto3.client(
         "s3",
-        endpoint_url=f"http://127.0.0.1:{moto_server.port}",
+        endpoint_url=s3_server,
         aws_access_key_id=ACCESS_KEY,
         aws_secret_access_key=SECRET,
         region_name="us-east-1",

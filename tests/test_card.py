@@ -17,7 +17,7 @@ from writer.store import LocalStore
 
 
 @pytest.fixture
-def grid_set(tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]) -> Path:
+def small_grid(tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]) -> Path:
     folder = build_once(tmp_path_factory, "mnist-grid", *SMALL)
     capsys.readouterr()
     return folder
@@ -27,9 +27,9 @@ def code_blocks(card: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", card, flags=re.S)
 
 
-def test_card_states_the_manifest_facts(grid_set: Path) -> None:
-    card = (grid_set / "README.md").read_text()
-    data = (grid_set / "manifest.json").read_bytes()
+def test_card_states_the_manifest_facts(small_grid: Path) -> None:
+    card = (small_grid / "README.md").read_text()
+    data = (small_grid / "manifest.json").read_bytes()
     manifest = json.loads(data)
     assert card == render_card(manifest, data)  # a pure function of the manifest
     assert card.startswith("# mnist-grid: image segmentation shards\n\nmnist-grid: four digits of one split")
@@ -78,22 +78,22 @@ def test_card_is_written_before_the_manifest_and_the_same_for_any_jobs(
     assert order[:3] == ["README.md", "manifest.json", "build-log.json"]
 
 
-def test_stock_webdataset_snippet_runs(grid_set: Path) -> None:
-    stock = code_blocks((grid_set / "README.md").read_text())[1]
+def test_stock_webdataset_snippet_runs(small_grid: Path) -> None:
+    stock = code_blocks((small_grid / "README.md").read_text())[1]
     assert len(stock.strip().splitlines()) == 3
     namespace: dict[str, Any] = {}
-    exec(stock.replace(PLACEHOLDER, str(grid_set)), namespace)  # the snippet as a user pastes it
+    exec(stock.replace(PLACEHOLDER, str(small_grid)), namespace)  # the snippet as a user pastes it
     image, mask, meta = namespace["image"], namespace["mask"], namespace["meta"]
     assert image.shape == mask.shape == (56, 56) and image.dtype == mask.dtype == np.uint8
     assert set(np.unique(mask)) <= set(range(11)) and len(meta["digits"]) == 4
 
 
-def test_loader_snippet_runs(grid_set: Path) -> None:
+def test_loader_snippet_runs(small_grid: Path) -> None:
     pytest.importorskip("loaders")
-    ours = code_blocks((grid_set / "README.md").read_text())[0]
+    ours = code_blocks((small_grid / "README.md").read_text())[0]
     assert len(ours.strip().splitlines()) == 3
     namespace: dict[str, Any] = {}
-    exec(ours.replace(PLACEHOLDER, str(grid_set)), namespace)
+    exec(ours.replace(PLACEHOLDER, str(small_grid)), namespace)
     batch = namespace["batch"]
     assert tuple(batch["image"].shape) == (64, 1, 56, 56) and tuple(batch["mask"].shape) == (64, 56, 56)
 

@@ -16,7 +16,7 @@ import pytest
 import writer.build
 import writer.cluster
 from tests.mnist_fixtures import error_lines, folder_bytes, tiny_source
-from tests.moto_fixture import S3, free_port, moto_server_fixture, s3_fixture, wait_listening  # noqa: F401
+from tests.moto_fixture import S3, free_port, s3_fixture, wait_listening  # noqa: F401
 from writer.cli import main
 
 distributed = pytest.importorskip("distributed")

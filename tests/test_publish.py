@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.mnist_fixtures import SMALL, build_once, error_lines
-from tests.moto_fixture import S3, moto_server_fixture, no_secret_in, s3_fixture  # noqa: F401  (fixtures)
+from tests.moto_fixture import S3, no_secret_in, s3_fixture  # noqa: F401  (fixtures)
 from writer.cli import main
 from writer.store import S3Store
 

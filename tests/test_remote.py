@@ -7,7 +7,7 @@ import pytest
 
 import writer.build
 from tests.mnist_fixtures import SMALL, build_once, error_lines, folder_bytes
-from tests.moto_fixture import S3, moto_server_fixture, no_secret_in, s3_fixture  # noqa: F401  (fixtures)
+from tests.moto_fixture import S3, no_secret_in, s3_fixture  # noqa: F401  (fixtures)
 from writer.cli import main
 from writer.errors import OutputError
 from writer.remote import run_remote_task

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.moto_fixture import S3, SECRET, moto_server_fixture, s3_fixture  # noqa: F401  (fixtures)
+from tests.moto_fixture import S3, SECRET, s3_fixture  # noqa: F401  (fixtures)
 from writer.errors import ConfigError, StoreError
 from writer.store import LocalStore, ObjectInfo, S3Store, is_remote, open_store, safe_reason
 
