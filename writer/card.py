@@ -113,6 +113,11 @@ def snippets(manifest: dict[str, Any]) -> str:
             f'dataset = wds.WebDataset("{PLACEHOLDER}/{shard_pattern(names)}", shardshuffle=False){decode}',
             f'image, mask, meta = next(iter(dataset.to_tuple("{image}", "mask.png", "json")))',
             "```",
+            "",
+            "Stock webdataset's `decode()` unpickles `.pkl`/`.pickle`/`.pyd` members unless `WDS_SECURE=1` is in "
+            "the environment when it is imported. Before reading a copy of this set that you did not build, run "
+            "`segshards verify` on it: it checks every shard against the manifest and refuses pickles, links and "
+            "unsafe member names (our loader refuses them too).",
         ]
     )
 
