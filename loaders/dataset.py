@@ -38,7 +38,11 @@ from writer.errors import ShardFormatError
 from writer.tarformat import Sample
 
 WORKER_TAG, END_TAG, EMPTY_TAG = "_worker", "_end", "_empty"
-TORCH_DTYPES = {np.uint8: torch.uint8, np.int64: torch.int64, np.float32: torch.float32}
+TORCH_DTYPES: dict[type, torch.dtype] = {
+    np.uint8: torch.uint8,
+    np.int64: torch.int64,
+    np.float32: torch.float32,
+}
 
 
 @dataclass(frozen=True)

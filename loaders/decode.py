@@ -9,8 +9,10 @@ INTER_NEAREST, both centred; the border is 0 in the image and 255 (ignore) in th
 pixel is kept and the padding is excluded from losses and metrics that honour `ignore_index=255`.
 """
 
+import importlib
 import json
 import struct
+import types
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -23,14 +25,17 @@ from writer.encode import decode_image as cv2_decode
 from writer.errors import ShardFormatError
 from writer.tarformat import Sample
 
-try:  # optional: zlib-ng inflates these small PNGs about twice as fast as zlib, with identical output
-    from zlib_ng import zlib_ng as inflater
 
-    INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error, inflater.error)
-except ImportError:  # pragma: no cover - depends on the environment
-    inflater = zlib  # type: ignore[assignment]
-    INFLATE_ERRORS = (zlib.error,)
+def _inflater() -> types.ModuleType:
+    """zlib-ng when installed (it inflates these small PNGs about twice as fast, same output), else zlib."""
+    try:
+        return importlib.import_module("zlib_ng.zlib_ng")
+    except ImportError:  # pragma: no cover - depends on the environment
+        return zlib
 
+
+inflater = _inflater()
+FAST_PATH_ERRORS: tuple[type[Exception], ...] = (struct.error, zlib.error, inflater.error)
 IGNORE = 255
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IHDR = struct.Struct(">IIBBBBB")
@@ -63,7 +68,7 @@ def fast_png(payload: bytes) -> np.ndarray | None:
                 return None
             pos += 12 + length
         raw = inflater.decompress(parts[0] if len(parts) == 1 else b"".join(parts))
-    except (struct.error, *INFLATE_ERRORS):
+    except FAST_PATH_ERRORS:
         return None
     stride = width + 1
     if len(raw) != height * stride or raw[::stride].count(0) != height:
@@ -180,7 +185,7 @@ class BatchAssembler:
         keys: list[str] = []
         metas: list[dict[str, Any]] = []
         for sample in samples:
-            where = f"{sample['__url__']}:{sample['__key__']}"
+            where = f"{str(sample['__url__'])}:{str(sample['__key__'])}"
             try:
                 image, mask, meta = self.decode(sample, where)
                 if not arrays:

@@ -39,7 +39,7 @@ from writer.errors import ConfigError, SegshardsError
 STATE_VERSION = 1
 
 
-def _identity(batch: dict[str, Any]) -> dict[str, Any]:
+def _identity(batch: Any) -> Any:
     return batch
 
 
@@ -128,8 +128,9 @@ class ShardLoader:
         self.dataset.epoch = self.epoch
         self.dataset.skip = list(self._items)
         self.dataset.rotation = self._next
+        iterator = iter(self.dataloader)
         try:
-            for item in self.dataloader:
+            for item in iterator:
                 worker = item.pop(WORKER_TAG)
                 self._record(worker, ended=END_TAG in item)
                 if END_TAG in item:
@@ -139,6 +140,12 @@ class ShardLoader:
                     yield item
         except SegshardsError as exc:
             raise _clean(exc) from exc
+        finally:
+            # Stop the workers now, not whenever the garbage collector gets to the iterator (an exception's
+            # traceback keeps it alive): that may happen in another thread, which it blocks meanwhile.
+            shutdown = getattr(iterator, "_shutdown_workers", None)  # multi-process iterators only
+            if shutdown is not None:
+                shutdown()
         self._finish_epoch()
 
     def _finish_epoch(self) -> None:

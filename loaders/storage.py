@@ -136,12 +136,26 @@ def with_retries(action: Callable[[], T], url: str, policy: RetryPolicy) -> T:
     raise AssertionError("unreachable")  # the loop returns or raises
 
 
-_S3: dict[int, Any] = {}
+AWS_SETTINGS = (
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+)
+_S3: dict[tuple[str | int | None, ...], Any] = {}
 
 
 def s3_filesystem() -> Any:
-    """This process's s3fs filesystem, configured from the AWS environment (one per pid: forked workers)."""
-    fs = _S3.get(os.getpid())
+    """An s3fs filesystem configured from the AWS environment: one per process (forked DataLoader workers
+    make their own) and per settings (a changed endpoint or key gets a new client)."""
+    key = (os.getpid(), *(os.environ.get(name) for name in AWS_SETTINGS))
+    fs = _S3.get(key)
     if fs is None:
         import s3fs  # imported here: local and http users never pay for botocore
 
@@ -154,7 +168,7 @@ def s3_filesystem() -> Any:
             client["region_name"] = region
         fs = s3fs.S3FileSystem(skip_instance_cache=True, client_kwargs=client)
         _S3.clear()
-        _S3[os.getpid()] = fs
+        _S3[key] = fs
     return fs
 
 
@@ -179,16 +193,17 @@ class _HttpBody(io.RawIOBase):
             self.response = io.BytesIO()
         if offset and getattr(self.response, "status", 206) == 200:
             while offset:
-                skipped = self.response.read(min(offset, 1 << 20))
-                if not skipped:
-                    raise http.client.IncompleteRead(b"")
-                offset -= len(skipped)
+                offset -= len(self.read(min(offset, 1 << 20)))
 
     def readable(self) -> bool:
         return True
 
     def read(self, size: int = -1) -> bytes:
-        return self.response.read(size)
+        data = self.response.read(size)
+        if not data and size and getattr(self.response, "length", None):
+            # http.client returns b"" when the server hangs up before Content-Length: that is a cut
+            raise http.client.IncompleteRead(b"", self.response.length)
+        return data
 
     def close(self) -> None:
         self.response.close()

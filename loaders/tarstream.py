@@ -105,15 +105,6 @@ class _Prefixed:
         return self.stream.read(size)
 
 
-def _split_name(name: str, where: str) -> tuple[str, str]:
-    """`writer.tarformat.split_member_name`, with a shortcut for the common plain `KEY.ext` names."""
-    if "/" not in name and "\\" not in name and not name.lower().endswith(REFUSED_SUFFIXES):
-        stem, _, ext = name.partition(".")
-        if stem and ext:
-            return stem, ext
-    return split_member_name(name, where)  # the writer's rules and messages for everything else
-
-
 class _Chunks:
     """The stream's bytes, held in large chunks: `buf[pos:]` is what has not been consumed yet."""
 
@@ -139,7 +130,7 @@ def _open(stream: IO[bytes], where: str) -> _Chunks:
     chunks = _Chunks(stream)
     chunks.fill(2)
     if chunks.buf[:2] == b"\x1f\x8b":
-        unzipped = gzip.GzipFile(fileobj=_Prefixed(chunks.buf, stream), mode="rb")  # type: ignore[arg-type]
+        unzipped = gzip.GzipFile(fileobj=_Prefixed(chunks.buf, stream), mode="rb")  # type: ignore[call-overload]
         chunks = _Chunks(_Unzipping(unzipped, where))  # type: ignore[arg-type]
     return chunks
 

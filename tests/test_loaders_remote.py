@@ -1,0 +1,159 @@
+"""make_loader over the network: a loopback HTTP server (plain, and one that fails) and moto's S3 server."""
+
+import threading
+from collections.abc import Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import webdataset as wds
+
+from loaders import RetryPolicy, StorageError, make_loader
+from loaders.storage import classify, open_url, read_url
+from tests.conftest import aws_env, moto_server
+from tests.test_loaders import batch_keys, flat, manifest_keys
+from writer.errors import ShardFormatError
+
+FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05)
+
+
+class FolderHandler(SimpleHTTPRequestHandler):
+    """Serves a folder; honours `Range: bytes=N-` unless told not to; first plays the server's `plan` of
+    failures for a path ("503", "404", or "cut": promise the whole body, send a third, hang up)."""
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        plan: dict[str, list[str]] = self.server.plan  # type: ignore[attr-defined]
+        self.server.requests.append(self.path)  # type: ignore[attr-defined]
+        action = plan[self.path].pop(0) if plan.get(self.path) else None
+        path = Path(self.translate_path(self.path))
+        if action == "503":
+            self.send_error(503, "slow down")
+            return
+        if not path.is_file() or action == "404":
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        honour = self.server.honour_range and self.headers["Range"]  # type: ignore[attr-defined]
+        start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-")) if honour else 0
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        if action == "cut":  # promise everything, send a third, hang up
+            self.wfile.write(data[start : start + len(data) // 3])
+            self.close_connection = True
+            return
+        self.wfile.write(data[start:])
+
+
+@pytest.fixture
+def http_server(grid_set: Path) -> Iterator[Any]:
+    """An HTTP server on loopback serving the grid set's folder; `server.url`, `server.plan`, `server.requests`."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(FolderHandler, directory=str(grid_set)))
+    server.plan, server.requests, server.honour_range = {}, [], True  # type: ignore[attr-defined]
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_http_set_with_two_workers(http_server: Any, grid_set: Path) -> None:
+    loader = make_loader(http_server.url, "train", 16, num_workers=2)
+    keys = flat(batch_keys(loader))
+    assert len(keys) == 250 and set(keys) == set(manifest_keys(grid_set))
+
+
+def test_http_transient_failures_are_retried_and_cut_reads_resume(http_server: Any, grid_set: Path) -> None:
+    http_server.plan.update({"/manifest.json": ["503", "503"], "/train-000001.tar": ["503", "cut", "cut"]})
+    loader = make_loader(http_server.url, "train", 16, shuffle=False, retry=FAST_RETRY)
+    assert flat(batch_keys(loader)) == manifest_keys(grid_set)
+    assert http_server.requests.count("/train-000001.tar") == 4  # 503, cut, cut resumed with Range, rest
+
+
+def test_http_errors_name_the_url(http_server: Any) -> None:
+    with pytest.raises(StorageError, match=rf"^{http_server.url}/nothing/manifest.json: not found"):
+        make_loader(f"{http_server.url}/nothing", "train", 16, retry=FAST_RETRY)
+    http_server.plan["/train-000003.tar"] = ["404"]
+    with pytest.raises(StorageError, match=rf"^{http_server.url}/train-000003.tar: not found"):
+        list(make_loader(http_server.url, "train", 16, num_workers=2, retry=FAST_RETRY))
+    http_server.plan["/manifest.json"] = ["503"] * 4
+    with pytest.raises(StorageError, match="manifest.json: still failing after 4 attempts"):
+        make_loader(http_server.url, "train", 16, retry=FAST_RETRY)
+
+
+def test_http_server_ignoring_range_is_caught_up(http_server: Any, grid_set: Path) -> None:
+    http_server.honour_range = False
+    http_server.plan["/train-000003.tar"] = ["cut"]
+    loader = make_loader(http_server.url, "train", 16, shuffle=False, retry=FAST_RETRY)
+    assert flat(batch_keys(loader)) == manifest_keys(grid_set)
+    assert http_server.requests.count("/train-000003.tar") == 2
+
+
+def test_failure_classification() -> None:
+    import http.client
+    import urllib.error
+
+    def http_error(code: int) -> urllib.error.HTTPError:
+        return urllib.error.HTTPError("u", code, "m", None, None)  # type: ignore[arg-type]
+
+    assert classify(http.client.IncompleteRead(b"")) == "transient"
+    assert [classify(http_error(c)) for c in (404, 403, 503, 400)] == [
+        "missing",
+        "denied",
+        "transient",
+        "other",
+    ]
+    assert classify(ConnectionResetError()) == "transient" and classify(TimeoutError()) == "transient"
+    assert classify(FileNotFoundError()) == "missing" and classify(PermissionError()) == "denied"
+    assert classify(ValueError()) is None
+
+
+def test_s3_set_with_two_workers(s3_upload: Any, grid_set: Path) -> None:
+    url = s3_upload(grid_set, "sets/grid")
+    loader = make_loader(url, "train", 16, num_workers=2)
+    keys = flat(batch_keys(loader))
+    assert len(keys) == 250 and set(keys) == set(manifest_keys(grid_set))
+    assert read_url(f"{url}/manifest.json") == (grid_set / "manifest.json").read_bytes()
+    # stock webdataset pipelines read s3:// through the handler registered in gopen_schemes
+    assert len(list(wds.WebDataset(f"{url}/val-000000.tar", shardshuffle=False))) == 30
+
+
+def test_s3_missing_objects_name_the_url(s3_upload: Any, s3_client: Any, grid_set: Path) -> None:
+    url = s3_upload(grid_set, "grid")
+    s3_client.delete_object(Bucket=url.removeprefix("s3://").split("/")[0], Key="grid/train-000002.tar")
+    with pytest.raises(StorageError, match=rf"^{url}/train-000002.tar: not found"):
+        list(make_loader(url, "train", 16, num_workers=2, retry=FAST_RETRY))
+    with pytest.raises(StorageError, match=rf"^{url}/elsewhere/manifest.json: not found"):
+        make_loader(f"{url}/elsewhere", "train", 16, retry=FAST_RETRY)
+    with pytest.raises(StorageError, match="s3://no-such-bucket-here/set/manifest.json: not found"):
+        make_loader("s3://no-such-bucket-here/set", "train", 16, retry=FAST_RETRY)
+
+
+def test_s3_corrupt_shard_is_skipped_or_named(s3_upload: Any, s3_client: Any, grid_set: Path) -> None:
+    url = s3_upload(grid_set, "grid")
+    bucket = url.removeprefix("s3://").split("/")[0]
+    data = (grid_set / "train-000001.tar").read_bytes()
+    s3_client.put_object(Bucket=bucket, Key="grid/train-000001.tar", Body=data[:5000])
+    with pytest.raises(ShardFormatError, match=rf"^{url}/train-000001.tar: "):
+        list(make_loader(url, "train", 16, num_workers=2))
+    loader = make_loader(url, "train", 16, on_error="skip")
+    with pytest.warns(match="skipped 1 shard"):
+        assert len(flat(batch_keys(loader))) == 250 - 60 + 1  # one sample complete before the cut
+    with open_url(f"{url}/train-000000.tar", FAST_RETRY) as stream:
+        assert stream.read(4) == (grid_set / "train-000000.tar").read_bytes()[:4]
+
+
+def test_s3_refused_credentials_are_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    with moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as endpoint:  # moto checks keys against its IAM
+        aws_env(monkeypatch, endpoint, AWS_ACCESS_KEY_ID="AKIAUNKNOWNKEY000000")
+        with pytest.raises(StorageError, match="^s3://bucket/set/manifest.json: access denied"):
+            make_loader("s3://bucket/set", "train", 16, retry=FAST_RETRY)
