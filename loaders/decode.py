@@ -35,11 +35,12 @@ def _inflater() -> types.ModuleType:
 
 
 inflater = _inflater()
-FAST_PATH_ERRORS: tuple[type[Exception], ...] = (struct.error, zlib.error, inflater.error)
+FAST_PATH_ERRORS: tuple[type[Exception], ...] = (struct.error, ValueError, zlib.error, inflater.error)
 IGNORE = 255
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IHDR = struct.Struct(">IIBBBBB")
 CHUNK_HEAD = struct.Struct(">I4s")
+U32 = struct.Struct(">I")
 META_EXTS = ("json", "mask.png")
 
 
@@ -56,20 +57,32 @@ def fast_png(payload: bytes) -> np.ndarray | None:
     width, height, depth, colour, _, _, interlace = IHDR.unpack_from(payload, 16)
     if depth != 8 or colour != 0 or interlace != 0 or not width or not height:
         return None
-    pos, parts = 33, []
     try:
-        while True:
-            length, kind = CHUNK_HEAD.unpack_from(payload, pos)
-            if kind == b"IDAT":
-                parts.append(payload[pos + 8 : pos + 8 + length])
-            elif kind == b"IEND":
-                break
-            elif not kind[0] & 0x20:  # another critical chunk (a palette ...): leave it to cv2
-                return None
-            pos += 12 + length
-        raw = inflater.decompress(parts[0] if len(parts) == 1 else b"".join(parts))
+        if payload[37:41] == b"IDAT":  # the writer's layout: IHDR, one IDAT, IEND
+            (length,) = U32.unpack_from(payload, 33)
+            if payload[length + 49 : length + 53] == b"IEND":
+                return _unfiltered(inflater.decompress(payload[41 : 41 + length]), width, height)
+        return _unfiltered(inflater.decompress(_idat(payload)), width, height)
     except FAST_PATH_ERRORS:
         return None
+
+
+def _idat(payload: bytes) -> bytes:
+    """The concatenated IDAT data of a PNG; ValueError when a critical chunk other than IDAT shows up."""
+    pos, parts = 33, []
+    while True:
+        length, kind = CHUNK_HEAD.unpack_from(payload, pos)
+        if kind == b"IDAT":
+            parts.append(payload[pos + 8 : pos + 8 + length])
+        elif kind == b"IEND":
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        elif not kind[0] & 0x20:  # another critical chunk (a palette ...): leave it to cv2
+            raise ValueError(kind)
+        pos += 12 + length
+
+
+def _unfiltered(raw: bytes, width: int, height: int) -> np.ndarray | None:
+    """The (H, W) pixels of inflated PNG rows when every row's filter byte is 0 (None)."""
     stride = width + 1
     if len(raw) != height * stride or raw[::stride].count(0) != height:
         return None
@@ -153,45 +166,66 @@ class BatchAssembler:
         self.targets = TARGETS.get(recipe or "", ())
         self.image_ext, self.size, self.with_meta, self.allocate = image_ext, size, with_meta, allocate
 
-    def image_member(self, sample: Sample, where: str) -> str:
+    def image_member(self, sample: Sample) -> str:
         if self.image_ext and self.image_ext in sample:
             return self.image_ext
         others = [e for e in sample if e not in META_EXTS and not e.startswith("__")]
         if len(others) != 1:
-            raise ShardFormatError(f"{where}: sample has members {sorted(others)}, expected one image")
+            raise ShardFormatError(
+                f"{where(sample)}: sample has members {sorted(others)}, expected one image"
+            )
         return others[0]
 
-    def decode(self, sample: Sample, where: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any] | None]:
-        ext = self.image_member(sample, where)
-        if "mask.png" not in sample:
-            raise ShardFormatError(f"{where}: sample has no mask.png member")
-        image = decode_member(sample[ext], ext, where)  # type: ignore[arg-type]
-        mask = decode_member(sample["mask.png"], "mask.png", where)  # type: ignore[arg-type]
+    def decode(self, sample: Sample) -> tuple[np.ndarray, np.ndarray, dict[str, Any] | None]:
+        """(image, mask, parsed metadata or None) of one sample; the PNG fast path first, then cv2."""
+        ext = self.image_member(sample)
+        payload, mask_payload = sample[ext], sample.get("mask.png")
+        if not isinstance(mask_payload, bytes):
+            raise ShardFormatError(f"{where(sample)}: sample has no mask.png member")
+        image = fast_png(payload) if ext == "png" else None  # type: ignore[arg-type]
+        if image is None:
+            image = decode_member(payload, ext, where(sample))  # type: ignore[arg-type]
+        mask = fast_png(mask_payload)
+        if mask is None:
+            mask = decode_member(mask_payload, "mask.png", where(sample))
         if mask.ndim != 2 or mask.shape != image.shape[:2]:
-            raise ShardFormatError(f"{where}: mask {mask.shape} does not match image {image.shape}")
+            raise ShardFormatError(f"{where(sample)}: mask {mask.shape} does not match image {image.shape}")
         meta = None
         if self.targets or self.with_meta:
             try:
                 meta = json.loads(sample["json"])
             except (KeyError, ValueError) as exc:
-                raise ShardFormatError(f"{where}: missing or invalid json metadata ({exc})") from None
+                raise ShardFormatError(f"{where(sample)}: missing or invalid json metadata ({exc})") from None
         return image, mask, meta
 
     def __call__(self, samples: list[Sample], on_error: Callable[[ShardFormatError], None]) -> dict[str, Any]:
         """The batch of `samples`; a sample that fails to decode goes to `on_error` (which may raise)."""
         n, i = len(samples), 0
         tensors: dict[str, torch.Tensor] = {}
-        arrays: dict[str, np.ndarray] = {}  # numpy views of `tensors`, filled in place
+        images: np.ndarray = np.empty((0, 0, 0, 0), np.uint8)  # numpy views of `tensors`, filled in place
+        masks: np.ndarray = np.empty((0, 0, 0), np.uint8)
+        targets: list[tuple[np.ndarray, Callable[[dict[str, Any]], Any]]] = []
         keys: list[str] = []
         metas: list[dict[str, Any]] = []
         for sample in samples:
-            where = f"{str(sample['__url__'])}:{str(sample['__key__'])}"
             try:
-                image, mask, meta = self.decode(sample, where)
-                if not arrays:
+                image, mask, meta = self.decode(sample)
+                if not tensors:
                     tensors = self._allocate(n, image)
-                    arrays = {name: tensor.numpy() for name, tensor in tensors.items()}
-                self._fill(arrays, i, image, mask, meta, where)
+                    images, masks = tensors["image"].numpy(), tensors["mask"].numpy()
+                    targets = [(tensors[name].numpy(), get) for name, _, _, get in self.targets]
+                if (
+                    self.size is None
+                    and image.ndim == 2
+                    and mask.shape == masks.shape[1:]
+                    and images.shape[1] == 1
+                ):
+                    images[i, 0] = image  # the common case: grey images of the batch's size
+                    masks[i] = mask
+                else:
+                    self._fill_other(images[i], masks[i], image, mask, sample)
+                for array, get in targets:
+                    array[i] = self._target(get, meta, sample)
             except ShardFormatError as exc:
                 on_error(exc)
                 continue
@@ -216,33 +250,36 @@ class BatchAssembler:
             arrays[name] = self.allocate((n, *shape), dtype)
         return arrays
 
-    def _fill(
-        self,
-        arrays: dict[str, np.ndarray],
-        i: int,
-        image: np.ndarray,
-        mask: np.ndarray,
-        meta: dict[str, Any] | None,
-        where: str,
+    def _fill_other(
+        self, out_image: np.ndarray, out_mask: np.ndarray, image: np.ndarray, mask: np.ndarray, sample: Sample
     ) -> None:
-        out_image, out_mask = arrays["image"][i], arrays["mask"][i]
+        """Colour images, grey ones in a colour batch, and resizing."""
         channels = 1 if image.ndim == 2 else image.shape[2]
         if channels != out_image.shape[0] and channels != 1:
             raise ShardFormatError(
-                f"{where}: {channels}-channel image in a batch of {out_image.shape[0]}-channel"
+                f"{where(sample)}: {channels}-channel image in a batch of {out_image.shape[0]}-channel"
             )
         if self.size is not None:
             letterbox(image, mask, out_image, out_mask)
         elif mask.shape != out_mask.shape:
             raise ShardFormatError(
-                f"{where}: image is {mask.shape[1]}x{mask.shape[0]}, the batch's "
+                f"{where(sample)}: image is {mask.shape[1]}x{mask.shape[0]}, the batch's "
                 f"{out_mask.shape[1]}x{out_mask.shape[0]}; pass size=(H, W) to resize"
             )
         else:
             place(image, out_image)
             out_mask[:] = mask
-        for name, _, _, get in self.targets:
-            try:
-                arrays[name][i] = get(meta)  # type: ignore[arg-type]
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ShardFormatError(f"{where}: metadata lacks a valid {name!r} ({exc!r})") from None
+
+    def _target(
+        self, get: Callable[[dict[str, Any]], Any], meta: dict[str, Any] | None, sample: Sample
+    ) -> Any:
+        try:
+            return get(meta)  # type: ignore[arg-type]
+        except (KeyError, TypeError, ValueError) as exc:
+            name = next(t[0] for t in self.targets if t[3] is get)
+            raise ShardFormatError(f"{where(sample)}: metadata lacks a valid {name!r} ({exc!r})") from None
+
+
+def where(sample: Sample) -> str:
+    """`shard URL:key`, for error messages."""
+    return f"{str(sample.get('__url__', '?'))}:{str(sample['__key__'])}"

@@ -135,33 +135,23 @@ def _open(stream: IO[bytes], where: str) -> _Chunks:
     return chunks
 
 
-def _member_name(header: bytes, where: str) -> str:
+def _member_name(header: bytes) -> str:
     name = header[:100].split(b"\0", 1)[0]
     if header[257:262] == b"ustar" and header[345]:
         name = header[345:500].split(b"\0", 1)[0] + b"/" + name
     return name.decode("utf-8", "replace")
 
 
-def _split_name(name: str, where: str) -> tuple[str, str]:
-    """`writer.tarformat.split_member_name`, with a shortcut for the common plain `KEY.ext` names."""
-    if "/" not in name and "\\" not in name and not name.lower().endswith(REFUSED_SUFFIXES):
-        stem, _, ext = name.partition(".")
-        if stem and ext:
-            return stem, ext
-    return split_member_name(name, where)  # the writer's rules and messages for everything else
-
-
 def iter_samples(stream: IO[bytes], where: str) -> Iterator[Sample]:
     """Group consecutive members sharing a key into {'__key__', ext: payload}, as `writer.tarformat` does.
 
-    One flat loop, since it runs for every member: headers are parsed in place and the samples of each
-    group of `VERIFY_EVERY` are yielded once their header checksums are verified.
+    One flat loop, since it runs for every member: headers are parsed in place, and the samples of each
+    group of `VERIFY_EVERY` are yielded once the checksums of their headers are verified.
     """
     chunks = _open(stream, where)
-    pending: list[Sample] = []
-    pending_headers: list[bytes] = []
+    pending: list[Sample] = []  # complete samples, not yet verified
+    headers: list[bytes] = []  # headers of the pending samples, then of the current one
     current: Sample = {}
-    current_headers: list[bytes] = []
     extended: dict[str, str] = {}  # PAX records or a GNU long name for the next member
     try:
         while True:
@@ -175,10 +165,14 @@ def iter_samples(stream: IO[bytes], where: str) -> Iterator[Sample]:
                 size = int(header[124:135], 8)  # the common case: 11 octal digits and a NUL
             except ValueError:
                 size = _octal(header[124:136], "size", where)
+            kind = header[156:157]
             if extended:
                 size = int(extended.get("size", size))
-            kind = header[156:157]
-            name = extended.get("path") or _member_name(header, where)
+                name = extended.get("path") or _member_name(header)
+            elif header[345]:
+                name = _member_name(header)  # a USTAR prefix (or garbage, which the checksum catches)
+            else:
+                name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
             if size > MAX_MEMBER_BYTES:
                 raise ShardFormatError(f"{where}: tar member {name!r} is {size} bytes")
             if kind not in REGULAR and kind not in EXTENSIONS:
@@ -191,7 +185,7 @@ def iter_samples(stream: IO[bytes], where: str) -> Iterator[Sample]:
                 pos, end, padded = 0, end - pos, padded - pos
             payload = chunks.buf[pos + BLOCK : end]
             chunks.pos = padded
-            current_headers.append(header)
+            headers.append(header)
             if kind in EXTENSIONS:
                 if kind == b"x":
                     extended = _pax_records(payload, where)
@@ -199,26 +193,31 @@ def iter_samples(stream: IO[bytes], where: str) -> Iterator[Sample]:
                     extended = {"path": payload.rstrip(b"\0").decode("utf-8", "replace")}
                 continue  # b"g": global PAX records carry nothing this reader uses
             extended = {}
-            key, ext = _split_name(name, where)
+            if "/" not in name and "\\" not in name and not name.lower().endswith(REFUSED_SUFFIXES):
+                key, _, ext = name.partition(".")
+                if not key or not ext:
+                    key, ext = split_member_name(name, where)  # raises with the writer's message
+            else:
+                key, ext = split_member_name(name, where)  # the writer's rules for everything else
             if current and current["__key__"] != key:
                 pending.append(current)
-                pending_headers.extend(current_headers[:-1])
-                current, current_headers = {}, [header]
+                current = {}
                 if len(pending) >= VERIFY_EVERY:
-                    _verify_checksums(pending_headers, where)
+                    _verify_checksums(headers[:-1], where)  # the last header starts the new sample
                     yield from pending
-                    pending, pending_headers = [], []
+                    pending, headers = [], headers[-1:]
             if ext in current:
                 raise ShardFormatError(f"{where}: duplicate member {name!r}")
             current["__key__"] = key
             current[ext] = payload
     except ShardFormatError:
-        # The samples completed before the damage are good once their own headers check out.
-        _verify_checksums(pending_headers, where)
-        yield from pending
+        # The samples completed before the damage are good once their headers check out (those of the
+        # current, incomplete sample are checked with them: a header that fails is damage all the same).
+        if pending:
+            _verify_checksums(headers, where)
+            yield from pending
         raise
     if current:
         pending.append(current)
-        pending_headers.extend(current_headers)
-    _verify_checksums(pending_headers, where)
+    _verify_checksums(headers, where)
     yield from pending
