@@ -67,21 +67,26 @@ class DevicePrefetcher:
 
     def __iter__(self) -> Iterator[Batch]:
         iterator = iter(self.loader)
-        upcoming = self._fetch(iterator)
-        upcoming_state = self._loader_state()
-        while upcoming is not None:
-            batch, state = upcoming, upcoming_state
-            if self.stream is not None:
-                current = torch.cuda.current_stream(self.device)
-                current.wait_stream(self.stream)
-                for value in batch.values():
-                    if isinstance(value, torch.Tensor):
-                        value.record_stream(current)  # its memory is reused only after the step's kernels
+        try:
             upcoming = self._fetch(iterator)
             upcoming_state = self._loader_state()
-            self._state = state
-            yield batch
-        self._state = upcoming_state
+            while upcoming is not None:
+                batch, state = upcoming, upcoming_state
+                if self.stream is not None:
+                    current = torch.cuda.current_stream(self.device)
+                    current.wait_stream(self.stream)
+                    for value in batch.values():
+                        if isinstance(value, torch.Tensor):
+                            value.record_stream(current)  # memory reused only after the step's kernels ran
+                upcoming = self._fetch(iterator)
+                upcoming_state = self._loader_state()
+                self._state = state
+                yield batch
+            self._state = upcoming_state
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()  # a loop left early stops the loader's workers now
 
     def _loader_state(self) -> dict[str, Any] | None:
         return self.loader.state_dict() if hasattr(self.loader, "state_dict") else None

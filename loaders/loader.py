@@ -103,6 +103,7 @@ class ShardLoader:
         )
         self.epoch = 0
         self.stats = Stats()  # what on_error="skip" left out in the current (or last) epoch
+        self._run = 0  # iterations started: only the latest may advance the position
         self._reset_position()
 
     def _reset_position(self) -> None:
@@ -123,6 +124,8 @@ class ShardLoader:
                 break
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        self._run += 1
+        run = self._run
         if self.batches == 0 and not any(self._items):
             self.stats = Stats()
         self.dataset.epoch = self.epoch
@@ -131,6 +134,8 @@ class ShardLoader:
         iterator = iter(self.dataloader)
         try:
             for item in iterator:
+                if self._run != run:
+                    raise RuntimeError("this loader was iterated again while this iteration was running")
                 worker = item.pop(WORKER_TAG)
                 self._record(worker, ended=END_TAG in item)
                 if END_TAG in item:

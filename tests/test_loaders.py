@@ -172,6 +172,17 @@ def test_loader_continues_across_epochs_and_set_epoch(grid_set: Path) -> None:
     assert batch_keys(loader) == epoch1
 
 
+def test_a_second_iteration_supersedes_the_first(grid_set: Path) -> None:
+    loader = make_loader(grid_set, "val", 8, shuffle=False)
+    first = iter(loader)
+    assert next(first)["key"] == batch_keys(make_loader(grid_set, "val", 8, shuffle=False))[0]
+    second = iter(loader)
+    assert len(next(second)["key"]) == 8  # continues from the position: the second batch
+    with pytest.raises(RuntimeError, match="iterated again"):
+        next(first)
+    assert loader.state_dict()["batches"] == 2
+
+
 def test_state_from_other_settings_is_refused(grid_set: Path) -> None:
     state = make_loader(grid_set, "train", 16, num_workers=2).state_dict()
     with pytest.raises(ResumeError, match="num_workers=2, this loader has 1"):
