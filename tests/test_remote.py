@@ -28,7 +28,7 @@ def remote_set(s3: S3, prefix: str) -> dict[str, bytes]:
 def test_build_to_s3_matches_local_build(s3: S3, local_set: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["build", "mnist-grid", "--out", s3.url("grid"), *SMALL, "--jobs", "2"])
     captured = capsys.readouterr()
-    assert code == 0 and error_lines(captured.err) == []
+    assert (code, error_lines(captured.err)) == (0, [])
     assert captured.out == f"{s3.url('grid')}: train 300, val 60, test 60 samples; 0 duplicates rejected\n"
     objects = s3.objects("grid")
     assert remote_set(s3, "grid") == folder_bytes(local_set)  # shards, card, manifest: identical bytes

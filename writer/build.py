@@ -22,7 +22,7 @@ from writer.keys import HASH_ALGORITHM
 from writer.manifest import FORMAT, FORMAT_VERSION, MANIFEST, SAMPLE_LAYOUT, dumps
 from writer.plan import SplitPlan, plan_all, shard_tasks
 from writer.recipe import SPLITS, Recipe, SourceInfo
-from writer.remote import run_remote_task
+from writer.remote import remote_backend, run_remote_task
 from writer.shards import ShardResult, ShardTask, run_shard_task
 from writer.store import LocalStore, S3Store, Store, is_remote, open_store
 
@@ -245,9 +245,8 @@ def render_all(
     results: list[ShardResult] = []
     total = sum(len(t.keys) for t in tasks)
     with tqdm(total=total, unit="sample", unit_scale=True, desc=recipe.name, smoothing=0.1) as bar:
-        run = run_tasks(
-            tasks, jobs=config.jobs, backend=config.backend, scheduler=config.scheduler, runner=runner
-        )
+        backend = remote_backend(config.backend) if is_remote(config.out) else config.backend
+        run = run_tasks(tasks, jobs=config.jobs, backend=backend, scheduler=config.scheduler, runner=runner)
         for result in run:
             result.keys = []  # checked against the plan in the worker; ~100 B a sample the parent needn't hold
             results.append(result)
