@@ -1,0 +1,7 @@
+"""`python -m train train ...` / `python -m train eval ...`."""
+
+import sys
+
+from train.cli import main
+
+sys.exit(main())

@@ -1,0 +1,262 @@
+"""`segshards train` and `segshards eval` (also `python -m train train|eval ...`): options in, exit code out."""
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from loaders import make_loader
+from train.checkpoint import CHECKPOINT, load_checkpoint
+from train.config import TrainConfig, default_precision, default_workers, resolve_device
+from train.errors import ConfigError, SegshardsError
+from train.tasks import TASKS, Defaults, Task, task_for
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected comma-separated integers, e.g. 16,32,64"
+        ) from None
+
+
+def count_or_all(text: str) -> int:
+    """A sample count; 'all' (or 0) means no limit, stored as 0 and read back as None."""
+    if text == "all":
+        return 0
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number or 'all'") from None
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="segshards train",
+        description="Train a small CNN on a shard set. Options left out take the recipe's CPU defaults "
+        "(or, with --resume, the checkpoint's settings).",
+    )
+    p.add_argument("recipe", nargs="?", help="recipe (default: the one in the set's manifest)")
+    p.add_argument("--data", required=True, help="shard-set folder or http(s)/s3 URL holding manifest.json")
+    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, metrics.json, curves.png ...")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule (AdamW)")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument(
+        "--samples-per-epoch",
+        type=count_or_all,
+        metavar="N|all",
+        help="train samples per epoch, drawn as a seeded stream (default: recipe's)",
+    )
+    p.add_argument("--eval-samples", type=count_or_all, metavar="N|all", help="val samples scored per epoch")
+    p.add_argument("--widths", type=int_list, metavar="W1,W2,...", help="channel widths per level")
+    p.add_argument("--stem", type=int, help="U-Net pixel-unshuffle factor (2: first level at half size)")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="letterbox images to H x W")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default=None,
+        help="auto: bf16 autocast on CUDA, fp32 on CPU",
+    )
+    p.add_argument("--seed", type=int)
+    p.add_argument("--workers", type=int, help="loader processes (default: 0 on CPU, 4 on CUDA)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="also checkpoint every STEPS steps")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument(
+        "--stop-after-steps",
+        type=int,
+        metavar="N",
+        help="stop after N steps of this invocation, checkpointed (continue with --resume)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def manifest_recipe(data: str) -> tuple[str, int | None]:
+    """(recipe, mask classes) of a set, read through the loader (so URLs work too)."""
+    shards = make_loader(data, "train", 1).shards
+    if not shards.recipe:
+        raise ConfigError(f"--data {data}: the manifest names no recipe")
+    return shards.recipe, shards.num_classes
+
+
+def resolve_config(args: argparse.Namespace, saved: dict[str, Any] | None) -> TrainConfig:
+    """Options given > the checkpoint's settings (with --resume) > the recipe's CPU defaults."""
+    recipe, _ = manifest_recipe(args.data)
+    if args.recipe and args.recipe != recipe:
+        raise ConfigError(f"recipe {args.recipe!r} given, but {args.data} holds a {recipe!r} set")
+    if saved is not None:
+        base = dict(saved)
+    else:
+        defaults: Defaults = TASKS.get(recipe, Task).defaults
+        base = dataclasses.asdict(defaults) | {
+            "recipe": recipe,
+            "weight_decay": 1e-4,
+            "eval_samples": 2000,
+            "size": None,
+            "device": "auto",
+            "precision": "auto",
+            "seed": 0,
+            "workers": None,
+            "threads": None,
+            "checkpoint_every": None,
+        }
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    for key in (
+        "epochs",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "samples_per_epoch",
+        "eval_samples",
+        "widths",
+        "stem",
+        "size",
+        "device",
+        "precision",
+        "seed",
+        "workers",
+        "threads",
+        "checkpoint_every",
+    ):
+        if key in given:
+            base[key] = given[key]
+    for key in ("samples_per_epoch", "eval_samples"):
+        base[key] = base[key] or None  # 0 = all
+    base["device"] = resolve_device(base["device"])
+    if base["precision"] == "auto":
+        base["precision"] = default_precision(base["device"])
+    if base["workers"] is None:
+        base["workers"] = default_workers(base["device"])
+    base.update(recipe=recipe, data=args.data, out=args.out, progress=not args.no_progress)
+    return TrainConfig.from_dict(base)
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """`segshards train`: returns the exit status."""
+    from train.loop import train  # after argument parsing: --help stays fast
+
+    args = train_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        checkpoint = Path(args.out) / CHECKPOINT
+        saved = load_checkpoint(checkpoint)["config"] if args.resume and checkpoint.exists() else None
+        config = resolve_config(args, saved)
+        started = time.perf_counter()
+        result = train(config, resume=args.resume, stop_after_steps=args.stop_after_steps)
+    except SegshardsError as exc:
+        print(f"segshards train: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            f"segshards train: interrupted; `--resume` continues from the last checkpoint in {args.out}",
+            file=sys.stderr,
+        )
+        return 130
+    if not result.finished:
+        print(f"{args.out}: stopped after {len(result.step_losses)} steps; continue with --resume")
+        return 0
+    assert result.metrics is not None
+    print(f"{args.out}: {summary(result.metrics, 'val')} ({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+SUMMARY_KEYS = ("iou", "accuracy", "circle_iou", "dice_macro", "dice_background", "miou")
+
+
+def summary(report: dict[str, Any], split: str) -> str:
+    """One line of a split's headline metrics."""
+    metrics = report["splits"].get(split)
+    if not metrics:
+        return f"no {split} split"
+    shown = ", ".join(f"{k} {metrics[k]:.4f}" for k in SUMMARY_KEYS if metrics.get(k) is not None)
+    return f"{split} {shown} ({metrics['samples']:,} samples)"
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="segshards eval", description="Evaluate a run's checkpoint on a split.")
+    p.add_argument("run", metavar="RUN_DIR", help="a folder written by `segshards train`")
+    p.add_argument("--data", help="shard set (default: the one the run was trained on)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def eval_main(argv: Sequence[str] | None = None) -> int:
+    """`segshards eval`: scores RUN_DIR/checkpoint.pt on a split, merges it into metrics.json."""
+    from train.loop import evaluate, plot_predictions
+    from train.reports import update_metrics
+
+    args = eval_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    run = Path(args.run)
+    try:
+        saved = load_checkpoint(run / CHECKPOINT)
+        data = args.data or saved["config"]["data"]
+        recipe, _ = manifest_recipe(data)
+        if recipe != saved["recipe"]:
+            raise ConfigError(
+                f"--data {data}: holds a {recipe!r} set, the run was trained on {saved['recipe']!r}"
+            )
+        device = resolve_device(args.device)
+        workers = default_workers(device) if args.workers is None else args.workers
+        config = TrainConfig.from_dict(
+            saved["config"]
+            | {
+                "data": data,
+                "device": device,
+                "precision": default_precision(device),
+                "workers": workers,
+                "threads": args.threads,
+                "progress": not args.no_progress,
+            }
+        )
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+        info = saved["task"]
+        task = task_for(recipe, info["num_classes"], info["in_channels"])
+        model = task.build_model(config.widths, config.stem)
+        model.load_state_dict(saved["model"])
+        model.to(device, memory_format=torch.channels_last)
+        loader = make_loader(
+            data, args.split, args.batch_size, num_workers=workers, shuffle=False, size=config.size
+        )
+        started = time.perf_counter()
+        metrics = evaluate(model, task, loader, config, desc=args.split)
+        wall = time.perf_counter() - started
+        evaluation = {"data": data, "checkpoint_step": saved["step"], "wall_s": round(wall, 1)}
+        report = update_metrics(run, splits={args.split: metrics | {"evaluation": evaluation}})
+        plot_predictions(
+            model,
+            task,
+            make_loader(data, args.split, 16, shuffle=False, size=config.size),
+            config,
+            run / f"predictions-{args.split}.png",
+            title=f"{recipe}: {args.split}",
+        )
+    except SegshardsError as exc:
+        print(f"segshards eval: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{run}: {summary(report, args.split)} ({wall:.0f} s)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m train {train,eval} ...`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"train": train_main, "eval": eval_main}
+    if not argv or argv[0] not in commands:
+        print("usage: python -m train {train,eval} ...", file=sys.stderr)
+        return 2
+    return commands[argv[0]](argv[1:])

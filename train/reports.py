@@ -1,0 +1,33 @@
+"""metrics.json: one file per run, splits merged in as `train` and `eval` produce them, written atomically."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+from train.errors import OutputError
+from writer.atomic import atomic_write
+
+METRICS = "metrics.json"
+
+
+def read_metrics(out: Path) -> dict[str, Any]:
+    """The run's metrics.json, or an empty report when there is none yet."""
+    path = out / METRICS
+    if not path.exists():
+        return {"splits": {}}
+    try:
+        report = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise OutputError(f"{path}: not valid JSON ({exc}); move it away to write a fresh one") from exc
+    if not isinstance(report, dict) or not isinstance(report.get("splits"), dict):
+        raise OutputError(f"{path}: not a metrics report (no 'splits' object)")
+    return report
+
+
+def update_metrics(out: Path, *, splits: dict[str, dict[str, Any]], **fields: Any) -> dict[str, Any]:
+    """Merge `splits` (replacing those splits) and top-level `fields` into metrics.json; returns the report."""
+    report = read_metrics(out)
+    report.update({k: v for k, v in fields.items() if v is not None})
+    report["splits"].update(splits)
+    atomic_write(out / METRICS, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    return report
