@@ -38,11 +38,6 @@ from writer.errors import ShardFormatError
 from writer.tarformat import Sample
 
 WORKER_TAG, END_TAG, EMPTY_TAG = "_worker", "_end", "_empty"
-TORCH_DTYPES: dict[type, torch.dtype] = {
-    np.uint8: torch.uint8,
-    np.int64: torch.int64,
-    np.float32: torch.float32,
-}
 
 
 @dataclass(frozen=True)
@@ -75,13 +70,13 @@ class LoaderConfig:
         return self.epoch_batches // self.workers + (worker < self.epoch_batches % self.workers)
 
 
-def shared_tensor(shape: tuple[int, ...], dtype: type) -> torch.Tensor:
-    """A tensor in shared memory: sent from a worker to the main process without another copy."""
-    return torch.empty(shape, dtype=TORCH_DTYPES[dtype]).share_memory_()
+def shared_buffer(nbytes: int) -> torch.Tensor:
+    """A uint8 buffer in shared memory: a batch crosses from a worker to the main process without a copy."""
+    return torch.empty(nbytes, dtype=torch.uint8).share_memory_()
 
 
-def plain_tensor(shape: tuple[int, ...], dtype: type) -> torch.Tensor:
-    return torch.empty(shape, dtype=TORCH_DTYPES[dtype])
+def plain_buffer(nbytes: int) -> torch.Tensor:
+    return torch.empty(nbytes, dtype=torch.uint8)
 
 
 class ShardStream(IterableDataset):
@@ -140,7 +135,7 @@ class ShardStream(IterableDataset):
             image_ext=self.shards.image_ext,
             size=c.size,
             with_meta=c.with_meta,
-            allocate=shared_tensor if in_worker else plain_tensor,
+            allocate=shared_buffer if in_worker else plain_buffer,
         )
 
         def on_error(exc: ShardFormatError) -> None:

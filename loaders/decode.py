@@ -14,7 +14,7 @@ import json
 import struct
 import types
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import cv2
@@ -105,6 +105,10 @@ def decode_member(payload: bytes, ext: str, where: str) -> np.ndarray:
     return array
 
 
+BUFFER, FIELDS, COUNT = "_buffer", "_fields", "_count"
+TORCH_DTYPES = {"uint8": torch.uint8, "int64": torch.int64, "float32": torch.float32}
+Field = tuple[str, int, str, tuple[int, ...]]  # name, byte offset in the batch buffer, dtype name, row shape
+
 # Per-recipe targets: (name, dtype, shape per sample, getter from the parsed metadata).
 Target = tuple[str, type, tuple[int, ...], Callable[[dict[str, Any]], Any]]
 TARGETS: dict[str, tuple[Target, ...]] = {
@@ -148,10 +152,10 @@ def place(image: np.ndarray, out: np.ndarray) -> None:
 
 
 class BatchAssembler:
-    """Turns a list of raw samples into one batch dict of tensors, preallocated and filled in place.
+    """Turns a list of raw samples into one packed batch: all arrays in one preallocated uint8 buffer.
 
-    `allocate(shape, numpy dtype)` makes the tensors; in DataLoader workers it hands out shared-memory
-    tensors, so the batch crosses to the main process without another copy.
+    `allocate(nbytes)` makes the buffer; in DataLoader workers it hands out shared memory, so the batch
+    crosses to the main process without another copy. `unpack` gives the user's dict of tensors.
     """
 
     def __init__(
@@ -161,7 +165,7 @@ class BatchAssembler:
         image_ext: str | None,
         size: tuple[int, int] | None,
         with_meta: bool,
-        allocate: Callable[[tuple[int, ...], type], torch.Tensor],
+        allocate: Callable[[int], torch.Tensor],
     ) -> None:
         self.targets = TARGETS.get(recipe or "", ())
         self.image_ext, self.size, self.with_meta, self.allocate = image_ext, size, with_meta, allocate
@@ -199,10 +203,12 @@ class BatchAssembler:
         return image, mask, meta
 
     def __call__(self, samples: list[Sample], on_error: Callable[[ShardFormatError], None]) -> dict[str, Any]:
-        """The batch of `samples`; a sample that fails to decode goes to `on_error` (which may raise)."""
+        """The packed batch of `samples` (see `unpack`); a sample that fails to decode goes to `on_error`
+        (which may raise)."""
         n, i = len(samples), 0
-        tensors: dict[str, torch.Tensor] = {}
-        images: np.ndarray = np.empty((0, 0, 0, 0), np.uint8)  # numpy views of `tensors`, filled in place
+        buffer: torch.Tensor | None = None
+        fields: list[Field] = []
+        images: np.ndarray = np.empty((0, 0, 0, 0), np.uint8)  # numpy views of `buffer`, filled in place
         masks: np.ndarray = np.empty((0, 0, 0), np.uint8)
         targets: list[tuple[np.ndarray, Callable[[dict[str, Any]], Any]]] = []
         keys: list[str] = []
@@ -210,10 +216,11 @@ class BatchAssembler:
         for sample in samples:
             try:
                 image, mask, meta = self.decode(sample)
-                if not tensors:
-                    tensors = self._allocate(n, image)
-                    images, masks = tensors["image"].numpy(), tensors["mask"].numpy()
-                    targets = [(tensors[name].numpy(), get) for name, _, _, get in self.targets]
+                if buffer is None:
+                    buffer, fields = self._allocate(n, image)
+                    views = {name: array for name, array in unpack_arrays(buffer.numpy(), fields, n)}
+                    images, masks = views["image"], views["mask"]
+                    targets = [(views[name], get) for name, _, _, get in self.targets]
                 if (
                     self.size is None
                     and image.ndim == 2
@@ -233,22 +240,24 @@ class BatchAssembler:
             if self.with_meta:
                 metas.append(meta or {})
             i += 1
-        batch: dict[str, Any] = {name: tensor[:i] for name, tensor in tensors.items()}
-        batch["key"] = keys
+        batch: dict[str, Any] = {"key": keys}
+        if buffer is not None:
+            batch.update({BUFFER: buffer, FIELDS: (n, fields), COUNT: i})
         if self.with_meta:
             batch["meta"] = metas
         return batch
 
-    def _allocate(self, n: int, image: np.ndarray) -> dict[str, torch.Tensor]:
+    def _allocate(self, n: int, image: np.ndarray) -> tuple[torch.Tensor, list[Field]]:
+        """One uint8 buffer for the whole batch and the layout of its arrays (8-byte aligned, targets first)."""
         channels = 1 if image.ndim == 2 else image.shape[2]
         h, w = self.size or image.shape[:2]
-        arrays = {
-            "image": self.allocate((n, channels, h, w), np.uint8),
-            "mask": self.allocate((n, h, w), np.uint8),
-        }
-        for name, dtype, shape, _ in self.targets:
-            arrays[name] = self.allocate((n, *shape), dtype)
-        return arrays
+        shapes = [(name, np.dtype(dtype).name, shape) for name, dtype, shape, _ in self.targets]
+        shapes += [("image", "uint8", (channels, h, w)), ("mask", "uint8", (h, w))]
+        fields, offset = [], 0
+        for name, dtype, shape in shapes:
+            fields.append((name, offset, dtype, shape))
+            offset += -(-n * int(np.prod(shape)) * np.dtype(dtype).itemsize // 8) * 8
+        return self.allocate(offset), fields
 
     def _fill_other(
         self, out_image: np.ndarray, out_mask: np.ndarray, image: np.ndarray, mask: np.ndarray, sample: Sample
@@ -278,6 +287,31 @@ class BatchAssembler:
         except (KeyError, TypeError, ValueError) as exc:
             name = next(t[0] for t in self.targets if t[3] is get)
             raise ShardFormatError(f"{where(sample)}: metadata lacks a valid {name!r} ({exc!r})") from None
+
+
+def unpack_arrays(buffer: np.ndarray, fields: list[Field], n: int) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, (n, *shape) view) of each field of a packed batch buffer."""
+    for name, offset, dtype, shape in fields:
+        size = n * int(np.prod(shape)) * np.dtype(dtype).itemsize
+        yield name, buffer[offset : offset + size].view(dtype).reshape(n, *shape)
+
+
+def unpack(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch dict a user sees: the packed buffer's fields as tensors of `count` rows (views, no copy).
+
+    A batch crosses from a worker as one shared-memory buffer (one file descriptor to pass, one mapping)
+    rather than one per array; the views are made in the receiving process.
+    """
+    buffer = batch.pop(BUFFER, None)
+    if buffer is None:
+        return batch
+    (rows, fields), count = batch.pop(FIELDS), batch.pop(COUNT)
+    out: dict[str, Any] = {}
+    for name, offset, dtype, shape in fields:
+        size = rows * int(np.prod(shape)) * np.dtype(dtype).itemsize
+        out[name] = buffer[offset : offset + size].view(TORCH_DTYPES[dtype]).view(rows, *shape)[:count]
+    out.update(batch)
+    return out
 
 
 def where(sample: Sample) -> str:

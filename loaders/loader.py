@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from loaders.dataset import EMPTY_TAG, END_TAG, WORKER_TAG, LoaderConfig, ShardStream
+from loaders.decode import unpack
 from loaders.errors import ResumeError, SkippedDataWarning
 from loaders.source import ShardSet, resolve
 from loaders.stages import OnError, Stats
@@ -142,7 +143,7 @@ class ShardLoader:
                     self.stats.merge(item[END_TAG])
                 elif not item.pop(EMPTY_TAG, False):
                     self.batches += 1
-                    yield item
+                    yield unpack(item)
         except SegshardsError as exc:
             raise _clean(exc) from exc
         finally:
@@ -166,6 +167,12 @@ class ShardLoader:
             )
         self.epoch += 1
         self._reset_position()
+
+    def forever(self) -> Iterator[dict[str, Any]]:
+        """Batches without end, epoch after epoch: with `resampled=True`, the infinite stream of shard draws
+        for multi-GPU training (the position and `state_dict()` keep following epochs and batches)."""
+        while True:
+            yield from self
 
     def set_epoch(self, epoch: int) -> None:
         """Start `epoch` from its beginning, unless it is the current epoch (then the position is kept)."""

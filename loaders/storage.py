@@ -150,15 +150,18 @@ AWS_SETTINGS = (
     "AWS_SHARED_CREDENTIALS_FILE",
 )
 _S3: dict[tuple[str | int | None, ...], Any] = {}
+_SESSIONS: dict[tuple[str | None, ...], Any] = {}
 
 
 def s3_filesystem() -> Any:
-    """An s3fs filesystem configured from the AWS environment: one per process (forked DataLoader workers
-    make their own) and per settings (a changed endpoint or key gets a new client)."""
-    key = (os.getpid(), *(os.environ.get(name) for name in AWS_SETTINGS))
-    fs = _S3.get(key)
+    """An s3fs filesystem configured from the AWS environment: one per process and per settings (a changed
+    endpoint or key gets a new client). Forked DataLoader workers make their own filesystem, but from the
+    botocore session they inherit, whose service models are already loaded (~0.3 CPU-s saved per worker)."""
+    settings = tuple(os.environ.get(name) for name in AWS_SETTINGS)
+    fs = _S3.get((os.getpid(), *settings))
     if fs is None:
         import s3fs  # imported here: local and http users never pay for botocore
+        from aiobotocore.session import AioSession
 
         client: dict[str, Any] = {}
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
@@ -167,9 +170,10 @@ def s3_filesystem() -> Any:
         region = os.environ.get("AWS_REGION")
         if region and not os.environ.get("AWS_DEFAULT_REGION"):
             client["region_name"] = region
-        fs = s3fs.S3FileSystem(skip_instance_cache=True, client_kwargs=client)
+        session = _SESSIONS.setdefault(settings, AioSession())
+        fs = s3fs.S3FileSystem(skip_instance_cache=True, client_kwargs=client, session=session)
         _S3.clear()
-        _S3[key] = fs
+        _S3[(os.getpid(), *settings)] = fs
     return fs
 
 

@@ -150,6 +150,9 @@ def test_resampled_mode_gives_every_rank_the_same_number_of_batches(grid_set: Pa
     runs = [batch_keys(make(rank)) for rank in (0, 1)]
     assert [len(r) for r in runs] == [8, 8] == [len(make(0))] * 2  # ceil(250 / (2 * 16))
     assert runs[0] != runs[1] and batch_keys(make(0)) == runs[0]
+    endless = make(0).forever()
+    assert [next(endless)["key"] for _ in range(20)][:8] == runs[0]  # 20 batches: past the nominal epoch
+    endless.close()
     first, state = interrupted(lambda: make(1), 3)
     resumed = make(1)
     resumed.load_state_dict(state)

@@ -7,15 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from loaders.decode import BatchAssembler, decode_member, fast_png, letterbox
+from loaders.decode import BatchAssembler, decode_member, fast_png, letterbox, unpack
 from loaders.errors import ShardFormatError
 from writer.encode import encode_png
 
 
-def plain(shape: tuple[int, ...], dtype: type) -> torch.Tensor:
-    return torch.empty(
-        shape, dtype={np.uint8: torch.uint8, np.int64: torch.int64, np.float32: torch.float32}[dtype]
-    )
+def plain(nbytes: int) -> torch.Tensor:
+    return torch.full((nbytes,), 7, dtype=torch.uint8)  # not zeros: every byte used must be written
 
 
 @pytest.mark.parametrize("shape", [(56, 56), (1, 1), (3, 200), (31, 7)])
@@ -78,9 +76,11 @@ def test_batch_assembly_with_circle_targets() -> None:
     assemble = BatchAssembler(
         recipe="mnist-circle", image_ext="png", size=None, with_meta=True, allocate=plain
     )
-    batch = assemble(
+    packed = assemble(
         [sample("a", image, mask, meta), sample("b", image.T, mask, {**meta, "label": 2})], _raise
     )
+    assert packed["_buffer"].numel() == 2 * 8 + 2 * 12 + 2 * 784 * 2  # label, circle, image, mask: one buffer
+    batch = unpack(packed)
     assert batch["key"] == ["a", "b"]
     assert batch["image"].shape == (2, 1, 28, 28) and batch["image"].dtype == torch.uint8
     assert batch["mask"].shape == (2, 28, 28) and batch["mask"].dtype == torch.uint8
@@ -107,6 +107,6 @@ def test_bad_samples_raise_or_are_skipped() -> None:
     with pytest.raises(ShardFormatError, match="pass size="):
         assemble([good, other_size], _raise)
     skipped: list[str] = []
-    batch = assemble([no_digits, good, other_size, good], lambda exc: skipped.append(str(exc)))
+    batch = unpack(assemble([no_digits, good, other_size, good], lambda exc: skipped.append(str(exc))))
     assert batch["key"] == ["good", "good"] and batch["digits"].tolist() == [[1, 2, 3, 4]] * 2
     assert len(skipped) == 2
