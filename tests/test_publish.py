@@ -205,6 +205,8 @@ def test_verify_remote_set_finds_damage(s3: S3, small_set: Path, capsys: pytest.
     assert f"{s3.url('grid')}/val-000000.tar: sha256 differs from the manifest" in errors
     assert f"{s3.url('grid')}/train-000009.tar: shard not listed in the manifest" in errors
     assert errors[-1] == f"{s3.url('grid')}: {len(errors) - 1} problem(s)"
+    code, _, errors = run(capsys, "verify", "s3://no-such-bucket-here/grid")
+    assert code == 1 and errors[0].startswith("segshards: error: s3://no-such-bucket-here: no such bucket")
     code, _, errors = run(capsys, "verify", s3.url("nothing-here"))
     assert errors == [
         f"segshards: error: {s3.url('nothing-here')}/manifest.json: no manifest (not a finished segshards set)"

@@ -10,7 +10,7 @@ from writer.encode import decode_image
 from writer.errors import SegshardsError, ShardFormatError
 from writer.keys import is_key, pixel_key
 from writer.manifest import MANIFEST, SHARD_NAME, parse_manifest, read_manifest, shard_entries, split_names
-from writer.store import is_remote, open_store
+from writer.store import S3Store, is_remote, open_store
 from writer.tarformat import iter_samples
 
 Opener = Callable[[str], bytes]
@@ -99,6 +99,8 @@ def verify_location(location: str) -> tuple[list[str], int, int]:
     if not is_remote(location):
         return verify_folder(Path(location))
     store = open_store(location)
+    if isinstance(store, S3Store):
+        store.check_bucket()
     if store.head(MANIFEST) is None:
         raise ShardFormatError(f"{store.url}/{MANIFEST}: no manifest (not a finished segshards set)")
     manifest = parse_manifest(store.read(MANIFEST), f"{store.url}/{MANIFEST}")
