@@ -116,7 +116,8 @@ def evaluate(
     model.eval()
     metrics = task.metrics()
     seen = 0
-    total = min(x for x in (loader.shards.total, max_samples) if x is not None)
+    known = [x for x in (loader.shards.total, max_samples) if x is not None]
+    total = min(known) if known else None
     bar = tqdm(
         total=total,
         desc=desc,

@@ -1,0 +1,153 @@
+"""Training on small shard sets: beats a trivial baseline, resumes exactly, and the CLI writes its reports."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from train.checkpoint import CHECKPOINT, load_checkpoint
+from train.cli import eval_main, train_main
+from train.config import TrainConfig
+from train.errors import CheckpointError
+from train.loop import train
+from writer.cli import main as writer_main
+
+SMALL = ["--train", "512", "--val", "128", "--test", "128", "--shard-size", "128"]
+
+
+def build(root: Path, recipe: str) -> Path:
+    out = root / recipe
+    assert writer_main(["build", recipe, "--out", str(out), "--jobs", "1", *SMALL]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def sets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The three MNIST recipes, 512/128/128 samples in shards of 128."""
+    root = tmp_path_factory.mktemp("train-sets")
+    return {recipe: build(root, recipe) for recipe in ("mnist-foreground", "mnist-circle", "mnist-grid")}
+
+
+def config(data: Path, out: Path, recipe: str, **overrides: Any) -> TrainConfig:
+    values: dict[str, Any] = {
+        "recipe": recipe,
+        "data": str(data),
+        "out": str(out),
+        "epochs": 2,
+        "batch_size": 64,
+        "lr": 3e-3,
+        "weight_decay": 1e-4,
+        "samples_per_epoch": None,
+        "eval_samples": None,
+        "widths": (8, 16, 32),
+        "stem": 1,
+        "size": None,
+        "device": "cpu",
+        "precision": "fp32",
+        "seed": 0,
+        "workers": 0,
+        "threads": None,
+        "checkpoint_every": None,
+        "progress": False,
+    }
+    return TrainConfig(**(values | overrides))
+
+
+def test_short_training_beats_background_everywhere(sets: dict[str, Path], tmp_path: Path) -> None:
+    data = sets["mnist-foreground"]
+    result = train(config(data, tmp_path / "run", "mnist-foreground", epochs=4, batch_size=32, lr=1e-2))
+    assert result.finished and result.metrics is not None
+    val = result.metrics["splits"]["val"]
+    assert val["samples"] == 128
+    # Background everywhere has foreground IoU 0 (and pixel accuracy ~0.86): the model must be far above.
+    assert val["iou"] >= 0.8
+    assert result.step_losses[-1] < result.step_losses[0] / 2
+
+
+@pytest.mark.parametrize(
+    ("recipe", "overrides", "stop"),
+    [
+        ("mnist-circle", {"widths": (8, 16)}, 5),  # dropout draws from the RNG; stop mid-epoch
+        ("mnist-foreground", {"samples_per_epoch": 192}, 4),  # resampled stream; stop after an epoch boundary
+    ],
+)
+def test_resume_gives_the_same_next_step_loss(
+    sets: dict[str, Path], tmp_path: Path, recipe: str, overrides: dict[str, Any], stop: int
+) -> None:
+    data = sets[recipe]
+    whole = train(config(data, tmp_path / "whole", recipe, **overrides))
+    first = train(config(data, tmp_path / "split", recipe, **overrides), stop_after_steps=stop)
+    assert not first.finished and first.step_losses == whole.step_losses[:stop]
+    rest = train(config(data, tmp_path / "split", recipe, **overrides), resume=True)
+    assert rest.finished
+    assert rest.step_losses[0] == whole.step_losses[stop]  # the next step, bit for bit
+    assert rest.step_losses == whole.step_losses[stop:]
+    assert rest.metrics is not None and whole.metrics is not None
+    assert rest.metrics["splits"]["val"]["loss"] == whole.metrics["splits"]["val"]["loss"]
+    a, b = load_checkpoint(tmp_path / "whole" / CHECKPOINT), load_checkpoint(tmp_path / "split" / CHECKPOINT)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_resume_refuses_other_settings(sets: dict[str, Path], tmp_path: Path) -> None:
+    data = sets["mnist-foreground"]
+    train(config(data, tmp_path, "mnist-foreground", epochs=1), stop_after_steps=1)
+    with pytest.raises(CheckpointError, match="already here"):
+        train(config(data, tmp_path, "mnist-foreground", epochs=1))
+    with pytest.raises(CheckpointError, match="lr=0.003"):
+        train(config(data, tmp_path, "mnist-foreground", epochs=1, lr=0.1), resume=True)
+
+
+def test_cli_train_then_eval_writes_reports(
+    sets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "grid"
+    data = str(sets["mnist-grid"])
+    argv = ["mnist-grid", "--data", data, "--out", str(run), "--epochs", "1", "--samples-per-epoch", "128"]
+    assert train_main([*argv, "--widths", "8,16,32", "--no-progress"]) == 0
+    assert "val dice_macro" in capsys.readouterr().out
+    for name in ("checkpoint.pt", "metrics.json", "curves.png", "predictions.png"):
+        assert (run / name).stat().st_size > 0
+    assert not list(run.glob(".*tmp*"))  # atomic writes leave no temp files
+    assert eval_main([str(run), "--data", data, "--split", "test", "--no-progress"]) == 0
+    assert "test dice_macro" in capsys.readouterr().out
+    report = json.loads((run / "metrics.json").read_text())
+    assert report["recipe"] == "mnist-grid"
+    assert report["config"]["widths"] == [8, 16, 32] and report["config"]["stem"] == 2  # recipe default kept
+    assert report["training"]["samples"] == 128
+    for split in ("val", "test"):
+        metrics = report["splits"][split]
+        assert metrics["samples"] == 128
+        assert set(metrics["dice_per_class"]) == {str(d) for d in range(10)}
+        assert 0 <= metrics["dice_macro"] <= 1 and 0 <= metrics["dice_background"] <= 1
+    assert report["splits"]["test"]["evaluation"]["checkpoint_step"] == 2
+    assert (run / "predictions-test.png").stat().st_size > 0
+
+
+def test_cli_circle_reports_accuracy_and_circle_iou(sets: dict[str, Path], tmp_path: Path) -> None:
+    run = tmp_path / "circle"
+    argv = ["--data", str(sets["mnist-circle"]), "--out", str(run), "--epochs", "1", "--no-progress"]
+    assert train_main(argv) == 0
+    assert eval_main([str(run), "--no-progress"]) == 0  # --data defaults to the training set, --split to test
+    report = json.loads((run / "metrics.json").read_text())
+    for split in ("val", "test"):
+        assert 0 <= report["splits"][split]["accuracy"] <= 1
+        assert 0 < report["splits"][split]["circle_iou"] <= 1
+        assert set(report["splits"][split]["circle_iou_per_class"]) == {str(d) for d in range(10)}
+
+
+def test_cli_errors_are_one_line_and_exit_1(
+    sets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = str(sets["mnist-foreground"])
+    assert train_main(["mnist-grid", "--data", data, "--out", str(tmp_path / "a"), "--no-progress"]) == 1
+    assert "holds a 'mnist-foreground' set" in capsys.readouterr().err
+    assert eval_main([str(tmp_path / "nothing"), "--no-progress"]) == 1
+    assert "no checkpoint here" in capsys.readouterr().err
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / CHECKPOINT).write_bytes(b"not a checkpoint")
+    assert eval_main([str(tmp_path / "bad"), "--no-progress"]) == 1
+    assert "not a readable checkpoint" in capsys.readouterr().err
+    assert train_main(["--data", data, "--out", str(tmp_path / "c"), "--epochs", "0"]) == 1
+    assert "--epochs 0: must be >= 1" in capsys.readouterr().err
