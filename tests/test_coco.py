@@ -16,7 +16,7 @@ from tests.coco_fixtures import CLASS_OF, CocoFixture, expected_mask, write_coco
 from writer.build import MARKER
 from writer.cli import main
 from writer.keys import pixel_key
-from writer.recipes.coco import CocoSpec, select
+from writer.recipes.coco import CocoSpec, file_sha256, select
 
 ALL_TRAIN = ["--train", "7", "--val", "0", "--test", "0"]  # the 7 eligible fixture images, all in train
 SPLIT_3 = ["--train", "4", "--val", "2", "--test", "1"]
@@ -254,7 +254,8 @@ def test_resume_rebuilds_only_what_is_missing(coco: CocoFixture, tmp_path: Path)
 
 def test_duplicate_images_are_rejected_and_counted(tmp_path: Path) -> None:
     fixture = write_coco(tmp_path / "src", duplicate_of=6)  # image 10 has image 6's pixels
-    spec = CocoSpec(str(fixture.annotations), str(fixture.images), None, "ignore", "raise", 0, (7, 0, 0))
+    sha = file_sha256(str(fixture.annotations))
+    spec = CocoSpec(str(fixture.annotations), str(fixture.images), None, "ignore", "raise", 0, (7, 0, 0), sha)
     seed = next(s for s in range(50) if select(replace(spec, seed=s)).duplicates["train"])  # the copy is met
     manifest = build(
         fixture, tmp_path / "out", "--train", "7", "--val", "0", "--test", "0", "--seed", str(seed)

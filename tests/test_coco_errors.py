@@ -218,3 +218,26 @@ def test_skip_with_parallel_workers(tmp_path: Path) -> None:
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["source"]["skipped"]["image_ids"] == {"missing-image": [2]}
     assert [manifest["splits"][s]["count"] for s in ("train", "val", "test")] == [4, 1, 1]
+
+
+def test_images_option_must_be_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fixture = write_coco(tmp_path / "src")
+    argv = [
+        "build",
+        "coco-semantic",
+        "--annotations",
+        str(fixture.annotations),
+        "--images",
+        str(tmp_path / "nope"),
+    ]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 1
+    assert one_error_line(capsys) == f"segshards: error: --images {tmp_path / 'nope'}: not a folder"
+
+
+def test_annotation_path_that_is_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fixture = write_coco(tmp_path / "src")
+    argv = ["build", "coco-semantic", "--annotations", str(fixture.images), "--images", str(fixture.images)]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 1
+    assert one_error_line(capsys).startswith(
+        f"segshards: error: {fixture.images}: cannot read (Is a directory)"
+    )

@@ -220,9 +220,10 @@ def top_list(data: Any, key: str, name: str) -> list[Any]:
 
 
 @functools.lru_cache(maxsize=2)
-def load_index(path: str, names: tuple[str, ...] | None, on_error: str) -> CocoIndex:
-    """Parse and check an instances file (cached per process). Structural problems raise, or with
-    `on_error="skip"` mark their image bad (or drop an annotation that names no known image)."""
+def load_index(path: str, names: tuple[str, ...] | None, on_error: str, version: str = "") -> CocoIndex:
+    """Parse and check an instances file (cached per process; `version`, e.g. the file's sha256, keys the
+    cache so that a rewritten file is read again). Structural problems raise, or with `on_error="skip"`
+    mark their image bad (or drop an annotation that names no known image)."""
     source = Path(path)
     name = source.name
     data = read_json(source)

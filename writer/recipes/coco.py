@@ -1,10 +1,11 @@
 """coco-semantic: a seeded subset of COCO images with class-index masks rendered from instance annotations."""
 
 import argparse
+import contextlib
 import functools
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,12 +16,12 @@ import numpy as np
 
 from writer.coco_annotations import ON_ERROR, BadRecord, CocoIndex, ImageRecord, load_index, subset_json
 from writer.coco_masks import IGNORE, OVERLAPS, Instance, annotation_rle, compose
-from writer.errors import SupplyError
+from writer.errors import ConfigError, SourceError, SupplyError
 from writer.keys import file_digest, pixel_digest
 from writer.recipe import SPLITS, Candidates, Rendered, SourceInfo
 
 DEFAULT_COUNTS = {"train": 8000, "val": 500, "test": 500}
-SELECTION_STREAM = 5  # seeds the one permutation all splits are cut from (apart from per-split streams)
+SELECTION_STREAM = 5  # the permutation's stream: (seed, 5), apart from the planner's (seed, split 0..2)
 CHUNK = 64  # images checked ahead in parallel threads while walking the permutation
 JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -36,6 +37,7 @@ class CocoSpec:
     on_error: str
     seed: int
     counts: tuple[int | None, ...]  # train, val, test
+    sha256: str  # of the annotation file: keys the per-process caches
     prepared: str | None = None
 
 
@@ -53,7 +55,7 @@ class Selection:
 
 
 def spec_index(spec: CocoSpec) -> CocoIndex:
-    return load_index(spec.prepared or spec.annotations, spec.categories, spec.on_error)
+    return load_index(spec.prepared or spec.annotations, spec.categories, spec.on_error, spec.sha256)
 
 
 def read_image(folder: str, record: ImageRecord, where: str) -> bytes:
@@ -126,6 +128,15 @@ def permutation(eligible: list[int], seed: int) -> list[int]:
     return [eligible[i] for i in rng.permutation(len(eligible))]
 
 
+def checked(index: CocoIndex, folder: str, order: list[int]) -> Generator[tuple[int, bytes | BadRecord]]:
+    """(image id, digest or problem) along `order`, checked CHUNK images ahead on threads (OpenCV
+    decodes without the GIL); outcomes come in order, so the walk stays deterministic."""
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for start in range(0, len(order), CHUNK):
+            ahead = order[start : start + CHUNK]
+            yield from zip(ahead, pool.map(functools.partial(check_image, index, folder), ahead), strict=True)
+
+
 @functools.lru_cache(maxsize=2)
 def select(spec: CocoSpec) -> Selection:
     """Walk one seeded permutation of the eligible images, cutting consecutive runs for train, val and
@@ -133,30 +144,19 @@ def select(spec: CocoSpec) -> Selection:
     the planner, which rejects them exactly as counted here. Files are read and decoded once, here."""
     index = spec_index(spec)
     eligible = index.eligible()
-    order = permutation(eligible, spec.seed)
     sel = Selection(eligible=len(eligible))
     seen: set[bytes] = set()
-    pos = 0
-    pending: list[bytes | BadRecord] = []
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    with contextlib.closing(checked(index, spec.images, permutation(eligible, spec.seed))) as walk:
         for split, count in zip(SPLITS, spec.counts, strict=True):
-            offered, chosen, dups = sel.offered.setdefault(split, []), sel.chosen.setdefault(split, []), []
+            offered, chosen = sel.offered.setdefault(split, []), sel.chosen.setdefault(split, [])
+            dups = sel.duplicates.setdefault(split, [])
             while count is None or len(chosen) < count:
-                if pos == len(order):
+                step = next(walk, None)
+                if step is None:
                     if count is None:
                         break
-                    raise SupplyError(
-                        f"--{split} {count}: {index.name} has {len(eligible)} eligible images (with a "
-                        f"non-crowd annotation{' of --categories' if spec.categories else ''}); "
-                        f"after {sum(len(v) for v in sel.chosen.values()) - len(chosen)} for earlier splits, "
-                        f"{len(sel.skipped)} skipped and {sum(len(v) for v in sel.duplicates.values())} "
-                        f"duplicates, only {len(chosen)} remain for {split}"
-                    )
-                if not pending:
-                    ahead = order[pos : pos + CHUNK]
-                    pending = list(pool.map(lambda i: check_image(index, spec.images, i), ahead))[::-1]
-                image_id, outcome = order[pos], pending.pop()
-                pos += 1
+                    raise short_supply(spec, index.name, sel, split, count)
+                image_id, outcome = step
                 if isinstance(outcome, BadRecord):
                     if spec.on_error == "raise":
                         raise outcome
@@ -169,8 +169,19 @@ def select(spec: CocoSpec) -> Selection:
                     continue
                 seen.add(outcome)
                 chosen.append(image_id)
-            sel.duplicates[split] = dups
     return sel
+
+
+def short_supply(spec: CocoSpec, name: str, sel: Selection, split: str, count: int) -> SupplyError:
+    """The error for a split the eligible images cannot fill, naming the option and where images went."""
+    earlier = sum(len(v) for s, v in sel.chosen.items() if s != split)
+    kept = " of --categories" if spec.categories else ""
+    return SupplyError(
+        f"--{split} {count}: {name} has {sel.eligible} eligible images (with a non-crowd annotation{kept}); "
+        f"after {earlier} for earlier splits, {len(sel.skipped)} skipped and "
+        f"{sum(len(v) for v in sel.duplicates.values())} duplicates, only {len(sel.chosen[split])} remain "
+        f"for {split}"
+    )
 
 
 @functools.lru_cache(maxsize=4)
@@ -179,13 +190,14 @@ def annotation_sha256(path: str, size: int, mtime_ns: int) -> str:
 
 
 def file_sha256(path: str) -> str:
-    """sha256 of a file, cached while its size and mtime stay the same."""
+    """sha256 of the annotation file, cached while its size and mtime stay the same."""
     try:
         st = os.stat(path)
-    except OSError:
-        load_index(path, None, "raise")  # raises the SourceError naming the problem
-        raise
-    return annotation_sha256(path, st.st_size, st.st_mtime_ns)
+        return annotation_sha256(path, st.st_size, st.st_mtime_ns)
+    except FileNotFoundError:
+        raise SourceError(f"{path}: annotation file not found") from None
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 def palette(n: int) -> list[list[int]]:
@@ -260,21 +272,26 @@ class CocoSemanticRecipe:
             for s in SPLITS
         )
         names = tuple(n.strip() for n in options.categories.split(",")) if options.categories else None
+        images = Path(options.images).resolve()
+        if not images.is_dir():
+            raise ConfigError(f"--images {options.images}: not a folder")
+        annotations = str(Path(options.annotations).resolve())
         return CocoSpec(
-            annotations=str(Path(options.annotations).resolve()),
-            images=str(Path(options.images).resolve()),
+            annotations=annotations,
+            images=str(images),
             categories=names,
             overlap=options.overlap,
             on_error=options.on_error,
             seed=options.seed,
             counts=counts,
+            sha256=file_sha256(annotations),
         )
 
     def spec_config(self, options: argparse.Namespace) -> dict[str, Any]:
         spec = self.make_spec(options)
         return {
             "annotations": Path(spec.annotations).name,
-            "annotations_sha256": file_sha256(spec.annotations),
+            "annotations_sha256": spec.sha256,
             "images": Path(spec.images).name,
             "categories": list(spec.categories) if spec.categories else "all",
             "overlap": spec.overlap,
@@ -284,7 +301,7 @@ class CocoSemanticRecipe:
     def describe(self, spec: CocoSpec) -> SourceInfo:
         index, sel = spec_index(spec), select(spec)
         path = Path(spec.annotations)
-        files = [{"name": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(spec.annotations)}]
+        files = [{"name": path.name, "bytes": path.stat().st_size, "sha256": spec.sha256}]
         classes = [{"class": c.class_id, "category_id": c.category_id, "name": c.name} for c in index.classes]
         extra = {
             "classes": classes,
