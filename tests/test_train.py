@@ -57,7 +57,7 @@ def config(data: Path, out: Path, recipe: str, **overrides: Any) -> TrainConfig:
 
 def test_short_training_beats_background_everywhere(sets: dict[str, Path], tmp_path: Path) -> None:
     data = sets["mnist-foreground"]
-    result = train(config(data, tmp_path / "run", "mnist-foreground", epochs=4, batch_size=32, lr=1e-2))
+    result = train(config(data, tmp_path / "run", "mnist-foreground", epochs=2, batch_size=32, lr=1e-2))
     assert result.finished and result.metrics is not None
     val = result.metrics["splits"]["val"]
     assert val["samples"] == 128
@@ -69,8 +69,10 @@ def test_short_training_beats_background_everywhere(sets: dict[str, Path], tmp_p
 @pytest.mark.parametrize(
     ("recipe", "overrides", "stop"),
     [
-        ("mnist-circle", {"widths": (8, 16)}, 5),  # dropout draws from the RNG; stop mid-epoch
-        ("mnist-foreground", {"samples_per_epoch": 192}, 4),  # resampled stream; stop after an epoch boundary
+        # dropout draws from the RNG; stop mid-epoch (8 steps per epoch)
+        ("mnist-circle", {"widths": (8, 16)}, 5),
+        # resampled stream of 3 steps per epoch; stop just after an epoch boundary
+        ("mnist-foreground", {"samples_per_epoch": 192, "widths": (8, 16)}, 4),
     ],
 )
 def test_resume_gives_the_same_next_step_loss(
@@ -105,6 +107,7 @@ def test_cli_train_then_eval_writes_reports(
     run = tmp_path / "grid"
     data = str(sets["mnist-grid"])
     argv = ["mnist-grid", "--data", data, "--out", str(run), "--epochs", "1", "--samples-per-epoch", "128"]
+    argv += ["--eval-samples", "64"]  # per-epoch subset; the final val score must still cover all 128
     assert train_main([*argv, "--widths", "8,16,32", "--no-progress"]) == 0
     assert "val dice_macro" in capsys.readouterr().out
     for name in ("checkpoint.pt", "metrics.json", "curves.png", "predictions.png"):

@@ -212,7 +212,8 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | 
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise CheckpointError(f"{config.data}: train split smaller than one batch of {config.batch_size}")
-    val_loader = split_loader(config, "val")
+    # Each evaluation gets a fresh loader: a loader left mid-way would continue from there next time.
+    has_val = split_loader(config, "val") is not None
     task = probe_task(config, loader)
 
     # Model and optimizer; seeded so that two runs of one config start from the same weights.
@@ -310,8 +311,10 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | 
             "train_loss": epoch_loss / max(epoch_samples, 1),
             "lr": scheduler.get_last_lr()[0],
         }
-        if val_loader is not None:
-            val = evaluate(model, task, val_loader, config, max_samples=config.eval_samples, desc="val")
+        if has_val:
+            val = evaluate(
+                model, task, split_loader(config, "val"), config, max_samples=config.eval_samples, desc="val"
+            )
             record["val"] = {k: v for k, v in val.items() if not isinstance(v, (dict, list))}
         history.append(record)
         summary = ", ".join(
@@ -333,8 +336,8 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | 
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     splits = {}
-    if val_loader is not None:
-        splits["val"] = evaluate(model, task, val_loader, config, desc="val (all)")
+    if has_val:
+        splits["val"] = evaluate(model, task, split_loader(config, "val"), config, desc="val (all)")
     result.metrics = update_metrics(
         out, recipe=task.recipe, config=config.as_dict(), training=training, splits=splits
     )
@@ -342,10 +345,10 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | 
     plot_predictions(
         model,
         task,
-        val_loader or split_loader(config, "train", batch_size=16) or loader,
+        split_loader(config, "val" if has_val else "train", batch_size=16),
         config,
         out / "predictions.png",
-        title=f"{task.recipe}: val",
+        title=f"{task.recipe}: {'val' if has_val else 'train'}",
     )
     result.finished = True
     return result
