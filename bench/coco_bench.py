@@ -5,6 +5,7 @@ value category_id*100, np.maximum) on the same synthetic annotations, in one run
 """
 
 import argparse
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -64,15 +65,19 @@ def our_masks(
     return out
 
 
-def best_rate(render: Callable[[], Masks], count: int, repeats: int) -> tuple[float, Masks]:
-    """Masks per second, best of `repeats` runs, and the masks of the last run."""
-    best = float("inf")
-    masks: Masks = []
+def best_rates(
+    renderers: dict[str, Callable[[], Masks]], count: int, repeats: int
+) -> dict[str, tuple[float, Masks]]:
+    """Masks per second of each renderer, best of `repeats` rounds that interleave them (so that a busy
+    moment of a shared machine does not favour one), and each one's masks."""
+    best = dict.fromkeys(renderers, float("inf"))
+    masks: dict[str, Masks] = {}
     for _ in range(repeats):
-        start = time.perf_counter()
-        masks = render()
-        best = min(best, time.perf_counter() - start)
-    return count / best, masks
+        for name, render in renderers.items():
+            start = time.perf_counter()
+            masks[name] = render()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: (count / best[name], masks[name]) for name in renderers}
 
 
 def disagreement(ours: Masks, seed: Masks, class_of: dict[int, int]) -> dict[str, float]:
@@ -101,25 +106,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench coco_bench")
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--per-image", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args, _ = parser.parse_known_args(argv)
     data = synthetic_instances(args.images, args.per_image, height=480, width=640, seed=0)
     images = annotations_by_image(data)
     class_of = {c["id"]: k for k, c in enumerate(sorted(data["categories"], key=lambda c: c["id"]), 1)}
     n, n_ann = len(images), len(data["annotations"])
     print(f"[coco] {n} masks of 640x480, {n_ann} polygon annotations over 80 categories")
-    seed_rate, seed = best_rate(lambda: seed_masks(images), n, args.repeats)
+    renderers: dict[str, Callable[[], Masks]] = {"seed": lambda: seed_masks(images)}
+    for overlap in ("max", "ignore", "z-order"):
+        renderers[overlap] = functools.partial(our_masks, images, class_of, overlap)
+    rates = best_rates(renderers, n, args.repeats)
+    seed_rate, seed = rates["seed"]
     print(f"[coco] seed (PIL polygon per annotation, np.maximum): {seed_rate:8.1f} masks/s")
     for overlap in ("max", "ignore", "z-order"):
-        rate, ours = best_rate(lambda o=overlap: our_masks(images, class_of, o), n, args.repeats)
+        rate, _ = rates[overlap]
         print(f"[coco] segshards --overlap {overlap:7s}:               {rate:8.1f} masks/s  "
               f"({rate / seed_rate:.2f}x the seed)")  # fmt: skip
-        if overlap == "max":
-            d = disagreement(ours, seed, class_of)
-            print(f"[coco] max vs seed: fg/bg disagreement {100 * d['fg_bg_disagreement']:.2f}% of pixels "
-                  f"(polygon rasterisation: PIL vs pycocotools); class agreement after mapping "
-                  f"{100 * d['class_agreement']:.1f}% of the {100 * d['foreground_share']:.1f}% foreground "
-                  f"pixels (the seed saturates every category id >= 3 to 255)")  # fmt: skip
+    d = disagreement(rates["max"][1], seed, class_of)
+    print(f"[coco] max vs seed: fg/bg disagreement {100 * d['fg_bg_disagreement']:.2f}% of pixels "
+          f"(polygon rasterisation: PIL vs pycocotools); class agreement after mapping "
+          f"{100 * d['class_agreement']:.1f}% of the {100 * d['foreground_share']:.1f}% foreground "
+          f"pixels (the seed saturates every category id >= 3 to 255)")  # fmt: skip
     return 0
 
 

@@ -11,7 +11,7 @@ from pycocotools.coco import COCO
 
 from tests.coco_fixtures import disc, fixture_images, fixture_json, list_rle, random_polygon, rect, string_rle
 from writer.coco_annotations import Annotation, BadRecord
-from writer.coco_masks import Instance, annotation_rle, compose, string_counts
+from writer.coco_masks import Instance, annotation_rle, compose, one_runs, string_counts
 
 
 def ann(segmentation: Any, *, ann_id: int = 7, crowd: bool = False) -> Annotation:
@@ -186,3 +186,16 @@ def test_run_sweep_equals_painting_decoded_masks(overlap: str) -> None:
             rle = annotation_rle(ann(segmentation, ann_id=ann_id), h, w, "f.json")
             instances.append(Instance(int(rng.integers(1, 6)), crowd, ann_id, rle))
         assert np.array_equal(compose(instances, h, w, overlap), painted(instances, h, w, overlap)), trial
+
+
+def test_one_runs_decodes_many_strings_at_once() -> None:
+    rng = np.random.default_rng(3)
+    masks = [rng.random((int(h), int(w))) < rng.random() for h, w in rng.integers(1, 30, size=(25, 2))]
+    masks += [np.zeros((3, 4), bool), np.ones((3, 4), bool)]
+    rles = [mask_utils.encode(np.asfortranarray(m.astype(np.uint8))) for m in masks]
+    starts, ends, owner = one_runs(rles)
+    for k, m in enumerate(masks):
+        flat = np.zeros(m.size, bool)
+        for a, b in zip(starts[owner == k], ends[owner == k], strict=True):
+            flat[a:b] = True
+        assert np.array_equal(flat, m.T.ravel()), k

@@ -1,6 +1,5 @@
 """COCO instance masks via pycocotools, checked first, and the overlap policies that merge them into one mask."""
 
-import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -11,6 +10,7 @@ from pycocotools import mask as mask_utils
 from writer.coco_annotations import Annotation, BadRecord
 
 IGNORE = 255
+NUMBER_TYPES = {int, float}
 OVERLAPS = ("ignore", "z-order", "max")
 
 
@@ -24,14 +24,24 @@ class Instance(NamedTuple):
 
 
 def finite_numbers(values: Sequence[Any]) -> bool:
-    """True when every value is a finite int or float (bools excluded)."""
-    return all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+    """True when every value is a finite int or float (bools, which JSON also has, excluded)."""
+    return set(map(type, values)) <= NUMBER_TYPES and bool(np.isfinite(np.array(values, np.float64)).all())
+
+
+def numbers(c: np.ndarray) -> np.ndarray:
+    """The signed numbers of compressed RLE characters `c` (each minus 48): 5 value bits per character,
+    0x20 = more to come, 0x10 on the last one = negative. The last character must end a number."""
+    ends = np.flatnonzero((c & 0x20) == 0)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    digits = ends - starts + 1
+    x = np.add.reduceat((c & 0x1F) << (5 * (np.arange(c.size) - np.repeat(starts, digits))), starts)
+    return np.where(c[ends] & 0x10, x - (1 << (5 * digits)), x)
 
 
 def string_counts(counts: str | bytes, where: str) -> np.ndarray:
-    """The run lengths (int64) of a compressed RLE string, decoded as pycocotools' rleFrString does:
-    6-bit characters from '0', 5 value bits each, 0x20 = more to come, 0x10 of the last = negative, and
-    every run after the third stored as the difference to the run two before it."""
+    """The run lengths (int64) of one compressed RLE string, checked and decoded as pycocotools'
+    rleFrString does: characters from '0', and every run after the third stored as its difference to
+    the run two before it."""
     try:
         raw = counts.encode("ascii") if isinstance(counts, str) else counts
     except UnicodeEncodeError:
@@ -42,17 +52,11 @@ def string_counts(counts: str | bytes, where: str) -> np.ndarray:
     if c.min() < 0 or c.max() >= 64:
         bad = raw[int(np.flatnonzero((c < 0) | (c >= 64))[0])]
         raise BadRecord("bad-rle", f"{where}: compressed RLE counts hold {chr(bad)!r}")
-    more = (c & 0x20) != 0
-    if more[-1]:
+    if c[-1] & 0x20:
         raise BadRecord("bad-rle", f"{where}: compressed RLE counts end in the middle of a number")
-    ends = np.flatnonzero(~more)
-    starts = np.concatenate([[0], ends[:-1] + 1])
-    digits = ends - starts + 1
-    if digits.max() > 7:  # 35 bits: far beyond any image, and no int64 overflow below
-        raise BadRecord("bad-rle", f"{where}: compressed RLE counts hold a number of {digits.max()} digits")
-    shift = 5 * (np.arange(c.size) - np.repeat(starts, digits))
-    x = np.add.reduceat((c & 0x1F) << shift, starts)
-    x = np.where(c[ends] & 0x10, x - (1 << (5 * digits)), x)
+    if np.diff(np.flatnonzero((c & 0x20) == 0), prepend=-1).max() > 7:  # no int64 overflow below
+        raise BadRecord("bad-rle", f"{where}: compressed RLE counts hold a number of more than 7 digits")
+    x = numbers(c)
     runs = x.copy()
     runs[3::2] = np.cumsum(x[3::2]) + x[1] if len(x) > 3 else runs[3::2]
     runs[4::2] = np.cumsum(x[4::2]) + x[2] if len(x) > 4 else runs[4::2]
@@ -111,7 +115,8 @@ def polygon_rle(parts: list[Any], height: int, width: int, where: str) -> dict[s
             raise BadRecord(
                 "bad-polygon", f"{where}: polygon part {k} has an odd number ({len(part)}) of coordinates"
             )
-    return mask_utils.merge(mask_utils.frPyObjects(parts, height, width))
+    rles = mask_utils.frPyObjects(parts, height, width)
+    return rles[0] if len(rles) == 1 else mask_utils.merge(rles)  # merging one RLE would copy it
 
 
 def annotation_rle(ann: Annotation, height: int, width: int, where: str) -> dict[str, Any]:
@@ -123,11 +128,30 @@ def annotation_rle(ann: Annotation, height: int, width: int, where: str) -> dict
     return rle_of(ann.segmentation, height, width, where)
 
 
-def one_runs(rle: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(starts, ends) of the runs of ones of an RLE, as offsets into the column-major pixel order."""
-    pos = np.cumsum(string_counts(rle["counts"], "rle"))
-    ends = pos[1::2]
-    return pos[0 : 2 * len(ends) : 2], ends
+def segment_cumsum(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Cumulative sums restarting at each of the consecutive segments of `lengths` elements."""
+    total = np.cumsum(values)
+    before = np.concatenate([[0], total[np.cumsum(lengths)[:-1] - 1]]) if len(lengths) else total[:0]
+    return total - np.repeat(before, lengths)
+
+
+def one_runs(rles: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(starts, ends, owner) of the runs of ones of many checked RLEs, as offsets into the column-major
+    pixel order; `owner` is the index of the RLE. All strings are decoded at once (string_counts' rule)."""
+    texts = [r["counts"] for r in rles]
+    c = np.frombuffer(b"".join(texts), np.uint8).astype(np.int64) - 48
+    x = numbers(c)
+    ends = np.flatnonzero((c & 0x20) == 0)
+    per_rle = np.diff(np.searchsorted(ends, np.cumsum([len(t) for t in texts]), side="left"), prepend=0)
+    owner = np.repeat(np.arange(len(texts)), per_rle)
+    k = np.arange(len(x)) - np.repeat(np.cumsum(per_rle) - per_rle, per_rle)  # index within its RLE
+    # Run k > 2 is stored as its difference to run k - 2: undo with sums along each parity chain.
+    odd = k % 2 == 1
+    even_chain = segment_cumsum(np.where(~odd & (k >= 2), x, 0), per_rle)
+    runs = np.where(k == 0, x, np.where(odd, segment_cumsum(np.where(odd, x, 0), per_rle), even_chain))
+    pos = segment_cumsum(runs, per_rle)  # where each run ends
+    one = np.flatnonzero(odd)  # runs of ones are the odd ones, starting where the run before ends
+    return pos[one - 1], pos[one], owner[one]
 
 
 def compose(instances: list[Instance], height: int, width: int, overlap: str) -> np.ndarray:
@@ -136,47 +160,47 @@ def compose(instances: list[Instance], height: int, width: int, overlap: str) ->
     larger ones (equal areas: the higher annotation id on top); `max` keeps the highest class id.
 
     Works on the runs rather than on decoded masks: every run start or end is an event; between two
-    events the set of covering instances is constant, so one label per segment and one np.repeat
-    give the whole mask."""
+    events the set of covering columns (instances or classes) is constant, so one label per segment and
+    one np.repeat give the whole mask."""
     if overlap not in OVERLAPS:
         raise ValueError(f"unknown overlap policy {overlap!r}")
-    n = height * width
-    things = [i for i in instances if not i.crowd]
-    runs = {id(i): one_runs(i.rle) for i in instances}
-    if overlap == "z-order":  # one column per instance, bottom to top
-        area = {id(i): int((runs[id(i)][1] - runs[id(i)][0]).sum()) for i in things}
-        things.sort(key=lambda i: (-area[id(i)], i.ann_id))
-        column = {id(i): k for k, i in enumerate(things)}
-        column_class = np.array([i.cls for i in things], np.uint8)
-    else:  # one column per class, ascending
-        classes = sorted({i.cls for i in things})
-        column = {id(i): classes.index(i.cls) for i in things}
-        column_class = np.array(classes, np.uint8)
-    crowd_column = len(column_class)
-    columns = crowd_column + 1
-    events, owners, deltas = [], [], []
-    for i in instances:
-        starts, ends = runs[id(i)]
-        col = crowd_column if i.crowd else column[id(i)]
-        events += [starts, ends]
-        owners.append(np.full(2 * len(starts), col, np.int64))
-        deltas += [np.ones(len(starts), np.int64), -np.ones(len(ends), np.int64)]
-    if not events:
+    if not instances:
         return np.zeros((height, width), np.uint8)
-    at, where = np.unique(np.concatenate(events), return_inverse=True)
-    change = np.bincount(where * columns + np.concatenate(owners), np.concatenate(deltas), len(at) * columns)
-    covered = np.cumsum(change.reshape(len(at), columns), axis=0) > 0.5  # (segments, columns)
-    things_covered = covered[:, :crowd_column]
-    if not things:
-        labels = np.zeros(len(at), np.uint8)
-    elif overlap == "z-order":  # the top-most covering column
-        top = crowd_column - 1 - np.argmax(things_covered[:, ::-1], axis=1)
-        labels = np.where(things_covered.any(axis=1), column_class[top], 0)
-    else:
-        labels = np.where(things_covered, column_class, 0).max(axis=1, initial=0)
-        if overlap == "ignore":
-            labels[things_covered.sum(axis=1) > 1] = IGNORE
-    labels[covered[:, crowd_column]] = IGNORE
-    lengths = np.diff(np.concatenate([[0], at, [n]]))
+    starts, ends, owner = one_runs([i.rle for i in instances])
+    things = [k for k, i in enumerate(instances) if not i.crowd]
+    if overlap == "z-order":  # one column per instance, bottom to top
+        area = np.bincount(owner, ends - starts, len(instances))
+        things.sort(key=lambda k: (-area[k], instances[k].ann_id))
+        column_class = np.array([instances[k].cls for k in things], np.uint8)
+        column_of = {k: n for n, k in enumerate(things)}
+    else:  # one column per class, ascending
+        classes = sorted({instances[k].cls for k in things})
+        column_class = np.array(classes, np.uint8)
+        column_of = {k: classes.index(instances[k].cls) for k in things}
+    crowd = len(column_class)  # the last column: every crowd region
+    column = np.array([column_of.get(k, crowd) for k in range(len(instances))], np.int64)[owner]
+    # Segments: the distinct event offsets, in order (each RLE's events are sorted already: timsort
+    # merges such runs quickly). A column covers a segment when its starts so far outnumber its ends.
+    events = np.concatenate([starts, ends])
+    if not len(events):  # every instance is empty
+        return np.zeros((height, width), np.uint8)
+    order = np.argsort(events, kind="stable")
+    ordered = events[order]
+    fresh = np.concatenate([[True], ordered[1:] != ordered[:-1]])
+    at = ordered[fresh]
+    segment = np.empty(len(events), np.int64)
+    segment[order] = np.cumsum(fresh) - 1
+    cells = (crowd + 1) * len(at)
+    flat_index = np.concatenate([column, column]) * len(at) + segment
+    up = np.bincount(flat_index[: len(starts)], minlength=cells)
+    down = np.bincount(flat_index[len(starts) :], minlength=cells)
+    covered = np.cumsum((up - down).reshape(crowd + 1, len(at)), axis=1) > 0  # (columns, segments)
+    labels = np.zeros(len(at), np.uint8)
+    for n, cls in enumerate(column_class.tolist()):  # classes ascending, or instances bottom to top
+        labels[covered[n]] = cls
+    if overlap == "ignore" and crowd > 1:
+        labels[covered[:crowd].sum(axis=0) > 1] = IGNORE
+    labels[covered[crowd]] = IGNORE
+    lengths = np.diff(np.concatenate([[0], at, [height * width]]))
     flat = np.repeat(np.concatenate([[0], labels]).astype(np.uint8), lengths)
     return cv2.transpose(flat.reshape(width, height))  # column-major runs -> (H, W), C order
