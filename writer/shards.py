@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from writer.atomic import atomic_write
@@ -61,12 +62,23 @@ class ShardResult:
         return {"name": self.name, "count": self.count, "bytes": self.bytes, "sha256": self.sha256}
 
 
+def class_counts(mask: np.ndarray) -> np.ndarray:
+    """(256,) int64 pixel count per value of a uint8 mask.
+
+    cv2.calcHist is ~20x faster than np.bincount (which widens to int64 first) but counts in float32,
+    exact only below 2**24 pixels: larger masks take the exact slow path.
+    """
+    if mask.size >= 1 << 24:
+        return np.bincount(mask.ravel(), minlength=256)
+    hist = cv2.calcHist([np.ascontiguousarray(mask)], [0], None, [256], [0, 256])
+    return hist.ravel().astype(np.int64)
+
+
 def add_stats(result: ShardResult, masks: list[np.ndarray], labels: list[int]) -> None:
     """Accumulate per-class pixel counts of `masks` and the counts of `labels` into `result`."""
     counts = np.zeros(256, np.int64)
-    for start in range(0, len(masks), 1024):  # bounded temporary memory for large masks
-        flat = np.concatenate([m.ravel() for m in masks[start : start + 1024]])
-        counts += np.bincount(flat, minlength=256)
+    for mask in masks:
+        counts += class_counts(mask)
     for cls in np.flatnonzero(counts):
         result.pixels[int(cls)] = result.pixels.get(int(cls), 0) + int(counts[cls])
     for label in labels:

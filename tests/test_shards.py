@@ -1,0 +1,20 @@
+"""Shard task helpers: exact per-class pixel counts."""
+
+import numpy as np
+import pytest
+
+from writer.shards import class_counts
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (56, 56), (480, 640), (3, 7)])
+def test_class_counts_equal_bincount(shape: tuple[int, int]) -> None:
+    mask = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    assert np.array_equal(class_counts(mask), np.bincount(mask.ravel(), minlength=256))
+
+
+def test_class_counts_of_a_strided_view() -> None:
+    mask = np.random.default_rng(1).integers(0, 11, (56, 56), dtype=np.uint8)[:, 5:40:2]
+    counts = class_counts(mask)
+    assert counts.dtype == np.int64
+    assert np.array_equal(counts, np.bincount(mask.ravel(), minlength=256))
+    assert counts.sum() == mask.size
