@@ -196,7 +196,7 @@ def eval_parser() -> argparse.ArgumentParser:
 
 def eval_main(argv: Sequence[str] | None = None) -> int:
     """`segshards eval`: scores RUN_DIR/checkpoint.pt on a split, merges it into metrics.json."""
-    from train.loop import CHANNELS_LAST, evaluate, plot_predictions
+    from train.loop import evaluate, place, plot_predictions
     from train.reports import update_metrics
 
     args = eval_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -228,7 +228,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
         task = task_for(recipe, info["num_classes"], info["in_channels"])
         model = task.build_model(config.widths, config.stem)
         model.load_state_dict(saved["model"])
-        model.to(device, memory_format=CHANNELS_LAST)
+        model = place(model, device)
         loader = make_loader(
             data, args.split, args.batch_size, num_workers=workers, shuffle=False, size=config.size
         )

@@ -1,5 +1,6 @@
 """The training loop, top to bottom: data, model, optimizer, resume, epochs, checkpoints, final evaluation."""
 
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
@@ -50,9 +51,20 @@ def isolated(iterable: Iterable[Batch]) -> Iterator[Batch]:
         yield batch
 
 
+def progress(**options: Any) -> tqdm:
+    """A samples/s progress bar; redrawn at most every 30 s when stderr is a file or pipe (logs, make)."""
+    interval = 0.5 if sys.stderr.isatty() else 30.0
+    return tqdm(unit="sample", unit_scale=True, mininterval=interval, dynamic_ncols=True, **options)
+
+
 def autocast(config: TrainConfig) -> AbstractContextManager[Any]:
     device_type = torch.device(config.device).type
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+
+
+def place(model: torch.nn.Module, device: str) -> torch.nn.Module:
+    """The model on `device`, channels-last (torch's type stubs lack Module.to's memory_format)."""
+    return model.to(device).to(memory_format=CHANNELS_LAST)  # type: ignore[call-overload,no-any-return]
 
 
 def prepare(batch: Batch) -> Batch:
@@ -110,11 +122,9 @@ def evaluate(
     seen = 0
     known = [x for x in (loader.shards.total, max_samples) if x is not None]
     total = min(known) if known else None
-    bar = tqdm(
+    bar = progress(
         total=total,
         desc=desc,
-        unit="sample",
-        unit_scale=True,
         leave=False,
         disable=not config.progress or not desc,
     )
@@ -208,7 +218,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | 
 
     # Model and optimizer; seeded so that two runs of one config start from the same weights.
     torch.manual_seed(config.seed)
-    model = task.build_model(config.widths, config.stem).to(config.device, memory_format=CHANNELS_LAST)
+    model = place(task.build_model(config.widths, config.stem), config.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=WARMUP_FRACTION
@@ -256,14 +266,11 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | 
     while epoch < config.epochs:
         prefetcher.set_epoch(epoch)  # the same epoch again keeps a resumed position
         done = loader.state_dict()["batches"] * config.batch_size
-        bar = tqdm(
+        bar = progress(
             total=steps_per_epoch * config.batch_size,
             initial=done,
-            unit="sample",
-            unit_scale=True,
             desc=f"{task.recipe} epoch {epoch + 1}/{config.epochs}",
             disable=not config.progress,
-            dynamic_ncols=True,
         )
         for batch in isolated(prefetcher):
             with autocast(config):

@@ -16,7 +16,11 @@ def read_metrics(out: Path) -> dict[str, Any]:
     if not path.exists():
         return {"splits": {}}
     try:
-        report = json.loads(path.read_text())
+        text = path.read_bytes()
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    try:
+        report = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise OutputError(f"{path}: not valid JSON ({exc}); move it away to write a fresh one") from exc
     if not isinstance(report, dict) or not isinstance(report.get("splits"), dict):
