@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
@@ -121,8 +120,6 @@ class ShardStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
-        if info is not None:
-            cv2.setNumThreads(1)  # one decoding thread per worker process; the workers are the parallelism
         slot = info.id if info is not None else 0
         return self.worker_items((slot + self.rotation) % self.config.workers, in_worker=info is not None)
 

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
 import torch
 from torch.utils.data import DataLoader
 
@@ -124,6 +125,23 @@ class ShardLoader:
                 self._next = candidate
                 break
 
+    def _start_workers(self) -> Iterator[Any]:
+        """The DataLoader's iterator, its worker processes forked while OpenCV runs single-threaded.
+
+        A child forked while OpenCV's thread pool is live inherits a pool without threads: the worker's
+        first cv2 call that touches the pool (setNumThreads, resize ...) then hangs. Forked with one
+        thread, each worker decodes single-threaded (the workers are the parallelism); the parent gets
+        its setting back at once.
+        """
+        if self.dataloader.num_workers == 0:
+            return iter(self.dataloader)
+        previous = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            return iter(self.dataloader)
+        finally:
+            cv2.setNumThreads(previous)
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self._run += 1
         run = self._run
@@ -132,7 +150,7 @@ class ShardLoader:
         self.dataset.epoch = self.epoch
         self.dataset.skip = list(self._items)
         self.dataset.rotation = self._next
-        iterator = iter(self.dataloader)
+        iterator = self._start_workers()
         try:
             for item in iterator:
                 if self._run != run:
