@@ -36,5 +36,15 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+RECIPES := mnist-foreground mnist-circle mnist-grid
+
+# Trains and evaluates the three MNIST tasks on the shards of `make shards` (built first if missing).
+train: $(STAMP)
+	@for r in $(RECIPES); do \
+	  [ -f $(OUT)/$$r/manifest.json ] || $(BIN)/segshards build $$r --out $(OUT)/$$r --jobs $(JOBS) || exit 1; \
+	  $(BIN)/segshards train $$r --data $(OUT)/$$r --out runs/$$r --threads 1 --resume || exit 1; \
+	  $(BIN)/segshards eval runs/$$r --split test --threads 1 || exit 1; \
+	done
+
 clean:
 	rm -rf $(OUT) runs bench-out
