@@ -1,6 +1,7 @@
 """Writer benchmark: segshards vs the hand-written ShardWriter loop on the same mnist-grid sample count."""
 
 import argparse
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -23,10 +24,8 @@ def tree_rss(proc: psutil.Process) -> int:
     """Resident memory of a process and all its descendants, in bytes."""
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
-        try:
+        with contextlib.suppress(psutil.Error):
             total += p.memory_info().rss
-        except psutil.Error:
-            pass
     return total
 
 
@@ -40,10 +39,8 @@ def run_measured(cmd: list[str]) -> tuple[float, int]:
     def poll() -> None:
         nonlocal peak
         while not done.is_set():
-            try:
+            with contextlib.suppress(psutil.Error):
                 peak = max(peak, tree_rss(proc))
-            except psutil.Error:
-                pass
             time.sleep(0.05)
 
     watcher = threading.Thread(target=poll, daemon=True)
@@ -126,14 +123,18 @@ def main(argv: list[str] | None = None) -> None:
     print(f"mnist-grid, {n:,} train samples, {cores} cores")
     print(f"  baseline ShardWriter loop : {r_base:9,.0f} samples/s  {b_base:7,.0f} bytes/sample")
     print(f"  segshards --jobs 1        : {r_one:9,.0f} samples/s  ({r_one / r_base:.2f}x baseline)")
-    print(f"  segshards --jobs {cores} (all)  : {r_all:9,.0f} samples/s  ({r_all / r_base:.2f}x baseline, target >= 6x)")
+    print(
+        f"  segshards --jobs {cores} (all)  : {r_all:9,.0f} samples/s  ({r_all / r_base:.2f}x baseline, target >= 6x)"
+    )
     print(f"  all cores vs --jobs 1     : {r_all / r_one:.2f}x (target >= 1.7x)")
     print(f"  PNG-encode-only bound     : {bound:9,.0f} samples/s  ({bound / r_base:.2f}x baseline)")
     print(f"  bytes/sample              : {b_ours:7,.0f} = {b_ours / b_base:.0%} of baseline (target <= 60%)")
     if not args.skip_memory:
         t_mem, peak = segshards(250_000, 0, OUT / "memory")
-        print(f"  250,000-sample build      : {250_000 / t_mem:9,.0f} samples/s, peak RSS {peak / 2**30:.2f} GiB"
-              " (process tree; target <= 2 GB)")
+        print(
+            f"  250,000-sample build      : {250_000 / t_mem:9,.0f} samples/s, peak RSS {peak / 2**30:.2f} GiB"
+            " (process tree; target <= 2 GB)"
+        )
     shutil.rmtree(OUT, ignore_errors=True)
 
 

@@ -126,9 +126,11 @@ def scan_shard(task: ShardTask, path: Path) -> ShardResult:
     for sample in iter_samples(io.BytesIO(data), str(path)):
         for problem in check_sample(sample, SAMPLE_LAYOUT, str(path)):
             raise ShardFormatError(problem)  # a damaged leftover is rendered again
-        masks.append(decode_image(sample["mask.png"], "png", f"{path}:{sample['__key__']}"))  # type: ignore[arg-type]
-        labels.extend(recipe.labels(json.loads(sample["json"])))
-        result.keys.append(str(sample["__key__"]))
+        key, mask, meta = str(sample["__key__"]), sample["mask.png"], sample["json"]
+        assert isinstance(mask, bytes) and isinstance(meta, bytes)  # check_sample found both members
+        masks.append(decode_image(mask, "png", f"{path}:{key}"))
+        labels.extend(recipe.labels(json.loads(meta)))
+        result.keys.append(key)
     add_stats(result, masks, labels)
     result.count = len(result.keys)
     result.reused = True
