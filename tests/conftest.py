@@ -32,7 +32,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def moto_server(extra_env: dict[str, str] | None = None) -> Iterator[str]:
+def run_moto_server(extra_env: dict[str, str] | None = None) -> Iterator[str]:
     """Run `python -m moto.server` on a free loopback port; yields its endpoint URL; always stops it."""
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
@@ -71,7 +71,7 @@ def moto_server(extra_env: dict[str, str] | None = None) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
     """Endpoint URL of a moto S3 server on loopback, shared by the session (accepts any credentials)."""
-    with moto_server() as endpoint:
+    with run_moto_server() as endpoint:
         yield endpoint
 
 

@@ -12,7 +12,7 @@ import webdataset as wds
 
 from loaders import RetryPolicy, StorageError, make_loader
 from loaders.storage import classify, open_url, read_url
-from tests.conftest import aws_env, moto_server
+from tests.conftest import aws_env, run_moto_server
 from tests.test_loaders import batch_keys, flat, manifest_keys
 from writer.errors import ShardFormatError
 
@@ -153,7 +153,7 @@ def test_s3_corrupt_shard_is_skipped_or_named(s3_upload: Any, s3_client: Any, gr
 
 
 def test_s3_refused_credentials_are_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    with moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as endpoint:  # moto checks keys against its IAM
+    with run_moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as endpoint:  # moto checks keys against its IAM
         aws_env(monkeypatch, endpoint, AWS_ACCESS_KEY_ID="AKIAUNKNOWNKEY000000")
         with pytest.raises(StorageError, match="^s3://bucket/set/manifest.json: access denied"):
             make_loader("s3://bucket/set", "train", 16, retry=FAST_RETRY)
