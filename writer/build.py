@@ -1,6 +1,7 @@
 """The build job: validate, plan centrally, render shards in parallel workers, write the manifest last."""
 
 import functools
+import importlib
 import json
 import shutil
 import tempfile
@@ -264,13 +265,32 @@ def claim(config: BuildConfig) -> tuple[Store, frozenset[str]]:
     return LocalStore(Path(config.out)), frozenset()
 
 
+def import_worker_modules() -> None:
+    """A worker's first task: the imports every shard task needs."""
+    importlib.import_module("writer.shards")
+
+
+def warm_workers(config: BuildConfig) -> Iterator[None]:
+    """Start the local worker pool now, so its processes spawn and import while the parent plans.
+
+    joblib dispatches as soon as it is called; the pool is reused by `run_tasks`. Drain the result.
+    """
+    n_jobs = config.jobs or joblib.cpu_count()
+    if config.backend != "loky" or n_jobs == 1 or is_remote(config.out):
+        return iter(())
+    parallel = joblib.Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered")
+    return parallel(joblib.delayed(import_worker_modules)() for _ in range(n_jobs))
+
+
 def build(recipe: Recipe, spec: Any, config: BuildConfig) -> dict[str, Any]:
     """Build the shard set described by `config`; returns the manifest. Resumes an interrupted build."""
     validate(config)
     started = time.perf_counter()
+    warming = warm_workers(config)
     info = recipe.describe(spec)  # validates source checksums before any work
     plans, _ = plan_all(recipe, spec, config.counts, seed=config.seed)
     store, present = claim(config)
+    list(warming)
     work = work_folder(config)
     try:
         results = render_all(recipe, worker_spec(recipe, spec, config, work), config, plans, present)
