@@ -1,10 +1,15 @@
 """The IterableDataset each DataLoader worker runs: its share of the epoch's shards, shuffled, batched, decoded.
 
-Workers are numbered logically. DataLoader hands batches out round-robin over its worker slots, starting at
+Workers are numbered logically. DataLoader hands items out round-robin over its worker slots, starting at
 slot 0 and passing over workers that have finished; slot s runs logical worker (s + rotation) % W, so a
 resumed epoch can start the round-robin at the worker that was next, and each logical worker first skips
-the items it had already delivered (without decoding them). Every worker ends its stream with one
-end-of-stream item carrying its error statistics; the loader consumes it and never shows it to the user.
+the batches it had already delivered (reading them, to replay its shuffle, without decoding them).
+
+An item carries several consecutive batches of one worker (about `transfer_bytes` of arrays: k batches,
+k fixed per worker by its first decoded batch), since each item crossing from a worker costs the same
+whatever its size (the arrays themselves travel in reused shared memory: `loaders.transport`). Chunks start at multiples of k in the worker's batch sequence, so a resumed worker
+sends the rest of an interrupted chunk first. Every worker ends its stream with one end-of-stream item
+carrying its error statistics; the loader consumes it and never shows it to the user.
 """
 
 import random
@@ -17,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from loaders.decode import BatchAssembler
+from loaders.decode import BUFFER, BatchAssembler
 from loaders.source import ShardSet
 from loaders.stages import (
     RESAMPLE,
@@ -33,10 +38,12 @@ from loaders.stages import (
     take_share,
 )
 from loaders.storage import RetryPolicy
+from loaders.transport import BATCHES, WorkerRing, plain_buffer, shared_buffer
 from writer.errors import ShardFormatError
 from writer.tarformat import Sample
 
-WORKER_TAG, END_TAG, EMPTY_TAG = "_worker", "_end", "_empty"
+WORKER_TAG, END_TAG, PER_ITEM = "_worker", "_end", "_per_item"
+MAX_PER_ITEM = 64
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,8 @@ class LoaderConfig:
     on_error: OnError = "raise"
     with_meta: bool = False
     retry: RetryPolicy = RetryPolicy()
+    transfer_bytes: int = 8 << 20  # arrays per item crossing from a worker (see the module docstring)
+    ring_slots: int = 4  # reused shared-memory slots per worker (see loaders.transport)
 
     @property
     def workers(self) -> int:
@@ -69,15 +78,6 @@ class LoaderConfig:
         return self.epoch_batches // self.workers + (worker < self.epoch_batches % self.workers)
 
 
-def shared_buffer(nbytes: int) -> torch.Tensor:
-    """A uint8 buffer in shared memory: a batch crosses from a worker to the main process without a copy."""
-    return torch.empty(nbytes, dtype=torch.uint8).share_memory_()
-
-
-def plain_buffer(nbytes: int) -> torch.Tensor:
-    return torch.empty(nbytes, dtype=torch.uint8)
-
-
 class ShardStream(IterableDataset):
     """Batches of one rank's epoch; the loader sets `epoch`, `skip` and `rotation` before each iteration."""
 
@@ -85,8 +85,11 @@ class ShardStream(IterableDataset):
         super().__init__()
         self.shards, self.config = shards, config
         self.epoch = 0
-        self.skip = [0] * config.workers  # items each logical worker already delivered this epoch
+        self.skip = [0] * config.workers  # batches each logical worker already delivered this epoch
+        self.ended = [False] * config.workers  # whether its end-of-stream item was delivered
+        self.per_item: list[int | None] = [None] * config.workers  # its batches per item, once known
         self.rotation = 0
+        self.released: torch.Tensor | None = None  # release counters shared with the main process
 
     def worker_shards(self, worker: int) -> list[int]:
         """Shard indices of a logical worker this epoch (not resampled): ranks first, then workers."""
@@ -127,12 +130,17 @@ class ShardStream(IterableDataset):
         """Decoded batches of `worker` after its `skip` first ones, then its end-of-stream item."""
         c = self.config
         stats = Stats()
+        ring = (
+            WorkerRing(self.released, worker, c.ring_slots)
+            if in_worker and self.released is not None
+            else None
+        )
         assembler = BatchAssembler(
             recipe=self.shards.recipe,
             image_ext=self.shards.image_ext,
             size=c.size,
             with_meta=c.with_meta,
-            allocate=shared_buffer if in_worker else plain_buffer,
+            allocate=ring.allocate if ring else shared_buffer if in_worker else plain_buffer,
         )
 
         def on_error(exc: ShardFormatError) -> None:
@@ -140,15 +148,28 @@ class ShardStream(IterableDataset):
                 raise exc
             stats.add(str(exc), shard=False)
 
-        skip, produced = self.skip[worker], 0
-        for group in self.worker_groups(worker, stats):
-            produced += 1
-            if produced <= skip:
+        skip, per_item = self.skip[worker], self.per_item[worker] if in_worker else 1
+        chunk: list[dict[str, Any]] = []
+        for index, group in enumerate(self.worker_groups(worker, stats)):
+            if index < skip:
                 continue  # delivered before the checkpoint: read (to replay the shuffle) but not decoded
+            if ring is not None and not chunk:
+                ring.begin_item()
             batch = assembler(group, on_error)
-            batch[WORKER_TAG] = worker
-            if not batch["key"]:
-                batch[EMPTY_TAG] = True
-            yield batch
-        if skip <= produced:
+            if per_item is None and BUFFER in batch:
+                per_item = batches_per_item(batch[BUFFER].numel(), c.transfer_bytes)
+            chunk.append(batch)
+            if per_item is None or (index + 1) % per_item == 0:
+                item = {WORKER_TAG: worker, BATCHES: chunk, PER_ITEM: per_item}
+                yield ring.seal(item, per_item) if ring is not None else item
+                chunk = []
+        if chunk:
+            item = {WORKER_TAG: worker, BATCHES: chunk, PER_ITEM: per_item}
+            yield ring.seal(item, per_item) if ring is not None else item
+        if not self.ended[worker]:
             yield {WORKER_TAG: worker, END_TAG: stats.as_dict()}
+
+
+def batches_per_item(batch_bytes: int, transfer_bytes: int) -> int:
+    """How many batches of `batch_bytes` make one item of about `transfer_bytes` (1 to MAX_PER_ITEM)."""
+    return max(1, min(MAX_PER_ITEM, transfer_bytes // max(1, batch_bytes)))

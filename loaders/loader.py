@@ -13,7 +13,7 @@ every rank runs the same number of steps and checkpoints still fall on epochs.
 
 Iterating the loader continues from its position: a full pass ends the epoch and moves to the next one
 (`set_epoch(e)` chooses another; setting the current epoch again keeps the position, so a resumed loader
-stays mid-epoch). `state_dict()` after k batches records (epoch, items delivered per worker, the worker
+stays mid-epoch). `state_dict()` after k batches records (epoch, batches delivered per worker, the worker
 due next); `load_state_dict` on a loader with the same settings and shards makes it yield exactly the
 remaining batches of that epoch in the uninterrupted order. Resuming re-reads, without decoding, the
 samples each worker had delivered: the shuffle buffers are replayed rather than stored.
@@ -30,15 +30,16 @@ import cv2
 import torch
 from torch.utils.data import DataLoader
 
-from loaders.dataset import EMPTY_TAG, END_TAG, WORKER_TAG, LoaderConfig, ShardStream
+from loaders.dataset import END_TAG, PER_ITEM, WORKER_TAG, LoaderConfig, ShardStream
 from loaders.decode import unpack
 from loaders.errors import ResumeError, SkippedDataWarning
 from loaders.source import ShardSet, resolve
 from loaders.stages import OnError, Stats
 from loaders.storage import RetryPolicy
+from loaders.transport import receive, release_counters
 from writer.errors import ConfigError, SegshardsError
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 def _identity(batch: Any) -> Any:
@@ -78,6 +79,7 @@ def validate(config: LoaderConfig, shards: ShardSet) -> None:
         (c.size is None or (len(c.size) == 2 and min(c.size) >= 1), f"size {c.size}: must be (H, W) >= 1"),
         (c.epoch_batches is None or c.epoch_batches >= 1, f"epoch_batches {c.epoch_batches}: must be >= 1"),
         (c.retry.attempts >= 1, f"retry.attempts {c.retry.attempts}: must be >= 1"),
+        (c.transfer_bytes >= 1, f"transfer_bytes {c.transfer_bytes}: must be >= 1"),
     ]
     for ok, message in checks:
         if not ok:
@@ -100,9 +102,10 @@ class ShardLoader:
             batch_size=None,
             collate_fn=_identity,
             num_workers=config.num_workers,
-            pin_memory=pin_memory,
+            pin_memory=False,  # pinned by `receive`, copying straight out of the workers' shared memory
             prefetch_factor=prefetch_factor if config.num_workers else None,
         )
+        self.pin_memory = pin_memory
         self.epoch = 0
         self.stats = Stats()  # what on_error="skip" left out in the current (or last) epoch
         self._run = 0  # iterations started: only the latest may advance the position
@@ -111,19 +114,19 @@ class ShardLoader:
     def _reset_position(self) -> None:
         workers = self.config.workers
         self.batches = 0  # batches yielded this epoch
-        self._items = [0] * workers  # items (batches, empty batches, end markers) per logical worker
-        self._ended = [False] * workers
+        self._delivered = [0] * workers  # batches (empty ones included) per logical worker
+        self._ended = [False] * workers  # end-of-stream item delivered, per logical worker
+        self._per_item: list[int | None] = [None] * workers  # batches per item, per logical worker
         self._next = 0  # the logical worker due next in DataLoader's round-robin
 
-    def _record(self, worker: int, *, ended: bool) -> None:
-        self._items[worker] += 1
-        self._ended[worker] = self._ended[worker] or ended
-        workers = len(self._items)
+    def _next_after(self, worker: int) -> int:
+        """The worker after `worker` in the round-robin, passing over finished ones."""
+        workers = len(self._ended)
         for step in range(1, workers + 1):
             candidate = (worker + step) % workers
             if not self._ended[candidate]:
-                self._next = candidate
-                break
+                return candidate
+        return worker
 
     def _start_workers(self) -> Iterator[Any]:
         """The DataLoader's iterator, its worker processes forked while OpenCV runs single-threaded.
@@ -145,23 +148,34 @@ class ShardLoader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self._run += 1
         run = self._run
-        if self.batches == 0 and not any(self._items):
+        if self.batches == 0 and not any(self._delivered):
             self.stats = Stats()
         self.dataset.epoch = self.epoch
-        self.dataset.skip = list(self._items)
-        self.dataset.rotation = self._next
+        self.dataset.skip, self.dataset.ended = list(self._delivered), list(self._ended)
+        self.dataset.per_item, self.dataset.rotation = list(self._per_item), self._next
+        released = release_counters(self.config.workers) if self.config.num_workers else None
+        self.dataset.released = released
+        rings: dict[int, torch.Tensor] = {}
         iterator = self._start_workers()
         try:
             for item in iterator:
                 if self._run != run:
                     raise RuntimeError("this loader was iterated again while this iteration was running")
-                worker = item.pop(WORKER_TAG)
-                self._record(worker, ended=END_TAG in item)
+                worker = item[WORKER_TAG]
                 if END_TAG in item:
+                    self._ended[worker] = True
+                    self._next = self._next_after(worker)
                     self.stats.merge(item[END_TAG])
-                elif not item.pop(EMPTY_TAG, False):
-                    self.batches += 1
-                    yield unpack(item)
+                    continue
+                self._per_item[worker] = item[PER_ITEM]
+                batches = receive(item, rings, released, worker, pin=self.pin_memory)
+                for i, batch in enumerate(batches):
+                    self._delivered[worker] += 1
+                    # mid-item, the same worker is due next: a resumed run starts with the rest of its item
+                    self._next = worker if i + 1 < len(batches) else self._next_after(worker)
+                    if batch["key"]:  # an empty batch: every sample of its group failed (skip mode)
+                        self.batches += 1
+                        yield unpack(batch)
         except SegshardsError as exc:
             raise _clean(exc) from exc
         finally:
@@ -231,6 +245,7 @@ class ShardLoader:
             "resampled": c.resampled,
             "epoch_batches": c.epoch_batches,
             "drop_last": c.drop_last,
+            "transfer_bytes": c.transfer_bytes,
             "shards": hashlib.sha256(names.encode()).hexdigest()[:16],
         }
 
@@ -240,8 +255,9 @@ class ShardLoader:
             "version": STATE_VERSION,
             "epoch": self.epoch,
             "batches": self.batches,
-            "items": list(self._items),
+            "delivered": list(self._delivered),
             "ended": list(self._ended),
+            "per_item": list(self._per_item),
             "next_worker": self._next,
             "settings": self.fingerprint(),
         }
@@ -264,7 +280,9 @@ class ShardLoader:
             int(state["batches"]),
             int(state["next_worker"]),
         )
-        self._items, self._ended = [int(i) for i in state["items"]], [bool(e) for e in state["ended"]]
+        self._delivered = [int(i) for i in state["delivered"]]
+        self._ended = [bool(e) for e in state["ended"]]
+        self._per_item = [None if k is None else int(k) for k in state["per_item"]]
 
 
 def make_loader(
@@ -286,8 +304,9 @@ def make_loader(
     with_meta: bool = False,
     recipe: str | None = None,
     pin_memory: bool | None = None,
-    prefetch_factor: int = 4,
+    prefetch_factor: int = 2,
     retry: RetryPolicy | None = None,
+    transfer_bytes: int = 8 << 20,
 ) -> ShardLoader:
     """A loader of `split` from `source`: a shard-set folder (local path, http(s):// or s3:// URL of the folder
     holding manifest.json) or brace-expanded shard URLs (`.../train-{000000..000009}.tar`).
@@ -299,7 +318,9 @@ def make_loader(
     rank/world_size default to torch.distributed's when it is initialised. `size=(H, W)` letterboxes
     variable-size images (see `loaders.decode`). `on_error="skip"` counts and reports corrupt shards and
     samples (`loader.stats`, a SkippedDataWarning at the end of the epoch) instead of raising.
-    pin_memory defaults to torch.cuda.is_available().
+    pin_memory defaults to torch.cuda.is_available(). A worker sends its batches to the main process in
+    items of about `transfer_bytes` (several small batches per item; `prefetch_factor` items per worker
+    in flight).
     """
     rank, world_size = distributed_defaults(rank, world_size)
     retry = retry or RetryPolicy()
@@ -321,6 +342,8 @@ def make_loader(
         on_error=on_error,
         with_meta=with_meta,
         retry=retry,
+        transfer_bytes=transfer_bytes,
+        ring_slots=prefetch_factor + 2,
     )
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
     return ShardLoader(shards, config, pin_memory=pin, prefetch_factor=prefetch_factor)

@@ -124,14 +124,31 @@ def interrupted(make: Any, k: int, *, through_prefetcher: bool = False) -> tuple
     return first, json.loads(json.dumps(state))
 
 
+BATCH_16_BYTES = 16 * (4 * 8 + 2 * 56 * 56)  # a batch of 16 grid samples: digits, image, mask
+
+
 @pytest.mark.filterwarnings("ignore:This DataLoader will create 3 worker processes")  # on a 2-core machine
-@pytest.mark.parametrize(("workers", "kw"), [(0, {}), (2, {}), (2, {"rank": 1, "world_size": 2}), (3, {})])
-def test_resume_mid_epoch_yields_exactly_the_rest_in_order(grid_set: Path, workers: int, kw: dict) -> None:
+@pytest.mark.parametrize(
+    ("workers", "per_item", "kw"),
+    [(0, 1, {}), (2, 1, {}), (2, 3, {}), (2, 3, {"rank": 1, "world_size": 2}), (3, 2, {}), (2, 64, {})],
+)
+def test_resume_mid_epoch_yields_exactly_the_rest_in_order(
+    grid_set: Path, workers: int, per_item: int, kw: dict
+) -> None:
     def make() -> Any:
-        return make_loader(grid_set, "train", 16, num_workers=workers, seed=7, shuffle_buffer=50, **kw)
+        return make_loader(
+            grid_set,
+            "train",
+            16,
+            num_workers=workers,
+            seed=7,
+            shuffle_buffer=50,
+            transfer_bytes=per_item * BATCH_16_BYTES,
+            **kw,
+        )
 
     full = batch_keys(make())
-    cuts = sorted({1, workers + 1, len(full) // 2, len(full) - 2, len(full) - 1})
+    cuts = sorted({1, 2, workers + 1, len(full) // 2, len(full) - 2, len(full) - 1})
     for k in cuts:
         first, state = interrupted(make, k, through_prefetcher=k % 2 == 1)
         assert first == full[:k]

@@ -153,7 +153,8 @@ def test_s3_corrupt_shard_is_skipped_or_named(s3_upload: Any, s3_client: Any, gr
 
 
 def test_s3_refused_credentials_are_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    with run_moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as endpoint:  # moto checks keys against its IAM
+    # INITIAL_NO_AUTH_ACTION_COUNT=0: moto checks every request's keys against its own IAM
+    with run_moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as endpoint:
         aws_env(monkeypatch, endpoint, AWS_ACCESS_KEY_ID="AKIAUNKNOWNKEY000000")
         with pytest.raises(StorageError, match="^s3://bucket/set/manifest.json: access denied"):
             make_loader("s3://bucket/set", "train", 16, retry=FAST_RETRY)
