@@ -66,15 +66,19 @@ def cpu_seconds(extra: psutil.Process | None) -> float:
     return total
 
 
-def measure(run: Callable[[], int], repeats: int, extra: psutil.Process | None = None) -> Rate:
-    """Run `run` (returns samples seen) `repeats` times; keep the fastest wall-clock run."""
-    best = Rate()
+def measure(
+    runs: dict[str, Callable[[], int]], repeats: int, extra: psutil.Process | None = None
+) -> dict[str, Rate]:
+    """Run each of `runs` (each returns samples seen) `repeats` times, interleaved round by round so that
+    load from other processes on the machine falls on all of them alike; keep each one's fastest run."""
+    best = {name: Rate() for name in runs}
     for _ in range(repeats):
-        cpu0, wall0 = cpu_seconds(extra), time.perf_counter()
-        n = run()
-        wall, cpu = time.perf_counter() - wall0, cpu_seconds(extra) - cpu0
-        if n / wall > best.wall:
-            best = Rate(n / wall, n / cpu, n)
+        for name, run in runs.items():
+            cpu0, wall0 = cpu_seconds(extra), time.perf_counter()
+            n = run()
+            wall, cpu = time.perf_counter() - wall0, cpu_seconds(extra) - cpu0
+            if n / wall > best[name].wall:
+                best[name] = Rate(n / wall, n / cpu, n)
     return best
 
 
@@ -195,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shards", default=None, help="folder of the mnist-grid set (built if absent)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="'all cores' worker count")
     parser.add_argument(
-        "--repeats", type=int, default=3, help="runs of each measurement (the fastest counts)"
+        "--repeats", type=int, default=3, help="rounds of measurements (the fastest run of each counts)"
     )
     parser.add_argument("--skip-s3", action="store_true", help="skip the loopback S3 measurement")
     args, _ = parser.parse_known_args(argv)
@@ -205,12 +209,16 @@ def main(argv: list[str] | None = None) -> None:
     urls = [str(folder / e["name"]) for e in shard_entries(manifest, "train")]
     cores, repeats = args.workers, args.repeats
 
-    stock = measure(lambda: stock_epoch(urls), repeats)
-    one = measure(lambda: our_epoch(str(folder), 1), repeats)
-    many = measure(lambda: our_epoch(str(folder), cores), repeats)
+    local = {
+        "stock": lambda: stock_epoch(urls),
+        "one": lambda: our_epoch(str(folder), 1),
+        "many": lambda: our_epoch(str(folder), cores),
+    }
+    rates = measure(local, repeats)
+    stock, one, many = rates["stock"], rates["one"], rates["many"]
     print(
         f"mnist-grid, {stock.samples:,} train samples in {len(urls)} shards, batches of {BATCH}, "
-        f"{cores} workers = all cores; best of {repeats} runs each"
+        f"{cores} workers = all cores; best of {repeats} interleaved rounds"
     )
     print(line("stock WebDataset(urls).decode('l8')", stock))
     print(
@@ -230,8 +238,9 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_s3:
         with loopback_s3() as (endpoint, server):
             source = upload(endpoint, folder)
-            remote = measure(lambda: our_epoch(source, cores), repeats, extra=server)
-            remote_one = measure(lambda: our_epoch(source, 1), repeats, extra=server)
+            remote_runs = {"many": lambda: our_epoch(source, cores), "one": lambda: our_epoch(source, 1)}
+            remote_rates = measure(remote_runs, repeats, extra=server)
+            remote, remote_one = remote_rates["many"], remote_rates["one"]
         print(
             line(
                 f"segshards loader, {cores} workers, S3",
