@@ -1,6 +1,7 @@
 """Training on small shard sets: beats a trivial baseline, resumes exactly, and the CLI writes its reports."""
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,14 @@ def sets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {recipe: build(root, recipe) for recipe in ("mnist-foreground", "mnist-circle", "mnist-grid")}
 
 
+@pytest.fixture(autouse=True)
+def keep_torch_threads() -> Iterator[None]:
+    """`train` sets torch's (process-wide) thread count from the config; give the next test the old one."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def config(data: Path, out: Path, recipe: str, **overrides: Any) -> TrainConfig:
     values: dict[str, Any] = {
         "recipe": recipe,
@@ -48,7 +57,7 @@ def config(data: Path, out: Path, recipe: str, **overrides: Any) -> TrainConfig:
         "precision": "fp32",
         "seed": 0,
         "workers": 0,
-        "threads": None,
+        "threads": 1,  # small convolutions: one thread is fastest here, and steadiest on shared cores
         "checkpoint_every": None,
         "progress": False,
     }
@@ -108,7 +117,7 @@ def test_cli_train_then_eval_writes_reports(
     data = str(sets["mnist-grid"])
     argv = ["mnist-grid", "--data", data, "--out", str(run), "--epochs", "1", "--samples-per-epoch", "128"]
     argv += ["--eval-samples", "64"]  # per-epoch subset; the final val score must still cover all 128
-    assert train_main([*argv, "--widths", "8,16,32", "--no-progress"]) == 0
+    assert train_main([*argv, "--widths", "8,16,32", "--threads", "1", "--no-progress"]) == 0
     assert "val dice_macro" in capsys.readouterr().out
     for name in ("checkpoint.pt", "metrics.json", "curves.png", "predictions.png"):
         assert (run / name).stat().st_size > 0
@@ -130,7 +139,8 @@ def test_cli_train_then_eval_writes_reports(
 
 def test_cli_circle_reports_accuracy_and_circle_iou(sets: dict[str, Path], tmp_path: Path) -> None:
     run = tmp_path / "circle"
-    argv = ["--data", str(sets["mnist-circle"]), "--out", str(run), "--epochs", "1", "--no-progress"]
+    argv = ["--data", str(sets["mnist-circle"]), "--out", str(run), "--epochs", "1", "--threads", "1"]
+    argv += ["--widths", "8,16", "--no-progress"]
     assert train_main(argv) == 0
     assert eval_main([str(run), "--no-progress"]) == 0  # --data defaults to the training set, --split to test
     report = json.loads((run / "metrics.json").read_text())
