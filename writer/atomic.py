@@ -1,5 +1,6 @@
 """Atomic file writes: a temp name in the same folder, fsync, then `os.replace`; temp removed on failure."""
 
+import contextlib
 import errno
 import os
 from pathlib import Path
@@ -27,7 +28,8 @@ def atomic_write(path: Path, data: bytes) -> None:
         reason = "no space left on device" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
         raise OutputError(f"{path}: cannot write ({reason})") from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. the folder itself is unusable: the error above says so
+            tmp.unlink(missing_ok=True)
 
 
 def remove_stale_temps(folder: Path) -> int:
