@@ -287,10 +287,12 @@ def build(recipe: Recipe, spec: Any, config: BuildConfig) -> dict[str, Any]:
     validate(config)
     started = time.perf_counter()
     warming = warm_workers(config)
-    info = recipe.describe(spec)  # validates source checksums before any work
-    plans, _ = plan_all(recipe, spec, config.counts, seed=config.seed)
-    store, present = claim(config)
-    list(warming)
+    try:
+        info = recipe.describe(spec)  # validates source checksums before any work
+        plans, _ = plan_all(recipe, spec, config.counts, seed=config.seed)
+        store, present = claim(config)
+    finally:
+        list(warming)  # drained even when planning fails: an abandoned joblib generator warns at exit
     work = work_folder(config)
     try:
         results = render_all(recipe, worker_spec(recipe, spec, config, work), config, plans, present)
