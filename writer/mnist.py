@@ -1,6 +1,5 @@
 """Reader for digit sets in the MNIST IDX format (MNIST, Fashion-MNIST, KMNIST ...), gzipped or raw."""
 
-import gzip
 import math
 import re
 import struct
@@ -9,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from zlib_ng import gzip_ng, zlib_ng
 
 from writer.errors import SourceError
 from writer.keys import file_digest
@@ -53,8 +53,8 @@ def read_idx_bytes(path: Path) -> bytes:
     """Raw IDX bytes of `path`, gunzipped when it starts with the gzip magic."""
     try:
         data = path.read_bytes()
-        return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
-    except (OSError, EOFError, zlib.error) as exc:
+        return gzip_ng.decompress(data) if data[:2] == b"\x1f\x8b" else data
+    except (OSError, EOFError, zlib.error, zlib_ng.error) as exc:
         raise SourceError(f"{path}: corrupt or truncated gzip ({exc})") from exc
 
 

@@ -33,6 +33,7 @@ class Digits:
     masks: np.ndarray
     labels: np.ndarray
     n_train: int
+    thresholds: np.ndarray
 
 
 def otsu_threshold(image: np.ndarray) -> int:
@@ -41,22 +42,25 @@ def otsu_threshold(image: np.ndarray) -> int:
     return int(threshold)
 
 
-def otsu_masks(images: np.ndarray) -> np.ndarray:
-    """(N, H, W) 0/1 uint8 masks: pixels above each image's Otsu threshold (cv2's THRESH_BINARY rule)."""
-    thresholds = np.array([otsu_threshold(image) for image in images], dtype=np.uint8)
-    return (images > thresholds[:, None, None]).view(np.uint8)
+def otsu_thresholds(images: np.ndarray) -> np.ndarray:
+    """(N,) uint8 Otsu thresholds; the mask of image i is `images[i] > thresholds[i]` (cv2's THRESH_BINARY)."""
+    return np.array([otsu_threshold(image) for image in images], dtype=np.uint8)
 
 
 @functools.lru_cache(maxsize=2)
 def load_digits(spec: DigitsSpec) -> Digits:
     """Read, validate and Otsu-threshold every digit of `spec.folder` (cached per process)."""
     if spec.prepared is not None:
-        with np.load(spec.prepared) as arrays:
-            return Digits(arrays["images"], arrays["masks"], arrays["labels"], int(arrays["n_train"]))
-    source = load_mnist(Path(spec.folder))
-    images = np.concatenate([source.train.images, source.test.images])
-    labels = np.concatenate([source.train.labels, source.test.labels])
-    return Digits(images=images, masks=otsu_masks(images), labels=labels, n_train=len(source.train.images))
+        images = np.load(Path(spec.prepared) / "images.npy", mmap_mode="r")  # pages shared between workers
+        with np.load(Path(spec.prepared) / "digits.npz") as arrays:
+            thresholds, labels, n_train = arrays["thresholds"], arrays["labels"], int(arrays["n_train"])
+    else:
+        source = load_mnist(Path(spec.folder))
+        images = np.concatenate([source.train.images, source.test.images])
+        labels = np.concatenate([source.train.labels, source.test.labels])
+        thresholds, n_train = otsu_thresholds(images), len(source.train.images)
+    masks = (images > thresholds[:, None, None]).view(np.uint8)
+    return Digits(images=images, masks=masks, labels=labels, n_train=n_train, thresholds=thresholds)
 
 
 def split_pool(digits: Digits, split: str) -> np.ndarray:
@@ -110,8 +114,10 @@ class DigitsSourceMixin:
         return SourceInfo(kind="mnist-idx", files=describe_files(Path(spec.folder)))
 
     def share(self, spec: DigitsSpec, folder: Path) -> DigitsSpec:
-        """Save the prepared digits once so worker processes load them without re-decoding."""
+        """Save the decoded digits and their Otsu thresholds once; workers memory-map them."""
         digits = load_digits(spec)
-        path = folder / "digits.npz"
-        np.savez(path, images=digits.images, masks=digits.masks, labels=digits.labels, n_train=digits.n_train)
-        return DigitsSpec(folder=spec.folder, prepared=str(path))
+        np.save(folder / "images.npy", digits.images)
+        np.savez(
+            folder / "digits.npz", thresholds=digits.thresholds, labels=digits.labels, n_train=digits.n_train
+        )
+        return DigitsSpec(folder=spec.folder, prepared=str(folder))
