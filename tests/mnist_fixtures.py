@@ -30,8 +30,9 @@ STEMS = {
 SHARD_FILE = re.compile(r"(train|val|test)-\d{6}\.tar")
 # A small build: 3 + 1 + 1 shards of at most 100 samples.
 SMALL = ["--train", "300", "--val", "60", "--test", "60", "--shard-size", "100"]
-# tqdm progress lines on stderr ("mnist-grid:  42%|####  | ...") are not error lines.
-TQDM_LINE = re.compile(r"^[\w-]+:\s+\d+%\|")
+# tqdm progress lines on stderr are not error lines: "mnist-grid:  42%|####  | ..." when the total is
+# known, "mnist-foreground: 12.0ksample [00:01, 9.7ksample/s]" when it is not (counts left to the source).
+TQDM_LINE = re.compile(r"^[\w-]+:\s+(\d+%\||[\d.]+k?sample \[)")
 
 Sample = dict[str, Any]  # {"__key__": str, ext: bytes}
 

@@ -1,12 +1,13 @@
 """The build job: validate, plan centrally, render shards in parallel workers, write the manifest last."""
 
+import contextlib
 import functools
 import importlib
 import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,10 @@ from writer import __version__
 from writer.atomic import atomic_write, remove_stale_temps
 from writer.card import CARD, render_card
 from writer.cluster import check_scheduler, run_on_dask
-from writer.errors import ConfigError, OutputError
+from writer.errors import ConfigError, OutputError, SegshardsError, SupplyError
 from writer.keys import HASH_ALGORITHM
 from writer.manifest import FORMAT, FORMAT_VERSION, MANIFEST, SAMPLE_LAYOUT, dumps
-from writer.plan import SplitPlan, plan_all, shard_tasks
+from writer.plan import SplitPlan, plan_tasks
 from writer.recipe import SPLITS, Recipe, SourceInfo
 from writer.remote import remote_backend, run_remote_task
 from writer.shards import ShardResult, ShardTask, run_shard_task
@@ -139,7 +140,7 @@ Runner = Callable[[ShardTask], ShardResult]
 
 
 def run_tasks(
-    tasks: list[ShardTask],
+    tasks: Iterable[ShardTask],
     *,
     jobs: int,
     backend: str,
@@ -151,12 +152,10 @@ def run_tasks(
         yield from run_on_dask(runner, tasks, check_scheduler(scheduler))
         return
     n_jobs = jobs or joblib.cpu_count()
-    if n_jobs == 1 or len(tasks) <= 1:
+    if n_jobs == 1:
         yield from map(runner, tasks)
         return
-    parallel = joblib.Parallel(
-        n_jobs=min(n_jobs, len(tasks)), backend=backend, return_as="generator_unordered"
-    )
+    parallel = joblib.Parallel(n_jobs=n_jobs, backend=backend, return_as="generator_unordered")
     yield from parallel(joblib.delayed(runner)(t) for t in tasks)
 
 
@@ -238,21 +237,55 @@ def render_all(
     spec: Any,
     config: BuildConfig,
     plans: list[SplitPlan],
+    handed_out: list[str],
+    *,
+    task_spec: Any,
     present: frozenset[str] = frozenset(),
 ) -> list[ShardResult]:
-    """Render every planned shard with a progress bar; results in completion order."""
+    """Plan and render every shard with a progress bar; results in completion order.
+
+    Planning runs lazily in this process while workers render the shards already planned; `plans`
+    receives each split's account and `handed_out` the name of every shard task given to a worker.
+    """
     out_dir, runner = task_runner(config, present)
-    tasks = shard_tasks(recipe, spec, out_dir, plans, config.shard_size)
+    planned = plan_tasks(
+        recipe,
+        spec,
+        config.counts,
+        seed=config.seed,
+        shard_size=config.shard_size,
+        task_spec=task_spec,
+        out_dir=out_dir,
+        plans=plans,
+    )
+
+    def tracked() -> Iterator[ShardTask]:
+        for task in planned:
+            handed_out.append(task.name)
+            yield task
+
+    counts = list(config.counts.values())
+    total = None if None in counts else sum(n for n in counts if n is not None)
     results: list[ShardResult] = []
-    total = sum(len(t.keys) for t in tasks)
     with tqdm(total=total, unit="sample", unit_scale=True, desc=recipe.name, smoothing=0.1) as bar:
         backend = remote_backend(config.backend) if is_remote(config.out) else config.backend
-        run = run_tasks(tasks, jobs=config.jobs, backend=backend, scheduler=config.scheduler, runner=runner)
+        run = run_tasks(
+            tracked(), jobs=config.jobs, backend=backend, scheduler=config.scheduler, runner=runner
+        )
         for result in run:
             result.keys = []  # checked against the plan in the worker; ~100 B a sample the parent needn't hold
             results.append(result)
             bar.update(result.count)
     return results
+
+
+def discard(store: Store, names: list[str]) -> None:
+    """Remove what a failed build wrote (its shards and its in-progress marker)."""
+    for name in [*names, MARKER]:
+        with contextlib.suppress(OSError, SegshardsError):
+            store.delete(name)
+    if isinstance(store, LocalStore):
+        remove_stale_temps(store.folder)
 
 
 def claim(config: BuildConfig) -> tuple[Store, frozenset[str]]:
@@ -287,15 +320,25 @@ def build(recipe: Recipe, spec: Any, config: BuildConfig) -> dict[str, Any]:
     validate(config)
     started = time.perf_counter()
     warming = warm_workers(config)
+    work = None
     try:
         info = recipe.describe(spec)  # validates source checksums before any work
-        plans, _ = plan_all(recipe, spec, config.counts, seed=config.seed)
         store, present = claim(config)
+        work = work_folder(config)
+        task_spec = worker_spec(recipe, spec, config, work)
+    except BaseException:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     finally:
-        list(warming)  # drained even when planning fails: an abandoned joblib generator warns at exit
-    work = work_folder(config)
+        list(warming)  # drained even on failure: an abandoned joblib generator warns at exit
+    plans: list[SplitPlan] = []
+    handed_out: list[str] = []
     try:
-        results = render_all(recipe, worker_spec(recipe, spec, config, work), config, plans, present)
+        results = render_all(recipe, spec, config, plans, handed_out, task_spec=task_spec, present=present)
+    except SupplyError:
+        discard(store, handed_out)  # the request cannot be met: leave nothing of this build visible
+        raise
     finally:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)

@@ -54,7 +54,7 @@ def read_idx_bytes(path: Path) -> bytes:
     try:
         data = path.read_bytes()
         return gzip_ng.decompress(data) if data[:2] == b"\x1f\x8b" else data
-    except (OSError, EOFError, zlib.error, zlib_ng.error) as exc:
+    except (OSError, EOFError, zlib.error, zlib_ng.error) as exc:  # type: ignore[misc]  # untyped stub
         raise SourceError(f"{path}: corrupt or truncated gzip ({exc})") from exc
 
 

@@ -1,5 +1,6 @@
 """Central, seeded planning: draw candidates per split, reject duplicate images globally, cut into shards."""
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,12 +16,11 @@ ATTEMPTS_PER_SAMPLE = 20  # give up on a split after this many candidates per re
 
 @dataclass
 class SplitPlan:
-    """Accepted candidates of one split, in sample order, with their keys and the rejection count."""
+    """Running account of one split's planning: samples accepted and duplicates rejected."""
 
     split: str
-    items: np.ndarray
-    keys: list[str]
-    rejected: int
+    count: int = 0
+    rejected: int = 0
 
 
 def split_rng(seed: int, split: str) -> np.random.Generator:
@@ -29,61 +29,77 @@ def split_rng(seed: int, split: str) -> np.random.Generator:
 
 
 def plan_split(
-    recipe: Recipe, spec: Any, split: str, count: int | None, *, seed: int, seen: set[bytes]
-) -> SplitPlan:
-    """Accept candidates whose image digest is new to `seen` until `count` (None: all the source has)."""
+    recipe: Recipe,
+    spec: Any,
+    count: int | None,
+    *,
+    seed: int,
+    seen: set[bytes],
+    chunk: int,
+    plan: SplitPlan,
+) -> Iterator[tuple[np.ndarray, list[str]]]:
+    """Accept candidates whose image digest is new to `seen` until `count` (None: all the source has).
+
+    Yields the accepted (items, keys) in chunks of `chunk` as they fill, so shards can be rendered while
+    planning goes on; the last, shorter chunk comes only once the split is known to be complete.
+    """
+    split = plan.split
     rows: list[np.ndarray] = []
     keys: list[str] = []
-    rejected = attempts = 0
+    attempts = 0
     limit = None if count is None else ATTEMPTS_PER_SAMPLE * count + 10_000
     batches = recipe.candidates(spec, split, split_rng(seed, split)) if count != 0 else iter(())
     for batch in batches:
         for row, digest in zip(batch.items, batch.digests, strict=True):
-            if count is not None and len(keys) == count:
+            if count is not None and plan.count == count:
                 break
             if digest in seen:
-                rejected += 1
+                plan.rejected += 1
                 continue
             seen.add(digest)
             rows.append(row)
             keys.append(digest.hex())
+            plan.count += 1
+            if len(keys) == chunk:
+                yield np.stack(rows), keys
+                rows, keys = [], []
         attempts += len(batch.items)
-        if (count is not None and len(keys) == count) or (limit is not None and attempts >= limit):
+        if (count is not None and plan.count == count) or (limit is not None and attempts >= limit):
             break
-    if count is not None and len(keys) < count:
+    if count is not None and plan.count < count:
         raise SupplyError(
-            f"--{split} {count}: {recipe.name} can supply only {len(keys)} unique {split} samples from this source"
+            f"--{split} {count}: {recipe.name} can supply only {plan.count} unique {split} samples from this source"
         )
-    items = np.stack(rows) if rows else np.zeros((0, 1), dtype=np.int64)
-    return SplitPlan(split=split, items=items, keys=keys, rejected=rejected)
+    if keys:
+        yield np.stack(rows), keys
 
 
-def plan_all(
-    recipe: Recipe, spec: Any, counts: dict[str, int | None], *, seed: int
-) -> tuple[list[SplitPlan], int]:
-    """Plan every split in fixed order with one global dedup index; returns the plans and its size."""
+def plan_tasks(
+    recipe: Recipe,
+    spec: Any,
+    counts: dict[str, int | None],
+    *,
+    seed: int,
+    shard_size: int,
+    task_spec: Any,
+    out_dir: str,
+    plans: list[SplitPlan],
+) -> Iterator[ShardTask]:
+    """Plan every split in fixed order with one global dedup index, yielding each shard's task as soon as
+    its samples are chosen; `plans` receives each split's account. `task_spec` is what workers load."""
     seen: set[bytes] = set()
-    plans = [plan_split(recipe, spec, split, counts[split], seed=seed, seen=seen) for split in SPLITS]
-    return plans, len(seen)
+    for split in SPLITS:
+        plan = SplitPlan(split)
+        plans.append(plan)
+        chunks = plan_split(recipe, spec, counts[split], seed=seed, seen=seen, chunk=shard_size, plan=plan)
+        for index, (items, keys) in enumerate(chunks):
+            yield ShardTask(recipe.name, task_spec, out_dir, split, index, items, tuple(keys))
 
 
-def shard_tasks(
-    recipe: Recipe, spec: Any, out_dir: str, plans: list[SplitPlan], shard_size: int
-) -> list[ShardTask]:
-    """Cut each split's plan into tasks of `shard_size` samples (the last one may be smaller)."""
-    tasks = []
-    for plan in plans:
-        for index, start in enumerate(range(0, len(plan.keys), shard_size)):
-            stop = start + shard_size
-            tasks.append(
-                ShardTask(
-                    recipe.name,
-                    spec,
-                    out_dir,
-                    plan.split,
-                    index,
-                    plan.items[start:stop],
-                    tuple(plan.keys[start:stop]),
-                )
-            )
-    return tasks
+def plan_all(recipe: Recipe, spec: Any, counts: dict[str, int | None], *, seed: int) -> list[ShardTask]:
+    """The whole plan at once, one task per split (for inspection and measurement)."""
+    plans: list[SplitPlan] = []
+    tasks = plan_tasks(
+        recipe, spec, counts, seed=seed, shard_size=2**62, task_spec=spec, out_dir="", plans=plans
+    )
+    return list(tasks)

@@ -111,7 +111,9 @@ class DigitsSourceMixin:
         return {"source": options.source or "bundled:data/mnist"}
 
     def describe(self, spec: DigitsSpec) -> SourceInfo:
-        return SourceInfo(kind="mnist-idx", files=describe_files(Path(spec.folder)))
+        info = SourceInfo(kind="mnist-idx", files=describe_files(Path(spec.folder)))
+        load_digits(spec)  # every structural check of the source, before the build touches its output
+        return info
 
     def share(self, spec: DigitsSpec, folder: Path) -> DigitsSpec:
         """Save the decoded digits and their Otsu thresholds once; workers memory-map them."""
