@@ -18,4 +18,3 @@ def test_class_counts_of_a_strided_view() -> None:
     assert counts.dtype == np.int64
     assert np.array_equal(counts, np.bincount(mask.ravel(), minlength=256))
     assert counts.sum() == mask.size
-
