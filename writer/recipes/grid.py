@@ -28,16 +28,6 @@ def compose(tiles: np.ndarray) -> np.ndarray:
     return out
 
 
-def compose_from(pool: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """Like `compose(pool[items])`, gathering each tile straight into place: (B, 4) indices -> (B, 56, 56)."""
-    b, (h, w) = len(items), pool.shape[1:]
-    out = np.empty((b, 2 * h, 2 * w), pool.dtype)
-    for t in range(4):
-        row, col = divmod(t, 2)
-        out[:, row * h : (row + 1) * h, col * w : (col + 1) * w] = pool[items[:, t]]
-    return out
-
-
 class GridRecipe(DigitsSourceMixin):
     """Image: digits [a b; c d]. Mask: 0 background, d+1 on the Otsu foreground of digit d."""
 
@@ -54,7 +44,7 @@ class GridRecipe(DigitsSourceMixin):
             return
         while True:
             items = pool[rng.integers(0, len(pool), size=(BATCH, 4))]
-            yield Candidates(items=items, digests=row_digests(compose_from(digits.images, items)))
+            yield Candidates(items=items, digests=row_digests(compose(digits.images[items])))
 
     def render(self, spec: DigitsSpec, item: np.ndarray) -> Rendered:
         return next(self.render_batch(spec, item[None]))
@@ -63,7 +53,7 @@ class GridRecipe(DigitsSourceMixin):
         """Compose a whole shard's images and masks at once (B, 56, 56), then wrap each sample."""
         digits = load_digits(spec)
         labels = digits.labels[items]  # (B, 4)
-        images = compose_from(digits.images, items)
+        images = compose(digits.images[items])
         masks = compose(digits.masks[items] * (labels + 1)[:, :, None, None].astype(np.uint8))
         for image, mask, item, digit_labels in zip(
             images, masks, items.tolist(), labels.tolist(), strict=True
