@@ -13,9 +13,9 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from loaders.storage import RetryPolicy, open_url
-from loaders.tarstream import iter_samples
 from writer.errors import SegshardsError, ShardFormatError
 from writer.tarformat import Sample
+from writer.tarstream import iter_samples
 
 T = TypeVar("T")
 OnError = Literal["raise", "skip"]

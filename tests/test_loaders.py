@@ -15,7 +15,8 @@ from loaders import DevicePrefetcher, ResumeError, SkippedDataWarning, make_load
 from writer.encode import encode_png
 from writer.errors import ConfigError, ShardFormatError
 from writer.manifest import read_manifest, shard_entries
-from writer.tarformat import iter_samples, tar_bytes
+from writer.tarformat import tar_bytes
+from writer.tarstream import iter_samples
 
 
 def manifest_keys(folder: Path, split: str = "train") -> list[str]:

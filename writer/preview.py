@@ -11,7 +11,7 @@ import numpy as np
 from writer.atomic import atomic_write
 from writer.encode import decode_image, encode_png
 from writer.manifest import read_manifest, shard_entries
-from writer.tarformat import iter_samples
+from writer.tarstream import iter_samples
 
 CELL = 112
 # Distinct colours (BGR) for classes 1..10; other classes get seeded colours, 255 (ignore) is white.

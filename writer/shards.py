@@ -17,7 +17,8 @@ from writer.errors import ShardFormatError
 from writer.manifest import SAMPLE_LAYOUT
 from writer.recipe import Recipe, Rendered
 from writer.recipes import get_recipe
-from writer.tarformat import iter_samples, tar_bytes
+from writer.tarformat import tar_bytes
+from writer.tarstream import iter_samples
 from writer.verify import check_sample
 
 

@@ -1,7 +1,7 @@
 """Fast, safe streaming of samples out of a tar shard: hand-parsed headers, the writer's member-name rules.
 
 Python's `tarfile` costs ~70 us a member; this reader parses USTAR headers itself from 1 MiB chunks (a few us
-a member) and applies the same rules as `writer.tarformat.iter_samples`: regular files only (links, devices,
+a member); the one reader of shards for `verify`, resume, `preview` and the loaders. Rules: regular files only (links, devices,
 directories refused), names checked by `split_member_name` (no absolute paths, no '..', no pickles),
 members of a sample contiguous, at most `MAX_MEMBER_BYTES` each. Header checksums are verified in groups
 before any sample of the group is yielded; a stream that ends before the end-of-archive blocks is truncated.
@@ -160,6 +160,15 @@ def iter_samples(stream: IO[bytes], where: str) -> Iterator[Sample]:
             pos = chunks.pos
             header = chunks.buf[pos : pos + BLOCK]
             if not header[0] and header == ZERO_BLOCK:
+                # The end needs a second zero block: a lone one is a zeroed (damaged) header, and
+                # stopping there would silently drop the rest of the shard.
+                if (
+                    not chunks.fill(2 * BLOCK)
+                    or chunks.buf[chunks.pos + BLOCK : chunks.pos + 2 * BLOCK] != ZERO_BLOCK
+                ):
+                    raise ShardFormatError(
+                        f"{where}: corrupt tar (a zero block not followed by the end marker)"
+                    )
                 break
             try:
                 size = int(header[124:135], 8)  # the common case: 11 octal digits and a NUL
@@ -221,3 +230,13 @@ def iter_samples(stream: IO[bytes], where: str) -> Iterator[Sample]:
         pending.append(current)
     _verify_checksums(headers, where)
     yield from pending
+
+
+def iter_members(stream: IO[bytes], where: str) -> Iterator[tuple[str, bytes]]:
+    """Yield (name, payload) of each member, in archive order, under the same rules as `iter_samples`."""
+    for sample in iter_samples(stream, where):
+        key = str(sample["__key__"])
+        for ext, payload in sample.items():
+            if ext != "__key__":
+                assert isinstance(payload, bytes)
+                yield f"{key}.{ext}", payload

@@ -11,7 +11,7 @@ from writer.errors import SegshardsError, ShardFormatError
 from writer.keys import is_key, pixel_key
 from writer.manifest import MANIFEST, SHARD_NAME, parse_manifest, read_manifest, shard_entries, split_names
 from writer.store import S3Store, is_remote, open_store
-from writer.tarformat import iter_samples
+from writer.tarstream import iter_samples
 
 Opener = Callable[[str], bytes]
 
