@@ -38,7 +38,9 @@ class DevicePrefetcher:
 
     `state_dict()` reports the position after the batches handed out by this prefetcher (not the one it
     holds ahead), so a checkpoint taken inside the training loop resumes at the right batch.
-    `data_wait_s` accumulates the time spent waiting for the loader (host side).
+    `data_wait_s` accumulates the time spent waiting for the loader (host side), `iterating_s` the wall
+    time spent inside iterations (waiting plus the consumer's work), so `wait_fraction` is the share of
+    the training loop lost to data.
     """
 
     def __init__(
@@ -48,6 +50,8 @@ class DevicePrefetcher:
         self.cuda = self.device.type == "cuda"
         self.stream = torch.cuda.Stream(device=self.device) if self.cuda else None
         self.data_wait_s = 0.0
+        self._iterated_s = 0.0
+        self._iter_started: float | None = None
         self._state: dict[str, Any] | None = None
 
     def _fetch(self, iterator: Iterator[Batch]) -> Batch | None:
@@ -65,7 +69,24 @@ class DevicePrefetcher:
             batch = to_device(batch, self.device)
             return self.transform(batch) if self.transform else batch
 
+    @property
+    def iterating_s(self) -> float:
+        """Wall seconds spent inside iterations so far, the one in progress included."""
+        running = time.perf_counter() - self._iter_started if self._iter_started is not None else 0.0
+        return self._iterated_s + running
+
+    @iterating_s.setter
+    def iterating_s(self, value: float) -> None:
+        self._iterated_s = value
+
+    @property
+    def wait_fraction(self) -> float | None:
+        """Share of the iteration time spent waiting for the loader (None before any iteration)."""
+        total = self.iterating_s
+        return self.data_wait_s / total if total > 0 else None
+
     def __iter__(self) -> Iterator[Batch]:
+        self._iter_started = time.perf_counter()
         iterator = iter(self.loader)
         try:
             upcoming = self._fetch(iterator)
@@ -84,6 +105,7 @@ class DevicePrefetcher:
                 yield batch
             self._state = upcoming_state
         finally:
+            self._iterated_s, self._iter_started = self.iterating_s, None
             close = getattr(iterator, "close", None)
             if close is not None:
                 close()  # a loop left early stops the loader's workers now

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -311,6 +312,17 @@ def test_device_prefetcher_on_cpu(grid_set: Path) -> None:
     assert image.dtype == torch.float32 and image.min() >= 0 and image.max() <= 1
     assert batches[0]["mask"].dtype == torch.int64
     assert len(prefetcher) == 4 and prefetcher.state_dict()["epoch"] == 1
+
+
+def test_device_prefetcher_counts_the_wait_within_the_loop_time(grid_set: Path) -> None:
+    prefetcher = DevicePrefetcher(make_loader(grid_set, "val", 8, shuffle=False), "cpu")
+    assert prefetcher.wait_fraction is None
+    for _ in prefetcher:
+        time.sleep(0.02)  # the consumer's "training step"
+    assert prefetcher.iterating_s >= 4 * 0.02
+    assert 0 < prefetcher.data_wait_s < prefetcher.iterating_s
+    fraction = prefetcher.wait_fraction
+    assert fraction is not None and 0 < fraction < 1
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -73,6 +73,8 @@ def test_short_training_beats_background_everywhere(sets: dict[str, Path], tmp_p
     # Background everywhere has foreground IoU 0 (and pixel accuracy ~0.86): the model must be far above.
     assert val["iou"] >= 0.8
     assert result.step_losses[-1] < result.step_losses[0] / 2
+    training = result.metrics["training"]
+    assert training["device"] == "cpu" and 0 < training["data_wait_fraction"] < 1
 
 
 @pytest.mark.parametrize(

@@ -67,6 +67,11 @@ def place(model: torch.nn.Module, device: str) -> torch.nn.Module:
     return model.to(device).to(memory_format=CHANNELS_LAST)  # type: ignore[call-overload,no-any-return]
 
 
+def device_name(device: str) -> str:
+    """The device as a person reads it: the GPU's model name on CUDA."""
+    return torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else "cpu"
+
+
 def prepare(batch: Batch) -> Batch:
     """Runs on the device after the copy: uint8 image -> float in [0, 1] (channels-last), mask -> int64."""
     batch = to_float(batch)
@@ -225,6 +230,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | 
     )
     epoch, step, history = 0, 0, []
     epoch_loss, epoch_samples, wall_s, train_samples = 0.0, 0, 0.0, 0
+    waited_s, iterated_s = 0.0, 0.0
     if resume and checkpoint_path.exists():
         saved = load_checkpoint(checkpoint_path)
         check_resumable(saved["config"], config, checkpoint_path)
@@ -236,7 +242,9 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | 
         epoch, step, history = saved["epoch"], saved["step"], saved["history"]
         epoch_loss, epoch_samples = saved["epoch_loss"], saved["epoch_samples"]
         wall_s, train_samples = saved["wall_s"], saved["train_samples"]
+        waited_s, iterated_s = saved.get("data_wait_s", 0.0), saved.get("iterating_s", 0.0)
     prefetcher = DevicePrefetcher(loader, config.device, transform=prepare)
+    prefetcher.data_wait_s, prefetcher.iterating_s = waited_s, iterated_s
     segment_start = time.perf_counter()
 
     def save(next_epoch: int) -> None:
@@ -256,6 +264,8 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | 
                 "epoch_samples": epoch_samples,
                 "wall_s": wall_s + time.perf_counter() - segment_start,
                 "train_samples": train_samples,
+                "data_wait_s": prefetcher.data_wait_s,
+                "iterating_s": prefetcher.iterating_s,
                 "recipe": task.recipe,
                 "task": {"kind": task.kind, "num_classes": task.num_classes, "in_channels": task.in_channels},
             },
@@ -328,6 +338,11 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | 
         "samples": train_samples,
         "steps": step,
         "samples_per_s": round(train_samples / wall_s, 1) if wall_s else None,
+        "device": device_name(config.device),
+        "data_wait_s": round(prefetcher.data_wait_s, 2),
+        "data_wait_fraction": round(fraction, 4)
+        if (fraction := prefetcher.wait_fraction) is not None
+        else None,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     splits = {}
