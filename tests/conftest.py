@@ -24,6 +24,19 @@ S3_KEYS = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def source_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The prepared-source cache of the whole run, in a temp folder: tests never touch the user's cache."""
+    root = tmp_path_factory.mktemp("source-cache")
+    previous = os.environ.get("SEGSHARDS_CACHE")
+    os.environ["SEGSHARDS_CACHE"] = str(root)
+    yield root
+    if previous is None:
+        os.environ.pop("SEGSHARDS_CACHE", None)
+    else:
+        os.environ["SEGSHARDS_CACHE"] = previous
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as s:

@@ -121,3 +121,15 @@ def test_cv2_min_enclosing_circle_holds_every_mnist_digit() -> None:
         if np.count_nonzero(np.abs(distance) <= 1e-3) < 2:
             loose.append(index)
     assert outside == [] and loose == [], f"cv2 {cv2.__version__}: outside {outside[:10]}, loose {loose[:10]}"
+
+
+def test_grid_gather_compose_places_each_digit_in_its_quadrant() -> None:
+    from writer.recipes.grid import compose, gather_compose
+
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, size=(50, 28, 28), dtype=np.uint8)
+    items = rng.integers(0, 50, size=(17, 4))
+    out = gather_compose(images, items)
+    assert out.shape == (17, 56, 56) and out.dtype == np.uint8
+    assert np.array_equal(out, compose(images[items]))
+    assert np.array_equal(out[5, 28:, :28], images[items[5, 2]])  # row-major: the third digit bottom left

@@ -2,7 +2,6 @@
 
 import contextlib
 import functools
-import importlib
 import json
 import shutil
 import tempfile
@@ -21,16 +20,18 @@ from writer.card import CARD, render_card
 from writer.cluster import check_scheduler, run_on_dask
 from writer.errors import ConfigError, OutputError, SegshardsError, SupplyError
 from writer.keys import HASH_ALGORITHM
+from writer.local_pool import run_with_parent, start_workers
 from writer.manifest import FORMAT, FORMAT_VERSION, MANIFEST, SAMPLE_LAYOUT, dumps
 from writer.plan import SplitPlan, plan_tasks
 from writer.recipe import SPLITS, Recipe, SourceInfo
-from writer.remote import remote_backend, run_remote_task
+from writer.remote import run_remote_task
 from writer.shards import ShardResult, ShardTask, run_shard_task
 from writer.store import LocalStore, S3Store, Store, is_remote, open_store
 
 MARKER = ".segshards-build.json"
 WORK_DIR = ".segshards-work"
 RUN_LOG = "build-log.json"
+BACKENDS = ("loky", "threading", "dask")
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ def validate(config: BuildConfig) -> None:
         raise ConfigError(f"--jobs {config.jobs}: must be >= 0 (0 = all cores)")
     if not 0 <= config.seed < 2**63:
         raise ConfigError(f"--seed {config.seed}: must be in 0..2**63-1")
+    if config.backend not in BACKENDS:
+        raise ConfigError(f"--backend {config.backend}: must be one of {', '.join(BACKENDS)}")
     if config.backend == "dask":
         check_scheduler(config.scheduler)
     elif config.scheduler is not None:
@@ -147,13 +150,19 @@ def run_tasks(
     scheduler: str | None = None,
     runner: Runner = run_shard_task,
 ) -> Iterator[ShardResult]:
-    """Run shard tasks on joblib workers (or a dask cluster), yielding results as they complete."""
+    """Run shard tasks on joblib workers (or a dask cluster), yielding results as they complete.
+
+    With loky this process is one of the `jobs` renderers, beside `jobs - 1` workers (`writer.local_pool`).
+    """
     if backend == "dask":
         yield from run_on_dask(runner, tasks, check_scheduler(scheduler))
         return
     n_jobs = jobs or joblib.cpu_count()
     if n_jobs == 1:
         yield from map(runner, tasks)
+        return
+    if backend == "loky":
+        yield from run_with_parent(tasks, runner, workers=n_jobs - 1)
         return
     parallel = joblib.Parallel(n_jobs=n_jobs, backend=backend, return_as="generator_unordered")
     yield from parallel(joblib.delayed(runner)(t) for t in tasks)
@@ -209,7 +218,7 @@ def worker_spec(recipe: Recipe, spec: Any, config: BuildConfig, work: Path | Non
     if config.jobs == 1 and config.backend != "dask":
         return spec
     work.mkdir(exist_ok=True)
-    return share(spec, work)
+    return share(spec, work, local=config.backend != "dask")
 
 
 def work_folder(config: BuildConfig) -> Path | None:
@@ -268,12 +277,10 @@ def render_all(
     total = None if None in counts else sum(n for n in counts if n is not None)
     results: list[ShardResult] = []
     with tqdm(total=total, unit="sample", unit_scale=True, desc=recipe.name, smoothing=0.1) as bar:
-        backend = remote_backend(config.backend) if is_remote(config.out) else config.backend
         run = run_tasks(
-            tracked(), jobs=config.jobs, backend=backend, scheduler=config.scheduler, runner=runner
+            tracked(), jobs=config.jobs, backend=config.backend, scheduler=config.scheduler, runner=runner
         )
         for result in run:
-            result.keys = []  # checked against the plan in the worker; ~100 B a sample the parent needn't hold
             results.append(result)
             bar.update(result.count)
     return results
@@ -298,28 +305,18 @@ def claim(config: BuildConfig) -> tuple[Store, frozenset[str]]:
     return LocalStore(Path(config.out)), frozenset()
 
 
-def import_worker_modules() -> None:
-    """A worker's first task: the imports every shard task needs."""
-    importlib.import_module("writer.shards")
-
-
-def warm_workers(config: BuildConfig) -> Iterator[None]:
-    """Start the local worker pool now, so its processes spawn and import while the parent plans.
-
-    joblib dispatches as soon as it is called; the pool is reused by `run_tasks`. Drain the result.
-    """
+def warm_workers(config: BuildConfig) -> None:
+    """Start the local worker processes now, so they spawn and import while this process prepares."""
     n_jobs = config.jobs or joblib.cpu_count()
-    if config.backend != "loky" or n_jobs == 1 or is_remote(config.out):
-        return iter(())
-    parallel = joblib.Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered")
-    return parallel(joblib.delayed(import_worker_modules)() for _ in range(n_jobs))
+    if config.backend == "loky" and n_jobs > 1:
+        start_workers(n_jobs - 1)
 
 
 def build(recipe: Recipe, spec: Any, config: BuildConfig) -> dict[str, Any]:
     """Build the shard set described by `config`; returns the manifest. Resumes an interrupted build."""
     validate(config)
     started = time.perf_counter()
-    warming = warm_workers(config)
+    warm_workers(config)
     work = None
     try:
         info = recipe.describe(spec)  # validates source checksums before any work
@@ -330,8 +327,6 @@ def build(recipe: Recipe, spec: Any, config: BuildConfig) -> dict[str, Any]:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
         raise
-    finally:
-        list(warming)  # drained even on failure: an abandoned joblib generator warns at exit
     plans: list[SplitPlan] = []
     handed_out: list[str] = []
     try:

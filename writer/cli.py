@@ -7,8 +7,9 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from writer import __version__
-from writer.build import BuildConfig, build
+from writer.build import BACKENDS, BuildConfig, build
 from writer.errors import SegshardsError, StoreError
+from writer.local_pool import stop_workers
 from writer.preview import write_preview
 from writer.publish import PublishConfig, publish
 from writer.recipe import SPLITS
@@ -36,7 +37,7 @@ def build_parser(recipe_name: str | None) -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--jobs", type=int, default=0, help="parallel workers (0 = all cores)")
     b.add_argument("--shard-size", type=int, default=10_000, metavar="K", help="samples per shard")
-    b.add_argument("--backend", default="loky", help="joblib backend (loky, threading, dask)")
+    b.add_argument("--backend", default="loky", choices=BACKENDS, help="joblib backend (default: loky)")
     b.add_argument(
         "--scheduler", default=None, metavar="tcp://HOST:PORT", help="dask scheduler (with --backend dask)"
     )
@@ -71,7 +72,10 @@ def cmd_build(args: argparse.Namespace) -> int:
         options=recipe.spec_config(args),
         scheduler=args.scheduler,
     )
-    manifest = build(recipe, recipe.make_spec(args), config)
+    try:
+        manifest = build(recipe, recipe.make_spec(args), config)
+    finally:
+        stop_workers()  # the command is about to exit: end the idle workers now, not at interpreter exit
     summary = ", ".join(f"{s} {info['count']:,}" for s, info in manifest["splits"].items())
     print(f"{args.out}: {summary} samples; {manifest['duplicates_rejected']:,} duplicates rejected")
     return 0

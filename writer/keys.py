@@ -27,6 +27,16 @@ def is_key(text: str) -> bool:
     return len(text) == KEY_LENGTH and all(c in "0123456789abcdef" for c in text)
 
 
+def file_digests(path: Path, algorithms: tuple[str, ...] = ("md5", "sha256"), chunk: int = 1 << 20) -> list[str]:
+    """Hex digests of a file's bytes under several algorithms, in one read."""
+    hashes = [hashlib.new(a) for a in algorithms]
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            for h in hashes:
+                h.update(block)
+    return [h.hexdigest() for h in hashes]
+
+
 def file_digest(path: Path, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
     """Hex digest of a file's bytes (`sha256` or `md5`), read in chunks."""
     h = hashlib.new(algorithm)

@@ -11,7 +11,7 @@ import numpy as np
 from zlib_ng import gzip_ng, zlib_ng
 
 from writer.errors import SourceError
-from writer.keys import file_digest
+from writer.keys import file_digests
 
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
@@ -96,11 +96,11 @@ def read_checksums(folder: Path) -> dict[str, str]:
 
 def describe_file(path: Path, expected_md5: dict[str, str]) -> dict[str, str | int]:
     """Name, size and checksums of a source file; md5 checked when the folder lists one."""
-    md5 = file_digest(path, "md5")
+    md5, sha256 = file_digests(path, ("md5", "sha256"))
     want = expected_md5.get(path.name)
     if want is not None and want != md5:
         raise SourceError(f"{path}: md5 {md5} does not match {want} in {CHECKSUMS_FILE}")
-    return {"name": path.name, "bytes": path.stat().st_size, "md5": md5, "sha256": file_digest(path)}
+    return {"name": path.name, "bytes": path.stat().st_size, "md5": md5, "sha256": sha256}
 
 
 def source_files(folder: Path) -> list[Path]:

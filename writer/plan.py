@@ -28,6 +28,24 @@ def split_rng(seed: int, split: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, SPLIT_IDS[split]]))
 
 
+def accept(digests: list[bytes], seen: set[bytes], need: int | None) -> tuple[list[int], int]:
+    """Indices of the digests new to `seen` (added to it), at most `need`; and how many were rejected.
+
+    Stops at the `need`-th acceptance: digests after it are neither examined nor counted.
+    """
+    accepted: list[int] = []
+    rejected = 0
+    for i, digest in enumerate(digests):
+        if need is not None and len(accepted) == need:
+            break
+        if digest in seen:
+            rejected += 1
+            continue
+        seen.add(digest)
+        accepted.append(i)
+    return accepted, rejected
+
+
 def plan_split(
     recipe: Recipe,
     spec: Any,
@@ -44,25 +62,21 @@ def plan_split(
     planning goes on; the last, shorter chunk comes only once the split is known to be complete.
     """
     split = plan.split
-    rows: list[np.ndarray] = []
+    items: list[np.ndarray] = []  # accepted rows not yet yielded, a block per candidate batch
     keys: list[str] = []
     attempts = 0
     limit = None if count is None else ATTEMPTS_PER_SAMPLE * count + 10_000
     batches = recipe.candidates(spec, split, split_rng(seed, split)) if count != 0 else iter(())
     for batch in batches:
-        for row, digest in zip(batch.items, batch.digests, strict=True):
-            if count is not None and plan.count == count:
-                break
-            if digest in seen:
-                plan.rejected += 1
-                continue
-            seen.add(digest)
-            rows.append(row)
-            keys.append(digest.hex())
-            plan.count += 1
-            if len(keys) == chunk:
-                yield np.stack(rows), keys
-                rows, keys = [], []
+        need = None if count is None else count - plan.count
+        accepted, rejected = accept(batch.digests, seen, need)
+        plan.count, plan.rejected = plan.count + len(accepted), plan.rejected + rejected
+        items.append(batch.items[accepted])
+        keys.extend(batch.digests[i].hex() for i in accepted)
+        while len(keys) >= chunk:
+            pending = np.concatenate(items)
+            yield pending[:chunk], keys[:chunk]
+            items, keys = [pending[chunk:]], keys[chunk:]
         attempts += len(batch.items)
         if (count is not None and plan.count == count) or (limit is not None and attempts >= limit):
             break
@@ -71,7 +85,7 @@ def plan_split(
             f"--{split} {count}: {recipe.name} can supply only {plan.count} unique {split} samples from this source"
         )
     if keys:
-        yield np.stack(rows), keys
+        yield np.concatenate(items), keys
 
 
 def plan_tasks(

@@ -48,8 +48,9 @@ class Recipe(Protocol):
 
     `spec` is a small picklable value (paths and options) from which every worker can load the source;
     `candidates` runs once, centrally, in a fixed order; `render` runs in parallel workers. A recipe may
-    also define `share(spec, folder) -> spec`: prepare the source once in `folder` so that workers open it
-    cheaply (the build removes `folder` when it ends), and `render_batch(spec, items) -> Iterator[Rendered]`,
+    also define `share(spec, folder, *, local) -> spec`: prepare the source once (in `folder`, removed when
+    the build ends, or in a cache of this machine when `local`, i.e. the workers run here) so that workers
+    open it cheaply, and `render_batch(spec, items) -> Iterator[Rendered]`,
     a vectorised `render` over a whole shard.
     """
 

@@ -1,14 +1,9 @@
 """Shard tasks whose output is an object store: render in a scratch folder, upload atomically, resume."""
 
 import hashlib
-import os
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
-
-import joblib
-import joblib.parallel
 
 from writer.shards import ShardResult, ShardTask, run_shard_task
 from writer.store import open_store
@@ -34,29 +29,3 @@ def run_remote_task(task: ShardTask, present: frozenset[str]) -> ShardResult:
         if not result.reused:
             store.upload(task.name, path, result.sha256)
     return result
-
-
-LokyBackend: Any = joblib.parallel.BACKENDS["loky"]
-
-
-class AwsEnvLokyBackend(LokyBackend):  # type: ignore[misc]
-    """loky workers that see this process's current AWS_* settings.
-
-    joblib keeps its loky worker pool alive between calls; a pool started before the settings changed
-    (a long-lived process, a notebook, a test session) would upload with stale ones. loky starts a new
-    pool when the environment it is given differs from the running pool's, so give it the settings.
-    """
-
-    def _prepare_worker_env(self, n_jobs: int) -> dict[str, str]:
-        env: dict[str, str] = super()._prepare_worker_env(n_jobs)
-        env.update((k, v) for k, v in sorted(os.environ.items()) if k.startswith("AWS_"))
-        return env
-
-
-LOKY_AWS = "segshards-loky-aws"
-joblib.register_parallel_backend(LOKY_AWS, AwsEnvLokyBackend)
-
-
-def remote_backend(backend: str) -> str:
-    """The joblib backend to use for `backend` when workers upload to an object store."""
-    return LOKY_AWS if backend == "loky" else backend

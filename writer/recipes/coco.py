@@ -326,7 +326,7 @@ class CocoSemanticRecipe:
         ids = sel.offered[split]
         yield Candidates(items=np.array(ids, np.int64).reshape(-1, 1), digests=[sel.digests[i] for i in ids])
 
-    def share(self, spec: CocoSpec, folder: Path) -> CocoSpec:
+    def share(self, spec: CocoSpec, folder: Path, *, local: bool) -> CocoSpec:
         """Write the planned images' records as a small COCO file, so workers need not parse the full one."""
         sel, index = select(spec), spec_index(spec)
         path = folder / "coco-subset.json"

@@ -1,6 +1,7 @@
 """MNIST-format digits prepared once per process: images, Otsu masks, labels and split pools."""
 
 import argparse
+import contextlib
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +12,13 @@ import numpy as np
 
 from writer.errors import ConfigError
 from writer.keys import pixel_digest
-from writer.mnist import describe_files, load_mnist
+from writer.mnist import describe_files, load_mnist, source_files
 from writer.recipe import SourceInfo
+from writer.source_cache import entry_path, store_entry
 
 BUNDLED_MNIST = Path(__file__).resolve().parents[2] / "data" / "mnist"
+CACHE_KIND = "mnist-idx"
+PREPARED_IMAGES, PREPARED_ARRAYS = "images.npy", "digits.npz"
 
 
 @dataclass(frozen=True)
@@ -30,10 +34,14 @@ class Digits:
     """All digits of a folder, train then test: images (N, 28, 28), Otsu masks (N, 28, 28) 0/1, labels."""
 
     images: np.ndarray
-    masks: np.ndarray
     labels: np.ndarray
     n_train: int
     thresholds: np.ndarray
+
+    @functools.cached_property
+    def masks(self) -> np.ndarray:
+        """The Otsu masks, computed on first use (planning needs only the images)."""
+        return (self.images > self.thresholds[:, None, None]).view(np.uint8)
 
 
 def otsu_threshold(image: np.ndarray) -> int:
@@ -47,20 +55,65 @@ def otsu_thresholds(images: np.ndarray) -> np.ndarray:
     return np.array([otsu_threshold(image) for image in images], dtype=np.uint8)
 
 
+def decode_digits(folder: Path) -> Digits:
+    """Read, validate and Otsu-threshold every digit of an MNIST-format folder (no caching)."""
+    source = load_mnist(folder)
+    images = np.concatenate([source.train.images, source.test.images])
+    labels = np.concatenate([source.train.labels, source.test.labels])
+    return Digits(images, labels, len(source.train.images), otsu_thresholds(images))
+
+
+def save_prepared(digits: Digits, folder: Path) -> None:
+    """The decoded digits as files to memory-map: images.npy, and digits.npz with a checksum of the images."""
+    np.save(folder / PREPARED_IMAGES, np.ascontiguousarray(digits.images))
+    np.savez(
+        folder / PREPARED_ARRAYS,
+        thresholds=digits.thresholds,
+        labels=digits.labels,
+        n_train=digits.n_train,
+        images_xxh3=np.frombuffer(pixel_digest(np.ascontiguousarray(digits.images)), dtype=np.uint8),
+    )
+
+
+def load_prepared(folder: Path, *, verify: bool) -> Digits:
+    """Digits saved by `save_prepared`, images memory-mapped (pages shared between processes).
+
+    With `verify`, shapes and the images' checksum are checked: ValueError (or OSError) if they do not hold.
+    """
+    images = np.load(folder / PREPARED_IMAGES, mmap_mode="r")
+    with np.load(folder / PREPARED_ARRAYS) as arrays:
+        thresholds, labels, n_train = arrays["thresholds"], arrays["labels"], int(arrays["n_train"])
+        checksum = arrays["images_xxh3"].tobytes()
+    if verify:
+        n = len(images)
+        shapes_ok = images.dtype == np.uint8 and images.ndim == 3 and len(thresholds) == n == len(labels)
+        if not (shapes_ok and 0 < n_train <= n and pixel_digest(images) == checksum):
+            raise ValueError(f"{folder}: prepared digits do not match their checksum")
+    return Digits(images, labels, n_train, thresholds)
+
+
+@functools.lru_cache(maxsize=2)
+def cached_digits(folder: Path) -> tuple[Digits, Path | None]:
+    """The folder's digits from the source cache, prepared there first on a miss (cached per process).
+
+    Returns the digits and their cache entry (None when the cache is off or could not be written).
+    """
+    entry = entry_path(CACHE_KIND, source_files(folder))
+    if entry is not None and entry.is_dir():
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            return load_prepared(entry, verify=True), entry
+    digits = decode_digits(folder)
+    if entry is not None and store_entry(entry, functools.partial(save_prepared, digits)):
+        return digits, entry
+    return digits, None
+
+
 @functools.lru_cache(maxsize=2)
 def load_digits(spec: DigitsSpec) -> Digits:
-    """Read, validate and Otsu-threshold every digit of `spec.folder` (cached per process)."""
+    """Every digit of `spec.folder`, validated and Otsu-thresholded (via the source cache; cached per process)."""
     if spec.prepared is not None:
-        images = np.load(Path(spec.prepared) / "images.npy", mmap_mode="r")  # pages shared between workers
-        with np.load(Path(spec.prepared) / "digits.npz") as arrays:
-            thresholds, labels, n_train = arrays["thresholds"], arrays["labels"], int(arrays["n_train"])
-    else:
-        source = load_mnist(Path(spec.folder))
-        images = np.concatenate([source.train.images, source.test.images])
-        labels = np.concatenate([source.train.labels, source.test.labels])
-        thresholds, n_train = otsu_thresholds(images), len(source.train.images)
-    masks = (images > thresholds[:, None, None]).view(np.uint8)
-    return Digits(images=images, masks=masks, labels=labels, n_train=n_train, thresholds=thresholds)
+        return load_prepared(Path(spec.prepared), verify=False)  # checked by the parent that named it
+    return cached_digits(Path(spec.folder))[0]
 
 
 def split_pool(digits: Digits, split: str) -> np.ndarray:
@@ -115,11 +168,11 @@ class DigitsSourceMixin:
         load_digits(spec)  # every structural check of the source, before the build touches its output
         return info
 
-    def share(self, spec: DigitsSpec, folder: Path) -> DigitsSpec:
-        """Save the decoded digits and their Otsu thresholds once; workers memory-map them."""
-        digits = load_digits(spec)
-        np.save(folder / "images.npy", digits.images)
-        np.savez(
-            folder / "digits.npz", thresholds=digits.thresholds, labels=digits.labels, n_train=digits.n_train
-        )
+    def share(self, spec: DigitsSpec, folder: Path, *, local: bool) -> DigitsSpec:
+        """The digits as files workers memory-map: the source cache's entry when the workers are local,
+        else saved once into `folder`."""
+        digits, entry = cached_digits(Path(spec.folder))
+        if local and entry is not None:
+            return DigitsSpec(folder=spec.folder, prepared=str(entry))
+        save_prepared(digits, folder)
         return DigitsSpec(folder=spec.folder, prepared=str(folder))

@@ -1,0 +1,61 @@
+"""The local pool: this process and its workers share one task feed; errors stop it and surface here."""
+
+import functools
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from writer.local_pool import run_with_parent
+
+
+def slow_task(task: Any) -> tuple[int, int]:
+    time.sleep(0.15)
+    return task, os.getpid()
+
+
+def failing_task(task: Any) -> tuple[int, int]:
+    if task == 3:
+        raise ValueError(f"task {task} failed")
+    time.sleep(0.1)
+    return task, os.getpid()
+
+
+def test_every_task_runs_once_here_and_in_a_worker() -> None:
+    results = list(run_with_parent(range(12), slow_task, workers=1))  # type: ignore[arg-type]
+    assert sorted(task for task, _ in results) == list(range(12))
+    pids = {pid for _, pid in results}
+    assert os.getpid() in pids and len(pids) == 2
+
+
+def test_an_error_in_a_task_stops_the_feed_and_is_raised_here() -> None:
+    seen: list[int] = []
+
+    def feed() -> Iterator[int]:
+        for task in range(40):
+            seen.append(task)
+            yield task
+
+    with pytest.raises(ValueError, match="task 3 failed"):
+        list(run_with_parent(feed(), failing_task, workers=1))  # type: ignore[arg-type]
+    assert len(seen) < 40
+
+
+def write_task(folder: Path, task: int) -> tuple[int, int]:
+    time.sleep(0.3)
+    (folder / str(task)).write_text("done")
+    return task, os.getpid()
+
+
+def test_a_planner_error_is_raised_once_the_shards_in_flight_are_done(tmp_path: Path) -> None:
+    def feed() -> Iterator[int]:
+        yield from range(4)
+        raise RuntimeError("planner gave up")
+
+    runner = functools.partial(write_task, tmp_path)
+    with pytest.raises(RuntimeError, match="planner gave up"):
+        list(run_with_parent(feed(), runner, workers=1))  # type: ignore[arg-type]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0", "1", "2", "3"]

@@ -1,0 +1,151 @@
+"""Local parallel rendering: N-1 worker processes (joblib's loky executor) plus this one, fed by one planner.
+
+This process renders shards too instead of only waiting for results: it starts rendering as soon as the
+first shard is planned, while the workers are still spawning, and a build on N cores pays for N-1 worker
+start-ups. Every shard task comes from one thread-safe feed over the lazy planner, so which process
+renders which shard does not matter: the output is the same bytes whatever the number of workers.
+
+The workers come from joblib's loky executor directly (joblib's `Parallel` runs one job in-process, and a
+build on two cores wants exactly one worker process). They get joblib's thread limits and this process's
+AWS_* settings (an object-store build uploads from them; loky starts a new pool when these differ).
+"""
+
+import concurrent.futures as cf
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from joblib import cpu_count
+from joblib.externals.loky import get_reusable_executor
+
+from writer.shards import ShardResult, ShardTask
+
+Runner = Callable[[ShardTask], ShardResult]
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+IDLE_TIMEOUT_S = 300
+
+
+_pools: list[Any] = []  # the pool this process started last, for `stop_workers`
+
+
+def executor(workers: int) -> Any:
+    """The reusable pool of `workers` worker processes (started, or reused if it has these settings)."""
+    pool = get_reusable_executor(max_workers=workers, timeout=IDLE_TIMEOUT_S, env=worker_env(workers))
+    _pools[:] = [pool]
+    return pool
+
+
+def stop_workers() -> None:
+    """Stop the worker processes now (idle once a build is done) rather than at interpreter exit."""
+    while _pools:
+        _pools.pop().shutdown(wait=False, kill_workers=True)
+
+
+def worker_env(workers: int) -> dict[str, str]:
+    """Environment of the workers: thread pools sized to their share of the cores, and AWS_* settings."""
+    share = str(max(cpu_count() // (workers + 1), 1))
+    env = {var: os.environ.get(var, share) for var in THREAD_VARS}
+    env.update((k, v) for k, v in sorted(os.environ.items()) if k.startswith("AWS_"))
+    return env
+
+
+def import_worker_modules() -> None:
+    """A worker's first task: the imports every shard task needs."""
+    import writer.shards  # noqa: F401
+
+
+def start_workers(workers: int) -> list[cf.Future[None]]:
+    """Start `workers` processes now, so they spawn and import while this process works."""
+    if workers < 1:
+        return []
+    pool = executor(workers)
+    return [pool.submit(import_worker_modules) for _ in range(workers)]
+
+
+class TaskFeed:
+    """A thread-safe iterator over planned tasks; once stopped, it ends at the next pull."""
+
+    def __init__(self, tasks: Iterable[ShardTask]) -> None:
+        self._tasks = iter(tasks)
+        self._lock = threading.Lock()
+        self.stopped = False
+
+    def __iter__(self) -> "TaskFeed":
+        return self
+
+    def __next__(self) -> ShardTask:
+        with self._lock:  # the planner runs in whichever thread pulls: one at a time
+            if self.stopped:
+                raise StopIteration
+            return next(self._tasks)
+
+
+class Inbox:
+    """What the thread driving the workers hands this one: results, an error, then the end."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.done = False
+
+    def put(self, kind: str, value: Any = None) -> None:
+        self._queue.put((kind, value))
+
+    def collect(self, *, block: bool) -> Iterator[ShardResult]:
+        """The results waiting (with `block`: all of them, until the end); raises the workers' error."""
+        while not self.done:
+            try:
+                kind, value = self._queue.get(block=block)
+            except queue.Empty:
+                return
+            if kind == "error":
+                raise value
+            if kind == "done":
+                self.done = True
+            else:
+                yield value
+
+
+def drive_workers(runner: Runner, feed: TaskFeed, inbox: Inbox, workers: int) -> None:
+    """Keep one task in flight per worker until the feed ends; results, or the first error, to `inbox`."""
+    pool = executor(workers)
+    pending: set[cf.Future[ShardResult]] = set()
+    try:
+        for task in feed:
+            pending.add(pool.submit(runner, task))
+            if len(pending) < workers:
+                continue
+            done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for future in done:
+                inbox.put("result", future.result())
+        for future in cf.as_completed(pending):
+            inbox.put("result", future.result())
+    except BaseException as exc:
+        feed.stopped = True
+        cf.wait(pending)  # shards in flight are finished (or failed) before the error is reported
+        inbox.put("error", exc)
+    finally:
+        inbox.put("done")
+
+
+def run_with_parent(tasks: Iterable[ShardTask], runner: Runner, *, workers: int) -> Iterator[ShardResult]:
+    """Run `tasks` on `workers` worker processes and in this process; yield results as they complete.
+
+    An error in either place stops the feed; the workers' shards in flight are finished before it is
+    raised here.
+    """
+    feed = TaskFeed(tasks)
+    inbox = Inbox()
+    thread = threading.Thread(
+        target=drive_workers, args=(runner, feed, inbox, workers), name="segshards-workers", daemon=True
+    )
+    thread.start()
+    try:
+        for task in feed:
+            yield runner(task)
+            yield from inbox.collect(block=False)
+        yield from inbox.collect(block=True)
+    finally:
+        feed.stopped = True
+        thread.join()
