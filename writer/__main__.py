@@ -1,5 +1,5 @@
 """`python -m writer` runs the segshards command line."""
 
-from writer.cli import run
+from writer.launch import run
 
 run()

@@ -3,7 +3,6 @@
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from importlib.metadata import entry_points
 from pathlib import Path
 
 from writer import __version__
@@ -123,6 +122,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def plugin(name: str) -> Callable[[list[str]], int] | None:
     """A subcommand registered under the `segshards.commands` entry-point group, if any."""
+    from importlib.metadata import entry_points  # ~30 ms: only when a command is not ours
+
     for ep in entry_points(group=PLUGIN_GROUP):
         if ep.name == name:
             return ep.load()
@@ -147,5 +148,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run() -> None:
-    """Console-script entry point."""
+    """Console-script entry point (see `writer.launch`, which starts a build's workers first)."""
     sys.exit(main())

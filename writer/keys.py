@@ -27,7 +27,9 @@ def is_key(text: str) -> bool:
     return len(text) == KEY_LENGTH and all(c in "0123456789abcdef" for c in text)
 
 
-def file_digests(path: Path, algorithms: tuple[str, ...] = ("md5", "sha256"), chunk: int = 1 << 20) -> list[str]:
+def file_digests(
+    path: Path, algorithms: tuple[str, ...] = ("md5", "sha256"), chunk: int = 1 << 20
+) -> list[str]:
     """Hex digests of a file's bytes under several algorithms, in one read."""
     hashes = [hashlib.new(a) for a in algorithms]
     with open(path, "rb") as f:

@@ -15,14 +15,15 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from joblib import cpu_count
 from joblib.externals.loky import get_reusable_executor
 
-from writer.shards import ShardResult, ShardTask
+if TYPE_CHECKING:  # writer.shards imports OpenCV: `writer.launch` imports this module before anything heavy
+    from writer.shards import ShardResult, ShardTask
 
-Runner = Callable[[ShardTask], ShardResult]
+Runner = Callable[["ShardTask"], "ShardResult"]
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 IDLE_TIMEOUT_S = 300
 
@@ -40,7 +41,7 @@ def executor(workers: int) -> Any:
 def stop_workers() -> None:
     """Stop the worker processes now (idle once a build is done) rather than at interpreter exit."""
     while _pools:
-        _pools.pop().shutdown(wait=False, kill_workers=True)
+        _pools.pop().shutdown(wait=True)
 
 
 def worker_env(workers: int) -> dict[str, str]:
@@ -65,21 +66,58 @@ def start_workers(workers: int) -> list[cf.Future[None]]:
 
 
 class TaskFeed:
-    """A thread-safe iterator over planned tasks; once stopped, it ends at the next pull."""
+    """Planned tasks for several consumer threads, planned `ahead` of them in a thread of their own.
 
-    def __init__(self, tasks: Iterable[ShardTask]) -> None:
-        self._tasks = iter(tasks)
-        self._lock = threading.Lock()
-        self.stopped = False
+    A renderer that finishes a shard takes the next one at once instead of waiting for it to be
+    planned, and no task is reserved for one renderer while another idles. Once `stop` is called, the
+    feed ends at the next pull; a planning error is raised to the consumer that pulls it.
+    """
+
+    def __init__(self, tasks: Iterable["ShardTask"], ahead: int = 2) -> None:
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=ahead)
+        self._stopped = threading.Event()
+        self._planner = threading.Thread(target=self._plan, args=(tasks,), name="segshards-plan", daemon=True)
+        self._planner.start()
+
+    def _plan(self, tasks: Iterable["ShardTask"]) -> None:
+        try:
+            for task in tasks:
+                if not self._offer(("task", task)):
+                    return
+            self._offer(("end", None))
+        except BaseException as exc:
+            self._offer(("error", exc))
+
+    def _offer(self, item: tuple[str, Any]) -> bool:
+        """Queue `item` unless the feed is stopped first; False if it was."""
+        while not self._stopped.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._planner.join()
 
     def __iter__(self) -> "TaskFeed":
         return self
 
-    def __next__(self) -> ShardTask:
-        with self._lock:  # the planner runs in whichever thread pulls: one at a time
-            if self.stopped:
-                raise StopIteration
-            return next(self._tasks)
+    def __next__(self) -> "ShardTask":
+        while not self._stopped.is_set():
+            try:
+                kind, value = self._queue.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if kind == "task":
+                return value  # type: ignore[no-any-return]
+            self._queue.put((kind, value))  # the end (or the error) for the other consumers too
+            if kind == "error":
+                raise value
+            break
+        raise StopIteration
 
 
 class Inbox:
@@ -92,7 +130,7 @@ class Inbox:
     def put(self, kind: str, value: Any = None) -> None:
         self._queue.put((kind, value))
 
-    def collect(self, *, block: bool) -> Iterator[ShardResult]:
+    def collect(self, *, block: bool) -> Iterator["ShardResult"]:
         """The results waiting (with `block`: all of them, until the end); raises the workers' error."""
         while not self.done:
             try:
@@ -122,14 +160,14 @@ def drive_workers(runner: Runner, feed: TaskFeed, inbox: Inbox, workers: int) ->
         for future in cf.as_completed(pending):
             inbox.put("result", future.result())
     except BaseException as exc:
-        feed.stopped = True
+        feed.stop()
         cf.wait(pending)  # shards in flight are finished (or failed) before the error is reported
         inbox.put("error", exc)
     finally:
         inbox.put("done")
 
 
-def run_with_parent(tasks: Iterable[ShardTask], runner: Runner, *, workers: int) -> Iterator[ShardResult]:
+def run_with_parent(tasks: Iterable["ShardTask"], runner: Runner, *, workers: int) -> Iterator["ShardResult"]:
     """Run `tasks` on `workers` worker processes and in this process; yield results as they complete.
 
     An error in either place stops the feed; the workers' shards in flight are finished before it is
@@ -147,5 +185,5 @@ def run_with_parent(tasks: Iterable[ShardTask], runner: Runner, *, workers: int)
             yield from inbox.collect(block=False)
         yield from inbox.collect(block=True)
     finally:
-        feed.stopped = True
+        feed.stop()
         thread.join()

@@ -1,0 +1,34 @@
+"""The entry point starts a build's workers before the heavy imports, and only when a build wants them."""
+
+import pytest
+
+import writer.local_pool
+from writer.launch import early_workers, option
+
+
+def test_option_reads_both_spellings_and_the_last_wins() -> None:
+    argv = ["build", "mnist-grid", "--jobs", "3", "--out", "x", "--jobs=5"]
+    assert option(argv, "--jobs", "0") == "5"
+    assert option(["build"], "--jobs", "0") == "0"
+    assert option(["build", "--jobs"], "--jobs", "0") == "0"  # no value: the parser reports it
+
+
+@pytest.mark.parametrize(
+    ("argv", "started"),
+    [
+        (["build", "mnist-grid", "--out", "x", "--jobs", "3"], 2),
+        (["build", "mnist-grid", "--out", "x", "--jobs", "1"], None),
+        (["build", "mnist-grid", "--out", "x", "--jobs", "3", "--backend", "dask"], None),
+        (["build", "mnist-grid", "--out", "x", "--jobs", "three"], None),
+        (["build", "--help"], None),
+        (["verify", "x"], None),
+        ([], None),
+    ],
+)
+def test_early_workers_start_only_for_a_local_parallel_build(
+    argv: list[str], started: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(writer.local_pool, "start_workers", lambda n: calls.append(n) or [])
+    early_workers(argv)
+    assert calls == ([] if started is None else [started])
