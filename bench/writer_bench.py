@@ -2,6 +2,7 @@
 
 import argparse
 import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -30,7 +31,12 @@ def tree_rss(proc: psutil.Process) -> int:
 
 
 def run_timed(cmd: list[str]) -> float:
-    """Run `cmd` with nothing else running here; its wall seconds."""
+    """Run `cmd` with nothing else running here; its wall seconds.
+
+    Earlier builds' dirty pages are flushed first: the kernel writing them back during this run would take
+    CPU from it (most from a build that uses every core).
+    """
+    os.sync()
     started = time.perf_counter()
     code = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
     if code != 0:

@@ -2,8 +2,12 @@
 
 import contextlib
 import errno
+import hashlib
+import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from writer.errors import OutputError
 
@@ -17,11 +21,40 @@ def temp_path(path: Path) -> Path:
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that `path` is either absent, old, or complete, never partial."""
+    with atomic_stream(path) as f:
+        f.write(data)
+
+
+class HashingFile(io.RawIOBase):
+    """A binary file that keeps the sha256 and size of everything written through it."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw, self.sha256, self.size = raw, hashlib.sha256(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.sha256.update(data)
+        self.raw.write(data)
+        n = memoryview(data).nbytes
+        self.size += n
+        return n
+
+
+@contextlib.contextmanager
+def atomic_stream(path: Path, buffer: int = 1 << 20) -> Iterator[Any]:
+    """A buffered file to write `path` through piece by piece, with `atomic_write`'s guarantees.
+
+    The file object yielded has `.raw`, a `HashingFile` with the sha256 and size of what was written.
+    `path` appears, complete, only when the block ends without an error.
+    """
     tmp = temp_path(path)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
+        with open(tmp, "wb", buffering=0) as f:
+            counted = HashingFile(f)
+            with io.BufferedWriter(counted, buffer_size=buffer) as out:
+                yield out
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:

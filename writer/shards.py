@@ -4,7 +4,7 @@ import contextlib
 import hashlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,15 +12,17 @@ from typing import Any
 import cv2
 import numpy as np
 
-from writer.atomic import atomic_write
+from writer.atomic import atomic_stream
 from writer.encode import decode_image, sample_members
 from writer.errors import ShardFormatError
 from writer.manifest import SAMPLE_LAYOUT
 from writer.recipe import Recipe, Rendered
 from writer.recipes import get_recipe
-from writer.tarformat import tar_bytes
+from writer.tarformat import TarWriter
 from writer.tarstream import iter_samples
 from writer.verify import check_sample
+
+RENDER_SLICE = 1024  # samples a batch renderer composes at a time
 
 
 def shard_name(split: str, index: int) -> str:
@@ -76,11 +78,16 @@ def class_counts(mask: np.ndarray) -> np.ndarray:
     return hist.ravel().astype(np.int64)
 
 
-def add_stats(result: ShardResult, masks: list[np.ndarray], labels: list[int]) -> None:
+def add_stats(result: ShardResult, masks: Iterable[np.ndarray], labels: list[int]) -> None:
     """Accumulate per-class pixel counts of `masks` and the counts of `labels` into `result`."""
     counts = np.zeros(256, np.int64)
     for mask in masks:
         counts += class_counts(mask)
+    add_counts(result, counts, labels)
+
+
+def add_counts(result: ShardResult, counts: np.ndarray, labels: list[int]) -> None:
+    """Accumulate a (256,) pixel count per class and a list of labels into `result`."""
     for cls in np.flatnonzero(counts):
         result.pixels[int(cls)] = result.pixels.get(int(cls), 0) + int(counts[cls])
     for label in labels:
@@ -88,31 +95,36 @@ def add_stats(result: ShardResult, masks: list[np.ndarray], labels: list[int]) -
 
 
 def render_samples(recipe: Recipe, task: ShardTask) -> Iterator[Rendered]:
-    """The task's samples in order, through the recipe's batch renderer when it has one."""
+    """The task's samples in order, through the recipe's batch renderer (in slices) when it has one."""
     render_batch = getattr(recipe, "render_batch", None)
-    if render_batch is not None:
-        return render_batch(task.spec, task.items)
-    return (recipe.render(task.spec, item) for item in task.items)
+    if render_batch is None:
+        return (recipe.render(task.spec, item) for item in task.items)
+    # Slices keep the renderer's arrays small enough to be reused from one slice to the next, instead of
+    # a whole shard's worth of fresh memory (and its page faults) for every shard.
+    slices = range(0, len(task.items), RENDER_SLICE)
+    return (r for start in slices for r in render_batch(task.spec, task.items[start : start + RENDER_SLICE]))
 
 
 def render_shard(task: ShardTask) -> ShardResult:
-    """Render the task's samples and write the shard atomically."""
+    """Render the task's samples and stream them into the shard, written atomically."""
     recipe = get_recipe(task.recipe)
     result = ShardResult(task.split, task.index, task.name, 0, 0, "", [])
-    members: list[tuple[str, bytes]] = []
-    masks: list[np.ndarray] = []
+    counts = np.zeros(256, np.int64)
     labels: list[int] = []
-    for sample in render_samples(recipe, task):
-        key, sample_parts = sample_members(sample)
-        assert key == task.keys[len(result.keys)], "rendered image differs from the planned one"
-        members.extend(sample_parts)
-        result.keys.append(key)
-        masks.append(sample.mask)
-        labels.extend(recipe.labels(sample.meta))
-    add_stats(result, masks, labels)
-    data = tar_bytes(members)
-    atomic_write(Path(task.out_dir) / task.name, data)
-    result.count, result.bytes, result.sha256 = len(task.items), len(data), hashlib.sha256(data).hexdigest()
+    with atomic_stream(Path(task.out_dir) / task.name) as out:
+        tar = TarWriter(out)
+        for i, sample in enumerate(render_samples(recipe, task)):
+            key, parts = sample_members(sample)
+            assert key == task.keys[i], "rendered image differs from the planned one"
+            for name, payload in parts:
+                tar.add(name, payload)
+            counts += class_counts(sample.mask)
+            labels.extend(recipe.labels(sample.meta))
+        tar.close()
+        out.flush()
+        result.bytes, result.sha256 = out.raw.size, out.raw.sha256.hexdigest()
+    add_counts(result, counts, labels)
+    result.count = len(task.items)
     return result
 
 

@@ -1,7 +1,9 @@
 """The tar layer of the shard format: fixed USTAR headers to write, and a safe member reader."""
 
+import io
 import posixpath
 from collections.abc import Iterable
+from typing import BinaryIO
 
 from writer.errors import ShardFormatError
 
@@ -11,6 +13,7 @@ MTIME = 0  # fixed, integer: no PAX headers, identical bytes on every build
 MODE = 0o644
 REFUSED_SUFFIXES = (".pkl", ".pickle", ".pyd", ".pth", ".pt", ".npy", ".npz")
 MAX_MEMBER_BYTES = 256 << 20
+ZEROS = bytes(BLOCK)
 
 Sample = dict[str, bytes | str]
 
@@ -52,20 +55,35 @@ def ustar_header(name: str, size: int) -> bytes:
     return bytes(header)
 
 
+class TarWriter:
+    """Writes a tar archive member by member to a binary file: fixed headers, padding, then `close()`."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out, self.total = out, 0
+
+    def add(self, name: str, payload: bytes) -> None:
+        pad = -len(payload) % BLOCK
+        self.out.write(ustar_header(name, len(payload)))
+        self.out.write(payload)
+        if pad:
+            self.out.write(ZEROS[:pad])
+        self.total += BLOCK + len(payload) + pad
+
+    def close(self) -> None:
+        """The two end blocks, then zeros up to a whole record (as GNU tar and Python's tarfile write)."""
+        end = 2 * BLOCK + (-(self.total + 2 * BLOCK) % RECORD)
+        self.out.write(bytes(end))
+        self.total += end
+
+
 def tar_bytes(members: Iterable[tuple[str, bytes]]) -> bytes:
     """A complete tar archive holding `members` (name, payload) in the given order."""
-    parts: list[bytes] = []
-    total = 0
+    buffer = io.BytesIO()
+    tar = TarWriter(buffer)
     for name, payload in members:
-        parts.append(ustar_header(name, len(payload)))
-        parts.append(payload)
-        pad = -len(payload) % BLOCK
-        if pad:
-            parts.append(b"\0" * pad)
-        total += BLOCK + len(payload) + pad
-    total += 2 * BLOCK
-    parts.append(b"\0" * (2 * BLOCK + (-total % RECORD)))
-    return b"".join(parts)
+        tar.add(name, payload)
+    tar.close()
+    return buffer.getvalue()
 
 
 def split_member_name(name: str, where: str) -> tuple[str, str]:
