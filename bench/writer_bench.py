@@ -111,7 +111,7 @@ def png_bound(samples: int = 5000) -> float:
     rng = np.random.default_rng(1)
     idx = rng.integers(0, 55_000, size=(samples, 4))
     images = compose(digits.images[idx])
-    masks = compose(digits.masks[idx] * (digits.labels[idx] + 1)[:, :, None, None])
+    masks = compose(digits.masks_of(idx) * (digits.labels[idx] + 1)[:, :, None, None])
     started = time.perf_counter()
     for image, mask in zip(images, masks, strict=True):
         cv2.imencode(".png", image)
@@ -128,7 +128,7 @@ def segshards_cmd(n: int, jobs: int, out: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="bench writer_bench")
     parser.add_argument("--samples", type=int, default=100_000, help="mnist-grid train samples per build")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the segshards builds")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the segshards builds")
     parser.add_argument("--skip-memory", action="store_true", help="skip the 250,000-sample memory build")
     args, _ = parser.parse_known_args(argv)
     n, cores = args.samples, psutil.cpu_count() or 1

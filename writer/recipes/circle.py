@@ -34,7 +34,7 @@ class CircleRecipe(SingleDigitRecipe):
     def render(self, spec: DigitsSpec, item: np.ndarray) -> Rendered:
         digits = load_digits(spec)
         index = int(item[0])
-        cx, cy, r = enclosing_circle(digits.masks[index])
+        cx, cy, r = enclosing_circle(digits.masks_of(index))
         meta = {
             "label": int(digits.labels[index]),
             "circle": {"cx": cx, "cy": cy, "r": r},

@@ -38,10 +38,10 @@ class Digits:
     n_train: int
     thresholds: np.ndarray
 
-    @functools.cached_property
-    def masks(self) -> np.ndarray:
-        """The Otsu masks, computed on first use (planning needs only the images)."""
-        return (self.images > self.thresholds[:, None, None]).view(np.uint8)
+    def masks_of(self, index: int | np.ndarray) -> np.ndarray:
+        """Otsu masks (0/1 uint8) of the digits at `index`, an int or an index array of any shape."""
+        threshold = np.asarray(self.thresholds[index])
+        return (self.images[index] > threshold[..., None, None]).view(np.uint8)
 
 
 def otsu_threshold(image: np.ndarray) -> int:

@@ -40,7 +40,7 @@ class ForegroundRecipe(SingleDigitRecipe):
         digits = load_digits(spec)
         index = int(item[0])
         meta = {"source": source_ref(digits, index)}
-        return Rendered(image=digits.images[index], mask=digits.masks[index], meta=meta)
+        return Rendered(image=digits.images[index], mask=digits.masks_of(index), meta=meta)
 
     def labels(self, meta: dict[str, Any]) -> list[int]:
         return []

@@ -67,7 +67,7 @@ class GridRecipe(DigitsSourceMixin):
         digits = load_digits(spec)
         labels = digits.labels[items]  # (B, 4)
         images = gather_compose(digits.images, items)
-        masks = compose(digits.masks[items] * (labels + 1)[:, :, None, None].astype(np.uint8))
+        masks = compose(digits.masks_of(items) * (labels + 1)[:, :, None, None].astype(np.uint8))
         for image, mask, item, digit_labels in zip(
             images, masks, items.tolist(), labels.tolist(), strict=True
         ):
