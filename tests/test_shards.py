@@ -1,5 +1,7 @@
 """Shard task helpers: exact per-class pixel counts."""
 
+import platform
+
 import numpy as np
 import pytest
 
@@ -18,3 +20,13 @@ def test_class_counts_of_a_strided_view() -> None:
     assert counts.dtype == np.int64
     assert np.array_equal(counts, np.bincount(mask.ravel(), minlength=256))
     assert counts.sum() == mask.size
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+def test_shard_tasks_set_glibc_to_reuse_freed_memory_once_per_process() -> None:
+    from writer.shards import keep_freed_memory
+
+    keep_freed_memory.cache_clear()
+    assert keep_freed_memory() is True  # both mallopt calls accepted
+    assert keep_freed_memory.cache_info().misses == 1 and keep_freed_memory() is True
+    assert keep_freed_memory.cache_info().hits == 1
