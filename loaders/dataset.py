@@ -78,8 +78,35 @@ class LoaderConfig:
         return self.epoch_batches // self.workers + (worker < self.epoch_batches % self.workers)
 
 
+class IterationControl:
+    """An iteration's starting position in shared memory, for worker processes that persist across iterations.
+
+    int64 slots: epoch, rotation, then per logical worker the batches to skip, whether its end was
+    delivered, and its batches per item (-1: not known yet).
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.values = torch.zeros(2 + 3 * workers, dtype=torch.int64).share_memory_()
+
+    def write(self, stream: "ShardStream") -> None:
+        w = self.workers
+        per_item = [-1 if k is None else k for k in stream.per_item]
+        row = [stream.epoch, stream.rotation, *stream.skip, *(int(e) for e in stream.ended), *per_item]
+        assert len(row) == 2 + 3 * w
+        self.values.copy_(torch.tensor(row, dtype=torch.int64))
+
+    def read(self, stream: "ShardStream") -> None:
+        w, v = self.workers, self.values.tolist()
+        stream.epoch, stream.rotation = v[0], v[1]
+        stream.skip = v[2 : 2 + w]
+        stream.ended = [bool(e) for e in v[2 + w : 2 + 2 * w]]
+        stream.per_item = [None if k < 0 else k for k in v[2 + 2 * w : 2 + 3 * w]]
+
+
 class ShardStream(IterableDataset):
-    """Batches of one rank's epoch; the loader sets `epoch`, `skip` and `rotation` before each iteration."""
+    """Batches of one rank's epoch; the loader sets `epoch`, `skip` and `rotation` before each iteration
+    (in worker processes through `control`, since they persist from one iteration to the next)."""
 
     def __init__(self, shards: ShardSet, config: LoaderConfig) -> None:
         super().__init__()
@@ -90,6 +117,7 @@ class ShardStream(IterableDataset):
         self.per_item: list[int | None] = [None] * config.workers  # its batches per item, once known
         self.rotation = 0
         self.released: torch.Tensor | None = None  # release counters shared with the main process
+        self.control: IterationControl | None = None  # the position, for persistent worker processes
 
     def worker_shards(self, worker: int) -> list[int]:
         """Shard indices of a logical worker this epoch (not resampled): ranks first, then workers."""
@@ -123,6 +151,8 @@ class ShardStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
+        if info is not None and self.control is not None:
+            self.control.read(self)  # this process's copy of the stream is the one made when it started
         slot = info.id if info is not None else 0
         return self.worker_items((slot + self.rotation) % self.config.workers, in_worker=info is not None)
 

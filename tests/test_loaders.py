@@ -347,3 +347,31 @@ def test_shards_are_never_unpickled(grid_set: Path, monkeypatch: pytest.MonkeyPa
     for module, name in ((pickle, "loads"), (pickle, "load"), (torch, "load"), (np, "load")):
         monkeypatch.setattr(module, name, forbidden)
     assert len(list(make_loader(grid_set, "val", 8, with_meta=True))) == 4
+
+
+def worker_pids(loader: Any) -> list[int]:
+    return [w.pid for w in loader.dataloader._iterator._workers]
+
+
+def test_workers_persist_across_epochs_and_each_epoch_keeps_its_order(grid_set: Path) -> None:
+    loader = make_loader(grid_set, "train", 16, num_workers=2, seed=5)
+    first = batch_keys(loader)
+    pids = worker_pids(loader)
+    second = batch_keys(loader)  # epoch 1, from the same worker processes
+    assert worker_pids(loader) == pids
+    fresh = make_loader(grid_set, "train", 16, num_workers=2, seed=5)
+    fresh.set_epoch(1)
+    assert second == batch_keys(fresh) and second != first
+    assert sorted(flat(second)) == sorted(flat(first))  # every sample once per epoch
+
+
+def test_a_loop_left_early_gets_fresh_workers_and_the_rest_of_its_epoch(grid_set: Path) -> None:
+    loader = make_loader(grid_set, "train", 16, num_workers=2, seed=5)
+    whole = batch_keys(make_loader(grid_set, "train", 16, num_workers=2, seed=5))
+    taken = []
+    for batch in loader:
+        taken.append(list(batch["key"]))
+        if len(taken) == 3:
+            break
+    rest = batch_keys(loader)  # workers were blocked mid-item: new ones replay the position
+    assert taken + rest == whole
