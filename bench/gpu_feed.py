@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from bench.loader_bench import BATCH, SmallNet, ensure_shards
+from bench.loader_bench import BATCH, SmallNet, ensure_shards, train_step
 from loaders import DevicePrefetcher, make_loader, to_float
 
 
@@ -35,16 +35,15 @@ def step_ceiling(classes: int, steps: int = 300) -> float:
     """Steps/s of SmallNet on one batch resident on the GPU: the rate with no data to wait for."""
     model = SmallNet(classes).cuda()
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    image = torch.rand(BATCH, 1, 56, 56, device="cuda")
-    mask = torch.randint(0, classes, (BATCH, 56, 56), device="cuda")
+    batch = {
+        "image": torch.rand(BATCH, 1, 56, 56, device="cuda"),
+        "mask": torch.randint(0, classes, (BATCH, 56, 56), device="cuda"),
+    }
     for i in range(steps + 20):
         if i == 20:
             torch.cuda.synchronize()
             started = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(image), mask)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
+        train_step(model, optimiser, batch)
     torch.cuda.synchronize()
     return steps / (time.perf_counter() - started)
 
@@ -66,10 +65,7 @@ def fed(
         for i, batch in enumerate(feed):
             if i == 0:  # the wait for the first two batches: workers starting, shuffle buffers filling
                 startup += feed.data_wait_s - before
-            loss = torch.nn.functional.cross_entropy(model(batch["image"]), batch["mask"])
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
+            train_step(model, optimiser, batch)
             steps += 1
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - started
