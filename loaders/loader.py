@@ -170,12 +170,15 @@ class ShardLoader:
             self.dataset.control.write(self.dataset)
             released.zero_()
         rings: dict[int, torch.Tensor] = {}
-        iterator = self._start_workers()
+        iterator: Iterator[Any] | None = None
         completed = False
         try:
-            for item in iterator:
-                if self._run != run:
-                    raise RuntimeError("this loader was iterated again while this iteration was running")
+            iterator = self._start_workers()  # may raise: a persistent worker died since the last epoch
+            while True:
+                self._check_current(run)  # before taking an item: it may belong to a newer iteration
+                item = next(iterator, None)
+                if item is None:
+                    break
                 worker = item[WORKER_TAG]
                 if END_TAG in item:
                     self._ended[worker] = True
@@ -185,31 +188,44 @@ class ShardLoader:
                 self._per_item[worker] = item[PER_ITEM]
                 batches = receive(item, rings, released, worker, pin=self.pin_memory)
                 for i, batch in enumerate(batches):
+                    self._check_current(run)
                     self._delivered[worker] += 1
                     # mid-item, the same worker is due next: a resumed run starts with the rest of its item
                     self._next = worker if i + 1 < len(batches) else self._next_after(worker)
                     if batch["key"]:  # an empty batch: every sample of its group failed (skip mode)
                         self.batches += 1
                         yield unpack(batch)
+            self._check_current(run)
             completed = True
         except SegshardsError as exc:
             raise _clean(exc) from exc
         finally:
-            if not completed:
+            # An iteration superseded by a newer one leaves the workers (shared with it) alone.
+            if not completed and self._run == run:
                 self._stop_workers(iterator)
         self._finish_epoch()
 
-    def _stop_workers(self, iterator: Iterator[Any]) -> None:
+    def _check_current(self, run: int) -> None:
+        """Refuse to go on with an iteration once a newer one of this loader has started."""
+        if self._run != run:
+            raise RuntimeError("this loader was iterated again while this iteration was running")
+
+    def _stop_workers(self, iterator: Iterator[Any] | None) -> None:
         """End an iteration left before its end: stop its workers now and start fresh ones next time.
 
         Now, not whenever the garbage collector gets to the iterator (an exception's traceback keeps it
         alive): that may happen in another thread, which it blocks meanwhile. Fresh ones, because these
-        may be blocked mid-item, waiting for ring slots nobody will release.
+        may be blocked mid-item, waiting for ring slots nobody will release, or one of them may be dead
+        (`iterator` None: restarting the persistent workers failed).
         """
-        shutdown = getattr(iterator, "_shutdown_workers", None)  # multi-process iterators only
+        if self.config.num_workers == 0:
+            return
+        shutdown = getattr(
+            iterator if iterator is not None else self.dataloader._iterator, "_shutdown_workers", None
+        )
         if shutdown is not None:
             shutdown()
-            self.dataloader = self._new_dataloader()
+        self.dataloader = self._new_dataloader()
 
     def _finish_epoch(self) -> None:
         s = self.stats

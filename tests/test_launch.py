@@ -1,5 +1,7 @@
 """The entry point starts a build's workers before the heavy imports, and only when a build wants them."""
 
+from pathlib import Path
+
 import pytest
 
 import writer.local_pool
@@ -32,3 +34,15 @@ def test_early_workers_start_only_for_a_local_parallel_build(
     monkeypatch.setattr(writer.local_pool, "start_workers", lambda n: calls.append(n) or [])
     early_workers(argv)
     assert calls == ([] if started is None else [started])
+
+
+def test_abbreviated_options_are_refused_since_the_launcher_reads_them_whole(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from writer.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["build", "mnist-grid", "--out", str(tmp_path / "x"), "--job", "1"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --job" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -1,7 +1,9 @@
 """make_loader on local shard sets: batch format, epochs over workers and ranks, resume, errors, prefetching."""
 
 import json
+import os
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -375,3 +377,42 @@ def test_a_loop_left_early_gets_fresh_workers_and_the_rest_of_its_epoch(grid_set
             break
     rest = batch_keys(loader)  # workers were blocked mid-item: new ones replay the position
     assert taken + rest == whole
+
+
+def test_an_iteration_superseded_by_a_newer_one_stops_and_leaves_it_whole(grid_set: Path) -> None:
+    settings: dict[str, Any] = {"num_workers": 2, "seed": 5, "transfer_bytes": 1}  # one batch an item
+    loader = make_loader(grid_set, "train", 16, **settings)
+    whole = batch_keys(make_loader(grid_set, "train", 16, **settings))
+    first = iter(loader)
+    taken = [list(next(first)["key"])]
+    second = iter(loader)  # continues the epoch from the first one's position
+    rest = [list(next(second)["key"])]
+    with pytest.raises(RuntimeError, match="iterated again"):
+        next(first)
+    del first
+    rest += batch_keys(second)
+    assert taken + rest == whole
+    assert loader.epoch == 1
+
+
+def test_a_worker_lost_between_epochs_costs_an_iteration_then_fresh_workers_take_over(
+    grid_set: Path,
+) -> None:
+    loader = make_loader(grid_set, "train", 16, num_workers=2, seed=5)
+    batch_keys(loader)
+    fresh = make_loader(grid_set, "train", 16, num_workers=2, seed=5)
+    fresh.set_epoch(1)
+    expected = batch_keys(fresh)
+    with pytest.raises(RuntimeError, match="killed by signal"):
+        os.kill(worker_pids(loader)[0], signal.SIGKILL)
+        for _ in range(50):
+            time.sleep(0.1)  # PyTorch's SIGCHLD handler raises here, or the next iteration does
+        batch_keys(loader)
+    outcomes: list[Any] = []
+    for _ in range(2):  # restarting the dead worker may fail once more; then fresh workers start
+        try:
+            outcomes.append(batch_keys(loader))
+            break
+        except RuntimeError as exc:
+            outcomes.append(str(exc))
+    assert outcomes[-1] == expected, outcomes

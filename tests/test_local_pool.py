@@ -59,3 +59,14 @@ def test_a_planner_error_is_raised_once_the_shards_in_flight_are_done(tmp_path: 
     with pytest.raises(RuntimeError, match="planner gave up"):
         list(run_with_parent(feed(), runner, workers=1))  # type: ignore[arg-type]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0", "1", "2", "3"]
+
+
+def test_a_pool_that_cannot_start_is_an_error_not_a_hang(monkeypatch: pytest.MonkeyPatch) -> None:
+    import writer.local_pool
+
+    def broken(workers: int) -> None:
+        raise OSError("cannot start worker processes")
+
+    monkeypatch.setattr(writer.local_pool, "executor", broken)
+    with pytest.raises(OSError, match="cannot start"):
+        list(run_with_parent(range(3), slow_task, workers=1))  # type: ignore[arg-type]

@@ -6,7 +6,7 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,7 +149,7 @@ def run_tasks(
     backend: str,
     scheduler: str | None = None,
     runner: Runner = run_shard_task,
-) -> Iterator[ShardResult]:
+) -> Generator[ShardResult, None, None]:
     """Run shard tasks on joblib workers (or a dask cluster), yielding results as they complete.
 
     With loky this process is one of the `jobs` renderers, beside `jobs - 1` workers (`writer.local_pool`).
@@ -280,9 +280,10 @@ def render_all(
         run = run_tasks(
             tracked(), jobs=config.jobs, backend=config.backend, scheduler=config.scheduler, runner=runner
         )
-        for result in run:
-            results.append(result)
-            bar.update(result.count)
+        with contextlib.closing(run):  # an interrupted loop still stops the feed and joins its threads now
+            for result in run:
+                results.append(result)
+                bar.update(result.count)
     return results
 
 

@@ -21,12 +21,13 @@ PLUGIN_GROUP = "segshards.commands"
 
 def build_parser(recipe_name: str | None) -> argparse.ArgumentParser:
     """The argument parser; recipe-specific options are added once the recipe is known."""
+    # No abbreviated options: `writer.launch` reads --jobs and --backend before this parser runs.
     parser = argparse.ArgumentParser(
-        prog="segshards", description="Segmentation datasets as WebDataset shards."
+        prog="segshards", description="Segmentation datasets as WebDataset shards.", allow_abbrev=False
     )
     parser.add_argument("--version", action="version", version=f"segshards {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    b = sub.add_parser("build", help="render a recipe into shards")
+    b = sub.add_parser("build", help="render a recipe into shards", allow_abbrev=False)
     b.add_argument("recipe", choices=sorted(RECIPES), metavar="RECIPE", help=", ".join(sorted(RECIPES)))
     b.add_argument("--out", required=True, help="output folder, or s3://bucket/prefix")
     for split in SPLITS:

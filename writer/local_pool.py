@@ -112,6 +112,8 @@ class TaskFeed:
             except queue.Empty:
                 continue
             if kind == "task":
+                if self._stopped.is_set():
+                    break  # stopped while this one was being taken: no new shard starts
                 return value  # type: ignore[no-any-return]
             self._queue.put((kind, value))  # the end (or the error) for the other consumers too
             if kind == "error":
@@ -147,9 +149,9 @@ class Inbox:
 
 def drive_workers(runner: Runner, feed: TaskFeed, inbox: Inbox, workers: int) -> None:
     """Keep one task in flight per worker until the feed ends; results, or the first error, to `inbox`."""
-    pool = executor(workers)
     pending: set[cf.Future[ShardResult]] = set()
     try:
+        pool = executor(workers)  # inside: a pool that cannot start must still end the feed and the inbox
         for task in feed:
             pending.add(pool.submit(runner, task))
             if len(pending) < workers:
