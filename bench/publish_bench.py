@@ -13,6 +13,8 @@ from pathlib import Path
 
 import boto3
 
+from bench.commands import grid_build, segshards, timed
+
 OUT = Path("bench-out/publish")
 BIN = Path(sys.executable).parent
 BUCKET = "segshards-bench"
@@ -49,20 +51,6 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
-
-
-def timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
-    started = time.perf_counter()
-    done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    if done.returncode != 0:
-        raise SystemExit(
-            f"benchmark command failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr.decode()[-2000:]}"
-        )
-    return time.perf_counter() - started
-
-
-def segshards(*args: str) -> list[str]:
-    return [sys.executable, "-m", "writer", *args]
 
 
 def publish_figures(folder: Path, rounds: int) -> None:
@@ -147,22 +135,11 @@ def dask_figures(n: int, shard_size: int, rounds: int) -> None:
 
         with Client(address, timeout=30) as client:
             client.wait_for_workers(2, timeout=60)
-        base = [
-            "build",
-            "mnist-grid",
-            "--train",
-            str(n),
-            "--val",
-            "0",
-            "--test",
-            "0",
-            "--shard-size",
-            str(shard_size),
-        ]
+        size = ("--shard-size", str(shard_size))
         outs = {name: OUT / f"build-{name}" for name in ("joblib", "dask")}
         commands = {
-            "joblib": segshards(*base, "--out", str(outs["joblib"]), "--jobs", "0"),
-            "dask": segshards(*base, "--out", str(outs["dask"]), "--backend", "dask", "--scheduler", address),
+            "joblib": grid_build(outs["joblib"], n, *size, "--jobs", "0"),
+            "dask": grid_build(outs["dask"], n, *size, "--backend", "dask", "--scheduler", address),
         }
         times: dict[str, list[float]] = {"joblib": [], "dask": []}
         for r in range(rounds):
@@ -198,22 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     shutil.rmtree(OUT, ignore_errors=True)
     folder = OUT / "set"
     n, k = args.publish_samples, args.publish_shard_size
-    timed(
-        segshards(
-            "build",
-            "mnist-grid",
-            "--out",
-            str(folder),
-            "--train",
-            str(n),
-            "--val",
-            "0",
-            "--test",
-            "0",
-            "--shard-size",
-            str(k),
-        )
-    )
+    timed(grid_build(folder, n, "--shard-size", str(k)))
     publish_figures(folder, args.rounds)
     dask_figures(args.build_samples, 5_000, args.rounds)
     shutil.rmtree(OUT, ignore_errors=True)

@@ -5,7 +5,6 @@ import contextlib
 import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 import psutil
 import webdataset as wds
 
+from bench.commands import grid_build, timed
 from writer.recipes.digits import BUNDLED_MNIST, cached_digits, decode_digits, split_pool
 from writer.recipes.grid import compose
 
@@ -37,11 +37,7 @@ def run_timed(cmd: list[str]) -> float:
     CPU from it (most from a build that uses every core).
     """
     os.sync()
-    started = time.perf_counter()
-    code = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
-    if code != 0:
-        raise SystemExit(f"benchmark command failed ({code}): {' '.join(cmd)}")
-    return time.perf_counter() - started
+    return timed(cmd)
 
 
 def run_measured(cmd: list[str]) -> tuple[float, int]:
@@ -121,8 +117,7 @@ def png_bound(samples: int = 5000) -> float:
 
 def segshards_cmd(n: int, jobs: int, out: Path) -> list[str]:
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "writer", "build", "mnist-grid", "--out", str(out), "--train", str(n)]
-    return [*cmd, "--val", "0", "--test", "0", "--jobs", str(jobs)]
+    return grid_build(out, n, "--jobs", str(jobs))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -223,6 +223,16 @@ class FullDiskFile:
         self.handle.close()
 
 
+def writes_shard(file: Any, mode: str, out: Path) -> bool:
+    """Whether `open(file, mode)` opens a shard (or its temp file) in `out` for writing."""
+    return (
+        isinstance(file, str | Path)
+        and Path(file).parent == out
+        and ".tar" in Path(file).name
+        and "w" in mode
+    )
+
+
 def fill_disk_at(monkeypatch: pytest.MonkeyPatch, out: Path, nth: int) -> None:
     """Make the `nth` shard file opened for writing in `out` (and every later one) hit ENOSPC."""
     real_open = open
@@ -231,12 +241,7 @@ def fill_disk_at(monkeypatch: pytest.MonkeyPatch, out: Path, nth: int) -> None:
     def fake_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
         nonlocal opened
         handle = real_open(file, mode, *args, **kwargs)
-        if (
-            isinstance(file, str | Path)
-            and Path(file).parent == out
-            and ".tar" in Path(file).name
-            and "w" in mode
-        ):
+        if writes_shard(file, mode, out):
             opened += 1
             if opened >= nth:
                 return FullDiskFile(handle)
@@ -314,12 +319,7 @@ def test_interrupt_mid_build_leaves_no_partial_file(
 
     def interrupting_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
         nonlocal opened
-        if (
-            isinstance(file, str | Path)
-            and Path(file).parent == out
-            and ".tar" in Path(file).name
-            and "w" in mode
-        ):
+        if writes_shard(file, mode, out):
             opened += 1
             if opened == 2:
                 real_open(file, mode, *args, **kwargs).close()  # the temp file exists when Ctrl-C lands

@@ -20,7 +20,7 @@ from writer.card import CARD, render_card
 from writer.cluster import check_scheduler, run_on_dask
 from writer.errors import ConfigError, OutputError, SegshardsError, SupplyError
 from writer.keys import HASH_ALGORITHM
-from writer.local_pool import run_with_parent, start_workers
+from writer.local_pool import run_with_parent, start_build_workers
 from writer.manifest import FORMAT, FORMAT_VERSION, MANIFEST, SAMPLE_LAYOUT, dumps
 from writer.plan import SplitPlan, plan_tasks
 from writer.recipe import SPLITS, Recipe, SourceInfo
@@ -308,9 +308,8 @@ def claim(config: BuildConfig) -> tuple[Store, frozenset[str]]:
 
 def warm_workers(config: BuildConfig) -> None:
     """Start the local worker processes now, so they spawn and import while this process prepares."""
-    n_jobs = config.jobs or joblib.cpu_count()
-    if config.backend == "loky" and n_jobs > 1:
-        start_workers(n_jobs - 1)
+    if config.backend == "loky":
+        start_build_workers(config.jobs)
 
 
 def build(recipe: Recipe, spec: Any, config: BuildConfig) -> dict[str, Any]:

@@ -41,8 +41,4 @@ def file_digests(
 
 def file_digest(path: Path, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
     """Hex digest of a file's bytes (`sha256` or `md5`), read in chunks."""
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+    return file_digests(path, (algorithm,), chunk)[0]

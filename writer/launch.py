@@ -30,11 +30,9 @@ def early_workers(argv: Sequence[str]) -> None:
         jobs = int(option(argv, "--jobs", "0"))
     except ValueError:
         return  # the parser reports it
-    from writer.local_pool import cpu_count, start_workers
+    from writer.local_pool import start_build_workers
 
-    n_jobs = jobs or cpu_count()
-    if n_jobs > 1:
-        start_workers(n_jobs - 1)
+    start_build_workers(jobs)
 
 
 def run() -> None:

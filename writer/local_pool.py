@@ -57,12 +57,20 @@ def import_worker_modules() -> None:
     import writer.shards  # noqa: F401
 
 
-def start_workers(workers: int) -> list[cf.Future[None]]:
+def start_workers(workers: int) -> None:
     """Start `workers` processes now, so they spawn and import while this process works."""
     if workers < 1:
-        return []
+        return
     pool = executor(workers)
-    return [pool.submit(import_worker_modules) for _ in range(workers)]
+    for _ in range(workers):
+        pool.submit(import_worker_modules)
+
+
+def start_build_workers(jobs: int) -> None:
+    """Start the workers a local build with `--jobs jobs` (0: all cores) renders beside this process."""
+    workers = (jobs or cpu_count()) - 1
+    if workers > 0:
+        start_workers(workers)
 
 
 class TaskFeed:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import cv2
 
+from writer.keys import file_digest
+
 CACHE_FORMAT = 1
 ENV = "SEGSHARDS_CACHE"
 DISABLED = ("off", "none", "0", "false")
@@ -36,8 +38,7 @@ def source_digest(kind: str, files: Iterable[Path]) -> str:
     """Digest naming an entry: the kind, the cache format, OpenCV's version and every file's bytes."""
     h = hashlib.sha256(f"{kind}\0{CACHE_FORMAT}\0{cv2.__version__}\0".encode())
     for path in files:
-        h.update(path.name.encode() + b"\0")
-        h.update(hashlib.sha256(path.read_bytes()).digest())
+        h.update(f"{path.name}\0{file_digest(path)}\0".encode())
     return h.hexdigest()[:32]
 
 

@@ -65,13 +65,14 @@ def decode_digits(folder: Path) -> Digits:
 
 def save_prepared(digits: Digits, folder: Path) -> None:
     """The decoded digits as files to memory-map: images.npy, and digits.npz with a checksum of the images."""
-    np.save(folder / PREPARED_IMAGES, np.ascontiguousarray(digits.images))
+    images = np.ascontiguousarray(digits.images)
+    np.save(folder / PREPARED_IMAGES, images)
     np.savez(
         folder / PREPARED_ARRAYS,
         thresholds=digits.thresholds,
         labels=digits.labels,
         n_train=digits.n_train,
-        images_xxh3=np.frombuffer(pixel_digest(np.ascontiguousarray(digits.images)), dtype=np.uint8),
+        images_xxh3=np.frombuffer(pixel_digest(images), dtype=np.uint8),
     )
 
 
