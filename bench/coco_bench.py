@@ -14,8 +14,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from tests.coco_fixtures import synthetic_instances
-from writer.coco_annotations import Annotation
-from writer.coco_masks import Instance, annotation_rle, compose
+from segshards.writer.coco_annotations import Annotation
+from segshards.writer.coco_masks import Instance, annotation_rle, compose
 
 Masks = list[np.ndarray]
 

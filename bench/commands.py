@@ -8,7 +8,7 @@ from pathlib import Path
 
 def segshards(*args: str) -> list[str]:
     """The command line of `segshards ARGS`, with this interpreter."""
-    return [sys.executable, "-m", "writer", *args]
+    return [sys.executable, "-m", "segshards", *args]
 
 
 def grid_build(out: Path, train: int, *options: str) -> list[str]:

@@ -29,32 +29,32 @@ step "writer: mnist-grid 100,000 train, --jobs 1 then all cores"
 for jobs in 1 0; do
     rm -rf "$WORK/grid-$jobs"
     start=$(date +%s%N)
-    $PY -m writer build mnist-grid --out "$WORK/grid-$jobs" --train 100000 --jobs $jobs 2>/dev/null || echo "build failed"
+    $PY -m segshards build mnist-grid --out "$WORK/grid-$jobs" --train 100000 --jobs $jobs 2>/dev/null || echo "build failed"
     echo "jobs=$jobs: $(( ($(date +%s%N) - start) / 1000000 )) ms"
 done
 cmp "$WORK/grid-1/manifest.json" "$WORK/grid-0/manifest.json" && echo "manifests identical across --jobs"
 
 step "shards of make shards"
 for r in mnist-foreground mnist-circle mnist-grid; do
-    $PY -m writer build $r --out "$WORK/$r" 2>/dev/null | tail -1 || echo "build $r failed"
+    $PY -m segshards build $r --out "$WORK/$r" 2>/dev/null | tail -1 || echo "build $r failed"
 done
 
 step "training on the GPU (recipe defaults, $WORKERS loader workers)"
 for r in mnist-foreground mnist-circle mnist-grid; do
     start=$(date +%s)
-    $PY -m train train $r --data "$WORK/$r" --out "$WORK/runs/$r" --device $DEVICE --workers $WORKERS \
+    $PY -m segshards train $r --data "$WORK/$r" --out "$WORK/runs/$r" --device $DEVICE --workers $WORKERS \
         --no-progress $TRAIN_ARGS 2>&1 | tail -3
-    $PY -m train eval "$WORK/runs/$r" --split test --no-progress 2>&1 | tail -2
+    $PY -m segshards eval "$WORK/runs/$r" --split test --no-progress 2>&1 | tail -2
     echo "$r: $(( $(date +%s) - start )) s train+eval"
     cp "$WORK/runs/$r/metrics.json" "$OUT/$r-metrics.json"
 done
 cp "$WORK/runs/mnist-grid/curves.png" "$OUT/grid-curves.png" 2>/dev/null
 
 step "a GPU-sized run: mnist-grid, all 250,000 per epoch, batches of 512, wider U-Net"
-$PY -m train train mnist-grid --data "$WORK/mnist-grid" --out "$WORK/runs/grid-large" --device $DEVICE \
+$PY -m segshards train mnist-grid --data "$WORK/mnist-grid" --out "$WORK/runs/grid-large" --device $DEVICE \
     --workers $WORKERS --batch-size 512 --samples-per-epoch all --epochs 3 --widths 32,64,128 \
     --no-progress $TRAIN_ARGS 2>&1 | tail -2
-$PY -m train eval "$WORK/runs/grid-large" --split test --no-progress 2>&1 | tail -1
+$PY -m segshards eval "$WORK/runs/grid-large" --split test --no-progress 2>&1 | tail -1
 cp "$WORK/runs/grid-large/metrics.json" "$OUT/mnist-grid-large-metrics.json"
 
 step "loader bench: training step fed from shards"

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from bench.loader_bench import BATCH, SmallNet, ensure_shards, train_step
-from loaders import DevicePrefetcher, make_loader, to_float
+from segshards.loaders import DevicePrefetcher, make_loader, to_float
 
 
 def loader_alone(folder: str, workers: int, prefetch: int) -> tuple[float, float]:

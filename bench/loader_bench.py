@@ -23,9 +23,9 @@ import psutil
 import torch
 import webdataset as wds
 
-from loaders import DevicePrefetcher, make_loader, to_float
-from writer.cli import main as writer_main
-from writer.manifest import MANIFEST, read_manifest, shard_entries
+from segshards.loaders import DevicePrefetcher, make_loader, to_float
+from segshards.writer.cli import main as writer_main
+from segshards.writer.manifest import MANIFEST, read_manifest, shard_entries
 
 BATCH = 256
 

@@ -15,8 +15,8 @@ import psutil
 import webdataset as wds
 
 from bench.commands import grid_build, timed
-from writer.recipes.digits import BUNDLED_MNIST, cached_digits, decode_digits, split_pool
-from writer.recipes.grid import compose
+from segshards.writer.recipes.digits import BUNDLED_MNIST, cached_digits, decode_digits, split_pool
+from segshards.writer.recipes.grid import compose
 
 OUT = Path("bench-out/writer")
 

@@ -1,12 +1,12 @@
 """Stream segshards shard sets (local, http(s), s3) into PyTorch training: `make_loader`, `DevicePrefetcher`.
 
-Importing this package registers an s3:// handler in `webdataset.gopen_schemes` (see `loaders.storage`).
+Importing this package registers an s3:// handler in `webdataset.gopen_schemes` (see `segshards.loaders.storage`).
 """
 
-from loaders.device import CudaPrefetcher, DevicePrefetcher, to_device, to_float
-from loaders.errors import ResumeError, SkippedDataWarning, StorageError
-from loaders.loader import LoaderConfig, ShardLoader, make_loader
-from loaders.storage import RetryPolicy, register_gopen
+from segshards.loaders.device import CudaPrefetcher, DevicePrefetcher, to_device, to_float
+from segshards.loaders.errors import ResumeError, SkippedDataWarning, StorageError
+from segshards.loaders.loader import LoaderConfig, ShardLoader, make_loader
+from segshards.loaders.storage import RetryPolicy, register_gopen
 
 register_gopen()
 

@@ -7,7 +7,7 @@ the batches it had already delivered (reading them, to replay its shuffle, witho
 
 An item carries several consecutive batches of one worker (about `transfer_bytes` of arrays: k batches,
 k fixed per worker by its first decoded batch), since each item crossing from a worker costs the same
-whatever its size (the arrays themselves travel in reused shared memory: `loaders.transport`). Chunks start at multiples of k in the worker's batch sequence, so a resumed worker
+whatever its size (the arrays themselves travel in reused shared memory: `segshards.loaders.transport`). Chunks start at multiples of k in the worker's batch sequence, so a resumed worker
 sends the rest of an interrupted chunk first. Every worker ends its stream with one end-of-stream item
 carrying its error statistics; the loader consumes it and never shows it to the user.
 """
@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from loaders.decode import BUFFER, BatchAssembler
-from loaders.source import ShardSet
-from loaders.stages import (
+from segshards.loaders.decode import BUFFER, BatchAssembler
+from segshards.loaders.source import ShardSet
+from segshards.loaders.stages import (
     RESAMPLE,
     SHUFFLE_BUFFER,
     OnError,
@@ -37,10 +37,10 @@ from loaders.stages import (
     shuffle_buffer,
     take_share,
 )
-from loaders.storage import RetryPolicy
-from loaders.transport import BATCHES, WorkerRing, plain_buffer, shared_buffer
-from writer.errors import ShardFormatError
-from writer.tarformat import Sample
+from segshards.loaders.storage import RetryPolicy
+from segshards.loaders.transport import BATCHES, WorkerRing, plain_buffer, shared_buffer
+from segshards.writer.errors import ShardFormatError
+from segshards.writer.tarformat import Sample
 
 WORKER_TAG, END_TAG, PER_ITEM = "_worker", "_end", "_per_item"
 MAX_PER_ITEM = 64
@@ -65,7 +65,7 @@ class LoaderConfig:
     with_meta: bool = False
     retry: RetryPolicy = RetryPolicy()
     transfer_bytes: int = 8 << 20  # arrays per item crossing from a worker (see the module docstring)
-    ring_slots: int = 4  # reused shared-memory slots per worker (see loaders.transport)
+    ring_slots: int = 4  # reused shared-memory slots per worker (see segshards.loaders.transport)
 
     @property
     def workers(self) -> int:

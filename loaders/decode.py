@@ -1,7 +1,7 @@
 """Decoding samples into batch arrays: a fast path for plain 8-bit grey PNGs, cv2 for the rest, recipe targets.
 
 Images come out as uint8 (N, C, H, W): C=1 for grey PNGs, C=3 RGB for JPEGs and colour PNGs; masks as uint8
-(N, H, W). Float conversion and normalisation are left to the device (see `loaders.device`).
+(N, H, W). Float conversion and normalisation are left to the device (see `segshards.loaders.device`).
 
 Variable-size images (COCO) need `size=(H, W)`. The policy is letterbox: the image is scaled to fit inside
 (H, W) keeping its aspect ratio (cv2 INTER_AREA when shrinking, INTER_LINEAR when enlarging), the mask with
@@ -21,9 +21,9 @@ import cv2
 import numpy as np
 import torch
 
-from writer.encode import decode_image as cv2_decode
-from writer.errors import ShardFormatError
-from writer.tarformat import Sample
+from segshards.writer.encode import decode_image as cv2_decode
+from segshards.writer.errors import ShardFormatError
+from segshards.writer.tarformat import Sample
 
 
 def _inflater() -> types.ModuleType:

@@ -1,6 +1,6 @@
-"""Loader-specific exceptions and warnings, subclassing the project's errors in `writer.errors`."""
+"""Loader-specific exceptions and warnings, subclassing the project's errors in `segshards.writer.errors`."""
 
-from writer.errors import ConfigError, SegshardsError, ShardFormatError, SourceError
+from segshards.writer.errors import ConfigError, SegshardsError, ShardFormatError, SourceError
 
 
 class StorageError(SourceError):

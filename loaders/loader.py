@@ -30,14 +30,14 @@ import cv2
 import torch
 from torch.utils.data import DataLoader
 
-from loaders.dataset import END_TAG, PER_ITEM, WORKER_TAG, IterationControl, LoaderConfig, ShardStream
-from loaders.decode import unpack
-from loaders.errors import ResumeError, SkippedDataWarning
-from loaders.source import ShardSet, resolve
-from loaders.stages import OnError, Stats
-from loaders.storage import RetryPolicy
-from loaders.transport import receive, release_counters
-from writer.errors import ConfigError, SegshardsError
+from segshards.loaders.dataset import END_TAG, PER_ITEM, WORKER_TAG, IterationControl, LoaderConfig, ShardStream
+from segshards.loaders.decode import unpack
+from segshards.loaders.errors import ResumeError, SkippedDataWarning
+from segshards.loaders.source import ShardSet, resolve
+from segshards.loaders.stages import OnError, Stats
+from segshards.loaders.storage import RetryPolicy
+from segshards.loaders.transport import receive, release_counters
+from segshards.writer.errors import ConfigError, SegshardsError
 
 STATE_VERSION = 2
 
@@ -357,7 +357,7 @@ def make_loader(
     mnist-grid `digits` int64 (N, 4); `meta` list[dict] with `with_meta=True`.
 
     rank/world_size default to torch.distributed's when it is initialised. `size=(H, W)` letterboxes
-    variable-size images (see `loaders.decode`). `on_error="skip"` counts and reports corrupt shards and
+    variable-size images (see `segshards.loaders.decode`). `on_error="skip"` counts and reports corrupt shards and
     samples (`loader.stats`, a SkippedDataWarning at the end of the epoch) instead of raising.
     pin_memory defaults to torch.cuda.is_available(). A worker sends its batches to the main process in
     items of about `transfer_bytes` (several small batches per item; `prefetch_factor` items per worker

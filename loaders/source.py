@@ -14,9 +14,9 @@ from typing import Any
 
 import braceexpand
 
-from loaders.storage import RetryPolicy, join_url, read_url, scheme_of
-from writer.errors import ConfigError, ShardFormatError
-from writer.manifest import MANIFEST, parse_manifest, shard_entries
+from segshards.loaders.storage import RetryPolicy, join_url, read_url, scheme_of
+from segshards.writer.errors import ConfigError, ShardFormatError
+from segshards.writer.manifest import MANIFEST, parse_manifest, shard_entries
 
 
 @dataclass(frozen=True)

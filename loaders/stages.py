@@ -12,10 +12,10 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from loaders.storage import RetryPolicy, open_url
-from writer.errors import SegshardsError, ShardFormatError
-from writer.tarformat import Sample
-from writer.tarstream import iter_samples
+from segshards.loaders.storage import RetryPolicy, open_url
+from segshards.writer.errors import SegshardsError, ShardFormatError
+from segshards.writer.tarformat import Sample
+from segshards.writer.tarstream import iter_samples
 
 T = TypeVar("T")
 OnError = Literal["raise", "skip"]

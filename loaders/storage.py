@@ -25,7 +25,7 @@ from typing import IO, Any, Literal, TypeVar
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-from loaders.errors import StorageError
+from segshards.loaders.errors import StorageError
 
 T = TypeVar("T")
 Failure = Literal["missing", "denied", "transient", "other"]

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from loaders.decode import BUFFER
+from segshards.loaders.decode import BUFFER
 
 RING, RING_REF, BATCHES = "_ring", "_ring_ref", "_batches"
 ALIGN = 64

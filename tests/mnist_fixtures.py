@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from writer.cli import main
+from segshards.writer.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "data" / "mnist"

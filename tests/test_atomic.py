@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from writer.atomic import atomic_write
-from writer.errors import OutputError
+from segshards.writer.atomic import atomic_write
+from segshards.writer.errors import OutputError
 
 
 def test_atomic_write_replaces_whole_file(tmp_path: Path) -> None:

@@ -26,8 +26,8 @@ from tests.mnist_fixtures import (
     tiny_source,
     visible_files,
 )
-from writer.cli import main
-from writer.keys import pixel_key
+from segshards.writer.cli import main
+from segshards.writer.keys import pixel_key
 
 RECIPES = ["mnist-foreground", "mnist-circle", "mnist-grid"]
 
@@ -188,7 +188,7 @@ def test_resume_after_sigkill_gives_the_same_bytes(tmp_path: Path) -> None:
         "1",
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "writer", "build", *args, "--out", str(out)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "segshards", "build", *args, "--out", str(out)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 60
     try:

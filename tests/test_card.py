@@ -1,4 +1,4 @@
-"""writer.card: every build writes a deterministic README.md whose facts match the manifest and whose
+"""segshards.writer.card: every build writes a deterministic README.md whose facts match the manifest and whose
 loading snippets run as written."""
 
 import hashlib
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from tests.mnist_fixtures import SMALL, build_once, tiny_source
-from writer.card import COCO_LICENCE, MNIST_LICENCE, PLACEHOLDER, UNKNOWN_LICENCE, render_card, shard_pattern
-from writer.cli import main
-from writer.store import LocalStore
+from segshards.writer.card import COCO_LICENCE, MNIST_LICENCE, PLACEHOLDER, UNKNOWN_LICENCE, render_card, shard_pattern
+from segshards.writer.cli import main
+from segshards.writer.store import LocalStore
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from tests.mnist_fixtures import (
     visible_files,
     write_mnist_folder,
 )
-from writer.cli import main
+from segshards.writer.cli import main
 
 
 def fails(capsys: pytest.CaptureFixture[str], argv: list[str], *, naming: str) -> str:

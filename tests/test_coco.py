@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from tests.coco_fixtures import CLASS_OF, CocoFixture, expected_mask, write_coco
-from writer.build import MARKER
-from writer.cli import main
-from writer.keys import pixel_key
-from writer.recipes.coco import CocoSpec, file_sha256, select
+from segshards.writer.build import MARKER
+from segshards.writer.cli import main
+from segshards.writer.keys import pixel_key
+from segshards.writer.recipes.coco import CocoSpec, file_sha256, select
 
 ALL_TRAIN = ["--train", "7", "--val", "0", "--test", "0"]  # the 7 eligible fixture images, all in train
 SPLIT_3 = ["--train", "4", "--val", "2", "--test", "1"]

@@ -11,8 +11,8 @@ import cv2
 import pytest
 
 from tests.coco_fixtures import CocoFixture, annotation, image_record, write_coco
-from writer.cli import main
-from writer.recipes.coco import permutation
+from segshards.writer.cli import main
+from segshards.writer.recipes.coco import permutation
 
 Edit = Callable[[dict[str, Any]], None]
 FileEdit = Callable[[Path], None]

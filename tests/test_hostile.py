@@ -15,8 +15,8 @@ import pytest
 
 from tests.mnist_fixtures import error_lines
 from tests.moto_fixture import S3, s3_fixture  # noqa: F401  (fixtures)
-from writer.cli import main
-from writer.errors import SegshardsError
+from segshards.writer.cli import main
+from segshards.writer.errors import SegshardsError
 
 KEY = "0123456789abcdef0123456789abcdef"
 
@@ -134,7 +134,7 @@ def test_pickles_are_refused_never_loaded(tmp_path: Path, capsys: pytest.Capture
         assert f"{folder}/train-00000{i}.tar: refusing pickled/serialised member '{KEY}.{ext}'" in errors
     loaders = pytest.importorskip("loaders")
     with pytest.raises(SegshardsError, match="refusing pickled/serialised member"):
-        next(iter(loaders.make_loader(folder, "train", batch_size=1, shuffle=False)))
+        next(iter(segshards.loaders.make_loader(folder, "train", batch_size=1, shuffle=False)))
     assert not canary.exists()
     pickle.loads(payload)  # the payload was live: loading it is exactly what must never happen
     assert canary.is_dir()
@@ -147,7 +147,7 @@ def test_loader_refuses_hostile_members(case: str, tmp_path: Path) -> None:
     data = shard_bytes([(info, payload)])
     folder = write_set(tmp_path / "set", {"train-000000.tar": data}, manifest_for({"train-000000.tar": data}))
     with pytest.raises(SegshardsError) as caught:
-        next(iter(loaders.make_loader(folder, "train", batch_size=1, shuffle=False)))
+        next(iter(segshards.loaders.make_loader(folder, "train", batch_size=1, shuffle=False)))
     assert str(caught.value).startswith(
         f"{folder}/train-000000.tar: " + message.format(name=stored_name(info))
     )
@@ -183,7 +183,7 @@ def test_manifest_names_outside_the_set_are_refused(
     assert not (tmp_path / "published").exists()
     loaders = pytest.importorskip("loaders")
     with pytest.raises(SegshardsError, match="is not a plain file name"):
-        next(iter(loaders.make_loader(folder, "train", batch_size=1, shuffle=False)))
+        next(iter(segshards.loaders.make_loader(folder, "train", batch_size=1, shuffle=False)))
 
 
 def test_remote_manifest_names_outside_the_set_are_refused(

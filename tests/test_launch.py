@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-import writer.local_pool
-from writer.launch import early_workers, option
+import segshards.writer.local_pool
+from segshards.writer.launch import early_workers, option
 
 
 def test_option_reads_both_spellings_and_the_last_wins() -> None:
@@ -31,7 +31,7 @@ def test_early_workers_start_only_for_a_local_parallel_build(
     argv: list[str], started: int | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[int] = []
-    monkeypatch.setattr(writer.local_pool, "start_workers", lambda n: calls.append(n) or [])
+    monkeypatch.setattr(segshards.writer.local_pool, "start_workers", lambda n: calls.append(n) or [])
     early_workers(argv)
     assert calls == ([] if started is None else [started])
 
@@ -39,7 +39,7 @@ def test_early_workers_start_only_for_a_local_parallel_build(
 def test_abbreviated_options_are_refused_since_the_launcher_reads_them_whole(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from writer.cli import main
+    from segshards.writer.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["build", "mnist-grid", "--out", str(tmp_path / "x"), "--job", "1"])

@@ -8,7 +8,7 @@ SCRIPT = """
 import sys
 import cv2
 import numpy as np
-from loaders import make_loader
+from segshards.loaders import make_loader
 
 cv2.setNumThreads(2)
 cv2.resize(np.zeros((2000, 2000), np.uint8), (1000, 1000))  # brings OpenCV's worker threads to life

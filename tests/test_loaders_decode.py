@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from loaders.decode import BatchAssembler, decode_member, fast_png, letterbox, unpack
-from loaders.errors import ShardFormatError
-from writer.encode import encode_png
+from segshards.loaders.decode import BatchAssembler, decode_member, fast_png, letterbox, unpack
+from segshards.loaders.errors import ShardFormatError
+from segshards.writer.encode import encode_png
 
 
 def plain(nbytes: int) -> torch.Tensor:

@@ -2,8 +2,8 @@
 
 import torch
 
-from loaders.decode import BUFFER
-from loaders.transport import BATCHES, RING, RING_REF, WorkerRing, receive, release_counters
+from segshards.loaders.decode import BUFFER
+from segshards.loaders.transport import BATCHES, RING, RING_REF, WorkerRing, receive, release_counters
 
 
 def item_of(ring: WorkerRing, nbytes: int, value: int, batches: int = 2) -> dict:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from writer.local_pool import run_with_parent
+from segshards.writer.local_pool import run_with_parent
 
 
 def slow_task(task: Any) -> tuple[int, int]:
@@ -62,11 +62,11 @@ def test_a_planner_error_is_raised_once_the_shards_in_flight_are_done(tmp_path: 
 
 
 def test_a_pool_that_cannot_start_is_an_error_not_a_hang(monkeypatch: pytest.MonkeyPatch) -> None:
-    import writer.local_pool
+    import segshards.writer.local_pool
 
     def broken(workers: int) -> None:
         raise OSError("cannot start worker processes")
 
-    monkeypatch.setattr(writer.local_pool, "executor", broken)
+    monkeypatch.setattr(segshards.writer.local_pool, "executor", broken)
     with pytest.raises(OSError, match="cannot start"):
         list(run_with_parent(range(3), slow_task, workers=1))  # type: ignore[arg-type]

@@ -1,11 +1,11 @@
-"""train.metrics against hand-computed cases: confusion matrix, IoU, Dice, exact circle IoU, accuracy."""
+"""segshards.train.metrics against hand-computed cases: confusion matrix, IoU, Dice, exact circle IoU, accuracy."""
 
 import math
 
 import pytest
 import torch
 
-from train.metrics import (
+from segshards.train.metrics import (
     IGNORE_INDEX,
     ConfusionMatrix,
     accuracy,
@@ -17,7 +17,7 @@ from train.metrics import (
     macro_mean,
     pixel_accuracy,
 )
-from train.tasks import CircleMetrics, SegmentationMetrics
+from segshards.train.tasks import CircleMetrics, SegmentationMetrics
 
 # target / prediction pairs (t, p) over the kept pixels: (0,0) (1,1) (1,2) (2,2) (2,0); one pixel ignored.
 TARGET = torch.tensor([[0, 1, 1], [2, 2, IGNORE_INDEX]], dtype=torch.uint8)

@@ -14,8 +14,8 @@ from tests.mnist_fixtures import (
     tiny_arrays,
     write_mnist_folder,
 )
-from writer.errors import SourceError
-from writer.mnist import load_mnist
+from segshards.writer.errors import SourceError
+from segshards.writer.mnist import load_mnist
 
 
 def assert_same(source_arrays: dict[str, np.ndarray], folder: Path) -> None:

@@ -1,9 +1,9 @@
-"""train.models: output shapes for any input size, stems, channels; the circle head's starting point."""
+"""segshards.train.models: output shapes for any input size, stems, channels; the circle head's starting point."""
 
 import pytest
 import torch
 
-from train.models import CircleNet, UNet
+from segshards.train.models import CircleNet, UNet
 
 
 @pytest.mark.parametrize(

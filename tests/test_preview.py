@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.mnist_fixtures import SMALL, build_once, error_lines
-from writer.cli import main
+from segshards.writer.cli import main
 
 CELL = 112  # pixels per contact-sheet cell
 COLUMNS = 8

@@ -124,7 +124,7 @@ def test_cv2_min_enclosing_circle_holds_every_mnist_digit() -> None:
 
 
 def test_grid_gather_compose_places_each_digit_in_its_quadrant() -> None:
-    from writer.recipes.grid import compose, gather_compose
+    from segshards.writer.recipes.grid import compose, gather_compose
 
     rng = np.random.default_rng(3)
     images = rng.integers(0, 256, size=(50, 28, 28), dtype=np.uint8)

@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pytest
 
-import writer.build
+import segshards.writer.build
 from tests.mnist_fixtures import SMALL, build_once, error_lines, folder_bytes
 from tests.moto_fixture import S3, no_secret_in, s3_fixture  # noqa: F401  (fixtures)
-from writer.cli import main
-from writer.errors import OutputError
-from writer.remote import run_remote_task
-from writer.shards import ShardResult, ShardTask
+from segshards.writer.cli import main
+from segshards.writer.errors import OutputError
+from segshards.writer.remote import run_remote_task
+from segshards.writer.shards import ShardResult, ShardTask
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_interrupted_build_to_s3_resumes(
             raise OutputError("simulated crash")
         return run_remote_task(task, present)
 
-    monkeypatch.setattr(writer.build, "run_remote_task", failing)
+    monkeypatch.setattr(segshards.writer.build, "run_remote_task", failing)
     assert main(["build", "mnist-grid", "--out", s3.url("grid"), *SMALL, "--jobs", "1"]) == 1
     assert error_lines(capsys.readouterr().err) == ["segshards: error: simulated crash"]
     partial = s3.objects("grid")
@@ -63,7 +63,7 @@ def test_interrupted_build_to_s3_resumes(
     # a shard of the right name but foreign bytes is not trusted: rendered again
     s3.client.put_object(Bucket=s3.bucket, Key="grid/train-000001.tar", Body=b"not a shard")
 
-    monkeypatch.setattr(writer.build, "run_remote_task", run_remote_task)
+    monkeypatch.setattr(segshards.writer.build, "run_remote_task", run_remote_task)
     assert main(["build", "mnist-grid", "--out", s3.url("grid"), *SMALL, "--jobs", "1"]) == 0
     capsys.readouterr()
     log = json.loads(s3.objects("grid")["build-log.json"])

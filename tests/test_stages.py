@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from loaders.stages import Stats, derive_seed, groups, read_shards, shard_order, shuffle_buffer, take_share
-from loaders.storage import RetryPolicy
-from writer.errors import ShardFormatError
+from segshards.loaders.stages import Stats, derive_seed, groups, read_shards, shard_order, shuffle_buffer, take_share
+from segshards.loaders.storage import RetryPolicy
+from segshards.writer.errors import ShardFormatError
 
 
 def test_shard_order_is_a_permutation_seeded_by_seed_and_epoch() -> None:

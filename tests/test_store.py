@@ -1,4 +1,4 @@
-"""writer.store: local and s3:// locations, atomic writes with recorded sha256, clear errors, no secrets."""
+"""segshards.writer.store: local and s3:// locations, atomic writes with recorded sha256, clear errors, no secrets."""
 
 import hashlib
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from tests.moto_fixture import S3, SECRET, s3_fixture  # noqa: F401  (fixtures)
-from writer.errors import ConfigError, StoreError
-from writer.store import LocalStore, ObjectInfo, S3Store, is_remote, open_store, safe_reason
+from segshards.writer.errors import ConfigError, StoreError
+from segshards.writer.store import LocalStore, ObjectInfo, S3Store, is_remote, open_store, safe_reason
 
 
 def test_open_store_picks_by_location(tmp_path: Path) -> None:

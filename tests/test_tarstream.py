@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
-from writer.errors import ShardFormatError
-from writer.tarformat import tar_bytes
-from writer.tarstream import iter_members, iter_samples
+from segshards.writer.errors import ShardFormatError
+from segshards.writer.tarformat import tar_bytes
+from segshards.writer.tarstream import iter_members, iter_samples
 
 
 def members_tar(members: list[tuple[tarfile.TarInfo, bytes]], fmt: int = tarfile.USTAR_FORMAT) -> bytes:

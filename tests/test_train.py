@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 import torch
 
-from train.checkpoint import CHECKPOINT, load_checkpoint
-from train.cli import eval_main, train_main
-from train.config import TrainConfig
-from train.errors import CheckpointError
-from train.loop import train
-from writer.cli import main as writer_main
+from segshards.train.checkpoint import CHECKPOINT, load_checkpoint
+from segshards.train.cli import eval_main, train_main
+from segshards.train.config import TrainConfig
+from segshards.train.errors import CheckpointError
+from segshards.train.loop import train
+from segshards.writer.cli import main as writer_main
 
 SMALL = ["--train", "512", "--val", "128", "--test", "128", "--shard-size", "128"]
 

@@ -1,4 +1,4 @@
-"""train.reports and train.checkpoint: merged, atomic metrics.json; checkpoints refused unless ours."""
+"""segshards.train.reports and segshards.train.checkpoint: merged, atomic metrics.json; checkpoints refused unless ours."""
 
 import errno
 import json
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from train.errors import CheckpointError, OutputError
-from train.reports import METRICS, read_metrics, update_metrics
+from segshards.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from segshards.train.errors import CheckpointError, OutputError
+from segshards.train.reports import METRICS, read_metrics, update_metrics
 
 
 def test_update_merges_splits_and_fields(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.mnist_fixtures import SMALL, build_once, error_lines
-from writer.cli import main
+from segshards.writer.cli import main
 
 
 @pytest.fixture

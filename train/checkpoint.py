@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from train.errors import CheckpointError
-from writer.atomic import atomic_write
+from segshards.train.errors import CheckpointError
+from segshards.writer.atomic import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT_VERSION = 1

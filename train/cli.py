@@ -1,4 +1,4 @@
-"""`segshards train` and `segshards eval` (also `python -m train train|eval ...`): options in, exit code out."""
+"""`segshards train` and `segshards eval` (also `python -m segshards train|eval ...`): options in, exit code out."""
 
 import argparse
 import dataclasses
@@ -10,11 +10,11 @@ from typing import Any
 
 import torch
 
-from loaders import make_loader
-from train.checkpoint import CHECKPOINT, load_checkpoint
-from train.config import TrainConfig, default_precision, default_workers, resolve_device
-from train.errors import ConfigError, SegshardsError
-from train.tasks import TASKS, Defaults, Task, task_for
+from segshards.loaders import make_loader
+from segshards.train.checkpoint import CHECKPOINT, load_checkpoint
+from segshards.train.config import TrainConfig, default_precision, default_workers, resolve_device
+from segshards.train.errors import ConfigError, SegshardsError
+from segshards.train.tasks import TASKS, Defaults, Task, task_for
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -143,7 +143,7 @@ def resolve_config(args: argparse.Namespace, saved: dict[str, Any] | None) -> Tr
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """`segshards train`: returns the exit status."""
-    from train.loop import train  # after argument parsing: --help stays fast
+    from segshards.train.loop import train  # after argument parsing: --help stays fast
 
     args = train_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
@@ -196,8 +196,8 @@ def eval_parser() -> argparse.ArgumentParser:
 
 def eval_main(argv: Sequence[str] | None = None) -> int:
     """`segshards eval`: scores RUN_DIR/checkpoint.pt on a split, merges it into metrics.json."""
-    from train.loop import evaluate, place, plot_predictions
-    from train.reports import update_metrics
+    from segshards.train.loop import evaluate, place, plot_predictions
+    from segshards.train.reports import update_metrics
 
     args = eval_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     run = Path(args.run)
@@ -253,10 +253,10 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m train {train,eval} ...`."""
+    """`python -m segshards {train,eval} ...`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"train": train_main, "eval": eval_main}
     if not argv or argv[0] not in commands:
-        print("usage: python -m train {train,eval} ...", file=sys.stderr)
+        print("usage: python -m segshards {train,eval} ...", file=sys.stderr)
         return 2
     return commands[argv[0]](argv[1:])

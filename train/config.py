@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from writer.errors import ConfigError
+from segshards.writer.errors import ConfigError
 
 # Fields a resumed run may change: where the data lives and how this machine runs, not what is learned.
 RUNTIME_FIELDS = ("data", "out", "device", "workers", "threads", "checkpoint_every", "progress")
@@ -14,7 +14,7 @@ RUNTIME_FIELDS = ("data", "out", "device", "workers", "threads", "checkpoint_eve
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything `train` needs; filled by `train.cli` from options and the recipe's defaults."""
+    """Everything `train` needs; filled by `segshards.train.cli` from options and the recipe's defaults."""
 
     recipe: str
     data: str

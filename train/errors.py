@@ -1,6 +1,6 @@
-"""Training-specific exceptions, subclassing the project's errors in `writer.errors`."""
+"""Training-specific exceptions, subclassing the project's errors in `segshards.writer.errors`."""
 
-from writer.errors import ConfigError, OutputError, SegshardsError
+from segshards.writer.errors import ConfigError, OutputError, SegshardsError
 
 
 class CheckpointError(SegshardsError):

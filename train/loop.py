@@ -11,14 +11,14 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from loaders import DevicePrefetcher, make_loader, to_float
-from train.checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from train.config import RUNTIME_FIELDS, TrainConfig, validate
-from train.errors import CheckpointError
-from train.plots import plot_circles, plot_curves, plot_segmentation
-from train.reports import update_metrics
-from train.tasks import Batch, Task, circle_pixels, task_for
-from writer.errors import ShardFormatError
+from segshards.loaders import DevicePrefetcher, make_loader, to_float
+from segshards.train.checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from segshards.train.config import RUNTIME_FIELDS, TrainConfig, validate
+from segshards.train.errors import CheckpointError
+from segshards.train.plots import plot_circles, plot_curves, plot_segmentation
+from segshards.train.reports import update_metrics
+from segshards.train.tasks import Batch, Task, circle_pixels, task_for
+from segshards.writer.errors import ShardFormatError
 
 EVAL_BATCH = 256
 WARMUP_FRACTION = 0.15  # of all steps, for the one-cycle learning-rate schedule

@@ -13,9 +13,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 from matplotlib.ticker import MaxNLocator
 
-from train.metrics import circle_iou
-from writer.atomic import atomic_write
-from writer.preview import default_palette, overlay
+from segshards.train.metrics import circle_iou
+from segshards.writer.atomic import atomic_write
+from segshards.writer.preview import default_palette, overlay
 
 PALETTE_RGB = default_palette()[:, ::-1].copy()  # the preview's class colours, as RGB
 

@@ -4,8 +4,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from train.errors import OutputError
-from writer.atomic import atomic_write
+from segshards.train.errors import OutputError
+from segshards.writer.atomic import atomic_write
 
 METRICS = "metrics.json"
 

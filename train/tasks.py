@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.metrics import (
+from segshards.train.metrics import (
     IGNORE_INDEX,
     ConfusionMatrix,
     binary_iou,
@@ -17,7 +17,7 @@ from train.metrics import (
     macro_mean,
     pixel_accuracy,
 )
-from train.models import CircleNet, UNet
+from segshards.train.models import CircleNet, UNet
 
 Batch = dict[str, Any]
 

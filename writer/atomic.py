@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from writer.errors import OutputError
+from segshards.writer.errors import OutputError
 
 TEMP_MARK = ".tmp-"
 

@@ -14,19 +14,19 @@ from typing import Any
 import joblib
 from tqdm import tqdm
 
-from writer import __version__
-from writer.atomic import atomic_write, remove_stale_temps
-from writer.card import CARD, render_card
-from writer.cluster import check_scheduler, run_on_dask
-from writer.errors import ConfigError, OutputError, SegshardsError, SupplyError
-from writer.keys import HASH_ALGORITHM
-from writer.local_pool import run_with_parent, start_build_workers
-from writer.manifest import FORMAT, FORMAT_VERSION, MANIFEST, SAMPLE_LAYOUT, dumps
-from writer.plan import SplitPlan, plan_tasks
-from writer.recipe import SPLITS, Recipe, SourceInfo
-from writer.remote import run_remote_task
-from writer.shards import ShardResult, ShardTask, run_shard_task
-from writer.store import LocalStore, S3Store, Store, is_remote, open_store
+from segshards.writer import __version__
+from segshards.writer.atomic import atomic_write, remove_stale_temps
+from segshards.writer.card import CARD, render_card
+from segshards.writer.cluster import check_scheduler, run_on_dask
+from segshards.writer.errors import ConfigError, OutputError, SegshardsError, SupplyError
+from segshards.writer.keys import HASH_ALGORITHM
+from segshards.writer.local_pool import run_with_parent, start_build_workers
+from segshards.writer.manifest import FORMAT, FORMAT_VERSION, MANIFEST, SAMPLE_LAYOUT, dumps
+from segshards.writer.plan import SplitPlan, plan_tasks
+from segshards.writer.recipe import SPLITS, Recipe, SourceInfo
+from segshards.writer.remote import run_remote_task
+from segshards.writer.shards import ShardResult, ShardTask, run_shard_task
+from segshards.writer.store import LocalStore, S3Store, Store, is_remote, open_store
 
 MARKER = ".segshards-build.json"
 WORK_DIR = ".segshards-work"
@@ -152,7 +152,7 @@ def run_tasks(
 ) -> Generator[ShardResult, None, None]:
     """Run shard tasks on joblib workers (or a dask cluster), yielding results as they complete.
 
-    With loky this process is one of the `jobs` renderers, beside `jobs - 1` workers (`writer.local_pool`).
+    With loky this process is one of the `jobs` renderers, beside `jobs - 1` workers (`segshards.writer.local_pool`).
     """
     if backend == "dask":
         yield from run_on_dask(runner, tasks, check_scheduler(scheduler))

@@ -5,9 +5,9 @@ import inspect
 import json
 from typing import Any
 
-from writer.errors import ConfigError
-from writer.manifest import MANIFEST, split_names
-from writer.recipes import get_recipe
+from segshards.writer.errors import ConfigError
+from segshards.writer.manifest import MANIFEST, split_names
+from segshards.writer.recipes import get_recipe
 
 CARD = "README.md"
 PLACEHOLDER = "path/to/set"  # where the snippets expect the set; replace with its folder or s3:// URL
@@ -101,7 +101,7 @@ def snippets(manifest: dict[str, Any]) -> str:
             "With segshards' loader (batches of uint8 tensors, decoded with cv2):",
             "",
             "```python",
-            "from loaders import make_loader",
+            "from segshards.loaders import make_loader",
             f'loader = make_loader("{PLACEHOLDER}", split="{split}", batch_size=64)',
             'batch = next(iter(loader))  # batch["image"] (N, C, H, W) uint8, batch["mask"] (N, H, W)',
             "```",

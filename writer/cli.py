@@ -5,23 +5,23 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from writer import __version__
-from writer.build import BACKENDS, BuildConfig, build
-from writer.errors import SegshardsError, StoreError
-from writer.local_pool import stop_workers
-from writer.preview import write_preview
-from writer.publish import PublishConfig, publish
-from writer.recipe import SPLITS
-from writer.recipes import RECIPES, get_recipe
-from writer.store import is_remote
-from writer.verify import verify_location
+from segshards.writer import __version__
+from segshards.writer.build import BACKENDS, BuildConfig, build
+from segshards.writer.errors import SegshardsError, StoreError
+from segshards.writer.local_pool import stop_workers
+from segshards.writer.preview import write_preview
+from segshards.writer.publish import PublishConfig, publish
+from segshards.writer.recipe import SPLITS
+from segshards.writer.recipes import RECIPES, get_recipe
+from segshards.writer.store import is_remote
+from segshards.writer.verify import verify_location
 
 PLUGIN_GROUP = "segshards.commands"
 
 
 def build_parser(recipe_name: str | None) -> argparse.ArgumentParser:
     """The argument parser; recipe-specific options are added once the recipe is known."""
-    # No abbreviated options: `writer.launch` reads --jobs and --backend before this parser runs.
+    # No abbreviated options: `segshards.writer.launch` reads --jobs and --backend before this parser runs.
     parser = argparse.ArgumentParser(
         prog="segshards", description="Segmentation datasets as WebDataset shards.", allow_abbrev=False
     )
@@ -149,5 +149,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run() -> None:
-    """Console-script entry point (see `writer.launch`, which starts a build's workers first)."""
+    """Console-script entry point (see `segshards.writer.launch`, which starts a build's workers first)."""
     sys.exit(main())

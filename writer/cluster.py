@@ -13,7 +13,7 @@ from typing import Any
 
 import joblib
 
-from writer.errors import ClusterError, ConfigError
+from segshards.writer.errors import ClusterError, ConfigError
 
 SCHEDULER = re.compile(r"(tcp|tls|inproc|ucx|ws|wss)://[^\s/]+")
 CONNECT_TIMEOUT_S = 20

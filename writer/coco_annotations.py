@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
-from writer.errors import ConfigError, SourceError
+from segshards.writer.errors import ConfigError, SourceError
 
 ON_ERROR = ("raise", "skip")
 

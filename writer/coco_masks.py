@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from writer.coco_annotations import Annotation, BadRecord
+from segshards.writer.coco_annotations import Annotation, BadRecord
 
 IGNORE = 255
 NUMBER_TYPES = {int, float}

@@ -30,7 +30,7 @@ def early_workers(argv: Sequence[str]) -> None:
         jobs = int(option(argv, "--jobs", "0"))
     except ValueError:
         return  # the parser reports it
-    from writer.local_pool import start_build_workers
+    from segshards.writer.local_pool import start_build_workers
 
     start_build_workers(jobs)
 
@@ -38,6 +38,6 @@ def early_workers(argv: Sequence[str]) -> None:
 def run() -> None:
     """Console-script entry point."""
     early_workers(sys.argv[1:])
-    from writer.cli import main
+    from segshards.writer.cli import main
 
     sys.exit(main())

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 from joblib import cpu_count
 from joblib.externals.loky import get_reusable_executor
 
-if TYPE_CHECKING:  # writer.shards imports OpenCV: `writer.launch` imports this module before anything heavy
-    from writer.shards import ShardResult, ShardTask
+if TYPE_CHECKING:  # segshards.writer.shards imports OpenCV: `segshards.writer.launch` imports this module before anything heavy
+    from segshards.writer.shards import ShardResult, ShardTask
 
 Runner = Callable[["ShardTask"], "ShardResult"]
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
@@ -54,7 +54,7 @@ def worker_env(workers: int) -> dict[str, str]:
 
 def import_worker_modules() -> None:
     """A worker's first task: the imports every shard task needs."""
-    import writer.shards  # noqa: F401
+    import segshards.writer.shards  # noqa: F401
 
 
 def start_workers(workers: int) -> None:

@@ -5,10 +5,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from writer.atomic import atomic_write
-from writer.errors import ShardFormatError
-from writer.keys import HASH_ALGORITHM
-from writer.recipe import SPLITS
+from segshards.writer.atomic import atomic_write
+from segshards.writer.errors import ShardFormatError
+from segshards.writer.keys import HASH_ALGORITHM
+from segshards.writer.recipe import SPLITS
 
 MANIFEST = "manifest.json"
 FORMAT = "segshards"

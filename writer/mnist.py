@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from zlib_ng import gzip_ng, zlib_ng
 
-from writer.errors import SourceError
-from writer.keys import file_digests
+from segshards.writer.errors import SourceError
+from segshards.writer.keys import file_digests
 
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049

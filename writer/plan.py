@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from writer.errors import SupplyError
-from writer.recipe import SPLITS, Recipe
-from writer.shards import ShardTask
+from segshards.writer.errors import SupplyError
+from segshards.writer.recipe import SPLITS, Recipe
+from segshards.writer.shards import ShardTask
 
 SPLIT_IDS = {name: i for i, name in enumerate(SPLITS)}
 ATTEMPTS_PER_SAMPLE = 20  # give up on a split after this many candidates per requested sample

@@ -8,10 +8,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from writer.atomic import atomic_write
-from writer.encode import decode_image, encode_png
-from writer.manifest import read_manifest, shard_entries
-from writer.tarstream import iter_samples
+from segshards.writer.atomic import atomic_write
+from segshards.writer.encode import decode_image, encode_png
+from segshards.writer.manifest import read_manifest, shard_entries
+from segshards.writer.tarstream import iter_samples
 
 CELL = 112
 # Distinct colours (BGR) for classes 1..10; other classes get seeded colours, 255 (ignore) is white.

@@ -1,6 +1,6 @@
 """`segshards publish DIR s3://bucket/prefix`: upload a finished set, manifest last, resumable at any point.
 
-Each object is sent in one request that the store makes visible only when complete (see `writer.store`),
+Each object is sent in one request that the store makes visible only when complete (see `segshards.writer.store`),
 so nothing appears under its final name half-written; the manifest goes last, so a set with a manifest is
 a complete set. Objects already there with the right size and recorded sha256 are skipped: running the
 same command again after any interruption uploads only what is missing.
@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from writer.build import MARKER, RUN_LOG
-from writer.card import CARD
-from writer.errors import ConfigError, OutputError, ShardFormatError
-from writer.manifest import MANIFEST, parse_manifest, split_names
-from writer.store import LocalStore, S3Store, Store, open_store, sha256_file
+from segshards.writer.build import MARKER, RUN_LOG
+from segshards.writer.card import CARD
+from segshards.writer.errors import ConfigError, OutputError, ShardFormatError
+from segshards.writer.manifest import MANIFEST, parse_manifest, split_names
+from segshards.writer.store import LocalStore, S3Store, Store, open_store, sha256_file
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from writer.shards import ShardResult, ShardTask, run_shard_task
-from writer.store import open_store
+from segshards.writer.shards import ShardResult, ShardTask, run_shard_task
+from segshards.writer.store import open_store
 
 
 def run_remote_task(task: ShardTask, present: frozenset[str]) -> ShardResult:

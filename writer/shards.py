@@ -14,15 +14,15 @@ from typing import Any
 import cv2
 import numpy as np
 
-from writer.atomic import atomic_stream
-from writer.encode import decode_image, sample_members
-from writer.errors import ShardFormatError
-from writer.manifest import SAMPLE_LAYOUT
-from writer.recipe import Recipe, Rendered
-from writer.recipes import get_recipe
-from writer.tarformat import TarWriter
-from writer.tarstream import iter_samples
-from writer.verify import check_sample
+from segshards.writer.atomic import atomic_stream
+from segshards.writer.encode import decode_image, sample_members
+from segshards.writer.errors import ShardFormatError
+from segshards.writer.manifest import SAMPLE_LAYOUT
+from segshards.writer.recipe import Recipe, Rendered
+from segshards.writer.recipes import get_recipe
+from segshards.writer.tarformat import TarWriter
+from segshards.writer.tarstream import iter_samples
+from segshards.writer.verify import check_sample
 
 RENDER_SLICE = 1024  # samples a batch renderer composes at a time
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers

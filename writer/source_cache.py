@@ -18,7 +18,7 @@ from pathlib import Path
 
 import cv2
 
-from writer.keys import file_digest
+from segshards.writer.keys import file_digest
 
 CACHE_FORMAT = 1
 ENV = "SEGSHARDS_CACHE"

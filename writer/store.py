@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from writer.atomic import atomic_write, temp_path
-from writer.errors import ConfigError, StoreError
+from segshards.writer.atomic import atomic_write, temp_path
+from segshards.writer.errors import ConfigError, StoreError
 
 SCHEME = "s3://"
 SHA_META = "sha256"  # S3 user-metadata key holding the hex sha256 of the object's bytes

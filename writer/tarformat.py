@@ -5,7 +5,7 @@ import posixpath
 from collections.abc import Iterable
 from typing import BinaryIO
 
-from writer.errors import ShardFormatError
+from segshards.writer.errors import ShardFormatError
 
 BLOCK = 512
 RECORD = 20 * BLOCK  # GNU tar and Python's tarfile pad archives to this size

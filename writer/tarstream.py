@@ -15,8 +15,8 @@ from typing import IO
 
 import numpy as np
 
-from writer.errors import ShardFormatError
-from writer.tarformat import BLOCK, MAX_MEMBER_BYTES, REFUSED_SUFFIXES, Sample, split_member_name
+from segshards.writer.errors import ShardFormatError
+from segshards.writer.tarformat import BLOCK, MAX_MEMBER_BYTES, REFUSED_SUFFIXES, Sample, split_member_name
 
 CHUNK = 1 << 20
 VERIFY_EVERY = 32  # samples per checksum verification
@@ -143,7 +143,7 @@ def _member_name(header: bytes) -> str:
 
 
 def iter_samples(stream: IO[bytes], where: str) -> Iterator[Sample]:
-    """Group consecutive members sharing a key into {'__key__', ext: payload}, as `writer.tarformat` does.
+    """Group consecutive members sharing a key into {'__key__', ext: payload}, as `segshards.writer.tarformat` does.
 
     One flat loop, since it runs for every member: headers are parsed in place, and the samples of each
     group of `VERIFY_EVERY` are yielded once the checksums of their headers are verified.

@@ -6,12 +6,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from writer.encode import decode_image
-from writer.errors import SegshardsError, ShardFormatError
-from writer.keys import is_key, pixel_key
-from writer.manifest import MANIFEST, SHARD_NAME, parse_manifest, read_manifest, shard_entries, split_names
-from writer.store import S3Store, is_remote, open_store
-from writer.tarstream import iter_samples
+from segshards.writer.encode import decode_image
+from segshards.writer.errors import SegshardsError, ShardFormatError
+from segshards.writer.keys import is_key, pixel_key
+from segshards.writer.manifest import MANIFEST, SHARD_NAME, parse_manifest, read_manifest, shard_entries, split_names
+from segshards.writer.store import S3Store, is_remote, open_store
+from segshards.writer.tarstream import iter_samples
 
 Opener = Callable[[str], bytes]
 

@@ -1,11 +1,11 @@
 """The recipe registry: name -> recipe object."""
 
-from writer.errors import ConfigError
-from writer.recipe import Recipe
-from writer.recipes.circle import CircleRecipe
-from writer.recipes.coco import CocoSemanticRecipe
-from writer.recipes.foreground import ForegroundRecipe
-from writer.recipes.grid import GridRecipe
+from segshards.writer.errors import ConfigError
+from segshards.writer.recipe import Recipe
+from segshards.writer.recipes.circle import CircleRecipe
+from segshards.writer.recipes.coco import CocoSemanticRecipe
+from segshards.writer.recipes.foreground import ForegroundRecipe
+from segshards.writer.recipes.grid import GridRecipe
 
 RECIPES: dict[str, Recipe] = {
     r.name: r for r in (ForegroundRecipe(), CircleRecipe(), GridRecipe(), CocoSemanticRecipe())

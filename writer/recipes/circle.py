@@ -5,9 +5,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from writer.recipe import Rendered
-from writer.recipes.digits import DigitsSpec, load_digits, source_ref
-from writer.recipes.foreground import SingleDigitRecipe
+from segshards.writer.recipe import Rendered
+from segshards.writer.recipes.digits import DigitsSpec, load_digits, source_ref
+from segshards.writer.recipes.foreground import SingleDigitRecipe
 
 
 def enclosing_circle(mask: np.ndarray) -> tuple[float, float, float]:

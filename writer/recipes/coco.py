@@ -14,11 +14,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from writer.coco_annotations import ON_ERROR, BadRecord, CocoIndex, ImageRecord, load_index, subset_json
-from writer.coco_masks import IGNORE, OVERLAPS, Instance, annotation_rle, compose
-from writer.errors import ConfigError, SourceError, SupplyError
-from writer.keys import file_digest, pixel_digest
-from writer.recipe import SPLITS, Candidates, Rendered, SourceInfo
+from segshards.writer.coco_annotations import ON_ERROR, BadRecord, CocoIndex, ImageRecord, load_index, subset_json
+from segshards.writer.coco_masks import IGNORE, OVERLAPS, Instance, annotation_rle, compose
+from segshards.writer.errors import ConfigError, SourceError, SupplyError
+from segshards.writer.keys import file_digest, pixel_digest
+from segshards.writer.recipe import SPLITS, Candidates, Rendered, SourceInfo
 
 DEFAULT_COUNTS = {"train": 8000, "val": 500, "test": 500}
 SELECTION_STREAM = 5  # the permutation's stream: (seed, 5), apart from the planner's (seed, split 0..2)

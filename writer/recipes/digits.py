@@ -10,13 +10,14 @@ from typing import Any
 import cv2
 import numpy as np
 
-from writer.errors import ConfigError
-from writer.keys import pixel_digest
-from writer.mnist import describe_files, load_mnist, source_files
-from writer.recipe import SourceInfo
-from writer.source_cache import entry_path, store_entry
+from segshards.data import MNIST
+from segshards.writer.errors import ConfigError
+from segshards.writer.keys import pixel_digest
+from segshards.writer.mnist import describe_files, load_mnist, source_files
+from segshards.writer.recipe import SourceInfo
+from segshards.writer.source_cache import entry_path, store_entry
 
-BUNDLED_MNIST = Path(__file__).resolve().parents[2] / "data" / "mnist"
+BUNDLED_MNIST = MNIST
 CACHE_KIND = "mnist-idx"
 PREPARED_IMAGES, PREPARED_ARRAYS = "images.npy", "digits.npz"
 

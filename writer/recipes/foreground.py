@@ -5,8 +5,8 @@ from typing import Any
 
 import numpy as np
 
-from writer.recipe import Candidates, Rendered
-from writer.recipes.digits import (
+from segshards.writer.recipe import Candidates, Rendered
+from segshards.writer.recipes.digits import (
     DigitsSourceMixin,
     DigitsSpec,
     load_digits,

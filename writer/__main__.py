@@ -1,5 +1,0 @@
-"""`python -m writer` runs the segshards command line."""
-
-from writer.launch import run
-
-run()

@@ -1,0 +1,5 @@
+"""`python -m segshards ...` is the `segshards` command."""
+
+from segshards.writer.launch import run
+
+run()
