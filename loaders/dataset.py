@@ -20,8 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
-
 from segshards.loaders.decode import BUFFER, BatchAssembler
 from segshards.loaders.source import ShardSet
 from segshards.loaders.stages import (
@@ -41,6 +39,7 @@ from segshards.loaders.storage import RetryPolicy
 from segshards.loaders.transport import BATCHES, WorkerRing, plain_buffer, shared_buffer
 from segshards.writer.errors import ShardFormatError
 from segshards.writer.tarformat import Sample
+from torch.utils.data import IterableDataset, get_worker_info
 
 WORKER_TAG, END_TAG, PER_ITEM = "_worker", "_end", "_per_item"
 MAX_PER_ITEM = 64
@@ -166,8 +165,7 @@ class ShardStream(IterableDataset):
             else None
         )
         assembler = BatchAssembler(
-            recipe=self.shards.recipe,
-            image_ext=self.shards.image_ext,
+            schema=self.shards.schema,
             size=c.size,
             with_meta=c.with_meta,
             allocate=ring.allocate if ring else shared_buffer if in_worker else plain_buffer,

@@ -1,4 +1,5 @@
-"""Decoding samples into batch arrays: a fast path for plain 8-bit grey PNGs, cv2 for the rest, recipe targets.
+"""Decoding samples into batch arrays: a fast path for plain 8-bit grey PNGs, cv2 for the rest, and the
+targets the set's schema declares (no recipe code: any set with a schema loads).
 
 Images come out as uint8 (N, C, H, W): C=1 for grey PNGs, C=3 RGB for JPEGs and colour PNGs; masks as uint8
 (N, H, W). Float conversion and normalisation are left to the device (see `segshards.loaders.device`).
@@ -20,9 +21,9 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-
 from segshards.writer.encode import decode_image as cv2_decode
 from segshards.writer.errors import ShardFormatError
+from segshards.writer.schema import SampleSchema, Target
 from segshards.writer.tarformat import Sample
 
 
@@ -109,16 +110,6 @@ BUFFER, FIELDS, COUNT = "_buffer", "_fields", "_count"
 TORCH_DTYPES = {"uint8": torch.uint8, "int64": torch.int64, "float32": torch.float32}
 Field = tuple[str, int, str, tuple[int, ...]]  # name, byte offset in the batch buffer, dtype name, row shape
 
-# Per-recipe targets: (name, dtype, shape per sample, getter from the parsed metadata).
-Target = tuple[str, type, tuple[int, ...], Callable[[dict[str, Any]], Any]]
-TARGETS: dict[str, tuple[Target, ...]] = {
-    "mnist-circle": (
-        ("label", np.int64, (), lambda m: m["label"]),
-        ("circle", np.float32, (3,), lambda m: (m["circle"]["cx"], m["circle"]["cy"], m["circle"]["r"])),
-    ),
-    "mnist-grid": (("digits", np.int64, (4,), lambda m: m["digits"]),),
-}
-
 
 def letterbox(image: np.ndarray, mask: np.ndarray, out_image: np.ndarray, out_mask: np.ndarray) -> None:
     """Fit `image` (H, W[, 3]) and `mask` (H, W) into `out_image` (C, h, w) and `out_mask` (h, w), centred."""
@@ -161,14 +152,14 @@ class BatchAssembler:
     def __init__(
         self,
         *,
-        recipe: str | None,
-        image_ext: str | None,
+        schema: SampleSchema | None,
         size: tuple[int, int] | None,
         with_meta: bool,
         allocate: Callable[[int], torch.Tensor],
     ) -> None:
-        self.targets = TARGETS.get(recipe or "", ())
-        self.image_ext, self.size, self.with_meta, self.allocate = image_ext, size, with_meta, allocate
+        self.targets: tuple[Target, ...] = schema.targets if schema else ()
+        self.image_ext = schema.image if schema else None
+        self.size, self.with_meta, self.allocate = size, with_meta, allocate
 
     def image_member(self, sample: Sample) -> str:
         if self.image_ext and self.image_ext in sample:
@@ -198,7 +189,7 @@ class BatchAssembler:
         if self.targets or self.with_meta:
             try:
                 meta = json.loads(sample["json"])
-            except (KeyError, ValueError) as exc:
+            except (KeyError, ValueError, RecursionError) as exc:
                 raise ShardFormatError(f"{where(sample)}: missing or invalid json metadata ({exc})") from None
         return image, mask, meta
 
@@ -210,7 +201,7 @@ class BatchAssembler:
         fields: list[Field] = []
         images: np.ndarray = np.empty((0, 0, 0, 0), np.uint8)  # numpy views of `buffer`, filled in place
         masks: np.ndarray = np.empty((0, 0, 0), np.uint8)
-        targets: list[tuple[np.ndarray, Callable[[dict[str, Any]], Any]]] = []
+        targets: list[tuple[np.ndarray, Target]] = []
         keys: list[str] = []
         metas: list[dict[str, Any]] = []
         for sample in samples:
@@ -220,7 +211,7 @@ class BatchAssembler:
                     buffer, fields = self._allocate(n, image)
                     views = {name: array for name, array in unpack_arrays(buffer.numpy(), fields, n)}
                     images, masks = views["image"], views["mask"]
-                    targets = [(views[name], get) for name, _, _, get in self.targets]
+                    targets = [(views[t.name], t) for t in self.targets]
                 if (
                     self.size is None
                     and image.ndim == 2
@@ -231,8 +222,8 @@ class BatchAssembler:
                     masks[i] = mask
                 else:
                     self._fill_other(images[i], masks[i], image, mask, sample)
-                for array, get in targets:
-                    array[i] = self._target(get, meta, sample)
+                for array, target in targets:
+                    array[i] = target_value(target, meta, sample)
             except ShardFormatError as exc:
                 on_error(exc)
                 continue
@@ -251,7 +242,7 @@ class BatchAssembler:
         """One uint8 buffer for the whole batch and the layout of its arrays (8-byte aligned, targets first)."""
         channels = 1 if image.ndim == 2 else image.shape[2]
         h, w = self.size or image.shape[:2]
-        shapes = [(name, np.dtype(dtype).name, shape) for name, dtype, shape, _ in self.targets]
+        shapes = [(t.name, t.dtype, t.shape) for t in self.targets]
         shapes += [("image", "uint8", (channels, h, w)), ("mask", "uint8", (h, w))]
         fields, offset = [], 0
         for name, dtype, shape in shapes:
@@ -279,14 +270,14 @@ class BatchAssembler:
             place(image, out_image)
             out_mask[:] = mask
 
-    def _target(
-        self, get: Callable[[dict[str, Any]], Any], meta: dict[str, Any] | None, sample: Sample
-    ) -> Any:
-        try:
-            return get(meta)  # type: ignore[arg-type]
-        except (KeyError, TypeError, ValueError) as exc:
-            name = next(t[0] for t in self.targets if t[3] is get)
-            raise ShardFormatError(f"{where(sample)}: metadata lacks a valid {name!r} ({exc!r})") from None
+
+def target_value(target: Target, meta: Any, sample: Sample) -> Any:
+    """A target's value from the sample's metadata, checked against the schema's dtype and shape."""
+    try:
+        flat = target.value(meta)
+    except ValueError as exc:
+        raise ShardFormatError(f"{where(sample)}: metadata lacks a valid {target.name!r} ({exc})") from None
+    return flat[0] if not target.shape else np.asarray(flat, target.dtype).reshape(target.shape)
 
 
 def unpack_arrays(buffer: np.ndarray, fields: list[Field], n: int) -> Iterator[tuple[str, np.ndarray]]:

@@ -28,9 +28,14 @@ from typing import Any
 
 import cv2
 import torch
-from torch.utils.data import DataLoader
-
-from segshards.loaders.dataset import END_TAG, PER_ITEM, WORKER_TAG, IterationControl, LoaderConfig, ShardStream
+from segshards.loaders.dataset import (
+    END_TAG,
+    PER_ITEM,
+    WORKER_TAG,
+    IterationControl,
+    LoaderConfig,
+    ShardStream,
+)
 from segshards.loaders.decode import unpack
 from segshards.loaders.errors import ResumeError, SkippedDataWarning
 from segshards.loaders.source import ShardSet, resolve
@@ -38,6 +43,8 @@ from segshards.loaders.stages import OnError, Stats
 from segshards.loaders.storage import RetryPolicy
 from segshards.loaders.transport import receive, release_counters
 from segshards.writer.errors import ConfigError, SegshardsError
+from segshards.writer.schema import SampleSchema
+from torch.utils.data import DataLoader
 
 STATE_VERSION = 2
 
@@ -326,6 +333,14 @@ class ShardLoader:
         self._per_item = [None if k is None else int(k) for k in state["per_item"]]
 
 
+def default_size(schema: SampleSchema | None) -> tuple[int, int] | None:
+    """The (H, W) a set of variable-size images is letterboxed to by default: its schema's training size."""
+    if schema is None or schema.size is not None:
+        return None
+    size = schema.training.get("size")
+    return (int(size[0]), int(size[1])) if isinstance(size, list) and len(size) == 2 else None
+
+
 def make_loader(
     source: str | Path,
     split: str,
@@ -343,7 +358,7 @@ def make_loader(
     size: tuple[int, int] | None = None,
     on_error: OnError = "raise",
     with_meta: bool = False,
-    recipe: str | None = None,
+    schema: SampleSchema | str | Path | None = None,
     pin_memory: bool | None = None,
     prefetch_factor: int = 2,
     retry: RetryPolicy | None = None,
@@ -352,12 +367,14 @@ def make_loader(
     """A loader of `split` from `source`: a shard-set folder (local path, http(s):// or s3:// URL of the folder
     holding manifest.json) or brace-expanded shard URLs (`.../train-{000000..000009}.tar`).
 
-    Batches are dicts: `image` uint8 (N, C, H, W), `mask` uint8 (N, H, W), `key` list[str], plus the
-    recipe's targets: mnist-circle `label` int64 (N,) and `circle` float32 (N, 3) as (cx, cy, r);
-    mnist-grid `digits` int64 (N, 4); `meta` list[dict] with `with_meta=True`.
+    Batches are dicts: `image` uint8 (N, C, H, W), `mask` uint8 (N, H, W), `key` list[str], plus one
+    tensor (N, *shape) per target of the set's schema (e.g. mnist-circle `label` int64 (N,) and `circle`
+    float32 (N, 3) as (cx, cy, r)); `meta` list[dict] with `with_meta=True`. Shard URLs without a
+    manifest yield targets only when `schema` is given (a SampleSchema, or the set whose manifest has it).
 
     rank/world_size default to torch.distributed's when it is initialised. `size=(H, W)` letterboxes
-    variable-size images (see `segshards.loaders.decode`). `on_error="skip"` counts and reports corrupt shards and
+    images (see `segshards.loaders.decode`); for a set whose images vary in size it defaults to the size
+    its schema suggests for training (`schema.training.size`), so every batch has one shape. `on_error="skip"` counts and reports corrupt shards and
     samples (`loader.stats`, a SkippedDataWarning at the end of the epoch) instead of raising.
     pin_memory defaults to torch.cuda.is_available(). A worker sends its batches to the main process in
     items of about `transfer_bytes` (several small batches per item; `prefetch_factor` items per worker
@@ -365,7 +382,8 @@ def make_loader(
     """
     rank, world_size = distributed_defaults(rank, world_size)
     retry = retry or RetryPolicy()
-    shards = resolve(source, split, recipe=recipe, retry=retry)
+    shards = resolve(source, split, schema=schema, retry=retry)
+    size = size if size is not None else default_size(shards.schema)
     if resampled and epoch_batches is None and shards.total is not None:
         epoch_batches = max(1, math.ceil(shards.total / (world_size * batch_size)))
     config = LoaderConfig(

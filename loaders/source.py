@@ -1,11 +1,11 @@
 """Resolving a loader source into a shard list: a set's folder (local, http(s), s3) or brace-expanded URLs.
 
 A folder source is read through its `manifest.json`, which gives the split's shards in order, the sample
-count of each (hence the epoch length), the recipe (hence the targets) and the image member's extension.
+count of each (hence the epoch length), and the sample schema (image member, mask classes, targets).
 A source ending in `.tar`, e.g. `s3://bucket/set/train-{000000..000003}.tar`, is a list of shard URLs
 without a manifest: the split argument is not used, the epoch length is unknown (`len(loader)` raises
-TypeError), shard sample counts are not checked, and the recipe's targets are only produced when the
-recipe is named (`make_loader(..., recipe="mnist-grid")`).
+TypeError), shard sample counts are not checked, and targets are only produced when a schema is given
+(`make_loader(..., schema="s3://bucket/set")`: the set whose manifest holds it, or a `SampleSchema`).
 """
 
 from dataclasses import dataclass
@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import braceexpand
-
 from segshards.loaders.storage import RetryPolicy, join_url, read_url, scheme_of
 from segshards.writer.errors import ConfigError, ShardFormatError
 from segshards.writer.manifest import MANIFEST, parse_manifest, shard_entries
+from segshards.writer.schema import SampleSchema, schema_of
 
 
 @dataclass(frozen=True)
@@ -26,9 +26,16 @@ class ShardSet:
     source: str
     urls: tuple[str, ...]
     counts: tuple[int, ...] | None  # samples per shard; None without a manifest
-    recipe: str | None
-    image_ext: str | None
-    num_classes: int | None
+    recipe: str | None  # the recipe that wrote the set, for reports only: readers go by the schema
+    schema: SampleSchema | None  # None for shard URLs given without a schema
+
+    @property
+    def image_ext(self) -> str | None:
+        return None if self.schema is None else self.schema.image
+
+    @property
+    def num_classes(self) -> int | None:
+        return None if self.schema is None else self.schema.num_classes
 
     @property
     def total(self) -> int | None:
@@ -44,8 +51,30 @@ def is_shard_pattern(source: str) -> bool:
     return source.rstrip("/").endswith((".tar", ".tar.gz", ".tgz"))
 
 
+def read_set_manifest(text: str, retry: RetryPolicy | None) -> tuple[str, str, dict[str, Any]]:
+    """(folder URL, manifest URL, parsed manifest) of a set's folder or manifest location."""
+    if scheme_of(text) == "file" and not text.startswith("file:") and not Path(text).is_dir():
+        if not (text.endswith(MANIFEST) and Path(text).is_file()):
+            raise ConfigError(f"source {text}: not a folder (expected a shard-set folder holding {MANIFEST})")
+    folder = text.removesuffix(MANIFEST).rstrip("/") if text.endswith(MANIFEST) else text
+    manifest_url = join_url(folder, MANIFEST)
+    return folder, manifest_url, parse_manifest(read_url(manifest_url, retry), manifest_url)
+
+
+def given_schema(schema: SampleSchema | str | Path | None, retry: RetryPolicy | None) -> SampleSchema | None:
+    """A schema given directly, or read from the set (folder or manifest URL) that `schema` names."""
+    if schema is None or isinstance(schema, SampleSchema):
+        return schema
+    _, manifest_url, manifest = read_set_manifest(str(schema), retry)
+    return schema_of(manifest, manifest_url)
+
+
 def resolve(
-    source: str | Path, split: str, *, recipe: str | None = None, retry: RetryPolicy | None = None
+    source: str | Path,
+    split: str,
+    *,
+    schema: SampleSchema | str | Path | None = None,
+    retry: RetryPolicy | None = None,
 ) -> ShardSet:
     """The ShardSet of `split` in `source` (see the module docstring for the accepted forms)."""
     text = str(source)
@@ -53,22 +82,15 @@ def resolve(
         raise ConfigError("source: empty; give a shard-set folder, an http(s)/s3 URL, or shard URLs")
     if is_shard_pattern(text):
         urls = tuple(braceexpand.braceexpand(text))
-        return ShardSet(text, urls, None, recipe, None, None)
-    if scheme_of(text) == "file" and not text.startswith("file:") and not Path(text).is_dir():
-        raise ConfigError(f"source {text}: not a folder (expected a shard-set folder holding {MANIFEST})")
-    folder = text.removesuffix(MANIFEST).rstrip("/") if text.endswith(MANIFEST) else text
-    manifest_url = join_url(folder, MANIFEST)
-    manifest = parse_manifest(read_url(manifest_url, retry), manifest_url)
+        return ShardSet(text, urls, None, None, given_schema(schema, retry))
+    folder, manifest_url, manifest = read_set_manifest(text, retry)
     entries = shard_entries(manifest, split)
     if not entries:
         raise ShardFormatError(f"{manifest_url}: split {split!r} has no shards")
-    layout: dict[str, Any] = manifest.get("sample", {})
-    mask: dict[str, Any] = manifest.get("mask", {})
     return ShardSet(
         source=text,
         urls=tuple(join_url(folder, e["name"]) for e in entries),
         counts=tuple(int(e["count"]) for e in entries),
-        recipe=recipe or manifest["recipe"],
-        image_ext=layout.get("image") if isinstance(layout.get("image"), str) else None,
-        num_classes=mask.get("num_classes") if isinstance(mask.get("num_classes"), int) else None,
+        recipe=manifest["recipe"],
+        schema=given_schema(schema, retry) or schema_of(manifest, manifest_url),
     )

@@ -11,7 +11,6 @@ from itertools import islice
 from typing import Any, Literal, TypeVar
 
 import numpy as np
-
 from segshards.loaders.storage import RetryPolicy, open_url
 from segshards.writer.errors import SegshardsError, ShardFormatError
 from segshards.writer.tarformat import Sample

@@ -13,7 +13,6 @@ never waits and never holds a slot the main process still needs.
 from typing import Any
 
 import torch
-
 from segshards.loaders.decode import BUFFER
 
 RING, RING_REF, BATCHES = "_ring", "_ring_ref", "_batches"

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-
 from segshards.writer.atomic import atomic_write
 from segshards.writer.errors import OutputError
 

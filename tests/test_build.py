@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from segshards.writer.cli import main
+from segshards.writer.keys import pixel_key
 
 from tests.mnist_fixtures import (
     BUNDLED,
@@ -26,8 +28,6 @@ from tests.mnist_fixtures import (
     tiny_source,
     visible_files,
 )
-from segshards.writer.cli import main
-from segshards.writer.keys import pixel_key
 
 RECIPES = ["mnist-foreground", "mnist-circle", "mnist-grid"]
 

@@ -9,11 +9,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from segshards.writer.card import PLACEHOLDER, render_card, shard_pattern
+from segshards.writer.cli import main
+from segshards.writer.recipe import UNKNOWN_LICENCE
+from segshards.writer.recipes.coco import COCO_LICENCE
+from segshards.writer.recipes.digits import MNIST_LICENCE
+from segshards.writer.store import LocalStore
 
 from tests.mnist_fixtures import SMALL, build_once, tiny_source
-from segshards.writer.card import COCO_LICENCE, MNIST_LICENCE, PLACEHOLDER, UNKNOWN_LICENCE, render_card, shard_pattern
-from segshards.writer.cli import main
-from segshards.writer.store import LocalStore
 
 
 @pytest.fixture
@@ -37,7 +40,7 @@ def test_card_states_the_manifest_facts(small_grid: Path) -> None:
     assert '"shard_size": 100' in card and '"source": "bundled:data/mnist"' in card
     for row in ("| train | 300 | 3 |", "| val | 60 | 1 |", "| test | 60 | 1 |"):
         assert row in card
-    assert MNIST_LICENCE in card and "CC BY-SA 3.0" in card and "Yann LeCun and Corinna Cortes" in card
+    assert MNIST_LICENCE.text in card and "CC BY-SA 3.0" in card and "Yann LeCun and Corinna Cortes" in card
     assert f"`manifest.json` sha256: `{hashlib.sha256(data).hexdigest()}`" in card
     for split in manifest["splits"].values():
         for e in split["shards"]:
@@ -74,7 +77,7 @@ def test_card_is_written_before_the_manifest_and_the_same_for_any_jobs(
     capsys.readouterr()
     card = (tmp_path / "a" / "README.md").read_bytes()
     assert card == (tmp_path / "b" / "README.md").read_bytes()
-    assert UNKNOWN_LICENCE in card.decode()  # a user-supplied source: licence unknown, said so
+    assert UNKNOWN_LICENCE.text in card.decode()  # a user-supplied source: licence unknown, said so
     assert order[:3] == ["README.md", "manifest.json", "build-log.json"]
 
 
@@ -89,7 +92,7 @@ def test_stock_webdataset_snippet_runs(small_grid: Path) -> None:
 
 
 def test_loader_snippet_runs(small_grid: Path) -> None:
-    pytest.importorskip("loaders")
+    pytest.importorskip("segshards.loaders")
     ours = code_blocks((small_grid / "README.md").read_text())[0]
     assert len(ours.strip().splitlines()) == 3
     namespace: dict[str, Any] = {}
@@ -110,6 +113,7 @@ def coco_manifest() -> dict[str, Any]:
             "kind": "coco-instances",
             "files": [{"name": "instances.json", "bytes": 5, "sha256": "1" * 64}],
             "classes": [{"class": 1, "category_id": 18, "name": "dog"}],
+            "licence": {"id": COCO_LICENCE.id, "text": COCO_LICENCE.text},
         },
         "sample": {"image": "jpg", "mask": "mask.png", "meta": "json"},
         "mask": {"dtype": "uint8", "num_classes": 2, "background": 0, "ignore_index": 255},
@@ -125,7 +129,7 @@ def coco_manifest() -> dict[str, Any]:
 
 def test_coco_card_licence_classes_and_colour_snippet() -> None:
     card = render_card(coco_manifest(), b"{}")
-    assert COCO_LICENCE in card and "CC BY 4.0" in card and "Flickr" in card
+    assert COCO_LICENCE.text in card and "CC BY 4.0" in card and "Flickr" in card
     assert "255 = ignore" in card and "`KEY.jpg` (the image)" in card
     assert "| 1 | dog | 5 |" in card and "| 1 | dog | 2 |" in card
     assert 'wds.handle_extension("mask.png", wds.imagehandler("l8")), "rgb8")' in card

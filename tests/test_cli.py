@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from segshards.writer.cli import main
 
 from tests.mnist_fixtures import (
     LABELS_MAGIC,
@@ -22,7 +23,6 @@ from tests.mnist_fixtures import (
     visible_files,
     write_mnist_folder,
 )
-from segshards.writer.cli import main
 
 
 def fails(capsys: pytest.CaptureFixture[str], argv: list[str], *, naming: str) -> str:

@@ -11,12 +11,12 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-
-from tests.coco_fixtures import CLASS_OF, CocoFixture, expected_mask, write_coco
 from segshards.writer.build import MARKER
 from segshards.writer.cli import main
 from segshards.writer.keys import pixel_key
 from segshards.writer.recipes.coco import CocoSpec, file_sha256, select
+
+from tests.coco_fixtures import CLASS_OF, CocoFixture, expected_mask, write_coco
 
 ALL_TRAIN = ["--train", "7", "--val", "0", "--test", "0"]  # the 7 eligible fixture images, all in train
 SPLIT_3 = ["--train", "4", "--val", "2", "--test", "1"]

@@ -9,10 +9,10 @@ from typing import Any
 
 import cv2
 import pytest
-
-from tests.coco_fixtures import CocoFixture, annotation, image_record, write_coco
 from segshards.writer.cli import main
 from segshards.writer.recipes.coco import permutation
+
+from tests.coco_fixtures import CocoFixture, annotation, image_record, write_coco
 
 Edit = Callable[[dict[str, Any]], None]
 FileEdit = Callable[[Path], None]

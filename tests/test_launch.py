@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-
 import segshards.writer.local_pool
 from segshards.writer.launch import early_workers, option
 

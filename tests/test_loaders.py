@@ -13,7 +13,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from segshards.loaders import DevicePrefetcher, ResumeError, SkippedDataWarning, make_loader, to_float
 from segshards.writer.encode import encode_png
 from segshards.writer.errors import ConfigError, ShardFormatError
@@ -273,7 +272,7 @@ def test_brace_expanded_urls_without_manifest(grid_set: Path) -> None:
     batches = list(loader)
     assert "digits" not in batches[0]
     assert sorted(k for b in batches for k in b["key"]) == sorted(manifest_keys(grid_set))
-    assert "digits" in next(iter(make_loader(pattern, "train", 16, recipe="mnist-grid")))
+    assert "digits" in next(iter(make_loader(pattern, "train", 16, schema=grid_set)))
 
 
 def jpeg_set(folder: Path) -> str:

@@ -6,10 +6,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from segshards.loaders.decode import BatchAssembler, decode_member, fast_png, letterbox, unpack
 from segshards.loaders.errors import ShardFormatError
 from segshards.writer.encode import encode_png
+from segshards.writer.recipes.circle import circle_schema
+from segshards.writer.recipes.grid import grid_schema
 
 
 def plain(nbytes: int) -> torch.Tensor:
@@ -73,9 +74,7 @@ def sample(key: str, image: np.ndarray, mask: np.ndarray, meta: dict) -> dict:
 def test_batch_assembly_with_circle_targets() -> None:
     image, mask = np.arange(28 * 28, dtype=np.uint8).reshape(28, 28), np.eye(28, dtype=np.uint8)
     meta = {"label": 7, "circle": {"cx": 1.5, "cy": 2.5, "r": 3.0}, "source": {}}
-    assemble = BatchAssembler(
-        recipe="mnist-circle", image_ext="png", size=None, with_meta=True, allocate=plain
-    )
+    assemble = BatchAssembler(schema=circle_schema((28, 28)), size=None, with_meta=True, allocate=plain)
     packed = assemble(
         [sample("a", image, mask, meta), sample("b", image.T, mask, {**meta, "label": 2})], _raise
     )
@@ -99,9 +98,7 @@ def test_bad_samples_raise_or_are_skipped() -> None:
     good = sample("good", image, image, {"digits": [1, 2, 3, 4]})
     no_digits = sample("nodigits", image, image, {"digit": 1})
     other_size = sample("small", image[:28], image[:28], {"digits": [1, 2, 3, 4]})
-    assemble = BatchAssembler(
-        recipe="mnist-grid", image_ext="png", size=None, with_meta=False, allocate=plain
-    )
+    assemble = BatchAssembler(schema=grid_schema((56, 56)), size=None, with_meta=False, allocate=plain)
     with pytest.raises(ShardFormatError, match="s.tar:nodigits: metadata lacks a valid 'digits'"):
         assemble([good, no_digits], _raise)
     with pytest.raises(ShardFormatError, match="pass size="):

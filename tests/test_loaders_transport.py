@@ -1,7 +1,6 @@
 """Worker-to-main transport: ring slots reused only once released, fresh buffers otherwise, private copies."""
 
 import torch
-
 from segshards.loaders.decode import BUFFER
 from segshards.loaders.transport import BATCHES, RING, RING_REF, WorkerRing, receive, release_counters
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from segshards.writer.local_pool import run_with_parent
 
 

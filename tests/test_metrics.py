@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-
 from segshards.train.metrics import (
     IGNORE_INDEX,
     ConfusionMatrix,

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from segshards.writer.errors import SourceError
+from segshards.writer.mnist import load_mnist
 
 from tests.mnist_fixtures import (
     LABELS_MAGIC,
@@ -14,8 +16,6 @@ from tests.mnist_fixtures import (
     tiny_arrays,
     write_mnist_folder,
 )
-from segshards.writer.errors import SourceError
-from segshards.writer.mnist import load_mnist
 
 
 def assert_same(source_arrays: dict[str, np.ndarray], folder: Path) -> None:

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from segshards.train.models import CircleNet, UNet
 
 

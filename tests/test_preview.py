@@ -5,9 +5,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from segshards.writer.cli import main
 
 from tests.mnist_fixtures import SMALL, build_once, error_lines
-from segshards.writer.cli import main
 
 CELL = 112  # pixels per contact-sheet cell
 COLUMNS = 8

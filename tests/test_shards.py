@@ -4,7 +4,6 @@ import platform
 
 import numpy as np
 import pytest
-
 from segshards.writer.shards import class_counts
 
 

@@ -4,8 +4,15 @@ import random
 from pathlib import Path
 
 import pytest
-
-from segshards.loaders.stages import Stats, derive_seed, groups, read_shards, shard_order, shuffle_buffer, take_share
+from segshards.loaders.stages import (
+    Stats,
+    derive_seed,
+    groups,
+    read_shards,
+    shard_order,
+    shuffle_buffer,
+    take_share,
+)
 from segshards.loaders.storage import RetryPolicy
 from segshards.writer.errors import ShardFormatError
 

@@ -4,10 +4,10 @@ import hashlib
 from pathlib import Path
 
 import pytest
-
-from tests.moto_fixture import S3, SECRET, s3_fixture  # noqa: F401  (fixtures)
 from segshards.writer.errors import ConfigError, StoreError
 from segshards.writer.store import LocalStore, ObjectInfo, S3Store, is_remote, open_store, safe_reason
+
+from tests.moto_fixture import S3, SECRET, s3_fixture  # noqa: F401  (fixtures)
 
 
 def test_open_store_picks_by_location(tmp_path: Path) -> None:

@@ -12,21 +12,21 @@ from pathlib import Path
 from typing import Any
 
 import joblib
-from tqdm import tqdm
-
 from segshards.writer import __version__
 from segshards.writer.atomic import atomic_write, remove_stale_temps
 from segshards.writer.card import CARD, render_card
 from segshards.writer.cluster import check_scheduler, run_on_dask
 from segshards.writer.errors import ConfigError, OutputError, SegshardsError, SupplyError
-from segshards.writer.keys import HASH_ALGORITHM
+from segshards.writer.keys import HASH_ALGORITHM, PIXEL_HASH_OF
 from segshards.writer.local_pool import run_with_parent, start_build_workers
 from segshards.writer.manifest import FORMAT, FORMAT_VERSION, MANIFEST, SAMPLE_LAYOUT, dumps
 from segshards.writer.plan import SplitPlan, plan_tasks
 from segshards.writer.recipe import SPLITS, Recipe, SourceInfo
 from segshards.writer.remote import run_remote_task
+from segshards.writer.schema import SampleSchema
 from segshards.writer.shards import ShardResult, ShardTask, run_shard_task
 from segshards.writer.store import LocalStore, S3Store, Store, is_remote, open_store
+from tqdm import tqdm
 
 MARKER = ".segshards-build.json"
 WORK_DIR = ".segshards-work"
@@ -186,7 +186,12 @@ def split_summary(plan: SplitPlan, results: list[ShardResult]) -> dict[str, Any]
 
 
 def make_manifest(
-    recipe: Recipe, info: SourceInfo, config: BuildConfig, plans: list[SplitPlan], results: list[ShardResult]
+    recipe: Recipe,
+    info: SourceInfo,
+    schema: SampleSchema,
+    config: BuildConfig,
+    plans: list[SplitPlan],
+    results: list[ShardResult],
 ) -> dict[str, Any]:
     """The complete, deterministic manifest of a build."""
     splits = {p.split: split_summary(p, [r for r in results if r.split == p.split]) for p in plans}
@@ -197,10 +202,21 @@ def make_manifest(
         "recipe": recipe.name,
         "seed": config.seed,
         "config": config.public(),
-        "source": {"kind": info.kind, "files": info.files, **info.extra},
-        "hash": {"algorithm": HASH_ALGORITHM, "of": "image pixels, uint8, C order"},
-        "sample": {**SAMPLE_LAYOUT, "image": info.image_ext},
-        "mask": {"dtype": "uint8", "num_classes": recipe.num_classes, "background": 0, **info.mask},
+        "source": {
+            "kind": info.kind,
+            "files": info.files,
+            "licence": {"id": info.licence.id, "text": info.licence.text},
+            **info.extra,
+        },
+        "hash": {"algorithm": HASH_ALGORITHM, "of": PIXEL_HASH_OF},
+        "sample": {**SAMPLE_LAYOUT, "image": schema.image},
+        "mask": {
+            "dtype": "uint8",
+            "num_classes": schema.num_classes,
+            "background": schema.background,
+            **info.mask,
+        },
+        "schema": schema.to_json(),
         "splits": splits,
         "duplicates_rejected": sum(p.rejected for p in plans),
     }
@@ -212,13 +228,12 @@ def worker_spec(recipe: Recipe, spec: Any, config: BuildConfig, work: Path | Non
     `work` is where the shared form goes (None: nowhere every worker is sure to reach, so workers load
     the source themselves). Dask workers always run in other processes, whatever --jobs says.
     """
-    share = getattr(recipe, "share", None)
-    if share is None or work is None or config.backend == "threading":
+    if work is None or config.backend == "threading":
         return spec
     if config.jobs == 1 and config.backend != "dask":
         return spec
     work.mkdir(exist_ok=True)
-    return share(spec, work, local=config.backend != "dask")
+    return recipe.share(spec, work, local=config.backend != "dask")
 
 
 def work_folder(config: BuildConfig) -> Path | None:
@@ -320,6 +335,7 @@ def build(recipe: Recipe, spec: Any, config: BuildConfig) -> dict[str, Any]:
     work = None
     try:
         info = recipe.describe(spec)  # validates source checksums before any work
+        schema = recipe.schema(spec)
         store, present = claim(config)
         work = work_folder(config)
         task_spec = worker_spec(recipe, spec, config, work)
@@ -341,7 +357,7 @@ def build(recipe: Recipe, spec: Any, config: BuildConfig) -> dict[str, Any]:
         remove_stale_temps(store.folder)  # left by a worker that died mid-write (its task ran again)
     order = {s: i for i, s in enumerate(SPLITS)}
     results.sort(key=lambda r: (order.get(r.split, len(order)), r.split, r.index))
-    manifest = make_manifest(recipe, info, config, plans, results)
+    manifest = make_manifest(recipe, info, schema, config, plans, results)
     data = dumps(manifest)
     store.write(CARD, render_card(manifest, data).encode("utf-8"))  # the card first, the manifest last
     store.write(MANIFEST, data)

@@ -7,59 +7,17 @@ from typing import Any
 
 from segshards.writer.errors import ConfigError
 from segshards.writer.manifest import MANIFEST, split_names
+from segshards.writer.recipe import UNKNOWN_LICENCE
 from segshards.writer.recipes import get_recipe
 
 CARD = "README.md"
 PLACEHOLDER = "path/to/set"  # where the snippets expect the set; replace with its folder or s3:// URL
 
-# md5 of the four gzipped IDX files, in the reader's order, of the MNIST copies we can name for sure:
-# the files from Yann LeCun's site and the copies bundled under data/mnist.
-KNOWN_MNIST = (
-    (
-        "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-        "d53e105ee54ea40749a09fcbcd1e9432",
-        "9fb629c4189551a2d022fa330f9573f3",
-        "ec29112dd5afa0611ce80d1b7f02629c",
-    ),
-    (
-        "c7dfcf1bfd3481a40f7b3aedbdbd083c",
-        "d289298a347a2cc65765a3c81043ba88",
-        "ecff87aa27c74fbc2c1f97e89c19221d",
-        "a38049bc042dc6e683842a84160daae1",
-    ),
-)
-MNIST_LICENCE = (
-    "Source: MNIST, by Yann LeCun and Corinna Cortes (with Christopher J.C. Burges), "
-    "http://yann.lecun.com/exdb/mnist/, licensed under Creative Commons Attribution-ShareAlike 3.0 "
-    "(CC BY-SA 3.0, https://creativecommons.org/licenses/by-sa/3.0/). This set is derived from it "
-    "(composited images, masks) and is shared under the same licence."
-)
-COCO_LICENCE = (
-    "Source: COCO 2017 (https://cocodataset.org). The annotations, and the masks and metadata derived "
-    "from them here, are licensed by the COCO Consortium under Creative Commons Attribution 4.0 "
-    "(CC BY 4.0, https://creativecommons.org/licenses/by/4.0/). The images are Flickr photos, each under "
-    "its own licence: the `license` id in a sample's JSON refers to the `licenses` table of the COCO "
-    "annotation file. The COCO Consortium does not own the images' copyright; check each image's licence "
-    "before redistributing it."
-)
-UNKNOWN_LICENCE = (
-    "Source: files supplied at build time (listed below with their checksums). Their licence is the one "
-    "their provider grants; segshards cannot know it. State it here before sharing this set."
-)
-
 
 def licence(manifest: dict[str, Any]) -> str:
-    """The source's licence and attribution, when the source is one we can name for sure."""
-    source = manifest.get("source", {})
-    kind = str(source.get("kind", ""))
-    if kind == "mnist-idx":
-        md5s = tuple(str(f.get("md5", "")) for f in source.get("files", []))
-        bundled = manifest.get("config", {}).get("source") == "bundled:data/mnist"
-        if bundled or md5s in KNOWN_MNIST:
-            return MNIST_LICENCE
-    if kind.startswith("coco"):
-        return COCO_LICENCE
-    return UNKNOWN_LICENCE
+    """The source's licence and attribution, as the recipe recorded it in the manifest."""
+    recorded = manifest.get("source", {}).get("licence", {})
+    return str(recorded.get("text") or UNKNOWN_LICENCE.text)
 
 
 def description(recipe_name: str) -> str:

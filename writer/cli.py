@@ -12,23 +12,31 @@ from segshards.writer.local_pool import stop_workers
 from segshards.writer.preview import write_preview
 from segshards.writer.publish import PublishConfig, publish
 from segshards.writer.recipe import SPLITS
-from segshards.writer.recipes import RECIPES, get_recipe
+from segshards.writer.recipes import get_recipe, recipe_names
 from segshards.writer.store import is_remote
 from segshards.writer.verify import verify_location
 
 PLUGIN_GROUP = "segshards.commands"
 
 
-def build_parser(recipe_name: str | None) -> argparse.ArgumentParser:
-    """The argument parser; recipe-specific options are added once the recipe is known."""
+def build_parser(recipe_name: str | None, *, list_recipes: bool = False) -> argparse.ArgumentParser:
+    """The argument parser; recipe-specific options are added once the recipe is known, and `build --help`
+    lists the recipes when `list_recipes`."""
     # No abbreviated options: `segshards.writer.launch` reads --jobs and --backend before this parser runs.
     parser = argparse.ArgumentParser(
         prog="segshards", description="Segmentation datasets as WebDataset shards.", allow_abbrev=False
     )
     parser.add_argument("--version", action="version", version=f"segshards {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    b = sub.add_parser("build", help="render a recipe into shards", allow_abbrev=False)
-    b.add_argument("recipe", choices=sorted(RECIPES), metavar="RECIPE", help=", ".join(sorted(RECIPES)))
+    names = recipe_names()
+    b = sub.add_parser(
+        "build",
+        help="render a recipe into shards",
+        allow_abbrev=False,
+        epilog=recipe_list(names) if list_recipes else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    b.add_argument("recipe", choices=names, metavar="RECIPE", help="the recipe to build (listed below)")
     b.add_argument("--out", required=True, help="output folder, or s3://bucket/prefix")
     for split in SPLITS:
         b.add_argument(
@@ -41,8 +49,8 @@ def build_parser(recipe_name: str | None) -> argparse.ArgumentParser:
     b.add_argument(
         "--scheduler", default=None, metavar="tcp://HOST:PORT", help="dask scheduler (with --backend dask)"
     )
-    if recipe_name in RECIPES:
-        RECIPES[recipe_name].add_options(b)
+    if recipe_name in names:
+        get_recipe(recipe_name).add_options(b)
     v = sub.add_parser("verify", help="check a shard set against its manifest")
     v.add_argument("folder", help="set folder, or s3://bucket/prefix")
     u = sub.add_parser("publish", help="upload a finished set to s3://bucket/prefix, manifest last")
@@ -55,6 +63,18 @@ def build_parser(recipe_name: str | None) -> argparse.ArgumentParser:
     p.add_argument("--split", default="train")
     p.add_argument("--count", type=int, default=64)
     return parser
+
+
+def recipe_list(names: list[str]) -> str:
+    """The recipes with their one-line summaries (imports each recipe: only for `build` without one)."""
+    lines = ["recipes (`segshards build RECIPE --help` shows a recipe's own options):"]
+    for name in names:
+        try:
+            summary = get_recipe(name).summary
+        except Exception as exc:  # a broken plugin must not hide the others
+            summary = f"(cannot be loaded: {type(exc).__name__})"
+        lines.append(f"  {name:<18} {summary}")
+    return "\n".join(lines)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -137,7 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] not in COMMANDS and (handler := plugin(argv[0])) is not None:
         return handler(argv[1:])
     recipe_name = argv[1] if len(argv) > 1 and argv[0] == "build" else None
-    args = build_parser(recipe_name).parse_args(argv)
+    list_recipes = argv[:1] == ["build"] and recipe_name not in recipe_names()
+    args = build_parser(recipe_name, list_recipes=list_recipes).parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except SegshardsError as exc:

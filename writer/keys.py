@@ -6,6 +6,9 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
+PIXEL_HASH_OF = (
+    "image pixels as OpenCV decodes them: uint8, C order, (H, W) grey or (H, W, 3) in BGR channel order"
+)
 HASH_ALGORITHM = "xxh3_128"
 KEY_LENGTH = 32
 

@@ -12,7 +12,7 @@ from segshards.writer.recipe import SPLITS
 
 MANIFEST = "manifest.json"
 FORMAT = "segshards"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest holds the sample schema (`schema`) and the source licence
 SAMPLE_LAYOUT = {"image": "png", "mask": "mask.png", "meta": "json"}
 SHARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*\.tar")
 

@@ -5,9 +5,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 from segshards.writer.errors import SupplyError
 from segshards.writer.recipe import SPLITS, Recipe
+from segshards.writer.recipes import recipe_ref
 from segshards.writer.shards import ShardTask
 
 SPLIT_IDS = {name: i for i, name in enumerate(SPLITS)}
@@ -107,7 +107,7 @@ def plan_tasks(
         plans.append(plan)
         chunks = plan_split(recipe, spec, counts[split], seed=seed, seen=seen, chunk=shard_size, plan=plan)
         for index, (items, keys) in enumerate(chunks):
-            yield ShardTask(recipe.name, task_spec, out_dir, split, index, items, tuple(keys))
+            yield ShardTask(recipe_ref(recipe), task_spec, out_dir, split, index, items, tuple(keys))
 
 
 def plan_all(recipe: Recipe, spec: Any, counts: dict[str, int | None], *, seed: int) -> list[ShardTask]:

@@ -1,11 +1,35 @@
-"""The recipe interface: what the writer machinery needs from a dataset, and nothing more."""
+"""The recipe contract: everything the writer needs from a dataset, and nothing more.
+
+A recipe is one module holding one class; an instance of it is registered under its `name` in the
+`segshards.recipes` entry-point group (built-in recipes are registered there too, in pyproject.toml). It
+declares:
+
+- `name`, and `summary`: one line for `segshards build --help`;
+- its CLI options (`add_options`), and the spec built from them (`make_spec`): a small picklable value from
+  which any worker can open the source; `spec_config` is what the manifest records of those options;
+- the sources it reads, checked and checksummed (`describe` -> `SourceInfo`, with their licence);
+- its sample schema (`schema` -> `SampleSchema`): image member and channels, mask classes with background
+  and ignore ids, and each per-sample target with its dtype, shape and JSON path. The schema goes into the
+  manifest, and readers (loaders, `segshards train`) use it instead of any knowledge of the recipe;
+- how it proposes candidates (`candidates`): batches of source references with their pixel digests, drawn
+  from a generator seeded by (seed, split). The planner accepts or rejects each digest globally (dedup) and
+  cuts the accepted ones into shards; a recipe never removes duplicates itself;
+- how it renders: `render_batch` turns a shard's planned items into samples, in parallel workers;
+- `share`, which may prepare the source once so that workers open it cheaply, and `labels`, the per-sample
+  classes counted in the manifest's histogram.
+
+`RecipeBase` gives the optional parts a default (no sharing, `render_batch` over `render`). The machinery
+(planning, dedup, shards, manifest, parallel backends) never needs to know which recipe it runs.
+"""
 
 import argparse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+from segshards.writer.schema import SampleSchema
 
 SPLITS = ("train", "val", "test")
 
@@ -33,29 +57,37 @@ class Candidates:
 
 
 @dataclass(frozen=True)
+class Licence:
+    """The licence of what a source holds: an SPDX-style id (`cc-by-4.0`, or `other`) and the attribution."""
+
+    id: str
+    text: str
+
+
+UNKNOWN_LICENCE = Licence(
+    "other",
+    "Source: files supplied at build time (listed below with their checksums). Their licence is the one "
+    "their provider grants; segshards cannot know it. State it here before sharing this set.",
+)
+
+
+@dataclass(frozen=True)
 class SourceInfo:
-    """What the manifest records about a source: its kind, files with checksums, and extra facts."""
+    """What the manifest records about a source: its kind, files with checksums, licence and extra facts."""
 
     kind: str
     files: list[dict[str, Any]]
     extra: dict[str, Any] = field(default_factory=dict)
-    image_ext: str = "png"  # the stored image member (manifest `sample.image`)
     mask: dict[str, Any] = field(default_factory=dict)  # added to or overriding the manifest's `mask` entry
+    licence: Licence = UNKNOWN_LICENCE
 
 
+@runtime_checkable
 class Recipe(Protocol):
-    """A dataset recipe: turns a source and a seeded plan into samples.
-
-    `spec` is a small picklable value (paths and options) from which every worker can load the source;
-    `candidates` runs once, centrally, in a fixed order; `render` runs in parallel workers. A recipe may
-    also define `share(spec, folder, *, local) -> spec`: prepare the source once (in `folder`, removed when
-    the build ends, or in a cache of this machine when `local`, i.e. the workers run here) so that workers
-    open it cheaply, and `render_batch(spec, items) -> Iterator[Rendered]`,
-    a vectorised `render` over a whole shard.
-    """
+    """A dataset recipe: turns a source and a seeded plan into samples (see the module docstring)."""
 
     name: str
-    num_classes: int  # mask classes including background 0
+    summary: str
 
     def default_counts(self) -> dict[str, int | None]: ...
 
@@ -67,8 +99,34 @@ class Recipe(Protocol):
 
     def describe(self, spec: Any) -> SourceInfo: ...
 
+    def schema(self, spec: Any) -> SampleSchema: ...
+
     def candidates(self, spec: Any, split: str, rng: np.random.Generator) -> Iterator[Candidates]: ...
 
-    def render(self, spec: Any, item: np.ndarray) -> Rendered: ...
+    def share(self, spec: Any, folder: Path, *, local: bool) -> Any: ...
+
+    def render_batch(self, spec: Any, items: np.ndarray) -> Iterator[Rendered]: ...
 
     def labels(self, meta: dict[str, Any]) -> list[int]: ...
+
+
+class RecipeBase:
+    """Defaults for the optional parts of the contract: subclass it and define the rest."""
+
+    name = ""
+    summary = ""
+
+    def share(self, spec: Any, folder: Path, *, local: bool) -> Any:
+        """Workers open the source from `spec` as it is."""
+        return spec
+
+    def render(self, spec: Any, item: np.ndarray) -> Rendered:
+        raise NotImplementedError(f"{type(self).__name__} defines neither render nor render_batch")
+
+    def render_batch(self, spec: Any, items: np.ndarray) -> Iterator[Rendered]:
+        """One sample per planned item row, through `render`."""
+        return (self.render(spec, item) for item in items)
+
+    def labels(self, meta: dict[str, Any]) -> list[int]:
+        """No per-sample classes to count."""
+        return []

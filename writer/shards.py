@@ -13,13 +13,12 @@ from typing import Any
 
 import cv2
 import numpy as np
-
 from segshards.writer.atomic import atomic_stream
 from segshards.writer.encode import decode_image, sample_members
 from segshards.writer.errors import ShardFormatError
 from segshards.writer.manifest import SAMPLE_LAYOUT
 from segshards.writer.recipe import Recipe, Rendered
-from segshards.writer.recipes import get_recipe
+from segshards.writer.recipes import load_ref
 from segshards.writer.tarformat import TarWriter
 from segshards.writer.tarstream import iter_samples
 from segshards.writer.verify import check_sample
@@ -37,7 +36,7 @@ def shard_name(split: str, index: int) -> str:
 class ShardTask:
     """Everything a worker needs to produce one shard; small and picklable."""
 
-    recipe: str
+    recipe: str  # import reference of the recipe (`recipe_ref`)
     spec: Any
     out_dir: str
     split: str
@@ -98,19 +97,20 @@ def add_counts(result: ShardResult, counts: np.ndarray, labels: list[int]) -> No
 
 
 def render_samples(recipe: Recipe, task: ShardTask) -> Iterator[Rendered]:
-    """The task's samples in order, through the recipe's batch renderer (in slices) when it has one."""
-    render_batch = getattr(recipe, "render_batch", None)
-    if render_batch is None:
-        return (recipe.render(task.spec, item) for item in task.items)
+    """The task's samples in order, through the recipe's batch renderer, in slices."""
     # Slices keep the renderer's arrays small enough to be reused from one slice to the next, instead of
     # a whole shard's worth of fresh memory (and its page faults) for every shard.
     slices = range(0, len(task.items), RENDER_SLICE)
-    return (r for start in slices for r in render_batch(task.spec, task.items[start : start + RENDER_SLICE]))
+    return (
+        r
+        for start in slices
+        for r in recipe.render_batch(task.spec, task.items[start : start + RENDER_SLICE])
+    )
 
 
 def render_shard(task: ShardTask) -> ShardResult:
     """Render the task's samples and stream them into the shard, written atomically."""
-    recipe = get_recipe(task.recipe)
+    recipe = load_ref(task.recipe)
     result = ShardResult(task.split, task.index, task.name, 0, 0, "", [])
     counts = np.zeros(256, np.int64)
     labels: list[int] = []
@@ -133,7 +133,7 @@ def render_shard(task: ShardTask) -> ShardResult:
 
 def scan_shard(task: ShardTask, path: Path) -> ShardResult:
     """Account for a shard already on disk (a resumed build) by reading it back and checking every key."""
-    recipe = get_recipe(task.recipe)
+    recipe = load_ref(task.recipe)
     data = path.read_bytes()
     result = ShardResult(
         task.split, task.index, task.name, 0, len(data), hashlib.sha256(data).hexdigest(), []

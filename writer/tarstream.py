@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from typing import IO
 
 import numpy as np
-
 from segshards.writer.errors import ShardFormatError
 from segshards.writer.tarformat import BLOCK, MAX_MEMBER_BYTES, REFUSED_SUFFIXES, Sample, split_member_name
 

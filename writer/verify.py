@@ -9,7 +9,14 @@ from typing import Any
 from segshards.writer.encode import decode_image
 from segshards.writer.errors import SegshardsError, ShardFormatError
 from segshards.writer.keys import is_key, pixel_key
-from segshards.writer.manifest import MANIFEST, SHARD_NAME, parse_manifest, read_manifest, shard_entries, split_names
+from segshards.writer.manifest import (
+    MANIFEST,
+    SHARD_NAME,
+    parse_manifest,
+    read_manifest,
+    shard_entries,
+    split_names,
+)
 from segshards.writer.store import S3Store, is_remote, open_store
 from segshards.writer.tarstream import iter_samples
 

@@ -4,10 +4,10 @@ from typing import Any
 
 import cv2
 import numpy as np
-
 from segshards.writer.recipe import Rendered
 from segshards.writer.recipes.digits import DigitsSpec, load_digits, source_ref
 from segshards.writer.recipes.foreground import SingleDigitRecipe
+from segshards.writer.schema import SampleSchema, Target
 
 
 def enclosing_circle(mask: np.ndarray) -> tuple[float, float, float]:
@@ -30,6 +30,11 @@ class CircleRecipe(SingleDigitRecipe):
     """Image: the 28x28 digit. Mask: its filled enclosing circle. Meta: label and circle (cx, cy, r)."""
 
     name = "mnist-circle"
+    summary = "each MNIST digit with its class and the filled minimal enclosing circle of its strokes"
+    training = {"epochs": 3, "batch_size": 64, "lr": 3e-3, "samples_per_epoch": None, "widths": [16, 32]}
+
+    def schema(self, spec: DigitsSpec) -> SampleSchema:
+        return circle_schema(self.image_size(spec))
 
     def render(self, spec: DigitsSpec, item: np.ndarray) -> Rendered:
         digits = load_digits(spec)
@@ -45,3 +50,11 @@ class CircleRecipe(SingleDigitRecipe):
 
     def labels(self, meta: dict[str, Any]) -> list[int]:
         return [int(meta["label"])]
+
+
+def circle_schema(size: tuple[int, int]) -> SampleSchema:
+    """Grey digit, mask 0 background / 1 inside the circle; targets: the digit class and the circle in pixels."""
+    label = Target("label", "int64", (), ("label",), "class", tuple(str(d) for d in range(10)))
+    circle = Target("circle", "float32", (3,), ("circle.cx", "circle.cy", "circle.r"), "circle")
+    training = {**CircleRecipe.training, "stem": 1, "metrics": ["accuracy", "circle_iou"]}
+    return SampleSchema("png", 1, size, ("background", "circle"), targets=(label, circle), training=training)

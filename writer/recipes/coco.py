@@ -13,12 +13,19 @@ from typing import Any
 
 import cv2
 import numpy as np
-
-from segshards.writer.coco_annotations import ON_ERROR, BadRecord, CocoIndex, ImageRecord, load_index, subset_json
+from segshards.writer.coco_annotations import (
+    ON_ERROR,
+    BadRecord,
+    CocoIndex,
+    ImageRecord,
+    load_index,
+    subset_json,
+)
 from segshards.writer.coco_masks import IGNORE, OVERLAPS, Instance, annotation_rle, compose
 from segshards.writer.errors import ConfigError, SourceError, SupplyError
 from segshards.writer.keys import file_digest, pixel_digest
-from segshards.writer.recipe import SPLITS, Candidates, Rendered, SourceInfo
+from segshards.writer.recipe import SPLITS, Candidates, Licence, RecipeBase, Rendered, SourceInfo
+from segshards.writer.schema import SampleSchema
 
 DEFAULT_COUNTS = {"train": 8000, "val": 500, "test": 500}
 SELECTION_STREAM = 5  # the permutation's stream: (seed, 5), apart from the planner's (seed, split 0..2)
@@ -233,11 +240,33 @@ def skip_report(index: CocoIndex, sel: Selection) -> dict[str, Any]:
     }
 
 
-class CocoSemanticRecipe:
+COCO_LICENCE = Licence(
+    "cc-by-4.0",
+    "Source: COCO 2017 (https://cocodataset.org). The annotations, and the masks and metadata derived "
+    "from them here, are licensed by the COCO Consortium under Creative Commons Attribution 4.0 "
+    "(CC BY 4.0, https://creativecommons.org/licenses/by/4.0/). The images are Flickr photos, each under "
+    "its own licence: the `license` id in a sample's JSON refers to the `licenses` table of the COCO "
+    "annotation file. The COCO Consortium does not own the images' copyright; check each image's licence "
+    "before redistributing it.",
+)
+
+
+class CocoSemanticRecipe(RecipeBase):
     """Image: the original COCO JPEG. Mask: 0 background, 1..K classes in category-id order, 255 ignore."""
 
     name = "coco-semantic"
-    num_classes = 81  # background + the 80 COCO categories; fewer with --categories (see the manifest)
+    summary = "COCO instance annotations (polygons, RLE) as semantic masks of the original photographs"
+    # Photographs of every size train letterboxed to `size`; 81 classes (background + 80 categories).
+    training = {
+        "epochs": 1,
+        "batch_size": 8,
+        "lr": 1e-3,
+        "samples_per_epoch": None,
+        "widths": [32, 64, 128, 256],
+        "stem": 2,
+        "size": [320, 320],
+        "metrics": ["miou"],
+    }
 
     def default_counts(self) -> dict[str, int | None]:
         return dict(DEFAULT_COUNTS)
@@ -318,7 +347,12 @@ class CocoSemanticRecipe:
             "skipped": skip_report(index, sel),
         }
         mask = {"num_classes": len(classes) + 1, "ignore_index": IGNORE}
-        return SourceInfo(kind="coco-instances", files=files, extra=extra, image_ext="jpg", mask=mask)
+        return SourceInfo(kind="coco-instances", files=files, extra=extra, mask=mask, licence=COCO_LICENCE)
+
+    def schema(self, spec: CocoSpec) -> SampleSchema:
+        """Colour JPEGs of any size; mask 0 background, 1..K the kept categories, 255 crowd/overlap/ignore."""
+        names = tuple(c.name for c in spec_index(spec).classes)
+        return SampleSchema("jpg", 3, None, ("background", *names), ignore=IGNORE, training=self.training)
 
     def candidates(self, spec: CocoSpec, split: str, rng: np.random.Generator) -> Iterator[Candidates]:
         # One permutation for all splits keeps them disjoint, so the per-split `rng` is not used.

@@ -9,16 +9,40 @@ from typing import Any
 
 import cv2
 import numpy as np
-
 from segshards.data import MNIST
 from segshards.writer.errors import ConfigError
 from segshards.writer.keys import pixel_digest
 from segshards.writer.mnist import describe_files, load_mnist, source_files
-from segshards.writer.recipe import SourceInfo
+from segshards.writer.recipe import UNKNOWN_LICENCE, Licence, RecipeBase, SourceInfo
 from segshards.writer.source_cache import entry_path, store_entry
 
 BUNDLED_MNIST = MNIST
 CACHE_KIND = "mnist-idx"
+BUNDLED_CONFIG = "bundled:data/mnist"
+# md5 of the four gzipped IDX files, in the reader's order, of the MNIST copies we can name for sure:
+# the files from Yann LeCun's site and the copies bundled under data/mnist.
+KNOWN_MNIST = (
+    (
+        "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "d53e105ee54ea40749a09fcbcd1e9432",
+        "9fb629c4189551a2d022fa330f9573f3",
+        "ec29112dd5afa0611ce80d1b7f02629c",
+    ),
+    (
+        "c7dfcf1bfd3481a40f7b3aedbdbd083c",
+        "d289298a347a2cc65765a3c81043ba88",
+        "ecff87aa27c74fbc2c1f97e89c19221d",
+        "a38049bc042dc6e683842a84160daae1",
+    ),
+)
+MNIST_LICENCE = Licence(
+    "cc-by-sa-3.0",
+    "Source: MNIST, by Yann LeCun and Corinna Cortes (with Christopher J.C. Burges), "
+    "http://yann.lecun.com/exdb/mnist/, licensed under Creative Commons Attribution-ShareAlike 3.0 "
+    "(CC BY-SA 3.0, https://creativecommons.org/licenses/by-sa/3.0/). This set is derived from it "
+    "(composited images, masks) and is shared under the same licence.",
+)
+
 PREPARED_IMAGES, PREPARED_ARRAYS = "images.npy", "digits.npz"
 
 
@@ -147,7 +171,7 @@ def row_digests(images: np.ndarray) -> list[bytes]:
     return [pixel_digest(image) for image in images]
 
 
-class DigitsSourceMixin:
+class DigitsSourceMixin(RecipeBase):
     """Options and source description shared by the recipes that read an MNIST-format folder."""
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
@@ -163,12 +187,18 @@ class DigitsSourceMixin:
         return DigitsSpec(folder=str(folder.resolve()))
 
     def spec_config(self, options: argparse.Namespace) -> dict[str, Any]:
-        return {"source": options.source or "bundled:data/mnist"}
+        return {"source": options.source or BUNDLED_CONFIG}
 
     def describe(self, spec: DigitsSpec) -> SourceInfo:
-        info = SourceInfo(kind="mnist-idx", files=describe_files(Path(spec.folder)))
+        files = describe_files(Path(spec.folder))
         load_digits(spec)  # every structural check of the source, before the build touches its output
-        return info
+        known = Path(spec.folder) == BUNDLED_MNIST.resolve() or tuple(f["md5"] for f in files) in KNOWN_MNIST
+        return SourceInfo(kind="mnist-idx", files=files, licence=MNIST_LICENCE if known else UNKNOWN_LICENCE)
+
+    def image_size(self, spec: DigitsSpec) -> tuple[int, int]:
+        """(H, W) of one source digit."""
+        h, w = load_digits(spec).images.shape[1:3]
+        return int(h), int(w)
 
     def share(self, spec: DigitsSpec, folder: Path, *, local: bool) -> DigitsSpec:
         """The digits as files workers memory-map: the source cache's entry when the workers are local,

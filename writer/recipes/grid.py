@@ -4,7 +4,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-
 from segshards.writer.recipe import Candidates, Rendered
 from segshards.writer.recipes.digits import (
     DigitsSourceMixin,
@@ -14,6 +13,7 @@ from segshards.writer.recipes.digits import (
     source_ref,
     split_pool,
 )
+from segshards.writer.schema import SampleSchema, Target
 
 BATCH = 4096  # candidates composed and hashed at a time
 
@@ -45,7 +45,19 @@ class GridRecipe(DigitsSourceMixin):
     """Image: digits [a b; c d]. Mask: 0 background, d+1 on the Otsu foreground of digit d."""
 
     name = "mnist-grid"
-    num_classes = 11
+    summary = "four MNIST digits in a 2x2 grid; mask class d+1 on digit d (11 classes)"
+    training = {
+        "epochs": 4,
+        "batch_size": 64,
+        "lr": 6e-3,
+        "samples_per_epoch": 32_000,
+        "widths": [16, 32, 64],
+        "stem": 2,
+    }
+
+    def schema(self, spec: DigitsSpec) -> SampleSchema:
+        h, w = self.image_size(spec)
+        return grid_schema((2 * h, 2 * w))
 
     def default_counts(self) -> dict[str, int | None]:
         return {"train": 250_000, "val": 10_000, "test": 10_000}
@@ -76,3 +88,11 @@ class GridRecipe(DigitsSourceMixin):
 
     def labels(self, meta: dict[str, Any]) -> list[int]:
         return [int(d) for d in meta["digits"]]
+
+
+def grid_schema(size: tuple[int, int]) -> SampleSchema:
+    """Grey 2x2 composite; mask class d+1 on digit d; target: the four digits, row-major."""
+    digits = Target("digits", "int64", (4,), ("digits",), "value", tuple(str(d) for d in range(10)))
+    classes = ("background", *(str(d) for d in range(10)))
+    training = {**GridRecipe.training, "metrics": ["dice_macro"]}
+    return SampleSchema("png", 1, size, classes, targets=(digits,), training=training)
