@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
-
-from tests.coco_fixtures import synthetic_instances
 from segshards.writer.coco_annotations import Annotation
 from segshards.writer.coco_masks import Instance, annotation_rle, compose
+
+from tests.coco_fixtures import synthetic_instances
 
 Masks = list[np.ndarray]
 

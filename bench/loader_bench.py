@@ -22,7 +22,6 @@ from pathlib import Path
 import psutil
 import torch
 import webdataset as wds
-
 from segshards.loaders import DevicePrefetcher, make_loader, to_float
 from segshards.writer.cli import main as writer_main
 from segshards.writer.manifest import MANIFEST, read_manifest, shard_entries

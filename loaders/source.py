@@ -53,9 +53,9 @@ def is_shard_pattern(source: str) -> bool:
 
 def read_set_manifest(text: str, retry: RetryPolicy | None) -> tuple[str, str, dict[str, Any]]:
     """(folder URL, manifest URL, parsed manifest) of a set's folder or manifest location."""
-    if scheme_of(text) == "file" and not text.startswith("file:") and not Path(text).is_dir():
-        if not (text.endswith(MANIFEST) and Path(text).is_file()):
-            raise ConfigError(f"source {text}: not a folder (expected a shard-set folder holding {MANIFEST})")
+    local = scheme_of(text) == "file" and not text.startswith("file:")
+    if local and not Path(text).is_dir() and not (text.endswith(MANIFEST) and Path(text).is_file()):
+        raise ConfigError(f"source {text}: not a folder (expected a shard-set folder holding {MANIFEST})")
     folder = text.removesuffix(MANIFEST).rstrip("/") if text.endswith(MANIFEST) else text
     manifest_url = join_url(folder, MANIFEST)
     return folder, manifest_url, parse_manifest(read_url(manifest_url, retry), manifest_url)

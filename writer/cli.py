@@ -158,8 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(argv[1:])
     recipe_name = argv[1] if len(argv) > 1 and argv[0] == "build" else None
     list_recipes = argv[:1] == ["build"] and recipe_name not in recipe_names()
-    args = build_parser(recipe_name, list_recipes=list_recipes).parse_args(argv)
     try:
+        args = build_parser(recipe_name, list_recipes=list_recipes).parse_args(argv)
         return COMMANDS[args.command](args)
     except SegshardsError as exc:
         print(f"segshards: error: {exc}", file=sys.stderr)

@@ -142,7 +142,7 @@ def _check_scalar(value: Any, dtype: str, name: str) -> int | float:
         raise ValueError(f"{name}: {value!r} is not an integer ({dtype})")
     low, high = (0, 255) if dtype == "uint8" else INT64
     if not low <= value <= high:
-        raise ValueError(f"{name}: {value} is outside {dtype}")
+        raise ValueError(f"{name}: an integer outside {dtype}")
     return value
 
 
@@ -163,8 +163,10 @@ def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
 
 
 def _small_int(value: Any, where: str, low: int = 0, high: int = 1 << 20) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ShardFormatError(f"{where}: {str(value)[:40]!r} is not an integer in {low}..{high}")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ShardFormatError(f"{where}: {type(value).__name__} value, expected an integer in {low}..{high}")
+    if not low <= value <= high:  # never printed: it may have thousands of digits
+        raise ShardFormatError(f"{where}: integer outside {low}..{high}")
     return value
 
 
