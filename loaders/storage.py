@@ -2,74 +2,42 @@
 
 S3 settings come from the standard AWS environment and config files, as for any boto client:
 `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` (MinIO, Ceph, moto ...), `AWS_REGION`/`AWS_DEFAULT_REGION`,
-`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`, `AWS_PROFILE`. Transient failures
-(connection errors, timeouts, HTTP 408/429/5xx, truncated responses) are retried with exponential backoff;
+`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`, `AWS_PROFILE`. The S3 client and the
+retry policy are the writer's (`segshards.writer.storage`): transient failures (connection errors, timeouts,
+HTTP 408/429/5xx, truncated responses) are retried with exponential backoff, at most ~60 s by default;
 a read that fails mid-stream reopens the object at the byte it had reached. A missing object or refused
 credentials is not retried and raises one `StorageError` naming the URL.
 """
 
 import contextlib
-import errno
 import http.client
 import io
-import os
-import random
-import socket
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal, TypeVar
+from typing import IO, Any, TypeVar
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 from segshards.loaders.errors import StorageError
+from segshards.writer.storage import RetryPolicy, classify, s3_filesystem
+from segshards.writer.storage import with_retries as retrying
+
+__all__ = [
+    "RetryPolicy",
+    "classify",
+    "open_url",
+    "read_url",
+    "register_gopen",
+    "s3_filesystem",
+    "with_retries",
+]
 
 T = TypeVar("T")
-Failure = Literal["missing", "denied", "transient", "other"]
 
 HTTP_TIMEOUT_S = 60.0
 S3_BLOCK = 8 << 20
-TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
-TRANSIENT_ERRNO = {
-    errno.EIO,
-    errno.EAGAIN,
-    errno.EBUSY,
-    errno.ETIMEDOUT,
-    errno.ECONNRESET,
-    errno.ECONNREFUSED,
-    errno.ECONNABORTED,
-    errno.EPIPE,
-    errno.EREMOTEIO,
-    errno.ENETUNREACH,
-    errno.EHOSTUNREACH,
-}
-TRANSIENT_BOTO = {
-    "EndpointConnectionError",
-    "ConnectionClosedError",
-    "ReadTimeoutError",
-    "ConnectTimeoutError",
-    "HTTPClientError",
-    "ProxyConnectionError",
-    "ResponseStreamingError",
-    "IncompleteReadError",
-}
-DENIED_BOTO = {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how patiently transient failures are retried: delays base, 2*base ... up to max_delay."""
-
-    attempts: int = 6
-    base_delay: float = 0.5
-    max_delay: float = 10.0
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt number `attempt` (0-based), with +-25% jitter."""
-        return min(self.max_delay, self.base_delay * 2**attempt) * random.uniform(0.75, 1.25)
 
 
 def scheme_of(url: str) -> str:
@@ -85,96 +53,24 @@ def join_url(base: str, name: str) -> str:
     return base.rstrip("/") + "/" + name
 
 
-def classify(exc: BaseException) -> Failure | None:
-    """What kind of failure `exc` is for a storage read; None for exceptions that are not about storage."""
-    name = type(exc).__name__
-    if isinstance(exc, urllib.error.HTTPError):
-        if exc.code in (404, 410):
-            return "missing"
-        if exc.code in (401, 403):
-            return "denied"
-        return "transient" if exc.code in TRANSIENT_HTTP else "other"
-    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
-        return "missing"
-    if isinstance(exc, PermissionError) or name in DENIED_BOTO:
-        return "denied"
-    if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout, http.client.HTTPException)):
-        return "transient"  # HTTPException covers IncompleteRead and RemoteDisconnected
-    if isinstance(exc, urllib.error.URLError):
-        return "transient" if isinstance(exc.reason, (OSError, TimeoutError)) else "other"
-    if name in TRANSIENT_BOTO or type(exc).__module__.startswith("aiohttp"):
-        return "transient"
-    if isinstance(exc, OSError):
-        return "transient" if exc.errno in TRANSIENT_ERRNO or exc.errno is None else "other"
-    if type(exc).__module__.startswith(("botocore", "aiobotocore", "s3fs")):
-        return "other"
-    return None
-
-
 def with_retries(action: Callable[[], T], url: str, policy: RetryPolicy) -> T:
-    """Run `action`, retrying transient storage failures; storage failures become one StorageError naming `url`."""
-    for attempt in range(policy.attempts):
-        try:
-            return action()
-        except Exception as exc:
-            kind = classify(exc)
-            if kind is None:
-                raise
-            detail = f"{type(exc).__name__}: {exc}".strip()
-            if kind == "missing":
-                raise StorageError(f"{url}: not found ({detail})") from exc
-            if kind == "denied":
-                raise StorageError(
-                    f"{url}: access denied; check the credentials and permissions ({detail})"
-                ) from exc
-            if kind == "other":
-                raise StorageError(f"{url}: cannot read ({detail})") from exc
-            if attempt + 1 == policy.attempts:
-                raise StorageError(
-                    f"{url}: still failing after {policy.attempts} attempts ({detail})"
-                ) from exc
-            time.sleep(policy.delay(attempt))
-    raise AssertionError("unreachable")  # the loop returns or raises
-
-
-AWS_SETTINGS = (
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_ENDPOINT_URL",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "AWS_PROFILE",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_CONFIG_FILE",
-    "AWS_SHARED_CREDENTIALS_FILE",
-)
-_S3: dict[tuple[str | int | None, ...], Any] = {}
-_SESSIONS: dict[tuple[str | None, ...], Any] = {}
-
-
-def s3_filesystem() -> Any:
-    """An s3fs filesystem configured from the AWS environment: one per process and per settings (a changed
-    endpoint or key gets a new client). Forked DataLoader workers make their own filesystem, but from the
-    botocore session they inherit, whose service models are already loaded (~0.3 CPU-s saved per worker)."""
-    settings = tuple(os.environ.get(name) for name in AWS_SETTINGS)
-    fs = _S3.get((os.getpid(), *settings))
-    if fs is None:
-        import s3fs  # imported here: local and http users never pay for botocore
-        from aiobotocore.session import AioSession
-
-        client: dict[str, Any] = {}
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        if endpoint:
-            client["endpoint_url"] = endpoint
-        region = os.environ.get("AWS_REGION")
-        if region and not os.environ.get("AWS_DEFAULT_REGION"):
-            client["region_name"] = region
-        session = _SESSIONS.setdefault(settings, AioSession())
-        fs = s3fs.S3FileSystem(skip_instance_cache=True, client_kwargs=client, session=session)
-        _S3.clear()
-        _S3[(os.getpid(), *settings)] = fs
-    return fs
+    """Run `action` under the shared retry policy; a storage failure becomes one StorageError naming `url`."""
+    try:
+        return retrying(action, url, policy)
+    except Exception as exc:
+        kind = classify(exc)
+        if kind is None:
+            raise
+        detail = f"{type(exc).__name__}: {exc}".strip()
+        if kind == "missing":
+            raise StorageError(f"{url}: not found ({detail})") from exc
+        if kind == "denied":
+            raise StorageError(
+                f"{url}: access denied; check the credentials and permissions ({detail})"
+            ) from exc
+        if kind == "other":
+            raise StorageError(f"{url}: cannot read ({detail})") from exc
+        raise StorageError(f"{url}: still failing after {policy.attempts} attempts ({detail})") from exc
 
 
 def _s3_path(url: str) -> str:

@@ -166,6 +166,7 @@ def aws_environment(endpoint: str) -> dict[str, str]:
         "AWS_SECRET_ACCESS_KEY": SECRET,
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_MAX_ATTEMPTS": "2",  # fail fast on loopback; the default retries take seconds
+        "SEGSHARDS_STORAGE_ATTEMPTS": "1",  # likewise segshards' own retries (tests of them set a policy)
         "AWS_EC2_METADATA_DISABLED": "true",
         "AWS_CONFIG_FILE": os.devnull,
         "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
@@ -179,7 +180,7 @@ def s3_fixture(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3]:
     relay = Relay(int(s3_server.rsplit(":", 1)[1]))
     relay.start()
     endpoint = f"http://127.0.0.1:{relay.port}"
-    for key in [k for k in os.environ if k.startswith("AWS_")]:
+    for key in [k for k in os.environ if k.startswith(("AWS_", "SEGSHARDS_STORAGE_"))]:
         monkeypatch.delenv(key)
     for key, value in aws_environment(endpoint).items():
         monkeypatch.setenv(key, value)

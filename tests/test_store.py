@@ -1,13 +1,22 @@
 """segshards.writer.store: local and s3:// locations, atomic writes with recorded sha256, clear errors, no secrets."""
 
 import hashlib
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from segshards.writer.errors import ConfigError, StoreError
+import segshards.loaders.storage as loader_storage
+from segshards.loaders.errors import StorageError
+from segshards.writer.build import MARKER, claim_output
+from segshards.writer.errors import ConfigError, OutputError, StoreError
+from segshards.writer.storage import ATTEMPTS_VARIABLE, RetryPolicy, classify, s3_filesystem, with_retries
 from segshards.writer.store import LocalStore, ObjectInfo, S3Store, is_remote, open_store, safe_reason
 
-from tests.moto_fixture import S3, SECRET, s3_fixture  # noqa: F401  (fixtures)
+from tests.moto_fixture import S3, SECRET, no_secret_in, s3_fixture  # noqa: F401  (fixtures)
 
 
 def test_open_store_picks_by_location(tmp_path: Path) -> None:
@@ -68,7 +77,7 @@ def test_s3_missing_object_and_bucket(s3: S3) -> None:
     missing = open_store("s3://no-such-bucket-here/set")
     assert isinstance(missing, S3Store)
     with pytest.raises(StoreError, match=r"^s3://no-such-bucket-here: no such bucket"):
-        missing.check_bucket()
+        missing.check()
 
 
 def test_s3_unreachable_endpoint_names_url_not_secret(s3: S3, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -109,3 +118,133 @@ def test_local_store(tmp_path: Path) -> None:
     assert store.names() == ["b.tar"]
     with pytest.raises(StoreError, match=r"missing\.tar: cannot read"):
         store.read("missing.tar")
+
+
+# ---- one client, one retry policy, one claim for both kinds ---------------------------------------------
+
+
+FAST = RetryPolicy(attempts=8, base_delay=0.1, max_delay=0.2, total_s=30.0)
+
+
+def test_writer_and_loaders_share_the_s3_client_and_the_retry_policy(s3: S3) -> None:
+    store = open_store(s3.url("set"))
+    assert isinstance(store, S3Store)
+    assert (
+        store.fs is s3_filesystem() is loader_storage.s3_filesystem()
+    )  # one client per process and settings
+    assert store.fs.retries == 1  # s3fs's own loop is off: `with_retries` is the only one
+    assert loader_storage.RetryPolicy is RetryPolicy and loader_storage.classify is classify
+
+
+def test_default_policy_is_bounded_and_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ATTEMPTS_VARIABLE, raising=False)
+    policy = RetryPolicy()
+    assert (policy.attempts, policy.total_s) == (6, 60.0)
+    assert sum(policy.max_delay if i > 4 else 0.5 * 2**i for i in range(policy.attempts - 1)) == 15.5
+    assert all(policy.delay(i) <= 1.25 * policy.max_delay for i in range(20))
+    monkeypatch.setenv(ATTEMPTS_VARIABLE, "3")
+    assert RetryPolicy().attempts == 3
+    monkeypatch.setenv(ATTEMPTS_VARIABLE, "0")
+    with pytest.raises(ValueError, match=f"{ATTEMPTS_VARIABLE}='0': must be a positive integer"):
+        RetryPolicy()
+
+
+def flaky(failures: list[BaseException]) -> tuple[list[int], Callable[[], str]]:
+    """An action raising each of `failures` in turn, then returning "done"; and its call counter."""
+    calls = [0]
+
+    def action() -> str:
+        calls[0] += 1
+        if failures:
+            raise failures.pop(0)
+        return "done"
+
+    return calls, action
+
+
+def test_retries_transient_failures_with_one_log_line_each(caplog: pytest.LogCaptureFixture) -> None:
+    calls, action = flaky([ConnectionResetError("reset by peer"), TimeoutError("timed out")])
+    with caplog.at_level(logging.WARNING, logger="segshards.storage"):
+        assert with_retries(action, "s3://b/x.tar", FAST) == "done"
+    assert calls == [3]
+    assert [r.getMessage().split(" in ")[0] for r in caplog.records] == [
+        "s3://b/x.tar: reset by peer; retry 1 of 7",
+        "s3://b/x.tar: timed out; retry 2 of 7",
+    ]
+
+
+def test_missing_and_denied_are_not_retried(caplog: pytest.LogCaptureFixture) -> None:
+    for failure in (FileNotFoundError("gone"), PermissionError("no")):
+        calls, action = flaky([failure])
+        with pytest.raises(type(failure)):
+            with_retries(action, "s3://b/x.tar", FAST)
+        assert calls == [1]
+    assert caplog.records == []
+
+
+def test_retries_stop_at_the_time_budget(caplog: pytest.LogCaptureFixture) -> None:
+    policy = RetryPolicy(attempts=1000, base_delay=0.05, max_delay=0.05, total_s=0.5)
+    calls, action = flaky([ConnectionRefusedError("refused")] * 1000)
+    started = time.monotonic()
+    with pytest.raises(ConnectionRefusedError):
+        with_retries(action, "s3://b/x.tar", policy)
+    assert time.monotonic() - started < 0.5 + 0.1
+    assert 5 <= calls[0] < 20 and len(caplog.records) == calls[0] - 1
+
+
+def test_loaders_use_the_same_retry_loop(caplog: pytest.LogCaptureFixture) -> None:
+    calls, action = flaky([ConnectionResetError("reset")])
+    with caplog.at_level(logging.WARNING, logger="segshards.storage"):
+        assert loader_storage.with_retries(action, "s3://b/x.tar", FAST) == "done"
+    assert calls == [2] and len(caplog.records) == 1
+    _, failing = flaky([ConnectionResetError("reset")] * 3)
+    short = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.01)
+    with pytest.raises(StorageError, match=r"^s3://b/x\.tar: still failing after 2 attempts"):
+        loader_storage.with_retries(failing, "s3://b/x.tar", short)
+
+
+def test_s3_store_rides_out_an_outage(
+    s3: S3, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The endpoint is down when the upload starts and back 0.5 s later: the writer's store retries."""
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore gives up at once: the retry seen is ours
+    store = open_store(s3.url("set"), retry=FAST)
+    assert store.names() == []  # the client is made and connected before the outage
+    s3.relay.stop()
+    threading.Timer(0.5, s3.relay.start).start()
+    with caplog.at_level(logging.WARNING, logger="segshards.storage"):
+        store.write("a.tar", b"hello")
+    assert s3.objects("set") == {"a.tar": b"hello"}
+    assert caplog.records and all(
+        r.getMessage().startswith(f"{s3.url('set')}/a.tar: ") for r in caplog.records
+    )
+    assert no_secret_in(*(r.getMessage() for r in caplog.records))
+
+
+@pytest.fixture(params=["folder", "prefix"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty output location of each kind: a local folder, or a prefix in a fresh bucket."""
+    if request.param == "folder":
+        return str(tmp_path / "out")
+    return request.getfixturevalue("s3").url("out")
+
+
+def test_claim_is_the_same_on_both_kinds(location: str) -> None:
+    store = open_store(location)
+    assert claim_output(store, {"recipe": "mnist-grid", "seed": 1}) == frozenset()
+    assert store.names() == [MARKER]
+    assert claim_output(store, {"recipe": "mnist-grid", "seed": 1}) == frozenset({MARKER})  # a resume
+    with pytest.raises(OutputError) as info:
+        claim_output(store, {"recipe": "mnist-grid", "seed": 2})
+    assert str(info.value) == (
+        f"--out {store.url}: holds a mnist-grid set built with other settings ({MARKER}); "
+        f"choose another {store.noun} or delete it"
+    )
+    store.delete(MARKER)
+    store.write("notes.txt", b"mine")
+    with pytest.raises(OutputError, match=r"not empty and holds no segshards set \(notes\.txt \.\.\.\)$"):
+        claim_output(store, {"recipe": "mnist-grid", "seed": 1})
+    store.delete("notes.txt")
+    store.write(MARKER, b"not json")
+    with pytest.raises(OutputError, match=rf"^{re.escape(store.url)}/{MARKER}: unreadable, not a segshards"):
+        claim_output(store, {"recipe": "mnist-grid", "seed": 1})

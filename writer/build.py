@@ -13,7 +13,6 @@ from typing import Any
 
 import joblib
 from segshards.writer import __version__
-from segshards.writer.atomic import atomic_write, remove_stale_temps
 from segshards.writer.card import CARD, render_card
 from segshards.writer.cluster import check_scheduler, run_on_dask
 from segshards.writer.errors import ConfigError, OutputError, SegshardsError, SupplyError
@@ -25,7 +24,7 @@ from segshards.writer.recipe import SPLITS, Recipe, SourceInfo
 from segshards.writer.remote import run_remote_task
 from segshards.writer.schema import SampleSchema
 from segshards.writer.shards import ShardResult, ShardTask, run_shard_task
-from segshards.writer.store import LocalStore, S3Store, Store, is_remote, open_store
+from segshards.writer.store import Store, is_remote, open_store
 from tqdm import tqdm
 
 MARKER = ".segshards-build.json"
@@ -79,64 +78,39 @@ def validate(config: BuildConfig) -> None:
     open_store(config.out)  # refuses unsupported URL schemes and malformed bucket names
 
 
-def read_config(path: Path) -> Any:
-    """The `config` recorded in a manifest or build marker; OutputError when the file is not one."""
+def read_config(store: Store, name: str) -> Any:
+    """The `config` recorded in a manifest or build marker; OutputError when the object is not one."""
     try:
-        document = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise OutputError(f"{path}: unreadable, not a segshards manifest or build marker ({exc})") from exc
+        document = json.loads(store.read(name))
+    except (SegshardsError, ValueError) as exc:
+        raise OutputError(
+            f"{store.url}/{name}: unreadable, not a segshards manifest or build marker ({exc})"
+        ) from exc
     if not isinstance(document, dict):
-        raise OutputError(f"{path}: not a segshards manifest or build marker (not a JSON object)")
+        raise OutputError(f"{store.url}/{name}: not a segshards manifest or build marker (not a JSON object)")
     return document.get("config")
 
 
-def claim_output(out: Path, public: dict[str, Any]) -> None:
-    """Make `out` ours for this config: refuse another set or foreign files, mark the build in progress."""
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {out}: exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"--out {out}: cannot create folder ({exc.strerror or exc})") from exc
-    for name in (MANIFEST, MARKER):
-        path = out / name
-        if path.is_file():
-            found = read_config(path)
-            if found != public:
-                what = found.get("recipe", "?") if isinstance(found, dict) else "?"
-                raise OutputError(
-                    f"--out {out}: holds a {what} set built with other settings ({name}); "
-                    "choose another folder or delete it"
-                )
-    visible = [p.name for p in out.iterdir() if not p.name.startswith(".")]
-    if visible and not (out / MANIFEST).is_file() and not (out / MARKER).is_file():
-        raise OutputError(f"--out {out}: not empty and holds no segshards set ({visible[0]} ...)")
-    atomic_write(out / MARKER, json.dumps({"config": public}, sort_keys=True).encode())
-    remove_stale_temps(out)
-    shutil.rmtree(out / WORK_DIR, ignore_errors=True)
-
-
-def claim_store(store: S3Store, public: dict[str, Any]) -> frozenset[str]:
-    """`claim_output` for an object-store prefix; returns the names of the objects already there."""
-    store.check_bucket()
-    names = store.names()
+def claim_output(store: Store, public: dict[str, Any]) -> frozenset[str]:
+    """Make the folder or prefix ours for this config: refuse another set or foreign content, mark the build
+    in progress; returns the names of the objects already there."""
+    store.prepare(label="--out ")
+    names = frozenset(store.names())
     for name in (MANIFEST, MARKER):
         if name in names:
-            try:
-                found = json.loads(store.read(name)).get("config")
-            except (ValueError, AttributeError):
-                found = None
+            found = read_config(store, name)
             if found != public:
                 what = found.get("recipe", "?") if isinstance(found, dict) else "?"
                 raise OutputError(
                     f"--out {store.url}: holds a {what} set built with other settings ({name}); "
-                    "choose another prefix or delete it"
+                    f"choose another {store.noun} or delete it"
                 )
-    visible = [n for n in names if not n.startswith(".")]
+    visible = store.entries()
     if visible and MANIFEST not in names and MARKER not in names:
         raise OutputError(f"--out {store.url}: not empty and holds no segshards set ({visible[0]} ...)")
     store.write(MARKER, json.dumps({"config": public}, sort_keys=True).encode())
-    return frozenset(names)
+    store.tidy(scratch=WORK_DIR)  # what a killed build left: temps, and a local output's work folder
+    return names
 
 
 Runner = Callable[[ShardTask], ShardResult]
@@ -307,18 +281,13 @@ def discard(store: Store, names: list[str]) -> None:
     for name in [*names, MARKER]:
         with contextlib.suppress(OSError, SegshardsError):
             store.delete(name)
-    if isinstance(store, LocalStore):
-        remove_stale_temps(store.folder)
+    store.tidy()
 
 
 def claim(config: BuildConfig) -> tuple[Store, frozenset[str]]:
     """Claim the output (folder or prefix); returns its store and the names already there."""
-    if is_remote(config.out):
-        store = open_store(config.out)
-        assert isinstance(store, S3Store)  # open_store accepts no other URL
-        return store, claim_store(store, config.public())
-    claim_output(Path(config.out), config.public())
-    return LocalStore(Path(config.out)), frozenset()
+    store = open_store(config.out)
+    return store, claim_output(store, config.public())
 
 
 def warm_workers(config: BuildConfig) -> None:
@@ -353,8 +322,7 @@ def build(recipe: Recipe, spec: Any, config: BuildConfig) -> dict[str, Any]:
     finally:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
-    if isinstance(store, LocalStore):
-        remove_stale_temps(store.folder)  # left by a worker that died mid-write (its task ran again)
+    store.tidy()  # temps left by a worker that died mid-write (its task ran again)
     order = {s: i for i, s in enumerate(SPLITS)}
     results.sort(key=lambda r: (order.get(r.split, len(order)), r.split, r.index))
     manifest = make_manifest(recipe, info, schema, config, plans, results)

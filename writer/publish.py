@@ -16,8 +16,9 @@ from typing import Any
 from segshards.writer.build import MARKER, RUN_LOG
 from segshards.writer.card import CARD
 from segshards.writer.errors import ConfigError, OutputError, ShardFormatError
+from segshards.writer.keys import file_digest
 from segshards.writer.manifest import MANIFEST, parse_manifest, split_names
-from segshards.writer.store import LocalStore, S3Store, Store, open_store, sha256_file
+from segshards.writer.store import Store, open_store
 
 
 @dataclass(frozen=True)
@@ -67,16 +68,13 @@ def set_files(folder: Path, manifest: dict[str, Any]) -> list[SetFile]:
             files.append(SetFile(entry["name"], entry["bytes"], entry["sha256"]))
     card = folder / CARD
     if card.is_file() and not card.is_symlink():
-        files.append(SetFile(CARD, card.stat().st_size, sha256_file(card)))
+        files.append(SetFile(CARD, card.stat().st_size, file_digest(card)))
     return files
 
 
 def claim_destination(store: Store, manifest_bytes: bytes, files: list[SetFile]) -> set[str]:
     """Refuse a destination holding another set, a build in progress or foreign objects; returns its names."""
-    if isinstance(store, S3Store):
-        store.check_bucket()
-    elif isinstance(store, LocalStore):
-        store.folder.mkdir(parents=True, exist_ok=True)
+    store.prepare()
     names = set(store.names())
     if MARKER in names:
         raise OutputError(
@@ -111,7 +109,7 @@ def publish_file(store: Store, folder: Path, file: SetFile, present: bool) -> bo
     if present and in_place(store, file):
         return False
     path = folder / file.name
-    actual = sha256_file(path)
+    actual = file_digest(path)
     if actual != file.sha256:
         raise ShardFormatError(f"{path}: sha256 differs from the manifest; run segshards verify {folder}")
     store.upload(file.name, path, actual)
@@ -132,7 +130,7 @@ def publish(config: PublishConfig) -> PublishReport:
         raise ShardFormatError(f"{folder / MANIFEST}: no manifest (not a finished segshards set)") from None
     manifest = parse_manifest(manifest_bytes, str(folder / MANIFEST))
     store = open_store(config.dest)
-    if isinstance(store, LocalStore) and store.folder.resolve() == folder.resolve():
+    if store.is_folder(folder):
         raise ConfigError(f"{config.dest}: is the set's own folder")
     files = set_files(folder, manifest)
     names = claim_destination(store, manifest_bytes, files)

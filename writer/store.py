@@ -5,29 +5,31 @@ with one PutObject, or a multipart upload for large files, and S3 makes neither 
 until it is complete. Each S3 object carries the sha256 of its bytes in its metadata (`x-amz-meta-sha256`),
 so a resumed build or publish can tell a finished object from a stale one without downloading it.
 
-Endpoint, region and credentials come from the standard AWS sources (`AWS_ENDPOINT_URL`, `AWS_REGION`,
-`AWS_PROFILE`, `AWS_ACCESS_KEY_ID` ..., `~/.aws/config`), read by botocore itself: nothing here stores,
-prints or records a credential.
+This module is the only place where the two kinds differ: callers (build, verify, publish, remote shard
+tasks) claim, write, list, read and check a location through `Store` and never ask which kind it is.
+S3 calls go through the one client and retry policy of `segshards.writer.storage` (transient failures
+retried for at most ~60 s by default), which the loaders use too.
 """
 
-import functools
 import hashlib
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol, TypeVar
 
-from segshards.writer.atomic import atomic_write, temp_path
-from segshards.writer.errors import ConfigError, StoreError
+from segshards.writer.atomic import atomic_write, remove_stale_temps, temp_path
+from segshards.writer.errors import ConfigError, OutputError, StoreError
+from segshards.writer.storage import RetryPolicy, s3_filesystem, safe_reason, with_retries
+
+T = TypeVar("T")
 
 SCHEME = "s3://"
 SHA_META = "sha256"  # S3 user-metadata key holding the hex sha256 of the object's bytes
 BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-USERINFO = re.compile(r"(?<=//)[^/@\s]+@")
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,24 @@ class Store(Protocol):
 
     url: str  # the location as the user wrote it, safe to print
     remote: bool
+    noun: str  # "folder" or "prefix", for messages
+
+    def check(self) -> None:
+        """Fail early, and clearly, when the location cannot be reached (a missing bucket)."""
+
+    def prepare(self, *, label: str = "") -> None:
+        """Make the location ready to be written (create the folder, check the bucket); `label` prefixes
+        errors (e.g. `--out `)."""
+
+    def entries(self) -> list[str]:
+        """Every visible name at the location: objects, and for a folder its sub-folders too."""
+
+    def tidy(self, *, scratch: str | None = None) -> int:
+        """Remove the in-progress temp files (and the hidden `scratch` folder) an interrupted writer left;
+        returns how many temp files."""
+
+    def is_folder(self, folder: Path) -> bool:
+        """True when this store is the local folder `folder`."""
 
     def read(self, name: str) -> bytes: ...
 
@@ -62,29 +82,37 @@ def is_remote(location: str | Path) -> bool:
     return isinstance(location, str) and "://" in location
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def safe_reason(exc: BaseException) -> str:
-    """A one-line reason for `exc` with any `user:password@` removed from URLs in it."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return USERINFO.sub("", text)
-
-
 class LocalStore:
     """A local folder."""
 
     remote = False
+    noun = "folder"
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.url = str(folder)
+
+    def check(self) -> None:
+        """Nothing to reach: a missing folder shows as a missing object."""
+
+    def prepare(self, *, label: str = "") -> None:
+        if self.folder.exists() and not self.folder.is_dir():
+            raise OutputError(f"{label}{self.folder}: exists and is not a folder")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{label}{self.folder}: cannot create folder ({exc.strerror or exc})") from exc
+
+    def entries(self) -> list[str]:
+        return sorted(p.name for p in self.folder.iterdir() if not p.name.startswith("."))
+
+    def tidy(self, *, scratch: str | None = None) -> int:
+        if scratch is not None:
+            shutil.rmtree(self.folder / scratch, ignore_errors=True)
+        return remove_stale_temps(self.folder) if self.folder.is_dir() else 0
+
+    def is_folder(self, folder: Path) -> bool:
+        return self.folder.resolve() == folder.resolve()
 
     def read(self, name: str) -> bytes:
         try:
@@ -116,25 +144,13 @@ class LocalStore:
         (self.folder / name).unlink(missing_ok=True)
 
 
-def _aws_environment() -> tuple[tuple[str, str], ...]:
-    return tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
-
-
-@functools.lru_cache(maxsize=4)
-def _filesystem(environment: tuple[tuple[str, str], ...]) -> Any:
-    """One s3fs filesystem per process and AWS environment (botocore reads the environment itself)."""
-    del environment  # only the cache key: a changed AWS_* variable gets a new client
-    import s3fs
-
-    return s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False)
-
-
 class S3Store:
     """An `s3://bucket/prefix` location on any S3-compatible store."""
 
     remote = True
+    noun = "prefix"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, retry: RetryPolicy | None = None) -> None:
         bucket, _, prefix = url.removeprefix(SCHEME).partition("/")
         prefix = prefix.rstrip("/")
         if not BUCKET.fullmatch(bucket):
@@ -143,7 +159,8 @@ class S3Store:
             raise ConfigError(f"{url}: the prefix may not contain empty, '.' or '..' parts")
         self.bucket, self.prefix = bucket, prefix
         self.url = SCHEME + bucket + (f"/{prefix}" if prefix else "")
-        self.fs = _filesystem(_aws_environment())
+        self.fs = s3_filesystem()
+        self.retry = retry or RetryPolicy()
 
     def key(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
@@ -161,36 +178,57 @@ class S3Store:
         except (OSError, BotoCoreError, ClientError, TimeoutError) as exc:
             raise StoreError(f"{where}: cannot {action} ({safe_reason(exc)})") from exc
 
-    def check_bucket(self) -> None:
+    def _retried(self, call: Callable[[], T], name: str | None) -> T:
+        """`call` under the shared retry policy (transient failures only)."""
+        return with_retries(call, f"{self.url}/{name}" if name else self.url, self.retry)
+
+    def check(self) -> None:
         """Fail early, and clearly, when the bucket is missing or unreachable."""
         with self._errors("reach the bucket", None):
             try:
-                self.fs.call_s3("head_bucket", Bucket=self.bucket)
+                self._retried(lambda: self.fs.call_s3("head_bucket", Bucket=self.bucket), None)
             except FileNotFoundError:
                 raise StoreError(
                     f"s3://{self.bucket}: no such bucket (or not visible with these credentials)"
                 ) from None
 
+    def prepare(self, *, label: str = "") -> None:
+        self.check()
+
+    def entries(self) -> list[str]:
+        return [n for n in self.names() if not n.startswith(".")]
+
+    def tidy(self, *, scratch: str | None = None) -> int:
+        """Nothing to tidy: an object appears only when complete, and scratch space is never here."""
+        return 0
+
+    def is_folder(self, folder: Path) -> bool:
+        return False
+
     def read(self, name: str) -> bytes:
         with self._errors("read", name):
             try:
-                return bytes(self.fs.cat_file(f"{self.bucket}/{self.key(name)}"))
+                return bytes(self._retried(lambda: self.fs.cat_file(f"{self.bucket}/{self.key(name)}"), name))
             except FileNotFoundError:
                 raise StoreError(f"{self.url}/{name}: no such object") from None
 
     def write(self, name: str, data: bytes) -> None:
         sha = hashlib.sha256(data).hexdigest()
         with self._errors("upload", name):
-            self.fs.pipe_file(f"{self.bucket}/{self.key(name)}", data, Metadata={SHA_META: sha})
+            path = f"{self.bucket}/{self.key(name)}"
+            self._retried(lambda: self.fs.pipe_file(path, data, Metadata={SHA_META: sha}), name)
 
     def upload(self, name: str, path: Path, sha256: str) -> None:
         with self._errors("upload", name):
-            self.fs.put_file(str(path), f"{self.bucket}/{self.key(name)}", Metadata={SHA_META: sha256})
+            key = f"{self.bucket}/{self.key(name)}"
+            self._retried(lambda: self.fs.put_file(str(path), key, Metadata={SHA_META: sha256}), name)
 
     def head(self, name: str) -> ObjectInfo | None:
         with self._errors("look up", name):
             try:
-                out = self.fs.call_s3("head_object", Bucket=self.bucket, Key=self.key(name))
+                out = self._retried(
+                    lambda: self.fs.call_s3("head_object", Bucket=self.bucket, Key=self.key(name)), name
+                )
             except FileNotFoundError:
                 return None
         return ObjectInfo(int(out["ContentLength"]), out.get("Metadata", {}).get(SHA_META))
@@ -200,21 +238,24 @@ class S3Store:
         root = f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
         with self._errors("list", None):
             try:
-                entries = self.fs.ls(root, detail=True, refresh=True)
+                entries = self._retried(lambda: self.fs.ls(root, detail=True, refresh=True), None)
             except FileNotFoundError:
                 return []
         return sorted(e["name"].rsplit("/", 1)[-1] for e in entries if e.get("type") == "file")
 
     def delete(self, name: str) -> None:
         with self._errors("delete", name), suppress(FileNotFoundError):
-            self.fs.rm_file(f"{self.bucket}/{self.key(name)}")
+            self._retried(lambda: self.fs.rm_file(f"{self.bucket}/{self.key(name)}"), name)
 
 
-def open_store(location: str | Path) -> LocalStore | S3Store:
-    """The store for a local folder or an `s3://bucket/prefix` URL; other schemes are refused."""
+def open_store(location: str | Path, *, retry: RetryPolicy | None = None) -> Store:
+    """The store for a local folder or an `s3://bucket/prefix` URL; other schemes are refused.
+
+    `retry` governs S3 calls (default: `RetryPolicy()`, about 60 s at most); local calls are not retried.
+    """
     if not is_remote(location):
         return LocalStore(Path(location))
     text = str(location)
     if not text.startswith(SCHEME):
         raise ConfigError(f"{text}: only local folders and s3://bucket/prefix URLs are supported")
-    return S3Store(text)
+    return S3Store(text, retry)

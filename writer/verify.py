@@ -7,17 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from segshards.writer.encode import decode_image
-from segshards.writer.errors import SegshardsError, ShardFormatError
+from segshards.writer.errors import SegshardsError, ShardFormatError, StoreError
 from segshards.writer.keys import is_key, pixel_key
-from segshards.writer.manifest import (
-    MANIFEST,
-    SHARD_NAME,
-    parse_manifest,
-    read_manifest,
-    shard_entries,
-    split_names,
-)
-from segshards.writer.store import S3Store, is_remote, open_store
+from segshards.writer.manifest import MANIFEST, SHARD_NAME, parse_manifest, shard_entries, split_names
+from segshards.writer.store import Store, open_store
 from segshards.writer.tarstream import iter_samples
 
 Opener = Callable[[str], bytes]
@@ -66,11 +59,6 @@ def check_shard(
         yield f"{where}: {count} samples, manifest says {entry['count']}"
 
 
-def local_opener(folder: Path) -> Opener:
-    """Read shard bytes from a local folder."""
-    return lambda name: (folder / name).read_bytes()
-
-
 def verify_set(manifest: dict[str, Any], opener: Opener, where: str) -> tuple[list[str], int, int]:
     """All problems of a set; returns (problems, shards checked, samples checked)."""
     problems: list[str] = []
@@ -82,6 +70,9 @@ def verify_set(manifest: dict[str, Any], opener: Opener, where: str) -> tuple[li
             shard_where = f"{where}/{entry['name']}"
             try:
                 data = opener(entry["name"])
+            except StoreError as exc:  # its message names the object already
+                problems.append(str(exc))
+                continue
             except (OSError, SegshardsError) as exc:
                 problems.append(f"{shard_where}: cannot read ({exc})")
                 continue
@@ -90,27 +81,18 @@ def verify_set(manifest: dict[str, Any], opener: Opener, where: str) -> tuple[li
     return problems, shards, len(seen)
 
 
-def verify_folder(folder: Path) -> tuple[list[str], int, int]:
-    """Verify a local set, also flagging shard files the manifest does not list."""
-    manifest = read_manifest(folder)
-    problems, shards, samples = verify_set(manifest, local_opener(folder), str(folder))
-    listed = {e["name"] for s in manifest["splits"].values() for e in s["shards"]}
-    for path in sorted(folder.glob("*.tar")):
-        if path.name not in listed and SHARD_NAME.fullmatch(path.name):
-            problems.append(f"{path}: shard not listed in the manifest")
-    return problems, shards, samples
-
-
-def verify_location(location: str) -> tuple[list[str], int, int]:
-    """Verify a local folder or an `s3://bucket/prefix` set, streaming each shard from the store."""
-    if not is_remote(location):
-        return verify_folder(Path(location))
-    store = open_store(location)
-    if isinstance(store, S3Store):
-        store.check_bucket()
+def read_set_manifest(store: Store) -> dict[str, Any]:
+    """The validated manifest of the set at `store`; ShardFormatError when there is none."""
+    store.check()
     if store.head(MANIFEST) is None:
         raise ShardFormatError(f"{store.url}/{MANIFEST}: no manifest (not a finished segshards set)")
-    manifest = parse_manifest(store.read(MANIFEST), f"{store.url}/{MANIFEST}")
+    return parse_manifest(store.read(MANIFEST), f"{store.url}/{MANIFEST}")
+
+
+def verify_location(location: str | Path) -> tuple[list[str], int, int]:
+    """Verify a local folder or an `s3://bucket/prefix` set, also flagging shards the manifest does not list."""
+    store = open_store(location)
+    manifest = read_set_manifest(store)
     problems, shards, samples = verify_set(manifest, store.read, store.url)
     listed = {e["name"] for s in manifest["splits"].values() for e in s["shards"]}
     for name in store.names():
