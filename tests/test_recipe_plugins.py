@@ -3,7 +3,6 @@ built-in recipe, listed by `build --help`, and its sets load from their manifest
 
 import json
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -12,57 +11,17 @@ from segshards.writer.cli import main
 from segshards.writer.recipe import Recipe
 from segshards.writer.recipes import get_recipe, load_ref, recipe_names
 
-PLUGIN = '''
-"""squares: a tiny third-party recipe, a bright square on black, its area as a float32 target."""
-
-import numpy as np
-
-from segshards.writer.keys import pixel_digest
-from segshards.writer.recipe import Candidates, RecipeBase, Rendered, SourceInfo
-from segshards.writer.schema import SampleSchema, Target
+ROOT = Path(__file__).resolve().parents[1]
 
 
-class SquaresRecipe(RecipeBase):
-    """Image: a 16x16 grey square at a seeded place and size. Mask: 1 on the square."""
-
-    name = "squares"
-    summary = "a bright square on black (a test plugin)"
-
-    def default_counts(self):
-        return {"train": 20, "val": 4, "test": 4}
-
-    def add_options(self, parser):
-        parser.add_argument("--side-max", type=int, default=8)
-
-    def make_spec(self, options):
-        return int(options.side_max)
-
-    def spec_config(self, options):
-        return {"side_max": int(options.side_max)}
-
-    def describe(self, spec):
-        return SourceInfo(kind="synthetic-squares", files=[])
-
-    def schema(self, spec):
-        area = Target("area", "float32", (), ("area",))
-        return SampleSchema("png", 1, (16, 16), ("background", "square"), targets=(area,))
-
-    def candidates(self, spec, split, rng):
-        while True:
-            items = np.stack([rng.integers(0, 8, 64), rng.integers(0, 8, 64), rng.integers(2, spec, 64)], 1)
-            yield Candidates(items=items, digests=[pixel_digest(image(item)) for item in items])
-
-    def render(self, spec, item):
-        mask = (image(item) > 0).astype(np.uint8)
-        return Rendered(image=image(item), mask=mask, meta={"area": float(mask.sum())})
+def readme_recipe() -> str:
+    """The example recipe of the README's "Writing a recipe" section, as written there."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Writing a recipe") :]
+    return section[section.index("```python\n") + 10 : section.index("\n```\n", section.index("```python"))]
 
 
-def image(item):
-    y, x, side = (int(v) for v in item)
-    out = np.zeros((16, 16), np.uint8)
-    out[y : y + side, x : x + side] = 200
-    return out
-'''
+PLUGIN = readme_recipe()
 
 
 @pytest.fixture
@@ -70,7 +29,7 @@ def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An installed distribution `squares-plugin`: its module and its dist-info with the entry point."""
     site = tmp_path / "site"
     (site / "squares_plugin").mkdir(parents=True)
-    (site / "squares_plugin" / "__init__.py").write_text(textwrap.dedent(PLUGIN))
+    (site / "squares_plugin" / "__init__.py").write_text(PLUGIN)
     info = site / "squares_plugin-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: squares-plugin\nVersion: 0.1\n")
