@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 OUT     ?= shards
 JOBS    ?= 0
 
-.PHONY: install shards test lint typecheck bench train clean
+.PHONY: install shards test lint typecheck check bench train clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -31,7 +31,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check writer loaders train tests bench
 
 typecheck: $(STAMP)
-	$(BIN)/mypy writer loaders
+	$(BIN)/mypy writer loaders train
+
+# What CI runs (.ci/run): style, types, then the tests.
+check: lint typecheck test
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -8,6 +8,7 @@ its name, so a recipe that only the building program knows (a test's, a notebook
 import functools
 import importlib
 from importlib.metadata import EntryPoint, entry_points
+from typing import TYPE_CHECKING
 
 from segshards.writer.errors import ConfigError
 from segshards.writer.recipe import Recipe
@@ -62,3 +63,12 @@ def recipe_ref(recipe: Recipe) -> str:
     """The import reference of `recipe`'s class, which `load_ref` turns back into the recipe."""
     cls = type(recipe)
     return f"{cls.__module__}:{cls.__qualname__}"
+
+
+if TYPE_CHECKING:  # the type checker holds every built-in recipe to the contract
+    from segshards.writer.recipes.circle import CircleRecipe
+    from segshards.writer.recipes.coco import CocoSemanticRecipe
+    from segshards.writer.recipes.foreground import ForegroundRecipe
+    from segshards.writer.recipes.grid import GridRecipe
+
+    _CHECKED: tuple[Recipe, ...] = (ForegroundRecipe(), CircleRecipe(), GridRecipe(), CocoSemanticRecipe())
