@@ -8,12 +8,15 @@ TypeError), shard sample counts are not checked, and the recipe's targets are on
 recipe is named (`make_loader(..., recipe="mnist-grid")`).
 """
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import braceexpand
-
 from segshards.loaders.storage import RetryPolicy, join_url, read_url, scheme_of
 from segshards.writer.errors import ConfigError, ShardFormatError
 from segshards.writer.manifest import MANIFEST, parse_manifest, shard_entries
@@ -44,6 +47,22 @@ def is_shard_pattern(source: str) -> bool:
     return source.rstrip("/").endswith((".tar", ".tar.gz", ".tgz"))
 
 
+def refuse_special_files(urls: tuple[str, ...]) -> tuple[str, ...]:
+    """Refuse local shard paths that exist but are not regular files: a FIFO would block the loader's
+    open(), a device such as /dev/zero (or a link to one) never ends. Missing files are left to the reader."""
+    for url in urls:
+        if scheme_of(url) != "file":
+            continue
+        path = url2pathname(urlparse(url).path) if url.startswith("file:") else url
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            continue
+        if not stat.S_ISREG(mode):
+            raise ShardFormatError(f"{url}: not a regular file (a shard must be one)")
+    return urls
+
+
 def resolve(
     source: str | Path, split: str, *, recipe: str | None = None, retry: RetryPolicy | None = None
 ) -> ShardSet:
@@ -52,7 +71,7 @@ def resolve(
     if not text:
         raise ConfigError("source: empty; give a shard-set folder, an http(s)/s3 URL, or shard URLs")
     if is_shard_pattern(text):
-        urls = tuple(braceexpand.braceexpand(text))
+        urls = refuse_special_files(tuple(braceexpand.braceexpand(text)))
         return ShardSet(text, urls, None, recipe, None, None)
     if scheme_of(text) == "file" and not text.startswith("file:") and not Path(text).is_dir():
         raise ConfigError(f"source {text}: not a folder (expected a shard-set folder holding {MANIFEST})")
@@ -66,7 +85,7 @@ def resolve(
     mask: dict[str, Any] = manifest.get("mask", {})
     return ShardSet(
         source=text,
-        urls=tuple(join_url(folder, e["name"]) for e in entries),
+        urls=refuse_special_files(tuple(join_url(folder, e["name"]) for e in entries)),
         counts=tuple(int(e["count"]) for e in entries),
         recipe=recipe or manifest["recipe"],
         image_ext=layout.get("image") if isinstance(layout.get("image"), str) else None,

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.mnist_fixtures import error_lines
-from tests.moto_fixture import S3, s3_fixture  # noqa: F401  (fixtures)
 from segshards.writer.cli import main
 from segshards.writer.errors import SegshardsError
+
+from tests.deadline import deadline
+from tests.mnist_fixtures import error_lines
+from tests.moto_fixture import S3, s3_fixture  # noqa: F401  (fixtures)
 
 KEY = "0123456789abcdef0123456789abcdef"
 
@@ -132,9 +133,9 @@ def test_pickles_are_refused_never_loaded(tmp_path: Path, capsys: pytest.Capture
     errors = error_lines(capsys.readouterr().err)
     for i, ext in enumerate(["pkl", "pickle", "pyd"]):
         assert f"{folder}/train-00000{i}.tar: refusing pickled/serialised member '{KEY}.{ext}'" in errors
-    loaders = pytest.importorskip("loaders")
+    loaders = pytest.importorskip("segshards.loaders")
     with pytest.raises(SegshardsError, match="refusing pickled/serialised member"):
-        next(iter(segshards.loaders.make_loader(folder, "train", batch_size=1, shuffle=False)))
+        next(iter(loaders.make_loader(folder, "train", batch_size=1, shuffle=False)))
     assert not canary.exists()
     pickle.loads(payload)  # the payload was live: loading it is exactly what must never happen
     assert canary.is_dir()
@@ -142,12 +143,12 @@ def test_pickles_are_refused_never_loaded(tmp_path: Path, capsys: pytest.Capture
 
 @pytest.mark.parametrize("case", ["symlink", "hardlink", "char device", "absolute path", "parent", "pth"])
 def test_loader_refuses_hostile_members(case: str, tmp_path: Path) -> None:
-    loaders = pytest.importorskip("loaders")
+    loaders = pytest.importorskip("segshards.loaders")
     (info, payload), message = HOSTILE_MEMBERS[case]
     data = shard_bytes([(info, payload)])
     folder = write_set(tmp_path / "set", {"train-000000.tar": data}, manifest_for({"train-000000.tar": data}))
     with pytest.raises(SegshardsError) as caught:
-        next(iter(segshards.loaders.make_loader(folder, "train", batch_size=1, shuffle=False)))
+        next(iter(loaders.make_loader(folder, "train", batch_size=1, shuffle=False)))
     assert str(caught.value).startswith(
         f"{folder}/train-000000.tar: " + message.format(name=stored_name(info))
     )
@@ -181,9 +182,9 @@ def test_manifest_names_outside_the_set_are_refused(
     assert main(["publish", str(folder), str(tmp_path / "published")]) == 1
     assert error_lines(capsys.readouterr().err) == [f"segshards: error: {expected}"]
     assert not (tmp_path / "published").exists()
-    loaders = pytest.importorskip("loaders")
+    loaders = pytest.importorskip("segshards.loaders")
     with pytest.raises(SegshardsError, match="is not a plain file name"):
-        next(iter(segshards.loaders.make_loader(folder, "train", batch_size=1, shuffle=False)))
+        next(iter(loaders.make_loader(folder, "train", batch_size=1, shuffle=False)))
 
 
 def test_remote_manifest_names_outside_the_set_are_refused(
@@ -197,3 +198,23 @@ def test_remote_manifest_names_outside_the_set_are_refused(
         f"segshards: error: {s3.url('set')}/manifest.json: splits.train.shards[0]: "
         "shard name '../../other/secret.tar' is not a plain file name"
     ]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev zero"])
+def test_special_files_as_shards_are_refused_without_hanging(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from segshards.loaders import make_loader
+
+    data = shard_bytes([member(f"{KEY}.png")])
+    folder = write_set(tmp_path / "set", {}, manifest_for({"train-000000.tar": data}))
+    shard = folder / "train-000000.tar"
+    if kind == "fifo":
+        os.mkfifo(shard)
+    else:
+        shard.symlink_to("/dev/zero")
+    with deadline(20):
+        assert main(["verify", str(folder)]) == 1
+        assert f"{shard}: not a regular file (a shard must be one)" in capsys.readouterr().err
+        with pytest.raises(SegshardsError, match=rf"^{shard}: not a regular file"):
+            make_loader(folder, "train", batch_size=1, shuffle=False)

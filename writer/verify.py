@@ -9,9 +9,16 @@ from typing import Any
 from segshards.writer.encode import decode_image
 from segshards.writer.errors import SegshardsError, ShardFormatError
 from segshards.writer.keys import is_key, pixel_key
-from segshards.writer.manifest import MANIFEST, SHARD_NAME, parse_manifest, read_manifest, shard_entries, split_names
+from segshards.writer.manifest import (
+    MANIFEST,
+    SHARD_NAME,
+    parse_manifest,
+    read_manifest,
+    shard_entries,
+    split_names,
+)
 from segshards.writer.store import S3Store, is_remote, open_store
-from segshards.writer.tarstream import iter_samples
+from segshards.writer.tarstream import iter_samples, read_shard
 
 Opener = Callable[[str], bytes]
 
@@ -59,9 +66,11 @@ def check_shard(
         yield f"{where}: {count} samples, manifest says {entry['count']}"
 
 
-def local_opener(folder: Path) -> Opener:
-    """Read shard bytes from a local folder."""
-    return lambda name: (folder / name).read_bytes()
+def local_opener(folder: Path, sizes: dict[str, int] | None = None) -> Opener:
+    """Read shard bytes from a local folder: regular files only, no more than `sizes[name]` bytes (plus one,
+    so a longer file is reported rather than read without end)."""
+    sizes = sizes or {}
+    return lambda name: read_shard(folder / name, sizes.get(name))
 
 
 def verify_set(manifest: dict[str, Any], opener: Opener, where: str) -> tuple[list[str], int, int]:
@@ -86,8 +95,9 @@ def verify_set(manifest: dict[str, Any], opener: Opener, where: str) -> tuple[li
 def verify_folder(folder: Path) -> tuple[list[str], int, int]:
     """Verify a local set, also flagging shard files the manifest does not list."""
     manifest = read_manifest(folder)
-    problems, shards, samples = verify_set(manifest, local_opener(folder), str(folder))
-    listed = {e["name"] for s in manifest["splits"].values() for e in s["shards"]}
+    sizes = {e["name"]: e["bytes"] for s in manifest["splits"].values() for e in s["shards"]}
+    problems, shards, samples = verify_set(manifest, local_opener(folder, sizes), str(folder))
+    listed = set(sizes)
     for path in sorted(folder.glob("*.tar")):
         if path.name not in listed and SHARD_NAME.fullmatch(path.name):
             problems.append(f"{path}: shard not listed in the manifest")
