@@ -182,12 +182,12 @@ def test_well_formed_pax_records_are_honoured() -> None:
 
 def test_oversized_extension_header_is_refused() -> None:
     data = with_field(pax_tar(b"9 size=3\n"), 0, 124, b"%011o\0" % (2 << 20))
-    with pytest.raises(ShardFormatError, match="over the limit of 1048576"):
+    with pytest.raises(ShardFormatError, match="is 2,097,152 bytes, over the limit of 1,048,576 for a PAX/GNU header"):
         list(iter_samples(io.BytesIO(data), "p"))
 
 
 def test_member_limit_and_byte_bound() -> None:
-    with pytest.raises(ShardFormatError, match=r"'k1.png' is 700 bytes, over the limit of 512"):
+    with pytest.raises(ShardFormatError, match=r"'k1.png' is 700 bytes, over the limit of 512 \(SEGSHARDS_MAX_MEMBER_BYTES\)$"):
         list(iter_samples(io.BytesIO(SIMPLE), "s", max_member_bytes=512))
     with pytest.raises(ShardFormatError, match=r"^s: longer than the manifest's 2048 bytes"):
         list(iter_samples(io.BytesIO(SIMPLE + bytes(4096)), "s", max_bytes=2048))

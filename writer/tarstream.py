@@ -3,7 +3,7 @@
 Python's `tarfile` costs ~70 us a member; this reader parses USTAR headers itself from 1 MiB chunks (a few us
 a member); the one reader of shards for `verify`, resume, `preview` and the loaders. Rules: regular files only (links, devices,
 directories refused), names checked by `split_member_name` (no absolute paths, no '..', no pickles),
-members of a sample contiguous, at most `MAX_MEMBER_BYTES` each. Header checksums are verified in groups
+members of a sample contiguous, at most `DecodeLimits.max_member_bytes` each. Header checksums are verified in groups
 before any sample of the group is yielded; a stream that ends before the end-of-archive blocks is truncated.
 PAX ('x') and GNU long-name ('L') headers are honoured for names and sizes; gzip-compressed tars are read too.
 Every numeric field is parsed strictly (octal digits or positive GNU base-256 only, PAX lengths that advance,
@@ -21,7 +21,8 @@ from typing import IO
 
 import numpy as np
 from segshards.writer.errors import ShardFormatError
-from segshards.writer.tarformat import BLOCK, MAX_MEMBER_BYTES, REFUSED_SUFFIXES, Sample, split_member_name
+from segshards.writer.limits import default_limits, env_name
+from segshards.writer.tarformat import BLOCK, REFUSED_SUFFIXES, Sample, split_member_name
 
 CHUNK = 1 << 20
 VERIFY_EVERY = 32  # samples per checksum verification
@@ -213,15 +214,17 @@ def _member_name(header: bytes) -> str:
 
 
 def iter_samples(
-    stream: IO[bytes], where: str, *, max_bytes: int | None = None, max_member_bytes: int = MAX_MEMBER_BYTES
+    stream: IO[bytes], where: str, *, max_bytes: int | None = None, max_member_bytes: int | None = None
 ) -> Iterator[Sample]:
     """Group consecutive members sharing a key into {'__key__', ext: payload}, as `segshards.writer.tarformat` does.
 
     One flat loop, since it runs for every member: headers are parsed in place, and the samples of each
     group of `VERIFY_EVERY` (or of `VERIFY_BYTES`) are yielded once the checksums of their headers are
     verified. `max_bytes` bounds what is read from `stream` (the shard's size, where the caller knows
-    it); `max_member_bytes` bounds each member as stored (after gzip).
+    it); `max_member_bytes` bounds each member as stored (after gzip; default: `default_limits()`).
     """
+    if max_member_bytes is None:
+        max_member_bytes = default_limits().max_member_bytes
     chunks = _open(stream, where, max_bytes)
     pending_bytes = 0
     pending: list[Sample] = []  # complete samples, not yet verified
@@ -262,10 +265,14 @@ def iter_samples(
                 name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
             if kind not in REGULAR and kind not in EXTENSIONS:
                 raise ShardFormatError(f"{where}: tar member {name!r} is not a regular file")
-            if size > (MAX_EXTENDED_BYTES if kind in EXTENSIONS else max_member_bytes):
+            if size > max_member_bytes or kind in EXTENSIONS and size > MAX_EXTENDED_BYTES:
+                limit = (
+                    f"{MAX_EXTENDED_BYTES:,} for a PAX/GNU header"
+                    if kind in EXTENSIONS and size <= max_member_bytes
+                    else f"{max_member_bytes:,} ({env_name('max_member_bytes')})"
+                )
                 raise ShardFormatError(
-                    f"{where}: tar member {name!r} is {size} bytes, over the limit of "
-                    f"{MAX_EXTENDED_BYTES if kind in EXTENSIONS else max_member_bytes}"
+                    f"{where}: tar member {name!r} is {size:,} bytes, over the limit of {limit}"
                 )
             end = pos + BLOCK + size
             padded = end + (-size % BLOCK)
