@@ -21,6 +21,7 @@ from segshards.writer.cluster import check_scheduler, run_on_dask
 from segshards.writer.errors import ConfigError, OutputError, SegshardsError, SupplyError
 from segshards.writer.keys import HASH_ALGORITHM
 from segshards.writer.local_pool import run_with_parent, start_build_workers
+from segshards.writer.lock import claim_folder, release_folder
 from segshards.writer.manifest import FORMAT, FORMAT_VERSION, MANIFEST, SAMPLE_LAYOUT, dumps
 from segshards.writer.plan import SplitPlan, plan_tasks
 from segshards.writer.recipe import SPLITS, Recipe, SourceInfo
@@ -98,6 +99,7 @@ def claim_output(out: Path, public: dict[str, Any]) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"--out {out}: cannot create folder ({exc.strerror or exc})") from exc
+    claim_folder(out)  # one build per folder from here on (`build` releases it)
     for name in (MANIFEST, MARKER):
         path = out / name
         if path.is_file():
@@ -314,6 +316,15 @@ def warm_workers(config: BuildConfig) -> None:
 
 def build(recipe: Recipe, spec: Any, config: BuildConfig) -> dict[str, Any]:
     """Build the shard set described by `config`; returns the manifest. Resumes an interrupted build."""
+    try:
+        return build_claimed(recipe, spec, config)
+    finally:  # the folder's lock (taken in claim_output), whether the build ended or failed
+        if not is_remote(config.out):
+            release_folder(Path(config.out))
+
+
+def build_claimed(recipe: Recipe, spec: Any, config: BuildConfig) -> dict[str, Any]:
+    """`build`, which holds the output folder's lock from the claim on."""
     validate(config)
     started = time.perf_counter()
     warm_workers(config)
