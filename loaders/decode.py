@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from segshards.writer.encode import decode_image as cv2_decode
 from segshards.writer.errors import ShardFormatError
+from segshards.writer.limits import DecodeLimits, check_batch, default_limits
 from segshards.writer.schema import SampleSchema, Target
 from segshards.writer.tarformat import Sample
 
@@ -45,27 +46,37 @@ U32 = struct.Struct(">I")
 META_EXTS = ("json", "mask.png")
 
 
-def fast_png(payload: bytes) -> np.ndarray | None:
+def fast_png(payload: bytes, limits: DecodeLimits | None = None) -> np.ndarray | None:
     """(H, W) pixels of an 8-bit grey, non-interlaced PNG whose rows are all unfiltered; None otherwise.
 
     The writer stores PNGs with no row filter: decoding is then one inflate call, two to three times as
     fast as cv2.imdecode on 56x56 images (zlib-ng when installed, else zlib). Any other PNG returns None
-    and goes through cv2. Corrupt data fails the zlib stream's own Adler-32 check (then cv2 reports it);
-    chunk CRCs are not checked.
+    and goes through cv2, as does one over `limits` (where `decode_member` reports it). Inflation stops
+    at the size the header declares, so a small PNG cannot inflate to gigabytes here. Corrupt data fails
+    the zlib stream's own Adler-32 check (then cv2 reports it); chunk CRCs are not checked.
     """
     if payload[:8] != PNG_SIGNATURE or payload[12:16] != b"IHDR" or len(payload) < 33:
         return None
     width, height, depth, colour, _, _, interlace = IHDR.unpack_from(payload, 16)
     if depth != 8 or colour != 0 or interlace != 0 or not width or not height:
         return None
+    if width * height > (limits or default_limits()).max_pixels:
+        return None
     try:
         if payload[37:41] == b"IDAT":  # the writer's layout: IHDR, one IDAT, IEND
             (length,) = U32.unpack_from(payload, 33)
             if payload[length + 49 : length + 53] == b"IEND":
-                return _unfiltered(inflater.decompress(payload[41 : 41 + length]), width, height)
-        return _unfiltered(inflater.decompress(_idat(payload)), width, height)
+                return _unfiltered(_inflate(payload[41 : 41 + length], height * (width + 1)), width, height)
+        return _unfiltered(_inflate(_idat(payload), height * (width + 1)), width, height)
     except FAST_PATH_ERRORS:
         return None
+
+
+def _inflate(data: bytes, expected: int) -> bytes:
+    """The inflated `data` if it is a complete zlib stream of exactly `expected` bytes; b"" otherwise."""
+    inflate = inflater.decompressobj()
+    raw = inflate.decompress(data, expected + 1)
+    return raw if inflate.eof and len(raw) == expected else b""
 
 
 def _idat(payload: bytes) -> bytes:
@@ -90,13 +101,14 @@ def _unfiltered(raw: bytes, width: int, height: int) -> np.ndarray | None:
     return np.frombuffer(raw, np.uint8).reshape(height, stride)[:, 1:]
 
 
-def decode_member(payload: bytes, ext: str, where: str) -> np.ndarray:
-    """An image member as (H, W) grey or (H, W, 3) RGB uint8; a mask member as (H, W)."""
+def decode_member(payload: bytes, ext: str, where: str, limits: DecodeLimits | None = None) -> np.ndarray:
+    """An image member as (H, W) grey or (H, W, 3) RGB uint8; a mask member as (H, W). Over `limits`
+    (default: `default_limits()`, see `segshards.writer.limits`) it is a ShardFormatError naming them."""
     if ext.endswith("png"):
-        array = fast_png(payload)
+        array = fast_png(payload, limits)
         if array is not None:
             return array
-    array = cv2_decode(payload, ext, where)
+    array = cv2_decode(payload, ext, where, limits)  # checks the header against the limits first
     if array.dtype != np.uint8:
         raise ShardFormatError(f"{where}: {ext} is {array.dtype}, expected 8-bit")
     if array.ndim == 3:
@@ -208,6 +220,10 @@ class BatchAssembler:
             try:
                 image, mask, meta = self.decode(sample)
                 if buffer is None:
+                    row = (image.size // mask.size + 1) * int(
+                        np.prod(self.size or mask.shape)
+                    )  # image + mask
+                    check_batch(n, row, where(sample))
                     buffer, fields = self._allocate(n, image)
                     views = {name: array for name, array in unpack_arrays(buffer.numpy(), fields, n)}
                     images, masks = views["image"], views["mask"]

@@ -8,9 +8,13 @@ TypeError), shard sample counts are not checked, and targets are only produced w
 (`make_loader(..., schema="s3://bucket/set")`: the set whose manifest holds it, or a `SampleSchema`).
 """
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import braceexpand
 from segshards.loaders.storage import RetryPolicy, join_url, read_url, scheme_of
@@ -69,6 +73,22 @@ def given_schema(schema: SampleSchema | str | Path | None, retry: RetryPolicy | 
     return schema_of(manifest, manifest_url)
 
 
+def refuse_special_files(urls: tuple[str, ...]) -> tuple[str, ...]:
+    """Refuse local shard paths that exist but are not regular files: a FIFO would block the loader's
+    open(), a device such as /dev/zero (or a link to one) never ends. Missing files are left to the reader."""
+    for url in urls:
+        if scheme_of(url) != "file":
+            continue
+        path = url2pathname(urlparse(url).path) if url.startswith("file:") else url
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            continue
+        if not stat.S_ISREG(mode):
+            raise ShardFormatError(f"{url}: not a regular file (a shard must be one)")
+    return urls
+
+
 def resolve(
     source: str | Path,
     split: str,
@@ -81,7 +101,7 @@ def resolve(
     if not text:
         raise ConfigError("source: empty; give a shard-set folder, an http(s)/s3 URL, or shard URLs")
     if is_shard_pattern(text):
-        urls = tuple(braceexpand.braceexpand(text))
+        urls = refuse_special_files(tuple(braceexpand.braceexpand(text)))
         return ShardSet(text, urls, None, None, given_schema(schema, retry))
     folder, manifest_url, manifest = read_set_manifest(text, retry)
     entries = shard_entries(manifest, split)
@@ -89,7 +109,7 @@ def resolve(
         raise ShardFormatError(f"{manifest_url}: split {split!r} has no shards")
     return ShardSet(
         source=text,
-        urls=tuple(join_url(folder, e["name"]) for e in entries),
+        urls=refuse_special_files(tuple(join_url(folder, e["name"]) for e in entries)),
         counts=tuple(int(e["count"]) for e in entries),
         recipe=manifest["recipe"],
         schema=given_schema(schema, retry) or schema_of(manifest, manifest_url),

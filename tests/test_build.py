@@ -207,7 +207,10 @@ def test_resume_after_sigkill_gives_the_same_bytes(tmp_path: Path) -> None:
         assert len(read_shard(out / name)) == 500
     hidden = {p.name for p in out.iterdir()} - set(left)
     assert all(
-        n == ".segshards-build.json" or n.startswith(".segshards-work") or ".tmp-" in n for n in hidden
+        n in (".segshards-build.json", ".segshards-build.lock")
+        or n.startswith(".segshards-work")
+        or ".tmp-" in n
+        for n in hidden
     ), hidden
 
     build(out, *args)

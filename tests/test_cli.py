@@ -223,6 +223,18 @@ class FullDiskFile:
         self.handle.close()
 
 
+class ShortWriteFile(FullDiskFile):
+    """A file that takes half of what it is given and says so, then takes nothing (no exception)."""
+
+    taken = False
+
+    def write(self, data: bytes) -> int:
+        if self.taken:
+            return 0
+        self.taken = True
+        return self.handle.write(bytes(memoryview(data)[: len(data) // 2]))
+
+
 def writes_shard(file: Any, mode: str, out: Path) -> bool:
     """Whether `open(file, mode)` opens a shard (or its temp file) in `out` for writing."""
     return (
@@ -233,7 +245,7 @@ def writes_shard(file: Any, mode: str, out: Path) -> bool:
     )
 
 
-def fill_disk_at(monkeypatch: pytest.MonkeyPatch, out: Path, nth: int) -> None:
+def fill_disk_at(monkeypatch: pytest.MonkeyPatch, out: Path, nth: int, kind: type = FullDiskFile) -> None:
     """Make the `nth` shard file opened for writing in `out` (and every later one) hit ENOSPC."""
     real_open = open
     opened = 0
@@ -244,7 +256,7 @@ def fill_disk_at(monkeypatch: pytest.MonkeyPatch, out: Path, nth: int) -> None:
         if writes_shard(file, mode, out):
             opened += 1
             if opened >= nth:
-                return FullDiskFile(handle)
+                return kind(handle)
         return handle
 
     monkeypatch.setattr("builtins.open", fake_open)
@@ -261,14 +273,15 @@ def test_full_disk_on_the_first_shard(
     assert_nothing_left(out)
 
 
+@pytest.mark.parametrize("kind", [FullDiskFile, ShortWriteFile])
 def test_full_disk_mid_build_then_resume(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    kind: type, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source = tiny_source(tmp_path / "src")
     out = tmp_path / "out"
     argv = build_args(source, out, "--shard-size", "10")
     with monkeypatch.context() as patch:
-        fill_disk_at(patch, out, 3)
+        fill_disk_at(patch, out, 3, kind)
         fails(capsys, argv, naming=str(out / "train-000002.tar"))
     assert visible_files(out) == ["train-000000.tar", "train-000001.tar"]  # complete shards only, no manifest
     assert all(len(read_shard(out / n)) == 10 for n in visible_files(out))

@@ -15,6 +15,7 @@ import pytest
 from segshards.writer.cli import main
 from segshards.writer.errors import SegshardsError
 
+from tests.deadline import deadline
 from tests.mnist_fixtures import error_lines
 from tests.moto_fixture import S3, s3_fixture  # noqa: F401  (fixtures)
 
@@ -197,3 +198,85 @@ def test_remote_manifest_names_outside_the_set_are_refused(
         f"segshards: error: {s3.url('set')}/manifest.json: splits.train.shards[0]: "
         "shard name '../../other/secret.tar' is not a plain file name"
     ]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev zero"])
+def test_special_files_as_shards_are_refused_without_hanging(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from segshards.loaders import make_loader
+
+    data = shard_bytes([member(f"{KEY}.png")])
+    folder = write_set(tmp_path / "set", {}, manifest_for({"train-000000.tar": data}))
+    shard = folder / "train-000000.tar"
+    if kind == "fifo":
+        os.mkfifo(shard)
+    else:
+        shard.symlink_to("/dev/zero")
+    with deadline(20):
+        assert main(["verify", str(folder)]) == 1
+        assert f"{shard}: not a regular file (a shard must be one)" in capsys.readouterr().err
+        with pytest.raises(SegshardsError, match=rf"^{shard}: not a regular file"):
+            make_loader(folder, "train", batch_size=1, shuffle=False)
+
+
+def good_manifest() -> dict[str, Any]:
+    data = shard_bytes([member(f"{KEY}.png")])
+    return {
+        **manifest_for({"train-000000.tar": data}),
+        "sample": {"image": "png", "mask": "mask.png", "meta": "json"},
+    }
+
+
+BAD_MANIFESTS: dict[str, tuple[str, str]] = {
+    "sample is a string": (
+        json.dumps({**good_manifest(), "sample": "x"}),
+        "field 'sample' has the wrong type (str)",
+    ),
+    "sample lacks members": (json.dumps({**good_manifest(), "sample": {}}), "field 'sample' must name"),
+    "sample of numbers": (
+        json.dumps({**good_manifest(), "sample": {"image": 1, "mask": "m", "meta": "j"}}),
+        "field 'sample.image' is not one of",
+    ),
+    "mask is a list": (json.dumps({**good_manifest(), "mask": []}), "field 'mask' has the wrong type (list)"),
+    "num_classes a string": (
+        json.dumps({**good_manifest(), "mask": {"num_classes": "2"}}),
+        "'mask.num_classes' is not an integer",
+    ),
+    "empty object": ("{}", "missing field 'format'"),
+    "a list": ("[1, 2]", "missing field 'format'"),
+    "5,000-digit count": (
+        json.dumps(good_manifest()).replace('"count": 1,', '"count": ' + "9" * 5000 + ",", 1),
+        "not valid JSON (Exceeds the limit",
+    ),
+    "huge bytes": (
+        json.dumps(good_manifest()).replace('"bytes": ', '"bytes": 1' + "0" * 40, 1),
+        "bytes out of range",
+    ),
+    "deep nesting": (
+        '{"format": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        "not valid JSON (nested too deeply)",
+    ),
+    "split count negative": (
+        json.dumps({**good_manifest(), "splits": {"train": {"count": -1, "shards": []}}}),
+        "splits.train.count out of range",
+    ),
+    "not utf-8": (
+        '{"format": "\xff"}'.encode("latin-1").decode("utf-8", "surrogateescape"),
+        "not valid JSON",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MANIFESTS))
+def test_hostile_manifests_are_one_line(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text, message = BAD_MANIFESTS[case]
+    folder = tmp_path / "set"
+    folder.mkdir()
+    (folder / "manifest.json").write_bytes(text.encode("utf-8", "surrogateescape"))
+    assert main(["verify", str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"segshards: error: {folder}/manifest.json: ")
+    assert message in err

@@ -1,10 +1,13 @@
 """The entry point starts a build's workers before the heavy imports, and only when a build wants them."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import segshards.writer.local_pool
-from segshards.writer.launch import early_workers, option
+from segshards.writer import cli
+from segshards.writer.launch import INTERRUPTED, early_workers, option
 
 
 def test_option_reads_both_spellings_and_the_last_wins() -> None:
@@ -45,3 +48,27 @@ def test_abbreviated_options_are_refused_since_the_launcher_reads_them_whole(
     assert exit_info.value.code == 2
     assert "unrecognized arguments: --job" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_sigint_during_start_up_is_one_line_and_exit_130(tmp_path: Path) -> None:
+    """The signal lands while the command's imports run (OpenCV, NumPy: well over 50 ms)."""
+    child = (
+        "import os, signal, sys, threading\n"
+        "threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
+        f"sys.argv = ['segshards', 'verify', {str(tmp_path)!r}]\n"
+        "from segshards.writer.launch import run\n"
+        "run()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (130, INTERRUPTED + "\n")
+
+
+def test_interrupt_while_parsing_is_exit_130(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted(recipe_name: str | None) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert cli.main(["verify", "x"]) == 130
+    assert capsys.readouterr().err == INTERRUPTED + "\n"

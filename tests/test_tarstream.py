@@ -2,6 +2,7 @@
 
 import gzip
 import io
+import os
 import tarfile
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 import webdataset as wds
 from segshards.writer.errors import ShardFormatError
 from segshards.writer.tarformat import tar_bytes
-from segshards.writer.tarstream import iter_members, iter_samples
+from segshards.writer.tarstream import iter_members, iter_samples, read_regular
 
 
 def members_tar(members: list[tuple[tarfile.TarInfo, bytes]], fmt: int = tarfile.USTAR_FORMAT) -> bytes:
@@ -114,3 +115,103 @@ def test_duplicate_member_and_corrupt_gzip() -> None:
     zipped = gzip.compress(tar_bytes([("k.png", b"a" * 5000)]))
     with pytest.raises(ShardFormatError, match="gz.tar: corrupt or truncated gzip"):
         list(iter_samples(io.BytesIO(zipped[: len(zipped) // 2]), "gz.tar"))
+
+
+def with_field(data: bytes, offset: int, start: int, value: bytes) -> bytes:
+    """`data` with bytes [start, start+len(value)) of the header at `offset` replaced, checksum fixed."""
+    header = bytearray(data[offset : offset + 512])
+    header[start : start + len(value)] = value
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    return data[:offset] + bytes(header) + data[offset + 512 :]
+
+
+SIMPLE = tar_bytes([("k1.png", b"a" * 700), ("k1.json", b"{}"), ("k2.png", b"b")])
+
+
+@pytest.mark.parametrize(
+    "field",
+    [b"-0000000001\0", b"-1\0", b"+0000000001", b"0000_000001\0", b"\xff" * 12, b"00000000009\0", b"0x1f\0"],
+)
+def test_size_fields_are_parsed_strictly(field: bytes) -> None:
+    data = with_field(SIMPLE, 0, 124, field)
+    with pytest.raises(ShardFormatError, match=r"^s: corrupt tar header \(size field"):
+        list(iter_samples(io.BytesIO(data), "s"))
+
+
+def test_size_field_padding_and_base256_still_read() -> None:
+    assert list(iter_members(io.BytesIO(with_field(SIMPLE, 1536, 124, b" 1 \0 \0")), "s"))[-1] == (
+        "k2.png",
+        b"b",
+    )
+    base256 = b"\x80" + (1).to_bytes(11, "big")
+    assert list(iter_members(io.BytesIO(with_field(SIMPLE, 1536, 124, base256)), "s"))[-1] == ("k2.png", b"b")
+
+
+def pax_tar(records: bytes, payload: bytes = b"img") -> bytes:
+    """A tar whose first member `k.png` is preceded by a PAX header holding `records` verbatim."""
+    pax = tar_bytes([("pax", records)])[: 512 + -(-len(records) // 512) * 512]  # no end blocks
+    pax = with_field(pax, 0, 156, b"x")
+    return pax + tar_bytes([("k.png", payload)])
+
+
+@pytest.mark.parametrize(
+    ("records", "message"),
+    [
+        (b"0 size=3\n", "malformed record at byte 0"),
+        (b"5 size=3\n", "malformed record at byte 0"),
+        (b"99 size=3\n", "malformed record at byte 0"),
+        (b"-9 size=3\n", "malformed record at byte 0"),
+        (b"9 size=3\n0 path=x\n", "malformed record at byte 9"),
+        (b"9 size=3 ", "malformed record at byte 0"),
+        (b"8 nokey\n", "record without key=value"),
+        (b"12 size=abc\n", "size='abc'"),
+        (b"11 size=-5\n", "size='-5'"),
+        (b"8 size=\n", "size=''"),
+    ],
+)
+def test_malformed_pax_records_are_one_error(records: bytes, message: str) -> None:
+    with pytest.raises(ShardFormatError, match=rf"^p: corrupt PAX header \(.*{message}"):
+        list(iter_samples(io.BytesIO(pax_tar(records)), "p"))
+
+
+def test_well_formed_pax_records_are_honoured() -> None:
+    data = pax_tar(b"9 size=2\n17 path=key.json\n", b"{}")
+    assert list(iter_members(io.BytesIO(data), "p")) == [("key.json", b"{}")]
+
+
+def test_oversized_extension_header_is_refused() -> None:
+    data = with_field(pax_tar(b"9 size=3\n"), 0, 124, b"%011o\0" % (2 << 20))
+    with pytest.raises(
+        ShardFormatError, match="is 2,097,152 bytes, over the limit of 1,048,576 for a PAX/GNU header"
+    ):
+        list(iter_samples(io.BytesIO(data), "p"))
+
+
+def test_member_limit_and_byte_bound() -> None:
+    with pytest.raises(
+        ShardFormatError,
+        match=r"'k1.png' is 700 bytes, over the limit of 512 \(SEGSHARDS_MAX_MEMBER_BYTES\)$",
+    ):
+        list(iter_samples(io.BytesIO(SIMPLE), "s", max_member_bytes=512))
+    with pytest.raises(ShardFormatError, match=r"^s: longer than the manifest's 2048 bytes"):
+        list(iter_samples(io.BytesIO(SIMPLE + bytes(4096)), "s", max_bytes=2048))
+    assert len(list(iter_samples(io.BytesIO(SIMPLE), "s", max_bytes=len(SIMPLE)))) == 2
+
+
+def test_only_regular_files_are_read_as_shards(tmp_path: Path) -> None:
+    fifo, zero = tmp_path / "fifo.tar", tmp_path / "zero.tar"
+    os.mkfifo(fifo)
+    zero.symlink_to("/dev/zero")
+    for path in (fifo, zero, tmp_path):
+        with pytest.raises(ShardFormatError, match="not a regular file"):
+            read_regular(path)
+    with (
+        open("/dev/zero", "rb", buffering=0) as stream,
+        pytest.raises(ShardFormatError, match="not a regular"),
+    ):
+        list(iter_samples(stream, "zero"))
+    (tmp_path / "ok.tar").write_bytes(SIMPLE)
+    assert read_regular(tmp_path / "ok.tar", len(SIMPLE)) == SIMPLE
+    with pytest.raises(ShardFormatError, match="longer than the manifest's 10 bytes"):
+        read_regular(tmp_path / "ok.tar", 10)

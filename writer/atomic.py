@@ -26,7 +26,11 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 class HashingFile(io.RawIOBase):
-    """A binary file that keeps the sha256 and size of everything written through it."""
+    """A binary file that keeps the sha256 and size of everything written through it.
+
+    Every write is checked: an OS write may take only part of the bytes (a disk filling up), so the rest
+    is written again until it is all taken, and a write that takes nothing is a full disk (ENOSPC).
+    """
 
     def __init__(self, raw: BinaryIO) -> None:
         self.raw, self.sha256, self.size = raw, hashlib.sha256(), 0
@@ -35,11 +39,16 @@ class HashingFile(io.RawIOBase):
         return True
 
     def write(self, data: Any) -> int:
-        self.sha256.update(data)
-        self.raw.write(data)
-        n = memoryview(data).nbytes
-        self.size += n
-        return n
+        view = memoryview(data).cast("B")
+        self.sha256.update(view)
+        done = 0
+        while done < len(view):
+            taken = self.raw.write(view[done:])
+            if not taken:  # 0, or None from a non-blocking file: nothing was written
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            done += taken
+        self.size += done
+        return done
 
 
 @contextlib.contextmanager
@@ -56,6 +65,10 @@ def atomic_stream(path: Path, buffer: int = 1 << 20) -> Iterator[Any]:
             with io.BufferedWriter(counted, buffer_size=buffer) as out:
                 yield out
             os.fsync(f.fileno())
+            if os.fstat(f.fileno()).st_size != counted.size:  # a write lost without an error: never publish
+                raise OSError(
+                    errno.EIO, f"{os.fstat(f.fileno()).st_size} bytes on disk of {counted.size} written"
+                )
         os.replace(tmp, path)
     except OSError as exc:
         reason = "no space left on device" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)

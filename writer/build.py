@@ -18,6 +18,7 @@ from segshards.writer.cluster import check_scheduler, run_on_dask
 from segshards.writer.errors import ConfigError, OutputError, SegshardsError, SupplyError
 from segshards.writer.keys import HASH_ALGORITHM, PIXEL_HASH_OF
 from segshards.writer.local_pool import run_with_parent, start_build_workers
+from segshards.writer.lock import LOCK
 from segshards.writer.manifest import FORMAT, FORMAT_VERSION, MANIFEST, SAMPLE_LAYOUT, dumps
 from segshards.writer.plan import SplitPlan, plan_tasks
 from segshards.writer.recipe import SPLITS, Recipe, SourceInfo
@@ -95,7 +96,8 @@ def claim_output(store: Store, public: dict[str, Any]) -> frozenset[str]:
     """Make the folder or prefix ours for this config: refuse another set or foreign content, mark the build
     in progress; returns the names of the objects already there."""
     store.prepare(label="--out ")
-    names = frozenset(store.names())
+    store.lock()  # one build per folder from here on (`build` releases it)
+    names = frozenset(store.names()) - {LOCK}  # our own lock is not content
     for name in (MANIFEST, MARKER):
         if name in names:
             found = read_config(store, name)
@@ -298,6 +300,14 @@ def warm_workers(config: BuildConfig) -> None:
 
 def build(recipe: Recipe, spec: Any, config: BuildConfig) -> dict[str, Any]:
     """Build the shard set described by `config`; returns the manifest. Resumes an interrupted build."""
+    try:
+        return build_claimed(recipe, spec, config)
+    finally:  # the folder's lock (taken in claim_output), whether the build ended or failed
+        open_store(config.out).release()
+
+
+def build_claimed(recipe: Recipe, spec: Any, config: BuildConfig) -> dict[str, Any]:
+    """`build`, which holds the output folder's lock from the claim on."""
     validate(config)
     started = time.perf_counter()
     warm_workers(config)

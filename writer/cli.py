@@ -8,6 +8,7 @@ from pathlib import Path
 from segshards.writer import __version__
 from segshards.writer.build import BACKENDS, BuildConfig, build
 from segshards.writer.errors import SegshardsError, StoreError
+from segshards.writer.launch import INTERRUPTED
 from segshards.writer.local_pool import stop_workers
 from segshards.writer.preview import write_preview
 from segshards.writer.publish import PublishConfig, publish
@@ -154,18 +155,18 @@ def plugin(name: str) -> Callable[[list[str]], int] | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status. Only here do errors become exit codes."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] not in COMMANDS and (handler := plugin(argv[0])) is not None:
-        return handler(argv[1:])
-    recipe_name = argv[1] if len(argv) > 1 and argv[0] == "build" else None
-    list_recipes = argv[:1] == ["build"] and recipe_name not in recipe_names()
     try:
+        if argv and argv[0] not in COMMANDS and (handler := plugin(argv[0])) is not None:
+            return handler(argv[1:])
+        recipe_name = argv[1] if len(argv) > 1 and argv[0] == "build" else None
+        list_recipes = argv[:1] == ["build"] and recipe_name not in recipe_names()
         args = build_parser(recipe_name, list_recipes=list_recipes).parse_args(argv)
         return COMMANDS[args.command](args)
     except SegshardsError as exc:
         print(f"segshards: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("segshards: interrupted; run the same command again to resume", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
 
 

@@ -1,13 +1,18 @@
 """Sample encoding: PNG bytes with fixed settings, canonical JSON, and the member list of a sample."""
 
+import contextlib
 import json
+import os
 import struct
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import cv2
 import numpy as np
 from segshards.writer.errors import ShardFormatError
 from segshards.writer.keys import pixel_key
+from segshards.writer.limits import DecodeLimits, check_image
 from segshards.writer.recipe import Rendered
 from zlib_ng import zlib_ng
 
@@ -68,10 +73,39 @@ def sample_members(sample: Rendered) -> tuple[str, list[tuple[str, bytes]]]:
     return key, sorted(members)
 
 
-def decode_image(payload: bytes, ext: str, where: str) -> np.ndarray:
-    """Decode a stored image member to the pixels its key was computed from (PNG as stored, JPEG as BGR)."""
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null for the block: libpng and libjpeg print their own warnings and
+    errors there ("libpng error: IDAT: CRC error"), beside the one line we report. Other threads' stderr
+    output in the same moment is lost too, hence only around a decode call."""
+    with _STDERR_LOCK:
+        saved = os.dup(2)
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 2)
+            os.close(null)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def decode_image(payload: bytes, ext: str, where: str, limits: DecodeLimits | None = None) -> np.ndarray:
+    """Decode a stored image member to the pixels its key was computed from (PNG as stored, JPEG as BGR).
+
+    Only PNG and JPEG are decoded, and only once their headers declare a size within `limits`.
+    """
+    check_image(payload, where, limits)
     flag = cv2.IMREAD_COLOR if ext in ("jpg", "jpeg") else cv2.IMREAD_UNCHANGED
-    array = cv2.imdecode(np.frombuffer(payload, np.uint8), flag)
+    try:
+        with quiet_stderr():
+            array = cv2.imdecode(np.frombuffer(payload, np.uint8), flag)
+    except cv2.error as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "cv2.error"
+        raise ShardFormatError(f"{where}: undecodable {ext} image ({reason})") from None
     if array is None:
         raise ShardFormatError(f"{where}: undecodable {ext} image")
     return array

@@ -35,9 +35,17 @@ def early_workers(argv: Sequence[str]) -> None:
     start_build_workers(jobs)
 
 
-def run() -> None:
-    """Console-script entry point."""
-    early_workers(sys.argv[1:])
-    from segshards.writer.cli import main
+INTERRUPTED = "segshards: interrupted; run the same command again to resume"
 
-    sys.exit(main())
+
+def run() -> None:
+    """Console-script entry point. Ctrl-C at any moment, the imports included, is one line and exit 130."""
+    try:
+        early_workers(sys.argv[1:])
+        from segshards.writer.cli import main
+
+        status = main()
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        status = 130
+    sys.exit(status)

@@ -15,6 +15,8 @@ FORMAT = "segshards"
 FORMAT_VERSION = 2  # 2: the manifest holds the sample schema (`schema`) and the source licence
 SAMPLE_LAYOUT = {"image": "png", "mask": "mask.png", "meta": "json"}
 SHARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*\.tar")
+MAX_COUNT = 1 << 62  # counts and byte sizes: any real one, and still a C long wherever it is used
+OPTIONAL_OBJECTS = ("sample", "mask", "source", "config", "hash")  # read with .get(...): objects or absent
 
 
 def dumps(manifest: dict[str, Any]) -> bytes:
@@ -42,18 +44,41 @@ def check_shard_entry(entry: Any, where: str) -> None:
     if not SHARD_NAME.fullmatch(name):
         raise ShardFormatError(f"{where}: shard name {name!r} is not a plain file name")
     for key in ("count", "bytes"):
-        if _require(entry, key, int, where) < 0:
-            raise ShardFormatError(f"{where}: shard {name} has negative {key}")
+        if not 0 <= _require(entry, key, int, where) < MAX_COUNT:
+            raise ShardFormatError(f"{where}: shard {name} has {key} out of range")
     if not re.fullmatch(r"[0-9a-f]{64}", _require(entry, "sha256", str, where)):
         raise ShardFormatError(f"{where}: shard {name} has a malformed sha256")
+
+
+def _check_layout(manifest: dict[str, Any], where: str) -> None:
+    """The optional objects others' code reads with `.get`: objects when present, `sample` of strings."""
+    for key in OPTIONAL_OBJECTS:
+        if key in manifest and not isinstance(manifest[key], dict):
+            raise ShardFormatError(
+                f"{where}: field {key!r} has the wrong type ({type(manifest[key]).__name__})"
+            )
+    for key, value in manifest.get("sample", {}).items():
+        if not isinstance(value, str) or not value or key not in SAMPLE_LAYOUT:
+            raise ShardFormatError(
+                f"{where}: field 'sample.{key}' is not one of {sorted(SAMPLE_LAYOUT)} naming an extension"
+            )
+    if "sample" in manifest and set(manifest["sample"]) != set(SAMPLE_LAYOUT):
+        raise ShardFormatError(f"{where}: field 'sample' must name {sorted(SAMPLE_LAYOUT)}")
+    classes = manifest.get("mask", {}).get("num_classes")
+    if classes is not None and (
+        not isinstance(classes, int) or isinstance(classes, bool) or not 0 < classes <= 256
+    ):
+        raise ShardFormatError(f"{where}: field 'mask.num_classes' is not an integer in 1..256")
 
 
 def parse_manifest(text: str | bytes, where: str) -> dict[str, Any]:
     """Parse and validate manifest JSON; `where` names it in errors."""
     try:
         manifest = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ShardFormatError(f"{where}: not valid JSON ({exc})") from exc
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, or an integer over 4,300 digits
+        raise ShardFormatError(f"{where}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ShardFormatError(f"{where}: not valid JSON (nested too deeply)") from None
     if _require(manifest, "format", str, where) != FORMAT:
         raise ShardFormatError(f"{where}: not a segshards manifest")
     version = _require(manifest, "format_version", int, where)
@@ -62,9 +87,11 @@ def parse_manifest(text: str | bytes, where: str) -> dict[str, Any]:
             f"{where}: format_version {version} is newer than this segshards ({FORMAT_VERSION})"
         )
     _require(manifest, "recipe", str, where)
+    _check_layout(manifest, where)
     splits = _require(manifest, "splits", dict, where)
     for split, info in splits.items():
-        _require(info, "count", int, f"{where}: splits.{split}")
+        if not 0 <= _require(info, "count", int, f"{where}: splits.{split}") < MAX_COUNT:
+            raise ShardFormatError(f"{where}: splits.{split}.count out of range")
         entries = _require(info, "shards", list, f"{where}: splits.{split}")
         for i, entry in enumerate(entries):
             check_shard_entry(entry, f"{where}: splits.{split}.shards[{i}]")

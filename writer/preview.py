@@ -1,6 +1,5 @@
 """`segshards preview`: a PNG contact sheet of samples with masks overlaid in colour."""
 
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ import numpy as np
 from segshards.writer.atomic import atomic_write
 from segshards.writer.encode import decode_image, encode_png
 from segshards.writer.manifest import read_manifest, shard_entries
-from segshards.writer.tarstream import iter_samples
+from segshards.writer.tarstream import iter_samples, open_shard
 
 CELL = 112
 # Distinct colours (BGR) for classes 1..10; other classes get seeded colours, 255 (ignore) is white.
@@ -81,8 +80,8 @@ def contact_sheet(folder: Path, *, split: str = "train", count: int = 64, column
     cells: list[np.ndarray] = []
     for entry in shard_entries(manifest, split):
         path = folder / entry["name"]
-        with open(path, "rb") as f:
-            for sample in iter_samples(io.BytesIO(f.read()), str(path)):
+        with open_shard(path) as f:
+            for sample in iter_samples(f, str(path), max_bytes=entry["bytes"]):
                 cells.append(cell(sample, palette, str(path)))
                 if len(cells) == count:
                     break

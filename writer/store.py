@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from segshards.writer.atomic import atomic_write, remove_stale_temps, temp_path
-from segshards.writer.errors import ConfigError, OutputError, StoreError
+from segshards.writer.errors import ConfigError, OutputError, ShardFormatError, StoreError
+from segshards.writer.lock import claim_folder, release_folder
 from segshards.writer.storage import RetryPolicy, s3_filesystem, safe_reason, with_retries
+from segshards.writer.tarstream import read_regular
 
 T = TypeVar("T")
 
@@ -64,7 +66,11 @@ class Store(Protocol):
     def is_folder(self, folder: Path) -> bool:
         """True when this store is the local folder `folder`."""
 
-    def read(self, name: str) -> bytes: ...
+    def read(self, name: str, max_bytes: int | None = None) -> bytes: ...
+
+    def lock(self) -> None: ...
+
+    def release(self) -> None: ...
 
     def write(self, name: str, data: bytes) -> None: ...
 
@@ -114,11 +120,21 @@ class LocalStore:
     def is_folder(self, folder: Path) -> bool:
         return self.folder.resolve() == folder.resolve()
 
-    def read(self, name: str) -> bytes:
+    def read(self, name: str, max_bytes: int | None = None) -> bytes:
+        """A regular file's bytes (never a FIFO or a device), refused when longer than `max_bytes`."""
         try:
-            return (self.folder / name).read_bytes()
+            return read_regular(self.folder / name, max_bytes)
+        except ShardFormatError as exc:  # missing, unreadable, not a regular file, too long
+            raise StoreError(str(exc)) from None
         except OSError as exc:
             raise StoreError(f"{self.folder / name}: cannot read ({exc.strerror or exc})") from exc
+
+    def lock(self) -> None:
+        """One build per folder (see `segshards.writer.lock`)."""
+        claim_folder(self.folder)
+
+    def release(self) -> None:
+        release_folder(self.folder)
 
     def write(self, name: str, data: bytes) -> None:
         atomic_write(self.folder / name, data)
@@ -205,7 +221,15 @@ class S3Store:
     def is_folder(self, folder: Path) -> bool:
         return False
 
-    def read(self, name: str) -> bytes:
+    def lock(self) -> None:
+        """No lock on a prefix: S3 has no exclusive create to build one on (see the README)."""
+
+    def release(self) -> None:
+        """Nothing to release."""
+
+    def read(self, name: str, max_bytes: int | None = None) -> bytes:
+        if max_bytes is not None and (info := self.head(name)) is not None and info.size > max_bytes:
+            raise StoreError(f"{self.url}/{name}: longer than the manifest's {max_bytes} bytes")
         with self._errors("read", name):
             try:
                 return bytes(self._retried(lambda: self.fs.cat_file(f"{self.bucket}/{self.key(name)}"), name))

@@ -12,7 +12,6 @@ RECORD = 20 * BLOCK  # GNU tar and Python's tarfile pad archives to this size
 MTIME = 0  # fixed, integer: no PAX headers, identical bytes on every build
 MODE = 0o644
 REFUSED_SUFFIXES = (".pkl", ".pickle", ".pyd", ".pth", ".pt", ".npy", ".npz")
-MAX_MEMBER_BYTES = 256 << 20
 ZEROS = bytes(BLOCK)
 
 Sample = dict[str, bytes | str]

@@ -3,34 +3,83 @@
 Python's `tarfile` costs ~70 us a member; this reader parses USTAR headers itself from 1 MiB chunks (a few us
 a member); the one reader of shards for `verify`, resume, `preview` and the loaders. Rules: regular files only (links, devices,
 directories refused), names checked by `split_member_name` (no absolute paths, no '..', no pickles),
-members of a sample contiguous, at most `MAX_MEMBER_BYTES` each. Header checksums are verified in groups
+members of a sample contiguous, at most `DecodeLimits.max_member_bytes` each. Header checksums are verified in groups
 before any sample of the group is yielded; a stream that ends before the end-of-archive blocks is truncated.
 PAX ('x') and GNU long-name ('L') headers are honoured for names and sizes; gzip-compressed tars are read too.
+Every numeric field is parsed strictly (octal digits or positive GNU base-256 only, PAX lengths that advance,
+decimal PAX sizes), so no header can make the reader go back or stand still; `max_bytes` bounds the bytes read
+from the stream when the caller knows the shard's size, and `open_shard` opens regular files only.
 """
 
 import gzip
+import os
+import re
+import stat
 import zlib
 from collections.abc import Iterator
 from typing import IO
 
 import numpy as np
 from segshards.writer.errors import ShardFormatError
-from segshards.writer.tarformat import BLOCK, MAX_MEMBER_BYTES, REFUSED_SUFFIXES, Sample, split_member_name
+from segshards.writer.limits import default_limits, env_name
+from segshards.writer.tarformat import BLOCK, REFUSED_SUFFIXES, Sample, split_member_name
 
 CHUNK = 1 << 20
 VERIFY_EVERY = 32  # samples per checksum verification
 REGULAR = (b"0", b"\0", b"7")
 EXTENSIONS = (b"x", b"g", b"L")  # PAX per-member and global records, GNU long name
 ZERO_BLOCK = bytes(BLOCK)
+MAX_EXTENDED_BYTES = 1 << 20  # a PAX or GNU long-name header: names and a few numbers, never more
+VERIFY_BYTES = 64 << 20  # verify (and yield) pending samples once they hold this much
+OCTAL = re.compile(rb" *([0-7]+) *")
+PAX_LENGTH = re.compile(rb"[1-9][0-9]{0,8} ")
 
 
 def _octal(field: bytes, what: str, where: str) -> int:
-    if field[:1] and field[0] & 0x80:  # GNU base-256 for sizes over 8 GiB
+    """A numeric header field: octal digits (space/NUL padded) or GNU base-256 (0x80 then big-endian)."""
+    if field[:1] == b"\x80":  # positive GNU base-256, for sizes over 8 GiB
         return int.from_bytes(field[1:], "big")
+    match = OCTAL.fullmatch(field.split(b"\0", 1)[0])
+    if match is None:  # a minus sign, a base-256 negative (0xff), '_', letters ...
+        raise ShardFormatError(f"{where}: corrupt tar header ({what} field {field!r})")
+    return int(match[1], 8)
+
+
+def open_shard(path: str | os.PathLike[str]) -> IO[bytes]:
+    """Open a local shard for reading, refusing anything but a regular file (FIFO, device, folder).
+
+    The file is opened non-blocking, so a FIFO cannot stall the open itself, and checked with fstat on
+    what was opened (a symlink to /dev/zero is a character device there).
+    """
     try:
-        return int(field.replace(b"\0", b" ").strip() or b"0", 8)
-    except ValueError:
-        raise ShardFormatError(f"{where}: corrupt tar header ({what} field {field!r})") from None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise ShardFormatError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise ShardFormatError(f"{path}: not a regular file (a shard must be one)")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb", buffering=0)
+
+
+def read_regular(path: str | os.PathLike[str], max_bytes: int | None = None) -> bytes:
+    """The bytes of a local shard (`open_shard`'s rules), refusing more than `max_bytes` when given."""
+    with open_shard(path) as f:
+        data = f.read() if max_bytes is None else f.read(max_bytes + 1)
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ShardFormatError(f"{path}: longer than the manifest's {max_bytes} bytes")
+    return data
+
+
+def _check_regular(stream: IO[bytes], where: str) -> None:
+    """Refuse a stream backed by a file descriptor that is not a regular file (a device, a pipe)."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        return  # in memory, or a network stream
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        raise ShardFormatError(f"{where}: not a regular file (a shard must be one)")
 
 
 def _stored_checksums(fields: np.ndarray) -> np.ndarray:
@@ -63,17 +112,23 @@ def _verify_checksums(headers: list[bytes], where: str) -> None:
 
 
 def _pax_records(payload: bytes, where: str) -> dict[str, str]:
+    """PAX records `"%d %s=%s\\n"`; each length must cover its whole record, so every step advances."""
     records: dict[str, str] = {}
     pos = 0
+    payload = payload.rstrip(b"\0")  # some writers pad the record block with NULs
     while pos < len(payload):
-        space = payload.find(b" ", pos)
-        try:
-            length = int(payload[pos:space])
-        except ValueError:
-            raise ShardFormatError(f"{where}: corrupt PAX header") from None
-        key, _, value = payload[space + 1 : pos + length - 1].partition(b"=")
+        match = PAX_LENGTH.match(payload, pos)
+        end = pos + int(match[0]) if match else 0
+        if match is None or end > len(payload) or end < match.end() + 3 or payload[end - 1] != 0x0A:
+            raise ShardFormatError(f"{where}: corrupt PAX header (malformed record at byte {pos})")
+        key, eq, value = payload[match.end() : end - 1].partition(b"=")
+        if not eq or not key:
+            raise ShardFormatError(f"{where}: corrupt PAX header (record without key=value at byte {pos})")
         records[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
-        pos += length
+        pos = end
+    size = records.get("size")
+    if size is not None and not (size.isascii() and size.isdigit() and len(size) <= 20):
+        raise ShardFormatError(f"{where}: corrupt PAX header (size={size[:40]!r})")
     return records
 
 
@@ -104,6 +159,20 @@ class _Prefixed:
         return self.stream.read(size)
 
 
+class _Bounded:
+    """A stream that refuses to yield more than `limit` bytes (the manifest's size of the shard)."""
+
+    def __init__(self, stream: IO[bytes], limit: int, where: str) -> None:
+        self.stream, self.left, self.limit, self.where = stream, limit, limit, where
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(self.left + 1 if size < 0 else min(size, self.left + 1))
+        self.left -= len(data)
+        if self.left < 0:
+            raise ShardFormatError(f"{self.where}: longer than the manifest's {self.limit} bytes")
+        return data
+
+
 class _Chunks:
     """The stream's bytes, held in large chunks: `buf[pos:]` is what has not been consumed yet."""
 
@@ -125,7 +194,10 @@ class _Chunks:
         return have >= n
 
 
-def _open(stream: IO[bytes], where: str) -> _Chunks:
+def _open(stream: IO[bytes], where: str, max_bytes: int | None) -> _Chunks:
+    _check_regular(stream, where)
+    if max_bytes is not None:
+        stream = _Bounded(stream, max_bytes, where)  # type: ignore[assignment]
     chunks = _Chunks(stream)
     chunks.fill(2)
     if chunks.buf[:2] == b"\x1f\x8b":
@@ -141,13 +213,20 @@ def _member_name(header: bytes) -> str:
     return name.decode("utf-8", "replace")
 
 
-def iter_samples(stream: IO[bytes], where: str) -> Iterator[Sample]:
+def iter_samples(
+    stream: IO[bytes], where: str, *, max_bytes: int | None = None, max_member_bytes: int | None = None
+) -> Iterator[Sample]:
     """Group consecutive members sharing a key into {'__key__', ext: payload}, as `segshards.writer.tarformat` does.
 
     One flat loop, since it runs for every member: headers are parsed in place, and the samples of each
-    group of `VERIFY_EVERY` are yielded once the checksums of their headers are verified.
+    group of `VERIFY_EVERY` (or of `VERIFY_BYTES`) are yielded once the checksums of their headers are
+    verified. `max_bytes` bounds what is read from `stream` (the shard's size, where the caller knows
+    it); `max_member_bytes` bounds each member as stored (after gzip; default: `default_limits()`).
     """
-    chunks = _open(stream, where)
+    if max_member_bytes is None:
+        max_member_bytes = default_limits().max_member_bytes
+    chunks = _open(stream, where, max_bytes)
+    pending_bytes = 0
     pending: list[Sample] = []  # complete samples, not yet verified
     headers: list[bytes] = []  # headers of the pending samples, then of the current one
     current: Sample = {}
@@ -169,22 +248,32 @@ def iter_samples(stream: IO[bytes], where: str) -> Iterator[Sample]:
                         f"{where}: corrupt tar (a zero block not followed by the end marker)"
                     )
                 break
-            try:
-                size = int(header[124:135], 8)  # the common case: 11 octal digits and a NUL
+            field = header[124:135]
+            try:  # the common case: 11 digits and a NUL (int() alone would take a sign, '_', spaces)
+                if not field.isdigit() or header[135]:
+                    raise ValueError(field)
+                size = int(field, 8)
             except ValueError:
                 size = _octal(header[124:136], "size", where)
             kind = header[156:157]
             if extended:
-                size = int(extended.get("size", size))
+                size = int(extended.get("size", size))  # digits only: checked by _pax_records
                 name = extended.get("path") or _member_name(header)
             elif header[345]:
                 name = _member_name(header)  # a USTAR prefix (or garbage, which the checksum catches)
             else:
                 name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
-            if size > MAX_MEMBER_BYTES:
-                raise ShardFormatError(f"{where}: tar member {name!r} is {size} bytes")
             if kind not in REGULAR and kind not in EXTENSIONS:
                 raise ShardFormatError(f"{where}: tar member {name!r} is not a regular file")
+            if size > max_member_bytes or kind in EXTENSIONS and size > MAX_EXTENDED_BYTES:
+                limit = (
+                    f"{MAX_EXTENDED_BYTES:,} for a PAX/GNU header"
+                    if kind in EXTENSIONS and size <= max_member_bytes
+                    else f"{max_member_bytes:,} ({env_name('max_member_bytes')})"
+                )
+                raise ShardFormatError(
+                    f"{where}: tar member {name!r} is {size:,} bytes, over the limit of {limit}"
+                )
             end = pos + BLOCK + size
             padded = end + (-size % BLOCK)
             if padded > len(chunks.buf):
@@ -210,14 +299,15 @@ def iter_samples(stream: IO[bytes], where: str) -> Iterator[Sample]:
             if current and current["__key__"] != key:
                 pending.append(current)
                 current = {}
-                if len(pending) >= VERIFY_EVERY:
+                if len(pending) >= VERIFY_EVERY or pending_bytes >= VERIFY_BYTES:
                     _verify_checksums(headers[:-1], where)  # the last header starts the new sample
                     yield from pending
-                    pending, headers = [], headers[-1:]
+                    pending, headers, pending_bytes = [], headers[-1:], 0
             if ext in current:
                 raise ShardFormatError(f"{where}: duplicate member {name!r}")
             current["__key__"] = key
             current[ext] = payload
+            pending_bytes += size
     except ShardFormatError:
         # The samples completed before the damage are good once their headers check out (those of the
         # current, incomplete sample are checked with them: a header that fails is damage all the same).

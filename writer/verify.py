@@ -93,7 +93,8 @@ def verify_location(location: str | Path) -> tuple[list[str], int, int]:
     """Verify a local folder or an `s3://bucket/prefix` set, also flagging shards the manifest does not list."""
     store = open_store(location)
     manifest = read_set_manifest(store)
-    problems, shards, samples = verify_set(manifest, store.read, store.url)
+    sizes = {e["name"]: e["bytes"] for s in manifest["splits"].values() for e in s["shards"]}
+    problems, shards, samples = verify_set(manifest, lambda name: store.read(name, sizes[name]), store.url)
     listed = {e["name"] for s in manifest["splits"].values() for e in s["shards"]}
     for name in store.names():
         if name not in listed and SHARD_NAME.fullmatch(name):
