@@ -1,15 +1,17 @@
 """The IterableDataset each DataLoader worker runs: its share of the epoch's shards, shuffled, batched, decoded.
 
 Workers are numbered logically. DataLoader hands items out round-robin over its worker slots, starting at
-slot 0 and passing over workers that have finished; slot s runs logical worker (s + rotation) % W, so a
-resumed epoch can start the round-robin at the worker that was next, and each logical worker first skips
-the batches it had already delivered (reading them, to replay its shuffle, without decoding them).
+slot 0 and passing over workers that have finished; slot s runs logical worker (s + next_worker) % W, so a
+resumed epoch can start the round-robin at the worker that was next (`segshards.loaders.position`), and each
+logical worker first skips the batches it had already delivered (reading them, to replay its shuffle,
+without decoding them).
 
-An item carries several consecutive batches of one worker (about `transfer_bytes` of arrays: k batches,
-k fixed per worker by its first decoded batch), since each item crossing from a worker costs the same
-whatever its size (the arrays themselves travel in reused shared memory: `segshards.loaders.transport`). Chunks start at multiples of k in the worker's batch sequence, so a resumed worker
-sends the rest of an interrupted chunk first. Every worker ends its stream with one end-of-stream item
-carrying its error statistics; the loader consumes it and never shows it to the user.
+A `Chunk` message carries several consecutive batches of one worker (about `transfer_bytes` of arrays: k
+batches, k fixed per worker by its first decoded batch), since each item crossing from a worker costs the
+same whatever its size (the arrays themselves travel in reused shared memory: `segshards.loaders.transport`).
+Chunks start at multiples of k in the worker's batch sequence, so a resumed worker sends the rest of an
+interrupted chunk first. Every worker ends its stream with a `WorkerEnd` carrying its error statistics; the
+loader consumes it and never shows it to the user (`segshards.loaders.messages`).
 """
 
 import random
