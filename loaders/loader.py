@@ -26,39 +26,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cv2
 import torch
-from segshards.loaders.dataset import (
-    END_TAG,
-    PER_ITEM,
-    WORKER_TAG,
-    IterationControl,
-    LoaderConfig,
-    ShardStream,
-)
+from segshards.loaders.dataset import LoaderConfig, ShardStream
 from segshards.loaders.decode import unpack
 from segshards.loaders.errors import ResumeError, SkippedDataWarning
+from segshards.loaders.messages import WorkerEnd
+from segshards.loaders.position import EpochPosition
 from segshards.loaders.source import ShardSet, resolve
 from segshards.loaders.stages import OnError, Stats
 from segshards.loaders.storage import RetryPolicy
 from segshards.loaders.transport import receive, release_counters
+from segshards.loaders.worker_pool import PositionBoard, WorkerPool, original_error
 from segshards.writer.errors import ConfigError, SegshardsError
 from segshards.writer.schema import SampleSchema
-from torch.utils.data import DataLoader
 
-STATE_VERSION = 2
-
-
-def _identity(batch: Any) -> Any:
-    return batch
-
-
-def _clean(exc: SegshardsError) -> SegshardsError:
-    """The original one-line message of an error re-raised by DataLoader from a worker process."""
-    lines = str(exc).strip().splitlines()
-    if len(lines) > 1 and lines[0].startswith("Caught ") and ": " in lines[-1]:
-        return type(exc)(lines[-1].split(": ", 1)[1])
-    return exc
+STATE_VERSION = 2  # the keys of EpochPosition.state_dict(), "version" and "settings"
 
 
 def distributed_defaults(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -104,135 +86,74 @@ class ShardLoader:
         validate(config, shards)
         self.shards, self.config = shards, config
         self.dataset = ShardStream(shards, config)
-        self.prefetch_factor = prefetch_factor
         if config.num_workers:
-            # Worker processes persist from one iteration to the next (forking them again cost 0.25-0.4 s
-            # an epoch on a GPU host): each iteration's position reaches them through shared memory.
-            self.dataset.control = IterationControl(config.workers)
+            # Workers persist across iterations: each iteration's position reaches them through the board.
+            self.dataset.board = PositionBoard(EpochPosition.row_size(config.workers))
             self.dataset.released = release_counters(config.workers)
-        self.dataloader = self._new_dataloader()
+        self.pool = WorkerPool(self.dataset, workers=config.num_workers, prefetch_factor=prefetch_factor)
         self.pin_memory = pin_memory
-        self.epoch = 0
+        self.position = EpochPosition.start(0, config.workers)
         self.stats = Stats()  # what on_error="skip" left out in the current (or last) epoch
         self._run = 0  # iterations started: only the latest may advance the position
-        self._reset_position()
 
-    def _new_dataloader(self) -> DataLoader:
-        workers = self.config.num_workers
-        return DataLoader(
-            self.dataset,
-            batch_size=None,
-            collate_fn=_identity,
-            num_workers=workers,
-            pin_memory=False,  # pinned by `receive`, copying straight out of the workers' shared memory
-            prefetch_factor=self.prefetch_factor if workers else None,
-            persistent_workers=workers > 0,
-        )
+    @property
+    def epoch(self) -> int:
+        return self.position.epoch
 
-    def _reset_position(self) -> None:
-        workers = self.config.workers
-        self.batches = 0  # batches yielded this epoch
-        self._delivered = [0] * workers  # batches (empty ones included) per logical worker
-        self._ended = [False] * workers  # end-of-stream item delivered, per logical worker
-        self._per_item: list[int | None] = [None] * workers  # batches per item, per logical worker
-        self._next = 0  # the logical worker due next in DataLoader's round-robin
-
-    def _next_after(self, worker: int) -> int:
-        """The worker after `worker` in the round-robin, passing over finished ones."""
-        workers = len(self._ended)
-        for step in range(1, workers + 1):
-            candidate = (worker + step) % workers
-            if not self._ended[candidate]:
-                return candidate
-        return worker
-
-    def _start_workers(self) -> Iterator[Any]:
-        """The DataLoader's iterator, its worker processes forked while OpenCV runs single-threaded.
-
-        A child forked while OpenCV's thread pool is live inherits a pool without threads: the worker's
-        first cv2 call that touches the pool (setNumThreads, resize ...) then hangs. Forked with one
-        thread, each worker decodes single-threaded (the workers are the parallelism); the parent gets
-        its setting back at once.
-        """
-        if self.dataloader.num_workers == 0:
-            return iter(self.dataloader)
-        previous = cv2.getNumThreads()
-        cv2.setNumThreads(1)
-        try:
-            return iter(self.dataloader)
-        finally:
-            cv2.setNumThreads(previous)
+    @property
+    def batches(self) -> int:
+        """Batches yielded so far in this epoch."""
+        return self.position.batches
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self._run += 1
         run = self._run
-        if self.batches == 0 and not any(self._delivered):
+        position = self.position
+        if not position.started:
             self.stats = Stats()
-        self.dataset.epoch = self.epoch
-        self.dataset.skip, self.dataset.ended = list(self._delivered), list(self._ended)
-        self.dataset.per_item, self.dataset.rotation = list(self._per_item), self._next
-        released = self.dataset.released
-        if self.dataset.control is not None and released is not None:
+        self.dataset.position = position.copy()
+        board, released = self.dataset.board, self.dataset.released
+        if board is not None and released is not None:
             # The workers are idle (fresh, or done with the last iteration): they read this when resumed.
-            self.dataset.control.write(self.dataset)
+            board.write(position.to_row())
             released.zero_()
         rings: dict[int, torch.Tensor] = {}
         iterator: Iterator[Any] | None = None
         completed = False
         try:
-            iterator = self._start_workers()  # may raise: a persistent worker died since the last epoch
+            iterator = self.pool.start()  # may raise: a persistent worker died since the last epoch
             while True:
-                self._check_current(run)  # before taking an item: it may belong to a newer iteration
-                item = next(iterator, None)
-                if item is None:
+                self._check_current(run)  # before taking a message: it may belong to a newer iteration
+                message = next(iterator, None)
+                if message is None:
                     break
-                worker = item[WORKER_TAG]
-                if END_TAG in item:
-                    self._ended[worker] = True
-                    self._next = self._next_after(worker)
-                    self.stats.merge(item[END_TAG])
+                if isinstance(message, WorkerEnd):
+                    position.end(message.worker)
+                    self.stats.merge(message.stats)
                     continue
-                self._per_item[worker] = item[PER_ITEM]
-                batches = receive(item, rings, released, worker, pin=self.pin_memory)
+                position.workers[message.worker].per_item = message.per_item
+                batches = receive(message, rings, released, pin=self.pin_memory)
                 for i, batch in enumerate(batches):
                     self._check_current(run)
-                    self._delivered[worker] += 1
-                    # mid-item, the same worker is due next: a resumed run starts with the rest of its item
-                    self._next = worker if i + 1 < len(batches) else self._next_after(worker)
+                    position.deliver(message.worker, mid_item=i + 1 < len(batches))
                     if batch["key"]:  # an empty batch: every sample of its group failed (skip mode)
-                        self.batches += 1
+                        position.batches += 1
                         yield unpack(batch)
             self._check_current(run)
             completed = True
         except SegshardsError as exc:
-            raise _clean(exc) from exc
+            raise original_error(exc) from exc
         finally:
-            # An iteration superseded by a newer one leaves the workers (shared with it) alone.
+            # An iteration superseded by a newer one leaves the workers (shared with it) alone; one left
+            # early stops them now (they may be blocked mid-item), and fresh ones replay the position.
             if not completed and self._run == run:
-                self._stop_workers(iterator)
+                self.pool.stop(iterator)
         self._finish_epoch()
 
     def _check_current(self, run: int) -> None:
         """Refuse to go on with an iteration once a newer one of this loader has started."""
         if self._run != run:
             raise RuntimeError("this loader was iterated again while this iteration was running")
-
-    def _stop_workers(self, iterator: Iterator[Any] | None) -> None:
-        """End an iteration left before its end: stop its workers now and start fresh ones next time.
-
-        Now, not whenever the garbage collector gets to the iterator (an exception's traceback keeps it
-        alive): that may happen in another thread, which it blocks meanwhile. Fresh ones, because these
-        may be blocked mid-item, waiting for ring slots nobody will release, or one of them may be dead
-        (`iterator` None: restarting the persistent workers failed).
-        """
-        if self.config.num_workers == 0:
-            return
-        shutdown = getattr(
-            iterator if iterator is not None else self.dataloader._iterator, "_shutdown_workers", None
-        )
-        if shutdown is not None:
-            shutdown()
-        self.dataloader = self._new_dataloader()
 
     def _finish_epoch(self) -> None:
         s = self.stats
@@ -245,8 +166,7 @@ class ShardLoader:
                 ),
                 stacklevel=3,
             )
-        self.epoch += 1
-        self._reset_position()
+        self.position = EpochPosition.start(self.epoch + 1, self.config.workers)
 
     def forever(self) -> Iterator[dict[str, Any]]:
         """Batches without end, epoch after epoch: with `resampled=True`, the infinite stream of shard draws
@@ -259,8 +179,7 @@ class ShardLoader:
         if epoch < 0:
             raise ConfigError(f"epoch {epoch}: must be >= 0")
         if epoch != self.epoch:
-            self.epoch = epoch
-            self._reset_position()
+            self.position = EpochPosition.start(epoch, self.config.workers)
 
     def __len__(self) -> int:
         """Batches this rank yields per epoch (all workers together)."""
@@ -271,10 +190,9 @@ class ShardLoader:
         if self.shards.counts is None:
             raise TypeError(f"{self.shards.source}: epoch length unknown without a manifest")
         counts = self.shards.counts
-        self.dataset.epoch = self.epoch
         total = 0
         for worker in range(c.workers):
-            n = sum(counts[i] for i in self.dataset.worker_shards(worker))
+            n = sum(counts[i] for i in self.dataset.worker_shards(worker, self.epoch))
             total += n // c.batch_size if c.drop_last else math.ceil(n / c.batch_size)
         return total
 
@@ -299,38 +217,23 @@ class ShardLoader:
 
     def state_dict(self) -> dict[str, Any]:
         """The position after the batches yielded so far: save it with a training checkpoint."""
-        return {
-            "version": STATE_VERSION,
-            "epoch": self.epoch,
-            "batches": self.batches,
-            "delivered": list(self._delivered),
-            "ended": list(self._ended),
-            "per_item": list(self._per_item),
-            "next_worker": self._next,
-            "settings": self.fingerprint(),
-        }
+        return {"version": STATE_VERSION, **self.position.state_dict(), "settings": self.fingerprint()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a saved position (the next iteration yields the rest of that epoch)."""
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-            raise ResumeError(
-                f"loader state: unknown version {state.get('version') if isinstance(state, dict) else state!r}"
-            )
-        saved, mine = state["settings"], self.fingerprint()
+            found = state.get("version") if isinstance(state, dict) else state
+            raise ResumeError(f"loader state: unknown version {found!r}, this loader reads {STATE_VERSION}")
+        saved, mine = state.get("settings"), self.fingerprint()
+        if not isinstance(saved, dict):
+            raise ResumeError("loader state: no 'settings' recorded with the position")
         for key, value in mine.items():
             if saved.get(key) != value:
                 raise ResumeError(
                     f"loader state: saved with {key}={saved.get(key)!r}, this loader has {value!r}; "
                     "the rest of the epoch can only be replayed with the same settings"
                 )
-        self.epoch, self.batches, self._next = (
-            int(state["epoch"]),
-            int(state["batches"]),
-            int(state["next_worker"]),
-        )
-        self._delivered = [int(i) for i in state["delivered"]]
-        self._ended = [bool(e) for e in state["ended"]]
-        self._per_item = [None if k is None else int(k) for k in state["per_item"]]
+        self.position = EpochPosition.from_state_dict(state, self.config.workers)
 
 
 def default_size(schema: SampleSchema | None) -> tuple[int, int] | None:

@@ -8,7 +8,7 @@ import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 import numpy as np
 from segshards.loaders.storage import RetryPolicy, open_url
@@ -45,17 +45,11 @@ class Stats:
         if len(self.errors) < MAX_REPORTED:
             self.errors.append(message)
 
-    def merge(self, other: dict[str, Any]) -> None:
-        self.shards_failed += other["shards_failed"]
-        self.samples_skipped += other["samples_skipped"]
-        self.errors.extend(other["errors"][: MAX_REPORTED - len(self.errors)])
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "shards_failed": self.shards_failed,
-            "samples_skipped": self.samples_skipped,
-            "errors": list(self.errors),
-        }
+    def merge(self, other: "Stats") -> None:
+        """Add what another worker left out (the first messages up to MAX_REPORTED)."""
+        self.shards_failed += other.shards_failed
+        self.samples_skipped += other.samples_skipped
+        self.errors.extend(other.errors[: MAX_REPORTED - len(self.errors)])
 
 
 def shard_order(n: int, *, seed: int, epoch: int, shuffle: bool) -> list[int]:

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 from segshards.loaders.decode import BUFFER
+from segshards.loaders.messages import Chunk, RingRef
 
-RING, RING_REF, BATCHES = "_ring", "_ring_ref", "_batches"
 ALIGN = 64
 
 
@@ -34,67 +34,64 @@ def release_counters(workers: int) -> torch.Tensor:
 
 
 class WorkerRing:
-    """A worker's side: hands out buffers for the batches of one item at a time, from a reused slot."""
+    """A worker's side: hands out buffers for the batches of one chunk at a time, from a reused slot."""
 
     def __init__(self, released: torch.Tensor, worker: int, slots: int) -> None:
         self.released, self.worker, self.slots = released.numpy(), worker, slots
-        self.buffer: torch.Tensor | None = None  # (slots, slot_bytes) uint8, created after the first item
-        self.items = 0  # items sealed so far
+        self.buffer: torch.Tensor | None = None  # (slots, slot_bytes) uint8, created after the first chunk
+        self.items = 0  # chunks sealed so far
         self.slot: int | None = None
         self.offset = 0
-        self.refs: dict[int, tuple[int, int, int]] = {}
+        self.refs: dict[int, RingRef] = {}
 
     def begin_item(self) -> None:
-        """Pick the slot of the next item, if the item that last used it has been released."""
+        """Pick the slot of the next chunk, if the chunk that last used it has been released."""
         self.offset, self.refs = 0, {}
         free = self.buffer is not None and self.released[self.worker] >= self.items - self.slots + 1
         self.slot = self.items % self.slots if free else None
 
     def allocate(self, nbytes: int) -> torch.Tensor:
-        """A buffer for one batch of the current item: a view of its slot, or a fresh shared buffer."""
+        """A buffer for one batch of the current chunk: a view of its slot, or a fresh shared buffer."""
         if self.slot is not None and self.buffer is not None and self.offset + nbytes <= self.buffer.shape[1]:
             view = self.buffer[self.slot, self.offset : self.offset + nbytes]
-            self.refs[id(view)] = (self.slot, self.offset, nbytes)
+            self.refs[id(view)] = RingRef(self.slot, self.offset, nbytes)
             self.offset += -(-nbytes // ALIGN) * ALIGN
             return view
         return shared_buffer(nbytes)
 
-    def seal(self, item: dict[str, Any], per_item: int | None) -> dict[str, Any]:
-        """Turn slot views into references; the first item also carries the new ring, sized from its batches."""
-        for batch in item[BATCHES]:
-            ref = self.refs.get(id(batch.get(BUFFER)))
+    def seal(self, chunk: Chunk) -> Chunk:
+        """Turn slot views into references; the first chunk also carries the new ring, sized from its
+        batches."""
+        for parcel in chunk.parcels:
+            ref = self.refs.get(id(parcel.batch.get(BUFFER)))
             if ref is not None:
-                del batch[BUFFER]
-                batch[RING_REF] = ref
-        if self.buffer is None and per_item is not None:
-            largest = max((b[BUFFER].numel() for b in item[BATCHES] if BUFFER in b), default=0)
+                del parcel.batch[BUFFER]
+                parcel.ref = ref
+        if self.buffer is None and chunk.per_item is not None:
+            largest = max((p.batch[BUFFER].numel() for p in chunk.parcels if BUFFER in p.batch), default=0)
             if largest:
-                slot_bytes = per_item * -(-largest // ALIGN) * ALIGN
+                slot_bytes = chunk.per_item * -(-largest // ALIGN) * ALIGN
                 self.buffer = torch.zeros((self.slots, slot_bytes), dtype=torch.uint8).share_memory_()
-                item[RING] = self.buffer  # zeros: the pages are touched once, here
+                chunk.ring = self.buffer  # zeros: the pages are touched once, here
         self.items += 1
-        return item
+        return chunk
 
 
 def receive(
-    item: dict[str, Any],
-    rings: dict[int, torch.Tensor],
-    released: torch.Tensor | None,
-    worker: int,
-    *,
-    pin: bool,
+    chunk: Chunk, rings: dict[int, torch.Tensor], released: torch.Tensor | None, *, pin: bool
 ) -> list[dict[str, Any]]:
-    """The main process's side: the item's batches with buffers of their own, then the item released."""
-    if RING in item:
-        rings[worker] = item.pop(RING)
-    batches = item[BATCHES]
-    for batch in batches:
-        ref = batch.pop(RING_REF, None)
+    """The main process's side: the chunk's batches with buffers of their own, then the chunk released."""
+    worker = chunk.worker
+    if chunk.ring is not None:
+        rings[worker] = chunk.ring
+    batches = []
+    for parcel in chunk.parcels:
+        batch, ref = parcel.batch, parcel.ref
         if ref is not None:
-            slot, offset, nbytes = ref
-            batch[BUFFER] = copy(rings[worker][slot, offset : offset + nbytes], pin=pin)
+            batch[BUFFER] = copy(rings[worker][ref.slot, ref.offset : ref.offset + ref.nbytes], pin=pin)
         elif pin and BUFFER in batch:
             batch[BUFFER] = copy(batch[BUFFER], pin=True)
+        batches.append(batch)
     if released is not None:
         released.numpy()[worker] += 1
     return batches

@@ -351,7 +351,7 @@ def test_shards_are_never_unpickled(grid_set: Path, monkeypatch: pytest.MonkeyPa
 
 
 def worker_pids(loader: Any) -> list[int]:
-    return [w.pid for w in loader.dataloader._iterator._workers]
+    return loader.pool.pids()
 
 
 def test_workers_persist_across_epochs_and_each_epoch_keeps_its_order(grid_set: Path) -> None:

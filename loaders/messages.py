@@ -1,0 +1,49 @@
+"""What DataLoader workers send the main process: chunks of batches, then one end-of-stream message each.
+
+Each is one DataLoader item, pickled across (its tensors travel as shared memory). A chunk's batches are
+`segshards.loaders.decode.BatchAssembler`'s packed batches; one whose buffer lies in the worker's ring of
+reused shared memory travels without it, as a `RingRef` (see `segshards.loaders.transport`).
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+from segshards.loaders.stages import Stats
+
+
+@dataclass(frozen=True)
+class RingRef:
+    """Where a batch's buffer lies in its worker's ring: slot, byte offset in the slot, byte size."""
+
+    slot: int
+    offset: int
+    nbytes: int
+
+
+@dataclass
+class Parcel:
+    """One packed batch in transit: with its own buffer, or without it and with `ref` into the ring."""
+
+    batch: dict
+    ref: RingRef | None = None
+
+
+@dataclass
+class Chunk:
+    """Consecutive batches of one logical worker; chunks start at multiples of `per_item` in its sequence."""
+
+    worker: int
+    parcels: list[Parcel] = field(default_factory=list)
+    per_item: int | None = None  # None until the worker's first decoded batch fixes it
+    ring: torch.Tensor | None = None  # the worker's new ring, sent once with its first chunk
+
+
+@dataclass
+class WorkerEnd:
+    """A logical worker's last message of an iteration: what it skipped (on_error="skip")."""
+
+    worker: int
+    stats: Stats
+
+
+Message = Chunk | WorkerEnd
