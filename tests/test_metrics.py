@@ -16,7 +16,7 @@ from segshards.train.metrics import (
     macro_mean,
     pixel_accuracy,
 )
-from segshards.train.tasks import CircleMetrics, SegmentationMetrics
+from segshards.train.scores import CircleMetrics, SegmentationMetrics
 
 # target / prediction pairs (t, p) over the kept pixels: (0,0) (1,1) (1,2) (2,2) (2,0); one pixel ignored.
 TARGET = torch.tensor([[0, 1, 1], [2, 2, IGNORE_INDEX]], dtype=torch.uint8)
@@ -98,7 +98,7 @@ def test_grid_report_macro_dice_over_digits_background_apart() -> None:
     # 11 classes: background 0, digit d is class d + 1. Digits 0 and 1 present, the others absent everywhere.
     target = torch.tensor([[[0, 0, 1, 1], [2, 2, 2, 2]]], dtype=torch.uint8)
     logits = torch.nn.functional.one_hot(torch.tensor([[[0, 1, 1, 1], [2, 2, 0, 0]]]), 11).permute(0, 3, 1, 2)
-    metrics = SegmentationMetrics(11, ["background"] + [str(d) for d in range(10)])
+    metrics = SegmentationMetrics(["background"] + [str(d) for d in range(10)])
     metrics.update(logits.float(), {"image": target[:, None], "mask": target}, torch.tensor(0.5))
     report = metrics.result()
     # background: TP 1, FP 2, FN 1 -> 2/5; digit 0: TP 2, FP 1 -> 4/5; digit 1: TP 2, FN 2 -> 4/6
@@ -113,7 +113,7 @@ def test_grid_report_macro_dice_over_digits_background_apart() -> None:
 def test_foreground_report_has_iou() -> None:
     target = torch.tensor([[[0, 1], [1, 1]]], dtype=torch.uint8)
     logits = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]]]])  # predicts [[0,1],[1,0]]
-    metrics = SegmentationMetrics(2, ["background", "foreground"])
+    metrics = SegmentationMetrics(["background", "foreground"])
     metrics.update(logits, {"image": target[:, None], "mask": target}, torch.tensor(0.0))
     report = metrics.result()
     assert report["iou"] == pytest.approx(2 / 3)
@@ -185,7 +185,7 @@ def test_circle_report_per_class() -> None:
     logits = torch.nn.functional.one_hot(torch.tensor([3, 3, 5]), 10).float()
     truth = torch.tensor([[14.0, 14.0, 10.0], [14.0, 14.0, 10.0], [10.0, 10.0, 5.0]])
     predicted = torch.tensor([[14.0, 14.0, 10.0], [14.0, 14.0, 5.0], [10.0, 10.0, 5.0]]) / 28  # normalised
-    metrics = CircleMetrics(10)
+    metrics = CircleMetrics([str(d) for d in range(10)])
     batch = {"image": image, "label": torch.tensor([3, 3, 7]), "circle": truth}
     metrics.update((logits, predicted), batch, torch.tensor(1.0))
     report = metrics.result()

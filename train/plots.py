@@ -10,9 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from matplotlib.patches import Circle
+from matplotlib.patches import Circle, Patch
 from matplotlib.ticker import MaxNLocator
-
 from segshards.train.metrics import circle_iou
 from segshards.writer.atomic import atomic_write
 from segshards.writer.preview import default_palette, overlay
@@ -40,9 +39,11 @@ def plot_curves(history: list[dict[str, Any]], primary: tuple[str, ...], path: P
     for name in primary:
         values = [v.get(name) for v in val]
         metric_axes.plot(epochs, [np.nan if x is None else x for x in values], "o-", label=f"val {name}")
-    metric_axes.set(xlabel="epoch", title=f"{title}: validation metrics")
-    if primary:
+    metric_axes.set(xlabel="epoch", ylim=(0, 1), title=f"{title}: validation metrics")
+    if any(name in v for v in val for name in primary):
         metric_axes.legend()
+    else:
+        metric_axes.text(0.5, 0.5, "no val split", ha="center", va="center", transform=metric_axes.transAxes)
     metric_axes.grid(alpha=0.3)
     for axes in (loss_axes, metric_axes):
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -55,24 +56,61 @@ def as_picture(image: torch.Tensor) -> np.ndarray:
     return array[0] if array.shape[0] == 1 else np.ascontiguousarray(array.transpose(1, 2, 0))
 
 
+GREY = np.array([128, 128, 128], dtype=np.uint8)  # ignore and letterbox padding, in truth and prediction
+
+
+def paint(picture: np.ndarray, mask: np.ndarray, palette: np.ndarray, ignore: int | None) -> np.ndarray:
+    """(H, W, 3) RGB: `picture` with object classes tinted in their colour and ignored pixels grey."""
+    shown = overlay(picture, mask, palette)
+    if shown.ndim == 2:
+        shown = np.repeat(shown[..., None], 3, axis=2)
+    if ignore is not None:
+        shown[mask == ignore] = GREY
+    return shown
+
+
 def plot_segmentation(
-    batch: dict[str, Any], logits: torch.Tensor, path: Path, *, title: str, count: int = 8
+    batch: dict[str, Any],
+    logits: torch.Tensor,
+    path: Path,
+    *,
+    title: str,
+    class_names: list[str],
+    ignore: int | None = 255,
+    palette: np.ndarray | None = None,
+    count: int = 4,
 ) -> None:
-    """Rows: input, truth overlaid, prediction overlaid; one column per sample."""
+    """One row per sample: image, truth, prediction side by side; a legend names the classes shown.
+
+    Pixels the truth ignores (255: crowd, overlaps, letterbox padding) are grey in the truth and in the
+    prediction alike, since the model is neither trained nor scored there.
+    """
+    colours = PALETTE_RGB if palette is None else palette
     n = min(count, len(batch["image"]))
-    prediction = logits[:n].argmax(dim=1).to(torch.uint8).cpu().numpy()
-    figure = Figure(figsize=(1.6 * n, 5.2), layout="constrained")
-    axes = figure.subplots(3, n, squeeze=False)
+    prediction = logits[:n].argmax(dim=1).to(torch.uint8).cpu().numpy()  # (n, H, W)
+    truth = batch["mask"][:n].cpu().numpy().astype(np.uint8)
+    if ignore is not None:
+        prediction[truth == ignore] = ignore
+    side = 3.0 if max(truth.shape[1:]) > 64 else 1.8  # inches per panel: photographs larger than digits
+    figure = Figure(figsize=(3 * side + 2.2, n * side + 0.6), layout="constrained")
+    axes = figure.subplots(n, 3, squeeze=False)
     for i in range(n):
         picture = as_picture(batch["image"][i])
-        truth = batch["mask"][i].cpu().numpy().astype(np.uint8)
-        for row, shown in enumerate(
-            (picture, overlay(picture, truth, PALETTE_RGB), overlay(picture, prediction[i], PALETTE_RGB))
-        ):
-            axes[row, i].imshow(shown, cmap="gray" if shown.ndim == 2 else None, interpolation="nearest")
-            axes[row, i].set_axis_off()
-    for row, name in enumerate(("input", "truth", "prediction")):
-        axes[row, 0].set_title(name, loc="left", fontsize=9)
+        panels = (
+            picture,
+            paint(picture, truth[i], colours, ignore),
+            paint(picture, prediction[i], colours, ignore),
+        )
+        for column, shown in enumerate(panels):
+            axes[i, column].imshow(shown, cmap="gray" if shown.ndim == 2 else None, interpolation="nearest")
+            axes[i, column].set_axis_off()
+    for column, name in enumerate(("image", "truth", "prediction")):
+        axes[0, column].set_title(name, fontsize=11)
+    present = sorted({int(k) for k in np.unique(np.concatenate([truth.ravel(), prediction.ravel()]))})
+    handles = [Patch(color=colours[k] / 255, label=class_names[k]) for k in present if k < len(class_names)]
+    if ignore is not None and ignore in present:
+        handles.append(Patch(color=GREY / 255, label="ignored / padding"))
+    figure.legend(handles=handles, loc="outside right upper", fontsize=9, title="classes")
     figure.suptitle(title)
     save_figure(figure, path)
 
@@ -84,6 +122,8 @@ def plot_circles(
     path: Path,
     *,
     title: str,
+    label: str = "label",
+    circle: str = "circle",
     count: int = 8,
 ) -> None:
     """Rows: truth (label, circle in green) and prediction (label, circle in red); one column per sample.
@@ -93,20 +133,20 @@ def plot_circles(
     n = min(count, len(batch["image"]))
     labels = logits[:n].argmax(dim=1).cpu()
     predicted = circles[:n].float().cpu()
-    ious = circle_iou(predicted, batch["circle"][:n].cpu())
+    ious = circle_iou(predicted, batch[circle][:n].cpu())
     figure = Figure(figsize=(1.6 * n, 3.6), layout="constrained")
     axes = figure.subplots(2, n, squeeze=False)
     for i in range(n):
         picture = as_picture(batch["image"][i])
         rows = (
-            (batch["circle"][i].tolist(), int(batch["label"][i]), "lime", "truth"),
+            (batch[circle][i].tolist(), int(batch[label][i]), "lime", "truth"),
             (predicted[i].tolist(), int(labels[i]), "red", f"IoU {float(ious[i]):.2f}"),
         )
-        for row, ((cx, cy, r), label, colour, caption) in enumerate(rows):
+        for row, ((cx, cy, r), name, colour, caption) in enumerate(rows):
             ax = axes[row, i]
             ax.imshow(picture, cmap="gray", interpolation="nearest")
             ax.add_patch(Circle((cx, cy), max(r, 0.0), fill=False, color=colour, linewidth=1.5))
-            ax.set_title(f"{label}  {caption}", fontsize=8)
+            ax.set_title(f"{name}  {caption}", fontsize=8)
             ax.set_axis_off()
     figure.suptitle(title)
     save_figure(figure, path)
