@@ -182,16 +182,13 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-SUMMARY_KEYS = ("iou", "accuracy", "circle_iou", "dice_macro", "dice_background", "miou", "miou_objects")
-SUMMARY_KEYS += ("pixel_accuracy",)
-
-
 def summary(report: dict[str, Any], split: str) -> str:
-    """One line of a split's headline metrics."""
+    """One line of a split's headline metrics: the task's primary ones (`metrics.json`'s `primary`)."""
     metrics = report["splits"].get(split)
     if not metrics:
         return f"no {split} split"
-    shown = ", ".join(f"{k} {metrics[k]:.4f}" for k in SUMMARY_KEYS if metrics.get(k) is not None)
+    keys = report.get("primary") or ("loss",)
+    shown = ", ".join(f"{k} {metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), int | float))
     return f"{split} {shown} ({metrics['samples']:,} samples)"
 
 

@@ -218,7 +218,12 @@ def finish(state: TrainState, task: Task, config: TrainConfig, info: SetInfo) ->
     if info.has_split("val"):
         splits["val"] = evaluate(state.model, task, split_loader(config, "val"), config, desc="val (all)")
     report = update_metrics(
-        out, recipe=config.recipe, config=config.as_dict(), training=training, splits=splits
+        out,
+        recipe=config.recipe,
+        primary=list(task.primary),
+        config=config.as_dict(),
+        training=training,
+        splits=splits,
     )
     plot_curves(state.history, task.primary, out / "curves.png", title=config.recipe)
     shown = "val" if info.has_split("val") else "train"

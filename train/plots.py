@@ -39,14 +39,16 @@ def plot_curves(history: list[dict[str, Any]], primary: tuple[str, ...], path: P
     for name in primary:
         values = [v.get(name) for v in val]
         metric_axes.plot(epochs, [np.nan if x is None else x for x in values], "o-", label=f"val {name}")
-    metric_axes.set(xlabel="epoch", ylim=(0, 1), title=f"{title}: validation metrics")
+    metric_axes.set(xlabel="epoch", title=f"{title}: validation metrics")
     if any(name in v for v in val for name in primary):
         metric_axes.legend()
     else:
         metric_axes.text(0.5, 0.5, "no val split", ha="center", va="center", transform=metric_axes.transAxes)
     metric_axes.grid(alpha=0.3)
+    metric_axes.set_ylim(-0.02, 1.02)
     for axes in (loss_axes, metric_axes):
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_xlim(0.5, max(epochs, default=1) + 0.5)  # one epoch: one point, still on a readable axis
     save_figure(figure, path)
 
 
