@@ -64,7 +64,7 @@ def train_parser() -> argparse.ArgumentParser:
         nargs=2,
         metavar=("H", "W"),
         help="letterbox images to H x W (default: as stored; sets of varying sizes: the size their manifest "
-        "suggests, e.g. 320 320 for coco-semantic); sides must be divisible by the model's stride",
+        "suggests, e.g. 320 320 for COCO); sides must be divisible by the model's stride",
     )
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     p.add_argument(
