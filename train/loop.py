@@ -384,17 +384,18 @@ def plot_predictions(
     task.plot(raw, batch, outputs, path, title=title)
 
 
-def epoch_line(record: dict[str, Any], val: dict[str, Any], task: Task, recipe: str) -> str:
-    """The console line of an epoch: train loss, val loss and headline metrics, and val IoU per class."""
-    shown = ("loss", *task.primary)
-    scores = ", ".join(
-        f"{k} {v:.4f}" for k, v in (record.get("val") or {}).items() if k in shown and v is not None
-    )
-    line = f"{recipe} epoch {record['epoch']}: train loss {record['train_loss']:.4f}; val {scores or '-'}"
+def epoch_line(
+    record: dict[str, Any], val: dict[str, Any], task: Task, recipe: str, *, best: int = 10
+) -> str:
+    """The console line of an epoch: train loss, val loss and primary metrics, and the best val class IoUs."""
+    scores = record.get("val") or {}
+    shown = ", ".join(f"{k} {scores[k]:.4f}" for k in ("loss", *task.primary) if scores.get(k) is not None)
+    line = f"{recipe} epoch {record['epoch']}: train loss {record['train_loss']:.4f}; val {shown or '-'}"
     per_class = val.get("iou_per_class") or {}
-    if len(per_class) > 2:
-        ranked = sorted(((v, k) for k, v in per_class.items() if v is not None), reverse=True)
-        line += "\n  val IoU per class: " + ", ".join(f"{k} {v:.3f}" for v, k in ranked)
+    ranked = sorted(((v, k) for k, v in per_class.items() if v is not None), key=lambda x: -x[0])
+    if len(per_class) > 2 and ranked:
+        listed = ", ".join(f"{k} {v:.3f}" for v, k in ranked[:best])
+        line += f"\n  val IoU per class, best {min(best, len(ranked))} of {len(ranked)} present: {listed}"
     return line
 
 
