@@ -108,16 +108,9 @@ RUN_DEFAULTS: dict[str, Any] = {
     "checkpoint_every": None,
 }
 OPTIONS = (
-    "epochs",
-    "batch_size",
-    "lr",
-    "weight_decay",
-    "samples_per_epoch",
-    "eval_samples",
-    "widths",
-    "stem",
+    *("epochs", "batch_size", "lr", "weight_decay", "samples_per_epoch", "eval_samples", "widths", "stem"),
+    *("size", "device", "precision", "seed", "workers", "threads", "checkpoint_every"),
 )
-OPTIONS += ("size", "device", "precision", "seed", "workers", "threads", "checkpoint_every")
 
 
 def schema_defaults(info: SetInfo) -> dict[str, Any]:

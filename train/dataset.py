@@ -27,9 +27,13 @@ class SetInfo:
     def training_size(self) -> tuple[int, int] | None:
         """The (H, W) variable-size images train at by default (the schema's hint); None for fixed sizes."""
         size = self.schema.training.get("size")
-        if self.schema.size is not None or not isinstance(size, list | tuple) or len(size) != 2:
+        if self.schema.size is not None or size is None:
             return None
-        return int(size[0]), int(size[1])
+        if not isinstance(size, list | tuple) or len(size) != 2 or not all(type(v) is int for v in size):
+            raise ConfigError(
+                f"--data {self.data}: manifest schema.training.size {str(size)[:40]} is not [H, W]"
+            )
+        return size[0], size[1]
 
 
 def read_set(data: str) -> SetInfo:

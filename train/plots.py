@@ -61,6 +61,12 @@ def as_picture(image: torch.Tensor) -> np.ndarray:
 GREY = np.array([128, 128, 128], dtype=np.uint8)  # ignore and letterbox padding, in truth and prediction
 
 
+def rgb(colour: np.ndarray) -> tuple[float, float, float]:
+    """A uint8 RGB triple as matplotlib's 0..1 floats."""
+    r, g, b = (float(c) / 255 for c in colour[:3])
+    return r, g, b
+
+
 def paint(picture: np.ndarray, mask: np.ndarray, palette: np.ndarray, ignore: int | None) -> np.ndarray:
     """(H, W, 3) RGB: `picture` with object classes tinted in their colour and ignored pixels grey."""
     shown = overlay(picture, mask, palette)
@@ -109,9 +115,13 @@ def plot_segmentation(
     for column, name in enumerate(("image", "truth", "prediction")):
         axes[0, column].set_title(name, fontsize=11)
     present = sorted({int(k) for k in np.unique(np.concatenate([truth.ravel(), prediction.ravel()]))})
-    handles = [Patch(color=colours[k] / 255, label=class_names[k]) for k in present if k < len(class_names)]
+    handles = [
+        Patch(color=rgb(colours[k]), label=class_names[k] + (" (no tint)" if k == 0 else ""))
+        for k in present
+        if k < len(class_names)
+    ]
     if ignore is not None and ignore in present:
-        handles.append(Patch(color=GREY / 255, label="ignored / padding"))
+        handles.append(Patch(color=rgb(GREY), label="ignored / padding"))
     figure.legend(handles=handles, loc="outside right upper", fontsize=9, title="classes")
     figure.suptitle(title)
     save_figure(figure, path)
