@@ -200,7 +200,7 @@ def eval_parser() -> argparse.ArgumentParser:
 
 def eval_main(argv: Sequence[str] | None = None) -> int:
     """`segshards eval`: scores RUN_DIR/checkpoint.pt on a split, merges it into metrics.json."""
-    from segshards.train.loop import evaluate, place, plot_predictions
+    from segshards.train.evaluate import evaluate, place, plot_predictions
     from segshards.train.reports import update_metrics
 
     args = eval_parser().parse_args(list(sys.argv[1:] if argv is None else argv))

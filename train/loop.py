@@ -5,31 +5,36 @@ Everything that changes from step to step lives in one `TrainState`, saved and r
 a resumed run takes exactly the steps the uninterrupted one would have.
 """
 
-import sys
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from segshards.loaders import DevicePrefetcher, make_loader, to_float
+from segshards.loaders import DevicePrefetcher, make_loader
 from segshards.train.checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from segshards.train.config import RUNTIME_FIELDS, TrainConfig, validate
 from segshards.train.dataset import SetInfo, read_set
 from segshards.train.errors import CheckpointError, ConfigError
+from segshards.train.evaluate import (
+    autocast,
+    configure_torch,
+    device_name,
+    evaluate,
+    isolated,
+    place,
+    plot_predictions,
+    prepare,
+    progress,
+    split_loader,
+)
 from segshards.train.plots import plot_curves
 from segshards.train.reports import update_metrics
-from segshards.train.scores import Batch
 from segshards.train.tasks import Task, task_for
 from torch import nn
 from tqdm import tqdm
 
-EVAL_BATCH = 256
 WARMUP_FRACTION = 0.15  # of all steps, for the one-cycle learning-rate schedule
-# Channels-last lets oneDNN (CPU) and cuDNN pick their fast convolution kernels: 2-4x here on small convs.
-CHANNELS_LAST = torch.channels_last
 
 
 @dataclass
@@ -271,9 +276,6 @@ def check_size(config: TrainConfig, info: SetInfo, task: Task) -> None:
         )
 
 
-# ---- data ---------------------------------------------------------------------------------------------
-
-
 def train_loader(config: TrainConfig) -> Any:
     """The train split: with --samples-per-epoch an endless seeded stream cut into equal epochs (the loader's
     resampled mode), otherwise one shuffled pass over the whole split per epoch."""
@@ -292,98 +294,6 @@ def train_loader(config: TrainConfig) -> Any:
     )
 
 
-def split_loader(config: TrainConfig, split: str, *, batch_size: int = EVAL_BATCH) -> Any:
-    """A fresh in-order loader of `split` (a loader left mid-way would continue from there next time)."""
-    return make_loader(
-        config.data,
-        split,
-        batch_size,
-        num_workers=config.workers,
-        shuffle=False,
-        seed=config.seed,
-        size=config.size,
-    )
-
-
-def prepare(batch: Batch) -> Batch:
-    """Runs on the device after the copy: uint8 image -> float in [0, 1] (channels-last), mask -> int64."""
-    batch = to_float(batch)
-    batch["image"] = batch["image"].contiguous(memory_format=CHANNELS_LAST)
-    return batch
-
-
-def isolated(iterable: Iterable[Batch]) -> Iterator[Batch]:
-    """Iterate with the global torch RNG left untouched by the data side.
-
-    DataLoader draws a base seed from the global generator whenever an iterator starts; without this a run
-    resumed mid-epoch would see different dropout masks than the uninterrupted run.
-    """
-    iterator = iter(iterable)
-    while True:
-        with torch.random.fork_rng(devices=[]):
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                return
-        yield batch
-
-
-def take(batch: Batch, n: int) -> Batch:
-    """The first n samples of a batch."""
-    return {k: v[:n] for k, v in batch.items()}
-
-
-# ---- evaluation and figures ---------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    task: Task,
-    loader: Any,
-    config: TrainConfig,
-    *,
-    max_samples: int | None = None,
-    desc: str = "",
-) -> dict[str, Any]:
-    """Score `loader` (all of it, or its first `max_samples`) with the task's metrics; model left in train mode."""
-    model.eval()
-    metrics = task.metrics()
-    seen = 0
-    known = [x for x in (loader.shards.total, max_samples) if x is not None]
-    bar = progress(
-        total=min(known) if known else None, desc=desc, leave=False, disable=not config.progress or not desc
-    )
-    with torch.random.fork_rng(devices=[]), bar:
-        for batch in isolated(DevicePrefetcher(loader, config.device, transform=prepare)):
-            if max_samples is not None and seen + len(batch["image"]) > max_samples:
-                batch = take(batch, max_samples - seen)
-            with autocast(config):
-                outputs = model(batch["image"])
-                loss = task.loss(outputs, batch)
-            metrics.update(outputs, batch, loss)
-            seen += len(batch["image"])
-            bar.update(len(batch["image"]))
-            if max_samples is not None and seen >= max_samples:
-                break
-    model.train()
-    return metrics.result()
-
-
-@torch.no_grad()
-def plot_predictions(
-    model: nn.Module, task: Task, loader: Any, config: TrainConfig, path: Path, *, title: str
-) -> None:
-    """predictions.png from the first batch of `loader`, drawn by the task."""
-    raw = next(isolated(loader))  # uint8 batch as stored
-    batch = prepare({k: v.to(config.device) if isinstance(v, torch.Tensor) else v for k, v in raw.items()})
-    model.eval()
-    with autocast(config):
-        outputs = model(batch["image"])
-    model.train()
-    task.plot(raw, batch, outputs, path, title=title)
-
-
 def epoch_line(
     record: dict[str, Any], val: dict[str, Any], task: Task, recipe: str, *, best: int = 10
 ) -> str:
@@ -397,37 +307,3 @@ def epoch_line(
         listed = ", ".join(f"{k} {v:.3f}" for v, k in ranked[:best])
         line += f"\n  val IoU per class, best {min(best, len(ranked))} of {len(ranked)} present: {listed}"
     return line
-
-
-# ---- how torch runs -----------------------------------------------------------------------------------
-
-
-def configure_torch(config: TrainConfig) -> None:
-    """Thread count, and on CUDA the fast (autotuned, TF32) kernels."""
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    if torch.device(config.device).type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-
-def progress(**options: Any) -> tqdm:
-    """A samples/s progress bar; redrawn at most every 30 s when stderr is a file or pipe (logs, make)."""
-    interval = 0.5 if sys.stderr.isatty() else 30.0
-    return tqdm(unit="sample", unit_scale=True, mininterval=interval, dynamic_ncols=True, **options)
-
-
-def autocast(config: TrainConfig) -> AbstractContextManager[Any]:
-    device_type = torch.device(config.device).type
-    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
-
-
-def place(model: nn.Module, device: str) -> nn.Module:
-    """The model on `device`, channels-last (torch's type stubs lack Module.to's memory_format)."""
-    return model.to(device).to(memory_format=CHANNELS_LAST)  # type: ignore[call-overload,no-any-return]
-
-
-def device_name(device: str) -> str:
-    """The device as a person reads it: the GPU's model name on CUDA."""
-    return torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else "cpu"
