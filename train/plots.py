@@ -58,7 +58,9 @@ def as_picture(image: torch.Tensor) -> np.ndarray:
     return array[0] if array.shape[0] == 1 else np.ascontiguousarray(array.transpose(1, 2, 0))
 
 
-GREY = np.array([128, 128, 128], dtype=np.uint8)  # ignore and letterbox padding, in truth and prediction
+# Ignore and letterbox padding, in truth and prediction; the VOC palette's channels are multiples of 32 for
+# the first 256 classes, so this grey is never a class's colour.
+GREY = np.array([150, 150, 150], dtype=np.uint8)
 
 
 def rgb(colour: np.ndarray) -> tuple[float, float, float]:
@@ -75,6 +77,21 @@ def paint(picture: np.ndarray, mask: np.ndarray, palette: np.ndarray, ignore: in
     if ignore is not None:
         shown[mask == ignore] = GREY
     return shown
+
+
+def legend_handles(
+    truth: np.ndarray, prediction: np.ndarray, names: list[str], colours: np.ndarray, ignore: int | None
+) -> list[Patch]:
+    """One legend entry per class in the truth or the prediction, and one for ignored pixels if any."""
+    present = sorted({int(k) for k in np.unique(np.concatenate([truth.ravel(), prediction.ravel()]))})
+    handles = [
+        Patch(color=rgb(colours[k]), label=names[k] + (" (no tint)" if k == 0 else ""))
+        for k in present
+        if k < len(names)
+    ]
+    if ignore is not None and ignore in present:
+        handles.append(Patch(color=rgb(GREY), label="ignored / padding"))
+    return handles
 
 
 def plot_segmentation(
@@ -100,7 +117,9 @@ def plot_segmentation(
     if ignore is not None:
         prediction[truth == ignore] = ignore
     side = 3.0 if max(truth.shape[1:]) > 64 else 1.8  # inches per panel: photographs larger than digits
-    figure = Figure(figsize=(3 * side + 2.2, n * side + 0.6), layout="constrained")
+    handles = legend_handles(truth, prediction, class_names, colours, ignore)
+    columns = -(-len(handles) // max(8, int(n * side * 72 / 16)))  # rows of 9 pt text the height holds
+    figure = Figure(figsize=(3 * side + 2.2 * columns, n * side + 0.6), layout="constrained")
     axes = figure.subplots(n, 3, squeeze=False)
     for i in range(n):
         picture = as_picture(batch["image"][i])
@@ -114,15 +133,7 @@ def plot_segmentation(
             axes[i, column].set_axis_off()
     for column, name in enumerate(("image", "truth", "prediction")):
         axes[0, column].set_title(name, fontsize=11)
-    present = sorted({int(k) for k in np.unique(np.concatenate([truth.ravel(), prediction.ravel()]))})
-    handles = [
-        Patch(color=rgb(colours[k]), label=class_names[k] + (" (no tint)" if k == 0 else ""))
-        for k in present
-        if k < len(class_names)
-    ]
-    if ignore is not None and ignore in present:
-        handles.append(Patch(color=rgb(GREY), label="ignored / padding"))
-    figure.legend(handles=handles, loc="outside right upper", fontsize=9, title="classes")
+    figure.legend(handles=handles, loc="outside right upper", fontsize=9, title="classes", ncols=columns)
     figure.suptitle(title)
     save_figure(figure, path)
 
