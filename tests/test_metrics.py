@@ -16,7 +16,7 @@ from segshards.train.metrics import (
     macro_mean,
     pixel_accuracy,
 )
-from segshards.train.tasks import CircleMetrics, SegmentationMetrics
+from segshards.train.scores import CircleMetrics, SegmentationMetrics
 
 # target / prediction pairs (t, p) over the kept pixels: (0,0) (1,1) (1,2) (2,2) (2,0); one pixel ignored.
 TARGET = torch.tensor([[0, 1, 1], [2, 2, IGNORE_INDEX]], dtype=torch.uint8)
@@ -98,7 +98,7 @@ def test_grid_report_macro_dice_over_digits_background_apart() -> None:
     # 11 classes: background 0, digit d is class d + 1. Digits 0 and 1 present, the others absent everywhere.
     target = torch.tensor([[[0, 0, 1, 1], [2, 2, 2, 2]]], dtype=torch.uint8)
     logits = torch.nn.functional.one_hot(torch.tensor([[[0, 1, 1, 1], [2, 2, 0, 0]]]), 11).permute(0, 3, 1, 2)
-    metrics = SegmentationMetrics(11, ["background"] + [str(d) for d in range(10)])
+    metrics = SegmentationMetrics(["background"] + [str(d) for d in range(10)])
     metrics.update(logits.float(), {"image": target[:, None], "mask": target}, torch.tensor(0.5))
     report = metrics.result()
     # background: TP 1, FP 2, FN 1 -> 2/5; digit 0: TP 2, FP 1 -> 4/5; digit 1: TP 2, FN 2 -> 4/6
@@ -113,7 +113,7 @@ def test_grid_report_macro_dice_over_digits_background_apart() -> None:
 def test_foreground_report_has_iou() -> None:
     target = torch.tensor([[[0, 1], [1, 1]]], dtype=torch.uint8)
     logits = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]]]])  # predicts [[0,1],[1,0]]
-    metrics = SegmentationMetrics(2, ["background", "foreground"])
+    metrics = SegmentationMetrics(["background", "foreground"])
     metrics.update(logits, {"image": target[:, None], "mask": target}, torch.tensor(0.0))
     report = metrics.result()
     assert report["iou"] == pytest.approx(2 / 3)
@@ -185,7 +185,7 @@ def test_circle_report_per_class() -> None:
     logits = torch.nn.functional.one_hot(torch.tensor([3, 3, 5]), 10).float()
     truth = torch.tensor([[14.0, 14.0, 10.0], [14.0, 14.0, 10.0], [10.0, 10.0, 5.0]])
     predicted = torch.tensor([[14.0, 14.0, 10.0], [14.0, 14.0, 5.0], [10.0, 10.0, 5.0]]) / 28  # normalised
-    metrics = CircleMetrics(10)
+    metrics = CircleMetrics([str(d) for d in range(10)])
     batch = {"image": image, "label": torch.tensor([3, 3, 7]), "circle": truth}
     metrics.update((logits, predicted), batch, torch.tensor(1.0))
     report = metrics.result()
@@ -194,3 +194,55 @@ def test_circle_report_per_class() -> None:
     assert report["accuracy_per_class"]["0"] is None
     assert report["circle_iou"] == pytest.approx((1 + 0.25 + 1) / 3)
     assert report["circle_iou_per_class"]["3"] == pytest.approx(0.625)
+
+
+def coco_like_report() -> dict[str, object]:
+    """4 classes (background, cat, dog, bird); two truth pixels ignored (255), bird nowhere.
+
+    truth      [[0, 0, 1, 1], [2, 2, 255, 255]]
+    prediction [[0, 1, 1, 1], [2, 0, 2,   1  ]]
+    Counted pixels: 6. C = background: 1 right, 1 as cat; cat: 2 right; dog: 1 right, 1 as background.
+    """
+    target = torch.tensor([[[0, 0, 1, 1], [2, 2, 255, 255]]], dtype=torch.uint8)
+    pred = torch.tensor([[[0, 1, 1, 1], [2, 0, 2, 1]]])
+    logits = torch.nn.functional.one_hot(pred, 4).permute(0, 3, 1, 2).float()
+    metrics = SegmentationMetrics(["background", "cat", "dog", "bird"])
+    metrics.update(logits, {"image": target[:, None], "mask": target}, torch.tensor(1.0))
+    return metrics.result()
+
+
+def test_iou_per_class_is_keyed_by_name_with_absent_classes_none() -> None:
+    report = coco_like_report()
+    # background: TP 1, FP 1 (dog predicted background), FN 1 -> 1/3; cat: TP 2, FP 1 -> 2/3;
+    # dog: TP 1, FN 1 -> 1/2; bird: in neither truth nor prediction -> None
+    assert report["iou_per_class"] == {
+        "background": pytest.approx(1 / 3),
+        "cat": pytest.approx(2 / 3),
+        "dog": pytest.approx(1 / 2),
+        "bird": None,
+    }
+
+
+def test_miou_averages_present_classes_background_included() -> None:
+    assert coco_like_report()["miou"] == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3)  # 0.5
+
+
+def test_miou_objects_leaves_background_out() -> None:
+    assert coco_like_report()["miou_objects"] == pytest.approx((2 / 3 + 1 / 2) / 2)  # 7/12
+
+
+def test_pixel_accuracy_counts_only_non_ignored_pixels() -> None:
+    report = coco_like_report()
+    assert report["pixel_accuracy"] == pytest.approx(4 / 6)  # the two 255 pixels count nowhere
+    assert sum(map(sum, report["confusion_matrix"])) == 6
+
+
+def test_a_class_only_predicted_counts_zero_in_miou() -> None:
+    target = torch.zeros(1, 2, 2, dtype=torch.uint8)
+    pred = torch.tensor([[[0, 0], [0, 3]]])  # bird predicted on one background pixel
+    metrics = SegmentationMetrics(["background", "cat", "dog", "bird"])
+    logits = torch.nn.functional.one_hot(pred, 4).permute(0, 3, 1, 2).float()
+    metrics.update(logits, {"image": target[:, None], "mask": target}, torch.tensor(0.0))
+    report = metrics.result()
+    assert report["miou"] == pytest.approx((3 / 4 + 0.0) / 2)  # background 3/4, bird 0; cat, dog absent
+    assert report["miou_objects"] == 0.0

@@ -1,6 +1,7 @@
 """Training on small shard sets: beats a trivial baseline, resumes exactly, and the CLI writes its reports."""
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,9 @@ from segshards.train.cli import eval_main, train_main
 from segshards.train.config import TrainConfig
 from segshards.train.errors import CheckpointError
 from segshards.train.loop import train
+from segshards.train.tasks import CircleTask, SegmentationTask, task_for
 from segshards.writer.cli import main as writer_main
+from segshards.writer.schema import SampleSchema, Target
 
 SMALL = ["--train", "512", "--val", "128", "--test", "128", "--shard-size", "128"]
 
@@ -165,3 +168,40 @@ def test_cli_errors_are_one_line_and_exit_1(
     assert "not a readable checkpoint" in capsys.readouterr().err
     assert train_main(["--data", data, "--out", str(tmp_path / "c"), "--epochs", "0"]) == 1
     assert "--epochs 0: must be >= 1" in capsys.readouterr().err
+
+
+def test_failed_run_leaves_no_run_folder(
+    sets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = shutil.copytree(sets["mnist-foreground"], tmp_path / "set")
+    for shard in data.glob("train-*.tar"):
+        shard.write_bytes(shard.read_bytes()[:3000])  # cut inside the first samples
+    run = tmp_path / "run"
+    assert train_main(["--data", str(data), "--out", str(run), "--threads", "1", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("segshards train: error: ") and err.count("\n") == 1
+    assert not run.exists()
+
+
+LABEL = Target("label", "int64", (), ("label",), "class", ("a", "b", "c"))
+CIRCLE = Target("circle", "float32", (3,), ("c.x", "c.y", "c.r"), "circle")
+
+
+@pytest.mark.parametrize(
+    ("targets", "kind"),
+    [
+        ((LABEL, CIRCLE), CircleTask),
+        ((CIRCLE, LABEL), CircleTask),  # order does not matter, roles do
+        ((LABEL,), SegmentationTask),  # a class alone: the mask is what is learned
+        ((Target("v", "float32", (), ("v",)),), SegmentationTask),
+        ((), SegmentationTask),
+    ],
+)
+def test_task_comes_from_the_schema_roles(targets: tuple[Target, ...], kind: type) -> None:
+    schema = SampleSchema("png", 3, None, ("bg", "x", "y"), targets=targets, training={"metrics": ["miou"]})
+    task = task_for(schema)
+    assert type(task) is kind and task.in_channels == 3
+    if kind is CircleTask:
+        assert task.describe()["classes"] == ["a", "b", "c"]
+    else:
+        assert task.describe()["classes"] == ["bg", "x", "y"] and task.primary == ("miou",)

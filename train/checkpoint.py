@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from segshards.train.errors import CheckpointError
 from segshards.writer.atomic import atomic_write
 

@@ -1,7 +1,6 @@
 """`segshards train` and `segshards eval` (also `python -m segshards train|eval ...`): options in, exit code out."""
 
 import argparse
-import dataclasses
 import sys
 import time
 from collections.abc import Sequence
@@ -9,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from segshards.loaders import make_loader
 from segshards.train.checkpoint import CHECKPOINT, load_checkpoint
 from segshards.train.config import TrainConfig, default_precision, default_workers, resolve_device
+from segshards.train.dataset import SetInfo, read_set
 from segshards.train.errors import ConfigError, SegshardsError
-from segshards.train.tasks import TASKS, Defaults, Task, task_for
+from segshards.train.tasks import task_for
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -39,7 +38,8 @@ def count_or_all(text: str) -> int:
 def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="segshards train",
-        description="Train a small CNN on a shard set. Options left out take the recipe's CPU defaults "
+        description="Train a small CNN on a shard set. The task (segmentation, or classification + circle) "
+        "comes from the set's sample schema; options left out take the CPU run its schema suggests "
         "(or, with --resume, the checkpoint's settings).",
     )
     p.add_argument("recipe", nargs="?", help="recipe (default: the one in the set's manifest)")
@@ -58,7 +58,14 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-samples", type=count_or_all, metavar="N|all", help="val samples scored per epoch")
     p.add_argument("--widths", type=int_list, metavar="W1,W2,...", help="channel widths per level")
     p.add_argument("--stem", type=int, help="U-Net pixel-unshuffle factor (2: first level at half size)")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="letterbox images to H x W")
+    p.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="letterbox images to H x W (default: as stored; sets of varying sizes: the size their manifest "
+        "suggests, e.g. 320 320 for COCO); sides must be divisible by the model's stride",
+    )
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     p.add_argument(
         "--precision",
@@ -81,55 +88,54 @@ def train_parser() -> argparse.ArgumentParser:
     return p
 
 
-def manifest_recipe(data: str) -> tuple[str, int | None]:
-    """(recipe, mask classes) of a set, read through the loader (so URLs work too)."""
-    shards = make_loader(data, "train", 1).shards
-    if not shards.recipe:
-        raise ConfigError(f"--data {data}: the manifest names no recipe")
-    return shards.recipe, shards.num_classes
+# What `schema.training` may suggest, with its type, and the fallback when a recipe suggests nothing.
+HINTS: dict[str, tuple[type | tuple[type, ...], Any]] = {
+    "epochs": (int, 1),
+    "batch_size": (int, 64),
+    "lr": ((int, float), 3e-3),
+    "samples_per_epoch": ((int, type(None)), None),
+    "widths": (list, None),  # None: the task's default widths
+    "stem": (int, 1),
+}
+RUN_DEFAULTS: dict[str, Any] = {
+    "weight_decay": 1e-4,
+    "eval_samples": 2000,
+    "device": "auto",
+    "precision": "auto",
+    "seed": 0,
+    "workers": None,
+    "threads": None,
+    "checkpoint_every": None,
+}
+OPTIONS = (
+    *("epochs", "batch_size", "lr", "weight_decay", "samples_per_epoch", "eval_samples", "widths", "stem"),
+    *("size", "device", "precision", "seed", "workers", "threads", "checkpoint_every"),
+)
 
 
-def resolve_config(args: argparse.Namespace, saved: dict[str, Any] | None) -> TrainConfig:
-    """Options given > the checkpoint's settings (with --resume) > the recipe's CPU defaults."""
-    recipe, _ = manifest_recipe(args.data)
-    if args.recipe and args.recipe != recipe:
-        raise ConfigError(f"recipe {args.recipe!r} given, but {args.data} holds a {recipe!r} set")
-    if saved is not None:
-        base = dict(saved)
-    else:
-        defaults: Defaults = TASKS.get(recipe, Task).defaults
-        base = dataclasses.asdict(defaults) | {
-            "recipe": recipe,
-            "weight_decay": 1e-4,
-            "eval_samples": 2000,
-            "size": None,
-            "device": "auto",
-            "precision": "auto",
-            "seed": 0,
-            "workers": None,
-            "threads": None,
-            "checkpoint_every": None,
-        }
+def schema_defaults(info: SetInfo) -> dict[str, Any]:
+    """The CPU run the set's schema suggests (`schema.training`), checked, with fallbacks for what it omits."""
+    hints = info.schema.training
+    out: dict[str, Any] = {}
+    for key, (kind, fallback) in HINTS.items():
+        value = hints.get(key, fallback)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+            raise ConfigError(f"--data {info.data}: manifest schema.training.{key} is {str(value)[:40]!r}")
+        out[key] = value
+    if out["widths"] is None:
+        out["widths"] = task_for(info.schema).default_widths
+    elif not all(isinstance(w, int) and not isinstance(w, bool) for w in out["widths"]):
+        raise ConfigError(f"--data {info.data}: manifest schema.training.widths must be integers")
+    return out | {"size": info.training_size()}
+
+
+def resolve_config(args: argparse.Namespace, info: SetInfo, saved: dict[str, Any] | None) -> TrainConfig:
+    """Options given > the checkpoint's settings (with --resume) > the set's schema (`schema.training`)."""
+    if args.recipe and args.recipe != info.recipe:
+        raise ConfigError(f"recipe {args.recipe!r} given, but {args.data} holds a {info.recipe!r} set")
+    base = dict(saved) if saved is not None else schema_defaults(info) | RUN_DEFAULTS
     given = {k: v for k, v in vars(args).items() if v is not None}
-    for key in (
-        "epochs",
-        "batch_size",
-        "lr",
-        "weight_decay",
-        "samples_per_epoch",
-        "eval_samples",
-        "widths",
-        "stem",
-        "size",
-        "device",
-        "precision",
-        "seed",
-        "workers",
-        "threads",
-        "checkpoint_every",
-    ):
-        if key in given:
-            base[key] = given[key]
+    base.update({key: given[key] for key in OPTIONS if key in given})
     for key in ("samples_per_epoch", "eval_samples"):
         base[key] = base[key] or None  # 0 = all
     base["device"] = resolve_device(base["device"])
@@ -137,7 +143,7 @@ def resolve_config(args: argparse.Namespace, saved: dict[str, Any] | None) -> Tr
         base["precision"] = default_precision(base["device"])
     if base["workers"] is None:
         base["workers"] = default_workers(base["device"])
-    base.update(recipe=recipe, data=args.data, out=args.out, progress=not args.no_progress)
+    base.update(recipe=info.recipe, data=args.data, out=args.out, progress=not args.no_progress)
     return TrainConfig.from_dict(base)
 
 
@@ -149,7 +155,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     try:
         checkpoint = Path(args.out) / CHECKPOINT
         saved = load_checkpoint(checkpoint)["config"] if args.resume and checkpoint.exists() else None
-        config = resolve_config(args, saved)
+        config = resolve_config(args, read_set(args.data), saved)
         started = time.perf_counter()
         result = train(config, resume=args.resume, stop_after_steps=args.stop_after_steps)
     except SegshardsError as exc:
@@ -169,15 +175,13 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-SUMMARY_KEYS = ("iou", "accuracy", "circle_iou", "dice_macro", "dice_background", "miou")
-
-
 def summary(report: dict[str, Any], split: str) -> str:
-    """One line of a split's headline metrics."""
+    """One line of a split's headline metrics: the task's primary ones (`metrics.json`'s `primary`)."""
     metrics = report["splits"].get(split)
     if not metrics:
         return f"no {split} split"
-    shown = ", ".join(f"{k} {metrics[k]:.4f}" for k in SUMMARY_KEYS if metrics.get(k) is not None)
+    keys = report.get("primary") or ("loss",)
+    shown = ", ".join(f"{k} {metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), int | float))
     return f"{split} {shown} ({metrics['samples']:,} samples)"
 
 
@@ -196,7 +200,7 @@ def eval_parser() -> argparse.ArgumentParser:
 
 def eval_main(argv: Sequence[str] | None = None) -> int:
     """`segshards eval`: scores RUN_DIR/checkpoint.pt on a split, merges it into metrics.json."""
-    from segshards.train.loop import evaluate, place, plot_predictions
+    from segshards.train.evaluate import evaluate, place, plot_predictions
     from segshards.train.reports import update_metrics
 
     args = eval_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -204,10 +208,17 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     try:
         saved = load_checkpoint(run / CHECKPOINT)
         data = args.data or saved["config"]["data"]
-        recipe, _ = manifest_recipe(data)
-        if recipe != saved["recipe"]:
+        info = read_set(data)
+        if info.recipe != saved["recipe"]:
             raise ConfigError(
-                f"--data {data}: holds a {recipe!r} set, the run was trained on {saved['recipe']!r}"
+                f"--data {data}: holds a {info.recipe!r} set, the run was trained on {saved['recipe']!r}"
+            )
+        task = task_for(info.schema, palette=info.palette)
+        if task.describe() != saved["task"]:
+            raise ConfigError(f"--data {data}: its schema does not fit the run's model ({saved['task']})")
+        if not info.has_split(args.split):
+            raise ConfigError(
+                f"--split {args.split}: {data} has no samples in it ({', '.join(info.split_counts)})"
             )
         device = resolve_device(args.device)
         workers = default_workers(device) if args.workers is None else args.workers
@@ -224,8 +235,6 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
         )
         if args.threads is not None:
             torch.set_num_threads(args.threads)
-        info = saved["task"]
-        task = task_for(recipe, info["num_classes"], info["in_channels"])
         model = task.build_model(config.widths, config.stem)
         model.load_state_dict(saved["model"])
         model = place(model, device)
@@ -243,7 +252,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
             make_loader(data, args.split, 16, shuffle=False, size=config.size),
             config,
             run / f"predictions-{args.split}.png",
-            title=f"{recipe}: {args.split}",
+            title=f"{info.recipe}: {args.split}",
         )
     except SegshardsError as exc:
         print(f"segshards eval: error: {exc}", file=sys.stderr)

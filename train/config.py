@@ -5,7 +5,6 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
-
 from segshards.writer.errors import ConfigError
 
 # Fields a resumed run may change: where the data lives and how this machine runs, not what is learned.
@@ -14,9 +13,10 @@ RUNTIME_FIELDS = ("data", "out", "device", "workers", "threads", "checkpoint_eve
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything `train` needs; filled by `segshards.train.cli` from options and the recipe's defaults."""
+    """Everything `train` needs; filled by `segshards.train.cli` from options and the set's schema
+    (`schema.training`: the recipe's suggested CPU run)."""
 
-    recipe: str
+    recipe: str  # the set's recipe, for reports and progress lines only: the task comes from the schema
     data: str
     out: str
     epochs: int
@@ -27,7 +27,7 @@ class TrainConfig:
     eval_samples: int | None  # val samples scored after each epoch for curves.png; None: all
     widths: tuple[int, ...]
     stem: int
-    size: tuple[int, int] | None  # letterbox variable-size images to (H, W); None: as stored
+    size: tuple[int, int] | None  # letterbox images to (H, W); None: as stored (variable-size: the schema's)
     device: str
     precision: str  # "fp32" or "bf16" (autocast)
     seed: int
@@ -67,6 +67,10 @@ def validate(config: TrainConfig) -> None:
         (c.eval_samples is None or c.eval_samples >= 1, f"--eval-samples {c.eval_samples}: must be >= 1"),
         (len(c.widths) >= 2 and min(c.widths) >= 1, f"--widths {c.widths}: need two or more positive widths"),
         (c.stem >= 1, f"--stem {c.stem}: must be >= 1"),
+        (
+            c.size is None or (len(c.size) == 2 and min(c.size) >= 1),
+            f"--size {' '.join(map(str, c.size or ()))}: H and W must be positive pixel counts",
+        ),
         (c.precision in ("fp32", "bf16"), f"--precision {c.precision!r}: must be fp32 or bf16"),
         (c.seed >= 0, f"--seed {c.seed}: must be >= 0"),
         (c.workers >= 0, f"--workers {c.workers}: must be >= 0"),

@@ -8,8 +8,12 @@ Definitions (per split; pixels whose truth is `IGNORE_INDEX` count nowhere):
 - a class absent from both truth and prediction on the whole split (TP + FP + FN = 0) has no IoU or Dice:
   it is reported as None and left out of the macro mean (the mmsegmentation / torchmetrics convention),
   never counted as 1 or as 0.
-- macro mean: the plain mean over the chosen classes that have a value (for mnist-grid, digits 0..9, i.e.
-  mask classes 1..10; background is reported on its own).
+- macro mean: the plain mean over the chosen classes that have a value (for the MNIST digit grid: digits
+  0..9, i.e. mask classes 1..10; background is reported on its own).
+- `miou`: the macro mean of IoU over every class present in the truth or the prediction (TP + FP + FN > 0),
+  background included, as torchvision's segmentation reference reports it (without its NaN);
+  `miou_objects`: the same mean with the background class left out.
+- pixel accuracy: sum of the diagonal over the sum of the matrix (correct pixels over counted pixels).
 - binary IoU: IoU of class 1 (foreground) of a 2-class matrix.
 - circle IoU: area(A and B) / area(A or B) of two discs, exact closed form: 0 when disjoint, the smaller
   disc over the larger, (r_small / r_large)^2, when one contains the other, else the lens area. Negative

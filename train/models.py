@@ -72,7 +72,7 @@ class UNet(nn.Module):
 
 
 class CircleNet(nn.Module):
-    """Digit classifier with a circle head, for mnist-circle.
+    """Digit classifier with a circle head, for sets with a class and a circle target (the MNIST circles).
 
     Two conv blocks (two 3x3 conv-BN-ReLU each, then 2x2 max-pool) take 28x28 to 7x7; the features are
     flattened rather than averaged away, so the shared hidden layer keeps *where* the strokes are, which the

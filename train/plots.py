@@ -10,9 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from matplotlib.patches import Circle
+from matplotlib.patches import Circle, Patch
 from matplotlib.ticker import MaxNLocator
-
 from segshards.train.metrics import circle_iou
 from segshards.writer.atomic import atomic_write
 from segshards.writer.preview import default_palette, overlay
@@ -41,11 +40,15 @@ def plot_curves(history: list[dict[str, Any]], primary: tuple[str, ...], path: P
         values = [v.get(name) for v in val]
         metric_axes.plot(epochs, [np.nan if x is None else x for x in values], "o-", label=f"val {name}")
     metric_axes.set(xlabel="epoch", title=f"{title}: validation metrics")
-    if primary:
+    if any(name in v for v in val for name in primary):
         metric_axes.legend()
+    else:
+        metric_axes.text(0.5, 0.5, "no val split", ha="center", va="center", transform=metric_axes.transAxes)
     metric_axes.grid(alpha=0.3)
+    metric_axes.set_ylim(-0.02, 1.02)
     for axes in (loss_axes, metric_axes):
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_xlim(0.5, max(epochs, default=1) + 0.5)  # one epoch: one point, still on a readable axis
     save_figure(figure, path)
 
 
@@ -55,24 +58,82 @@ def as_picture(image: torch.Tensor) -> np.ndarray:
     return array[0] if array.shape[0] == 1 else np.ascontiguousarray(array.transpose(1, 2, 0))
 
 
+# Ignore and letterbox padding, in truth and prediction; the VOC palette's channels are multiples of 32 for
+# the first 256 classes, so this grey is never a class's colour.
+GREY = np.array([150, 150, 150], dtype=np.uint8)
+
+
+def rgb(colour: np.ndarray) -> tuple[float, float, float]:
+    """A uint8 RGB triple as matplotlib's 0..1 floats."""
+    r, g, b = (float(c) / 255 for c in colour[:3])
+    return r, g, b
+
+
+def paint(picture: np.ndarray, mask: np.ndarray, palette: np.ndarray, ignore: int | None) -> np.ndarray:
+    """(H, W, 3) RGB: `picture` with object classes tinted in their colour and ignored pixels grey."""
+    shown = overlay(picture, mask, palette)
+    if shown.ndim == 2:
+        shown = np.repeat(shown[..., None], 3, axis=2)
+    if ignore is not None:
+        shown[mask == ignore] = GREY
+    return shown
+
+
+def legend_handles(
+    truth: np.ndarray, prediction: np.ndarray, names: list[str], colours: np.ndarray, ignore: int | None
+) -> list[Patch]:
+    """One legend entry per class in the truth or the prediction, and one for ignored pixels if any."""
+    present = sorted({int(k) for k in np.unique(np.concatenate([truth.ravel(), prediction.ravel()]))})
+    handles = [
+        Patch(color=rgb(colours[k]), label=names[k] + (" (no tint)" if k == 0 else ""))
+        for k in present
+        if k < len(names)
+    ]
+    if ignore is not None and ignore in present:
+        handles.append(Patch(color=rgb(GREY), label="ignored / padding"))
+    return handles
+
+
 def plot_segmentation(
-    batch: dict[str, Any], logits: torch.Tensor, path: Path, *, title: str, count: int = 8
+    batch: dict[str, Any],
+    logits: torch.Tensor,
+    path: Path,
+    *,
+    title: str,
+    class_names: list[str],
+    ignore: int | None = 255,
+    palette: np.ndarray | None = None,
+    count: int = 4,
 ) -> None:
-    """Rows: input, truth overlaid, prediction overlaid; one column per sample."""
+    """One row per sample: image, truth, prediction side by side; a legend names the classes shown.
+
+    Pixels the truth ignores (255: crowd, overlaps, letterbox padding) are grey in the truth and in the
+    prediction alike, since the model is neither trained nor scored there.
+    """
+    colours = PALETTE_RGB if palette is None else palette
     n = min(count, len(batch["image"]))
-    prediction = logits[:n].argmax(dim=1).to(torch.uint8).cpu().numpy()
-    figure = Figure(figsize=(1.6 * n, 5.2), layout="constrained")
-    axes = figure.subplots(3, n, squeeze=False)
+    prediction = logits[:n].argmax(dim=1).to(torch.uint8).cpu().numpy()  # (n, H, W)
+    truth = batch["mask"][:n].cpu().numpy().astype(np.uint8)
+    if ignore is not None:
+        prediction[truth == ignore] = ignore
+    side = 3.0 if max(truth.shape[1:]) > 64 else 1.8  # inches per panel: photographs larger than digits
+    handles = legend_handles(truth, prediction, class_names, colours, ignore)
+    columns = -(-len(handles) // max(8, int(n * side * 72 / 16)))  # rows of 9 pt text the height holds
+    figure = Figure(figsize=(3 * side + 2.2 * columns, n * side + 0.6), layout="constrained")
+    axes = figure.subplots(n, 3, squeeze=False)
     for i in range(n):
         picture = as_picture(batch["image"][i])
-        truth = batch["mask"][i].cpu().numpy().astype(np.uint8)
-        for row, shown in enumerate(
-            (picture, overlay(picture, truth, PALETTE_RGB), overlay(picture, prediction[i], PALETTE_RGB))
-        ):
-            axes[row, i].imshow(shown, cmap="gray" if shown.ndim == 2 else None, interpolation="nearest")
-            axes[row, i].set_axis_off()
-    for row, name in enumerate(("input", "truth", "prediction")):
-        axes[row, 0].set_title(name, loc="left", fontsize=9)
+        panels = (
+            picture,
+            paint(picture, truth[i], colours, ignore),
+            paint(picture, prediction[i], colours, ignore),
+        )
+        for column, shown in enumerate(panels):
+            axes[i, column].imshow(shown, cmap="gray" if shown.ndim == 2 else None, interpolation="nearest")
+            axes[i, column].set_axis_off()
+    for column, name in enumerate(("image", "truth", "prediction")):
+        axes[0, column].set_title(name, fontsize=11)
+    figure.legend(handles=handles, loc="outside right upper", fontsize=9, title="classes", ncols=columns)
     figure.suptitle(title)
     save_figure(figure, path)
 
@@ -84,6 +145,8 @@ def plot_circles(
     path: Path,
     *,
     title: str,
+    label: str = "label",
+    circle: str = "circle",
     count: int = 8,
 ) -> None:
     """Rows: truth (label, circle in green) and prediction (label, circle in red); one column per sample.
@@ -93,20 +156,20 @@ def plot_circles(
     n = min(count, len(batch["image"]))
     labels = logits[:n].argmax(dim=1).cpu()
     predicted = circles[:n].float().cpu()
-    ious = circle_iou(predicted, batch["circle"][:n].cpu())
+    ious = circle_iou(predicted, batch[circle][:n].cpu())
     figure = Figure(figsize=(1.6 * n, 3.6), layout="constrained")
     axes = figure.subplots(2, n, squeeze=False)
     for i in range(n):
         picture = as_picture(batch["image"][i])
         rows = (
-            (batch["circle"][i].tolist(), int(batch["label"][i]), "lime", "truth"),
+            (batch[circle][i].tolist(), int(batch[label][i]), "lime", "truth"),
             (predicted[i].tolist(), int(labels[i]), "red", f"IoU {float(ious[i]):.2f}"),
         )
-        for row, ((cx, cy, r), label, colour, caption) in enumerate(rows):
+        for row, ((cx, cy, r), name, colour, caption) in enumerate(rows):
             ax = axes[row, i]
             ax.imshow(picture, cmap="gray", interpolation="nearest")
             ax.add_patch(Circle((cx, cy), max(r, 0.0), fill=False, color=colour, linewidth=1.5))
-            ax.set_title(f"{label}  {caption}", fontsize=8)
+            ax.set_title(f"{name}  {caption}", fontsize=8)
             ax.set_axis_off()
     figure.suptitle(title)
     save_figure(figure, path)
