@@ -31,6 +31,7 @@ SOURCE_ENV = "SEGSHARDS_COCO_TINY"
 CACHE = Path("bench-out")
 JPEG_QUALITY = 95
 BLOCK = 16
+SAMPLE_S = 0.25
 
 
 def default_source() -> Path | None:
@@ -110,7 +111,8 @@ def plain_loop(source: Path, out: Path, shard_size: int) -> None:
 
 def run_measured(cmd: list[str]) -> tuple[float, int]:
     """Wall seconds of `cmd` and the peak of its process tree's summed resident memory (sampled every
-    20 ms); a failure ends the benchmark with its error output."""
+    SAMPLE_S: listing a process tree reads all of /proc, which costs a busy 2-core machine more than a
+    few percent when done every few ms); a failure ends the benchmark with its error output."""
     import psutil
 
     started = time.perf_counter()
@@ -123,7 +125,7 @@ def run_measured(cmd: list[str]) -> tuple[float, int]:
                 peak = max(peak, sum(p.memory_info().rss for p in tree))
             except psutil.Error:
                 pass  # a process of the tree ended while being read
-            time.sleep(0.02)
+            time.sleep(SAMPLE_S)
         elapsed = time.perf_counter() - started
         if proc.returncode != 0:
             err.seek(0)
