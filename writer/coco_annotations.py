@@ -209,11 +209,13 @@ def sound_annotation(record: Any, categories: set[int]) -> Annotation | None:
     checks, field by field, name the problem): a fast path through a file of 100,000s of records."""
     if type(record) is not dict:
         return None
-    fields = tuple(map(record.get, ("id", "image_id", "category_id", "iscrowd")))
+    values: list[Any] = [record.get(k) for k in ("id", "image_id", "category_id", "iscrowd")]
+    ann_id, image_id, category_id, iscrowd = values
     segmentation = record.get("segmentation")
-    if set(map(type, fields)) != {int} or type(segmentation) not in (list, dict):
+    if {type(ann_id), type(image_id), type(category_id), type(iscrowd)} != {int}:
         return None
-    ann_id, image_id, category_id, iscrowd = fields
+    if type(segmentation) not in (list, dict):
+        return None
     if category_id not in categories or iscrowd not in (0, 1):
         return None
     return Annotation(ann_id, image_id, category_id, bool(iscrowd), segmentation)

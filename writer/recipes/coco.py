@@ -196,7 +196,7 @@ def ahead(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], de
             future.cancel()
 
 
-def sound_images(spec: CocoSpec, index: CocoIndex, sel: Selection) -> Iterator[tuple[int, Checked]]:
+def sound_images(spec: CocoSpec, index: CocoIndex, sel: Selection) -> Generator[tuple[int, Checked]]:
     """The walk's sound images, in permutation order; problems raise, or are skipped and remembered."""
     for image_id, outcome in checked(index, spec, permutation(index.eligible(), spec.seed)):
         if isinstance(outcome, BadRecord):
