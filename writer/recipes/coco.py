@@ -250,7 +250,7 @@ class Prepared:
 
 
 # What `share` wrote in this process, by path: the parent renders shards too, and keeps its own copy
-# instead of reading the file back (~1 s for 8,000 images). `share` replaces an entry before each build.
+# instead of reading the file back (~1 s for 8,000 images). `share` replaces it before each build.
 WRITTEN: dict[str, Prepared] = {}
 
 
@@ -439,6 +439,7 @@ class CocoSemanticRecipe:
         path, prep = folder / PREPARED, prepared(spec)
         with open(path, "wb") as f:
             pickle.dump(prep, f, protocol=pickle.HIGHEST_PROTOCOL)
+        WRITTEN.clear()  # only this build's: a long-lived process keeps no earlier build's images
         WRITTEN[str(path)] = prep
         return replace(spec, prepared=str(path))
 
