@@ -1,134 +1,208 @@
-"""COCO masks: our renderer (pycocotools + overlap policy) against the seed's (PIL polygon per annotation,
-value category_id*100, np.maximum) on the same synthetic annotations, in one run.
+"""coco-semantic on real photographs: the plain serial loop a user writes, `segshards build` with --jobs 1
+and with all cores, on the same COCO-like images, in one run; images/s, ratios and the build's peak memory.
 
-`python -m bench coco_bench [--images N] [--per-image K] [--repeats R]`
+The images are derived from the 16 real COCO photographs of `coco-tiny` (read-only, so copied): each copy
+has one 16x16 block changed (its pixels then differ from every other copy's) and is re-encoded as a JPEG,
+keeping its photograph's annotations. They are generated once into bench-out/ and reused.
+
+`python -m bench coco_bench [--images N] [--rounds R] [--shard-size K] [--source DIR]`
 """
 
 import argparse
-import functools
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+import webdataset as wds
 from PIL import Image, ImageDraw
-from segshards.writer.coco_annotations import Annotation
-from segshards.writer.coco_masks import Instance, annotation_rle, compose
 
-from tests.coco_fixtures import synthetic_instances
+from bench.commands import segshards
 
-Masks = list[np.ndarray]
+SOURCE_ENV = "SEGSHARDS_COCO_TINY"
+CACHE = Path("bench-out")
+JPEG_QUALITY = 95
+BLOCK = 16
+SAMPLE_S = 0.25
 
 
-def annotations_by_image(data: dict[str, Any]) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+def default_source() -> Path | None:
+    """$SEGSHARDS_COCO_TINY, else the first `shared/data/coco-tiny` beside the repository or a folder above."""
+    if os.environ.get(SOURCE_ENV):
+        return Path(os.environ[SOURCE_ENV])
+    root = Path(__file__).resolve().parents[1]
+    found = (p / "shared" / "data" / "coco-tiny" for p in root.parents)
+    return next((p for p in found if (p / "instances.json").is_file()), None)
+
+
+def derive(source: Path, dest: Path, n: int) -> Path:
+    """`n` COCO-like images in `dest` (images/ and instances.json), made once; returns `dest`."""
+    stamp = dest / "complete"
+    if stamp.is_file() and stamp.read_text() == f"{n} {source}":
+        return dest
+    shutil.rmtree(dest, ignore_errors=True)
+    (dest / "images").mkdir(parents=True)
+    data = json.loads((source / "instances.json").read_text())
     by_image: dict[int, list[dict[str, Any]]] = {}
     for a in data["annotations"]:
         by_image.setdefault(a["image_id"], []).append(a)
-    return [(image, by_image.get(image["id"], [])) for image in data["images"]]
+    photos = [
+        (r, cv2.imread(str(source / "images" / r["file_name"]), cv2.IMREAD_UNCHANGED)) for r in data["images"]
+    ]
+    images, annotations = [], []
+    for i in range(n):
+        record, pixels = photos[i % len(photos)]
+        copy = pixels.copy()
+        # Block (i // 16) at a position of its own, filled with colours from the copy's number: every copy
+        # of one photograph differs from the others in decoded pixels.
+        k = i // len(photos)
+        y, x = (k * 7) % (copy.shape[0] - BLOCK), (k * 13) % (copy.shape[1] - BLOCK)
+        copy[y : y + BLOCK, x : x + BLOCK] = np.array([k & 255, (k >> 8) & 255, 128], np.uint8)
+        ok, jpeg = cv2.imencode(".jpg", copy, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        assert ok
+        image_id = i + 1
+        name = f"{image_id:012d}.jpg"
+        (dest / "images" / name).write_bytes(jpeg.tobytes())
+        images.append({**record, "id": image_id, "file_name": name})
+        for a in by_image.get(record["id"], []):
+            annotations.append({**a, "id": len(annotations) + 1, "image_id": image_id})
+    out = {**data, "images": images, "annotations": annotations}
+    (dest / "instances.json").write_text(json.dumps(out))
+    stamp.write_text(f"{n} {source}")
+    return dest
 
 
-def seed_masks(images: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> Masks:
-    """The seed's method: each polygon drawn into its own 'L' image with fill category_id*100 (PIL saturates
-    at 255), merged with np.maximum."""
-    out = []
-    for image, anns in images:
-        w, h = image["width"], image["height"]
-        total = np.zeros((h, w), np.uint8)
-        for a in anns:
-            canvas = Image.new("L", (w, h), 0)
-            draw = ImageDraw.Draw(canvas)
-            for part in a["segmentation"]:
-                draw.polygon(part, fill=a["category_id"] * 100)
-            total = np.maximum(total, np.asarray(canvas))
-        out.append(total)
-    return out
-
-
-def our_masks(
-    images: list[tuple[dict[str, Any], list[dict[str, Any]]]], class_of: dict[int, int], overlap: str
-) -> Masks:
-    """segshards: checked pycocotools RLEs per annotation, merged under `overlap` in contiguous class ids."""
-    out = []
-    for image, anns in images:
-        h, w = image["height"], image["width"]
-        instances = [
-            Instance(
-                class_of[a["category_id"]],
-                bool(a["iscrowd"]),
-                a["id"],
-                annotation_rle(Annotation(a["id"], a["image_id"], a["category_id"], bool(a["iscrowd"]),
-                                          a["segmentation"]), h, w, "bench"),
+def plain_loop(source: Path, out: Path, shard_size: int) -> None:
+    """What a user writes by hand: PIL polygon per annotation at category_id*100, np.maximum where they
+    overlap, a PNG per mask, the JPEG as it is, webdataset's ShardWriter."""
+    data = json.loads((source / "instances.json").read_text())
+    by_image: dict[int, list[dict[str, Any]]] = {}
+    for a in data["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(a)
+    out.mkdir(parents=True, exist_ok=True)
+    with wds.ShardWriter(str(out / "shard-%06d.tar"), maxcount=shard_size, verbose=0) as sink:
+        for image in data["images"]:
+            w, h = image["width"], image["height"]
+            mask = np.zeros((h, w), np.uint8)
+            for a in by_image.get(image["id"], []):
+                if a["iscrowd"]:
+                    continue  # crowd regions are RLE, not polygons
+                canvas = Image.new("L", (w, h), 0)
+                draw = ImageDraw.Draw(canvas)
+                for part in a["segmentation"]:
+                    draw.polygon(part, fill=a["category_id"] * 100)
+                mask = np.maximum(mask, np.asarray(canvas))
+            png = io.BytesIO()
+            Image.fromarray(mask).save(png, format="PNG")
+            jpeg = (source / "images" / image["file_name"]).read_bytes()
+            meta = {"image_id": image["id"], "file_name": image["file_name"]}
+            sink.write(
+                {"__key__": f"{image['id']:012d}", "jpg": jpeg, "mask.png": png.getvalue(), "json": meta}
             )
-            for a in anns
-        ]  # fmt: skip
-        out.append(compose(instances, h, w, overlap))
-    return out
 
 
-def best_rates(
-    renderers: dict[str, Callable[[], Masks]], count: int, repeats: int
-) -> dict[str, tuple[float, Masks]]:
-    """Masks per second of each renderer, best of `repeats` rounds that interleave them (so that a busy
-    moment of a shared machine does not favour one), and each one's masks."""
-    best = dict.fromkeys(renderers, float("inf"))
-    masks: dict[str, Masks] = {}
-    for _ in range(repeats):
-        for name, render in renderers.items():
-            start = time.perf_counter()
-            masks[name] = render()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return {name: (count / best[name], masks[name]) for name in renderers}
+def run_measured(cmd: list[str]) -> tuple[float, int]:
+    """Wall seconds of `cmd` and the peak of its process tree's summed resident memory (sampled every
+    SAMPLE_S: listing a process tree reads all of /proc, which costs a busy 2-core machine more than a
+    few percent when done every few ms); a failure ends the benchmark with its error output."""
+    import psutil
+
+    started = time.perf_counter()
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        root, peak = psutil.Process(proc.pid), 0
+        while proc.poll() is None:
+            try:
+                tree = [root, *root.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree))
+            except psutil.Error:
+                pass  # a process of the tree ended while being read
+            time.sleep(SAMPLE_S)
+        elapsed = time.perf_counter() - started
+        if proc.returncode != 0:
+            err.seek(0)
+            raise SystemExit(
+                f"benchmark command failed ({proc.returncode}): {' '.join(cmd)}\n{err.read().decode()[-2000:]}"
+            )
+    return elapsed, peak
 
 
-def disagreement(ours: Masks, seed: Masks, class_of: dict[int, int]) -> dict[str, float]:
-    """Pixel comparison: foreground/background disagreement, and among pixels both call foreground, the
-    share where the seed's value maps back to our class (the seed's 255 stands for any category >= 3)."""
-    value_to_class = {min(c * 100, 255): k for c, k in class_of.items() if c * 100 < 255}
-    pixels = fg_differs = both_fg = same_class = 0
-    for o, s in zip(ours, seed, strict=True):
-        fo, fs = o > 0, s > 0
-        pixels += o.size
-        fg_differs += int(np.count_nonzero(fo != fs))
-        both = fo & fs
-        both_fg += int(np.count_nonzero(both))
-        lut = np.zeros(256, np.int16) - 1
-        for value, k in value_to_class.items():
-            lut[value] = k
-        same_class += int(np.count_nonzero(lut[s[both]] == o[both]))
+def contenders(data: Path, out: Path, n: int, shard_size: int) -> dict[str, list[str]]:
+    """The command of each contender; all of them write `n` samples from the same files."""
+    val = test = n // 16
+    build = segshards(
+        "build", "coco-semantic", "--annotations", str(data / "instances.json"), "--images", str(data / "images"),
+        "--train", str(n - val - test), "--val", str(val), "--test", str(test), "--shard-size", str(shard_size),
+    )  # fmt: skip
+    loop = [sys.executable, "-m", "bench.coco_bench", "--run-loop", str(data), "--out"]
     return {
-        "fg_bg_disagreement": fg_differs / pixels,
-        "class_agreement": same_class / both_fg if both_fg else 1.0,
-        "foreground_share": both_fg / pixels,
+        "loop": [*loop, str(out / "loop"), "--shard-size", str(shard_size)],
+        "--jobs 1": [*build, "--out", str(out / "jobs1"), "--jobs", "1"],
+        "all cores": [*build, "--out", str(out / "all"), "--jobs", "0"],
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench coco_bench")
-    parser.add_argument("--images", type=int, default=300)
-    parser.add_argument("--per-image", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--images", type=int, default=8000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--shard-size", type=int, default=1000)
+    parser.add_argument(
+        "--source", type=Path, default=None, help=f"coco-tiny folder (default: ${SOURCE_ENV}, ...)"
+    )
+    parser.add_argument("--run-loop", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
     args, _ = parser.parse_known_args(argv)
-    data = synthetic_instances(args.images, args.per_image, height=480, width=640, seed=0)
-    images = annotations_by_image(data)
-    class_of = {c["id"]: k for k, c in enumerate(sorted(data["categories"], key=lambda c: c["id"]), 1)}
-    n, n_ann = len(images), len(data["annotations"])
-    print(f"[coco] {n} masks of 640x480, {n_ann} polygon annotations over 80 categories")
-    renderers: dict[str, Callable[[], Masks]] = {"seed": lambda: seed_masks(images)}
-    for overlap in ("max", "ignore", "z-order"):
-        renderers[overlap] = functools.partial(our_masks, images, class_of, overlap)
-    rates = best_rates(renderers, n, args.repeats)
-    seed_rate, seed = rates["seed"]
-    print(f"[coco] seed (PIL polygon per annotation, np.maximum): {seed_rate:8.1f} masks/s")
-    for overlap in ("max", "ignore", "z-order"):
-        rate, _ = rates[overlap]
-        print(f"[coco] segshards --overlap {overlap:7s}:               {rate:8.1f} masks/s  "
-              f"({rate / seed_rate:.2f}x the seed)")  # fmt: skip
-    d = disagreement(rates["max"][1], seed, class_of)
-    print(f"[coco] max vs seed: fg/bg disagreement {100 * d['fg_bg_disagreement']:.2f}% of pixels "
-          f"(polygon rasterisation: PIL vs pycocotools); class agreement after mapping "
-          f"{100 * d['class_agreement']:.1f}% of the {100 * d['foreground_share']:.1f}% foreground "
-          f"pixels (the seed saturates every category id >= 3 to 255)")  # fmt: skip
+    if args.run_loop is not None:  # the loop, as a process of its own like the builds
+        plain_loop(args.run_loop, args.out, args.shard_size)
+        return 0
+    source = args.source or default_source()
+    if source is None or not (source / "instances.json").is_file():
+        print(f"[coco] no coco-tiny folder (set ${SOURCE_ENV} or --source): skipped")
+        return 0
+    n = args.images
+    data = derive(source, CACHE / f"coco-{n}", n).resolve()
+    size_mb = sum(p.stat().st_size for p in (data / "images").iterdir()) / n / 1e3
+    print(f"[coco] {n} JPEGs derived from the {source.name} photographs ({size_mb:.0f} KB each on average), "
+          f"shards of {args.shard_size}, {os.cpu_count()} cores, best of {args.rounds} interleaved rounds")  # fmt: skip
+    rates: dict[str, list[float]] = {}
+    peaks: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(dir=CACHE) as scratch:
+        for _ in range(args.rounds):
+            for name, cmd in contenders(data, Path(scratch), n, args.shard_size).items():
+                for sub in ("loop", "jobs1", "all"):
+                    shutil.rmtree(Path(scratch) / sub, ignore_errors=True)
+                elapsed, peak = run_measured(cmd)
+                rates.setdefault(name, []).append(n / elapsed)
+                peaks[name] = max(peaks.get(name, 0), peak)
+    report(rates, peaks)
     return 0
+
+
+def report(rates: dict[str, list[float]], peaks: dict[str, int]) -> None:
+    """The table: best images/s (and the range over rounds), ratios of the best and per round, peak RSS."""
+    loop, one, every = rates["loop"], rates["--jobs 1"], rates["all cores"]
+    print(f"[coco] {'':10s} {'images/s':>9s} {'(range)':>15s} {'peak RSS':>9s}")
+    for name, values in rates.items():
+        print(f"[coco] {name:10s} {max(values):9.1f} ({min(values):6.1f}-{max(values):6.1f}) "
+              f"{peaks[name] / 2**20:6.0f} MB")  # fmt: skip
+    vs_loop = [a / b for a, b in zip(every, loop, strict=True)]
+    vs_one = [a / b for a, b in zip(every, one, strict=True)]
+    print(
+        f"[coco] all cores / loop:     {max(every) / max(loop):.2f}x (per round {min(vs_loop):.2f}-{max(vs_loop):.2f}x)"
+    )
+    print(
+        f"[coco] all cores / --jobs 1: {max(every) / max(one):.2f}x (per round {min(vs_one):.2f}-{max(vs_one):.2f}x)"
+    )
+    print(f"[coco] --jobs 1 / loop:      {max(one) / max(loop):.2f}x")
 
 
 if __name__ == "__main__":

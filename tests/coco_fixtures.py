@@ -7,6 +7,7 @@ rectangle with integer corners), free-form regions as list-count (crowd) or stri
 
 import copy
 import json
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,9 +166,11 @@ def write_coco(
     *,
     mutate: Callable[[dict[str, Any]], None] | None = None,
     duplicate_of: int | None = None,
+    exif: bool = False,
 ) -> CocoFixture:
     """Write the fixture under `folder` (instances.json, images/). `mutate` edits the JSON before it is
-    written; `duplicate_of` adds image 10, a byte copy of that image with one annotation of its own."""
+    written; `duplicate_of` adds image 10, a byte copy of that image with one annotation of its own
+    (with `exif`, the copy has an EXIF segment added: other bytes, the same decoded pixels)."""
     specs = fixture_images()
     images = folder / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -181,13 +184,28 @@ def write_coco(
         box = rect_mask(h, w, 2, 2, 12, 12)
         specs.append((10, h, w, [(1, False, 1001, [rect(2, 2, 12, 12)], box)]))
         fixture.truth[10] = [Truth(1, False, 1001, box)]
-        (images / f"{10:012d}.jpg").write_bytes((images / f"{source_id:012d}.jpg").read_bytes())
+        data = (images / f"{source_id:012d}.jpg").read_bytes()
+        (images / f"{10:012d}.jpg").write_bytes(with_exif(data) if exif else data)
     data = fixture_json(specs)
     if mutate is not None:
         mutate(data)
     fixture.data = copy.deepcopy(data)
     fixture.annotations.write_text(json.dumps(data))
     return fixture
+
+
+def with_exif(jpeg_bytes: bytes) -> bytes:
+    """The JPEG with an APP1 EXIF segment (camera make only, no orientation) right after its SOI marker."""
+    payload = b"Exif\0\0" + tiff_make_tag(b"segshards\0")
+    return jpeg_bytes[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg_bytes[2:]
+
+
+def tiff_make_tag(make: bytes) -> bytes:
+    """A big-endian TIFF header with one IFD holding tag 0x010F (Make), an ASCII value stored after it."""
+    ifd_offset, entries = 8, 1
+    value_offset = ifd_offset + 2 + 12 * entries + 4
+    entry = struct.pack(">HHII", 0x010F, 2, len(make), value_offset)
+    return b"MM\0\x2a" + struct.pack(">I", ifd_offset) + struct.pack(">H", entries) + entry + bytes(4) + make
 
 
 def annotation(data: dict[str, Any], ann_id: int) -> dict[str, Any]:

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from segshards.writer.build import MARKER
 from segshards.writer.cli import main
+from segshards.writer.errors import SourceError
 from segshards.writer.keys import pixel_key
-from segshards.writer.recipes.coco import CocoSpec, file_sha256, select
+from segshards.writer.recipes.coco import CocoSemanticRecipe, CocoSpec, file_sha256, select
 
-from tests.coco_fixtures import CLASS_OF, CocoFixture, expected_mask, write_coco
+from tests.coco_fixtures import CLASS_OF, CocoFixture, expected_mask, with_exif, write_coco
 
 ALL_TRAIN = ["--train", "7", "--val", "0", "--test", "0"]  # the 7 eligible fixture images, all in train
 SPLIT_3 = ["--train", "4", "--val", "2", "--test", "1"]
@@ -252,8 +253,10 @@ def test_resume_rebuilds_only_what_is_missing(coco: CocoFixture, tmp_path: Path)
     assert (log["shards_written"], log["shards_reused"]) == (2, 2)
 
 
-def test_duplicate_images_are_rejected_and_counted(tmp_path: Path) -> None:
-    fixture = write_coco(tmp_path / "src", duplicate_of=6)  # image 10 has image 6's pixels
+@pytest.mark.parametrize("exif", [False, True], ids=["byte-copy", "exif-resaved"])
+def test_duplicate_images_are_rejected_and_counted(tmp_path: Path, exif: bool) -> None:
+    # Image 10 has image 6's pixels: the same bytes, or with an EXIF segment added (other bytes).
+    fixture = write_coco(tmp_path / "src", duplicate_of=6, exif=exif)
     sha = file_sha256(str(fixture.annotations))
     spec = CocoSpec(str(fixture.annotations), str(fixture.images), None, "ignore", "raise", 0, (7, 0, 0), sha)
     seed = next(s for s in range(50) if select(replace(spec, seed=s)).duplicates["train"])  # the copy is met
@@ -265,3 +268,18 @@ def test_duplicate_images_are_rejected_and_counted(tmp_path: Path) -> None:
     chosen = manifest["source"]["image_ids"]["train"]
     assert len(dup) == 1 and dup[0] in (6, 10) and ({6, 10} - set(dup)) <= set(chosen)
     assert len({s["__key__"] for s in read_samples(tmp_path / "out")["train"]}) == 7
+
+
+def test_an_image_changed_after_planning_is_refused(coco: CocoFixture, tmp_path: Path) -> None:
+    """Rendering does not decode an image again: it checks it reads the very bytes the walk decoded."""
+    fixture = write_coco(tmp_path / "src")
+    sha = file_sha256(str(fixture.annotations))
+    spec = CocoSpec(str(fixture.annotations), str(fixture.images), None, "ignore", "raise", 0, (7, 0, 0), sha)
+    recipe = CocoSemanticRecipe()
+    first = select(spec).chosen["train"][0]
+    sample = recipe.render(spec, np.array([first]))
+    path = fixture.images / f"{first:012d}.jpg"
+    assert sample.image_bytes == path.read_bytes()
+    path.write_bytes(with_exif(path.read_bytes()))  # the same pixels, other bytes
+    with pytest.raises(SourceError, match=f"image {first}: {path.name} changed during the build"):
+        recipe.render(spec, np.array([first]))

@@ -34,6 +34,11 @@ def exif_rotated(path: Path) -> None:
     path.write_bytes(buf.getvalue())
 
 
+def truncate(path: Path) -> None:
+    """Cut the JPEG short by its last 100 bytes, as an interrupted copy leaves it."""
+    path.write_bytes(path.read_bytes()[:-100])
+
+
 # (case, edit of the JSON, edit of the images folder, message, reason, image left out)
 CASES: list[tuple[str, Edit | None, FileEdit | None, str, str, int]] = [
     ("annotation-key", lambda d: drop(annotation(d, 102), "segmentation"), None,
@@ -46,6 +51,8 @@ CASES: list[tuple[str, Edit | None, FileEdit | None, str, str, int]] = [
      "instances.json: image 7 (000000000007.jpg): not a JPEG file", "unreadable-image", 7),
     ("undecodable", None, lambda p: (p / "000000000008.jpg").write_bytes(b"\xff\xd8\xff" + bytes(200)),
      "instances.json: image 8 (000000000008.jpg): undecodable JPEG", "unreadable-image", 8),
+    ("truncated", None, lambda p: truncate(p / "000000000009.jpg"),
+     "instances.json: image 9 (000000000009.jpg): undecodable JPEG", "unreadable-image", 9),
     ("short-polygon", lambda d: annotation(d, 101).update(segmentation=[[4, 4, 36, 4]]), None,
      "instances.json: annotation 101 (image 1): polygon part 0 has 2 point(s), needs at least 3", "bad-polygon", 1),
     ("rle-size", lambda d: annotation(d, 201)["segmentation"].update(size=[61, 80]), None,

@@ -45,7 +45,9 @@ def build_parser(recipe_name: str | None, *, list_recipes: bool = False) -> argp
         )
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--jobs", type=int, default=0, help="parallel workers (0 = all cores)")
-    b.add_argument("--shard-size", type=int, default=10_000, metavar="K", help="samples per shard")
+    b.add_argument(
+        "--shard-size", type=int, default=None, metavar="K", help="samples per shard (default: the recipe's)"
+    )
     b.add_argument("--backend", default="loky", choices=BACKENDS, help="joblib backend (default: loky)")
     b.add_argument(
         "--scheduler", default=None, metavar="tcp://HOST:PORT", help="dask scheduler (with --backend dask)"
@@ -87,7 +89,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         out=args.out if is_remote(args.out) else Path(args.out),
         counts=counts,
         seed=args.seed,
-        shard_size=args.shard_size,
+        shard_size=args.shard_size if args.shard_size is not None else recipe.shard_size,
         jobs=args.jobs,
         backend=args.backend,
         options=recipe.spec_config(args),

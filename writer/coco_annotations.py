@@ -188,6 +188,9 @@ def parse_image(record: Any, name: str, position: int) -> ImageRecord:
 
 def parse_annotation(record: Any, name: str, position: int, categories: set[int]) -> Annotation:
     """The fields that every annotation needs; `position` names it until its id is known."""
+    sound = sound_annotation(record, categories)
+    if sound is not None:
+        return sound
     ann_id = _field(record, "id", int, f"{name}: annotations[{position}]")
     image_id = _field(record, "image_id", int, f"{name}: annotation {ann_id}")
     where = f"{name}: annotation {ann_id} (image {image_id})"
@@ -198,6 +201,23 @@ def parse_annotation(record: Any, name: str, position: int, categories: set[int]
     if iscrowd not in (0, 1):
         raise BadRecord("bad-field", f"{where}: iscrowd is {iscrowd}, expected 0 or 1")
     segmentation = _field(record, "segmentation", (list, dict), where)
+    return Annotation(ann_id, image_id, category_id, bool(iscrowd), segmentation)
+
+
+def sound_annotation(record: Any, categories: set[int]) -> Annotation | None:
+    """The annotation when every field is exactly as it should be, else None (then `parse_annotation`'s
+    checks, field by field, name the problem): a fast path through a file of 100,000s of records."""
+    if type(record) is not dict:
+        return None
+    values: list[Any] = [record.get(k) for k in ("id", "image_id", "category_id", "iscrowd")]
+    ann_id, image_id, category_id, iscrowd = values
+    segmentation = record.get("segmentation")
+    if {type(ann_id), type(image_id), type(category_id), type(iscrowd)} != {int}:
+        return None
+    if type(segmentation) not in (list, dict):
+        return None
+    if category_id not in categories or iscrowd not in (0, 1):
+        return None
     return Annotation(ann_id, image_id, category_id, bool(iscrowd), segmentation)
 
 

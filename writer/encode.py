@@ -61,9 +61,10 @@ def canonical_json(meta: dict[str, Any]) -> bytes:
     return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
-def sample_members(sample: Rendered) -> tuple[str, list[tuple[str, bytes]]]:
-    """(key, [(member name, payload)]) of a rendered sample, members in sorted name order."""
-    key = pixel_key(sample.image)
+def sample_members(sample: Rendered, key: str | None = None) -> tuple[str, list[tuple[str, bytes]]]:
+    """(key, [(member name, payload)]) of a rendered sample, members in sorted name order; `key`, when
+    given, is the key of the image's pixels computed before (they are not hashed again)."""
+    key = key or pixel_key(sample.image)
     image = sample.image_bytes if sample.image_bytes is not None else encode_png(sample.image)
     members = [
         (f"{key}.json", canonical_json(sample.meta)),

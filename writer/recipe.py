@@ -16,7 +16,10 @@ declares:
   cuts the accepted ones into shards; a recipe never removes duplicates itself;
 - how it renders: `render_batch` turns a shard's planned items into samples, in parallel workers;
 - `share`, which may prepare the source once so that workers open it cheaply, and `labels`, the per-sample
-  classes counted in the manifest's histogram.
+  classes counted in the manifest's histogram;
+- `shard_size`, its default samples per shard (10,000 small images; ~1,000 photographs), and `planned_keys`:
+  True when `render_batch` itself checks that each image is the one planned (e.g. the same file bytes whose
+  pixels were hashed while planning), so the writer stores it without decoding and hashing it again.
 
 `RecipeBase` gives the optional parts a default (no sharing, `render_batch` over `render`). The machinery
 (planning, dedup, shards, manifest, parallel backends) never needs to know which recipe it runs.
@@ -88,6 +91,8 @@ class Recipe(Protocol):
 
     name: str
     summary: str
+    shard_size: int  # default samples per shard (`--shard-size`)
+    planned_keys: bool  # render_batch vouches that each image is the one planned (no re-hash of its pixels)
 
     def default_counts(self) -> dict[str, int | None]: ...
 
@@ -115,6 +120,8 @@ class RecipeBase:
 
     name = ""
     summary = ""
+    shard_size = 10_000
+    planned_keys = False
 
     def share(self, spec: Any, folder: Path, *, local: bool) -> Any:
         """Workers open the source from `spec` as it is."""

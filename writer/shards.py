@@ -114,10 +114,13 @@ def render_shard(task: ShardTask) -> ShardResult:
     result = ShardResult(task.split, task.index, task.name, 0, 0, "", [])
     counts = np.zeros(256, np.int64)
     labels: list[int] = []
+    # A recipe with `planned_keys` checks in render() that it stores the very image it planned (e.g. the
+    # same file bytes whose pixels it hashed then), so its pixels need not be decoded and hashed again.
+    planned = recipe.planned_keys
     with atomic_stream(Path(task.out_dir) / task.name) as out:
         tar = TarWriter(out)
         for i, sample in enumerate(render_samples(recipe, task)):
-            key, parts = sample_members(sample)
+            key, parts = sample_members(sample, task.keys[i] if planned else None)
             assert key == task.keys[i], "rendered image differs from the planned one"
             for name, payload in parts:
                 tar.add(name, payload)

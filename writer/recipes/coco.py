@@ -1,25 +1,29 @@
 """coco-semantic: a seeded subset of COCO images with class-index masks rendered from instance annotations."""
 
 import argparse
+import collections
 import contextlib
 import functools
-import json
+import itertools
 import os
-from collections.abc import Generator, Iterator
-from concurrent.futures import ThreadPoolExecutor
+import pickle
+from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 import cv2
 import numpy as np
+import xxhash
+from joblib import cpu_count
 from segshards.writer.coco_annotations import (
     ON_ERROR,
     BadRecord,
+    CocoClass,
     CocoIndex,
     ImageRecord,
     load_index,
-    subset_json,
 )
 from segshards.writer.coco_masks import IGNORE, OVERLAPS, Instance, annotation_rle, compose
 from segshards.writer.errors import ConfigError, SourceError, SupplyError
@@ -29,8 +33,12 @@ from segshards.writer.schema import SampleSchema
 
 DEFAULT_COUNTS = {"train": 8000, "val": 500, "test": 500}
 SELECTION_STREAM = 5  # the permutation's stream: (seed, 5), apart from the planner's (seed, split 0..2)
-CHUNK = 64  # images checked ahead in parallel threads while walking the permutation
+CHUNK = 64  # images read and decoded ahead on threads while walking the permutation
 JPEG_MAGIC = b"\xff\xd8\xff"
+PREPARED = "coco-prepared.pickle"
+NO_PIXELS = np.zeros((0, 0, 3), np.uint8)  # render() leaves the JPEG undecoded: its key is the planned one
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -45,24 +53,34 @@ class CocoSpec:
     seed: int
     counts: tuple[int | None, ...]  # train, val, test
     sha256: str  # of the annotation file: keys the per-process caches
-    prepared: str | None = None
+    threads: int = 1  # reading and decoding images while walking (--jobs; 0 = all cores)
+    prepared: str | None = None  # what workers render from (see `share`)
+
+
+class Checked(NamedTuple):
+    """What the walk learnt of a sound image: its pixel digest (the sample key), its file's digest (so that
+    rendering can tell it is the same file without decoding it again) and its checked instances."""
+
+    pixels: bytes
+    file: bytes
+    instances: list[Instance]
 
 
 @dataclass
 class Selection:
     """The outcome of walking the seeded permutation: per split, the image ids offered to the planner
-    (duplicates included, which the planner rejects in the same order) and their pixel digests."""
+    (duplicates included, which the planner rejects in the same order) and what was learnt of each."""
 
     offered: dict[str, list[int]] = field(default_factory=dict)
     chosen: dict[str, list[int]] = field(default_factory=dict)
     duplicates: dict[str, list[int]] = field(default_factory=dict)
-    digests: dict[int, bytes] = field(default_factory=dict)
+    checked: dict[int, Checked] = field(default_factory=dict)
     skipped: dict[int, BadRecord] = field(default_factory=dict)  # image id -> problem met in the walk
     eligible: int = 0
 
 
 def spec_index(spec: CocoSpec) -> CocoIndex:
-    return load_index(spec.prepared or spec.annotations, spec.categories, spec.on_error, spec.sha256)
+    return load_index(spec.annotations, spec.categories, spec.on_error, spec.sha256)
 
 
 def read_image(folder: str, record: ImageRecord, where: str) -> bytes:
@@ -120,14 +138,25 @@ def instances(index: CocoIndex, record: ImageRecord) -> list[Instance]:
     ]
 
 
-def check_image(index: CocoIndex, folder: str, image_id: int) -> bytes | BadRecord:
-    """The pixel digest of a sound image, or the first problem with its annotations or its file."""
-    record = index.images[image_id]
+def check_file(folder: str, name: str, record: ImageRecord) -> tuple[bytes, bytes] | BadRecord:
+    """(pixel digest, file digest) of a sound image file, or its problem. Runs on threads: reading,
+    decoding (OpenCV) and hashing (xxhash) release the GIL."""
     try:
-        instances(index, record)
-        return pixel_digest(decode_jpeg(read_image(folder, record, index.name), record, index.name))
+        data = read_image(folder, record, name)
+        return pixel_digest(decode_jpeg(data, record, name)), xxhash.xxh3_128_digest(data)
     except BadRecord as problem:
         return problem
+
+
+def check_image(
+    index: CocoIndex, image_id: int, file: tuple[bytes, bytes] | BadRecord
+) -> Checked | BadRecord:
+    """The image checked whole: its annotations first (as before any file is opened), then its file."""
+    try:
+        found = instances(index, index.images[image_id])
+    except BadRecord as problem:
+        return problem
+    return file if isinstance(file, BadRecord) else Checked(file[0], file[1], found)
 
 
 def permutation(eligible: list[int], seed: int) -> list[int]:
@@ -135,48 +164,116 @@ def permutation(eligible: list[int], seed: int) -> list[int]:
     return [eligible[i] for i in rng.permutation(len(eligible))]
 
 
-def checked(index: CocoIndex, folder: str, order: list[int]) -> Generator[tuple[int, bytes | BadRecord]]:
-    """(image id, digest or problem) along `order`, checked CHUNK images ahead on threads (OpenCV
-    decodes without the GIL); outcomes come in order, so the walk stays deterministic."""
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for start in range(0, len(order), CHUNK):
-            ahead = order[start : start + CHUNK]
-            yield from zip(ahead, pool.map(functools.partial(check_image, index, folder), ahead), strict=True)
+def checked(index: CocoIndex, spec: CocoSpec, order: list[int]) -> Generator[tuple[int, Checked | BadRecord]]:
+    """(image id, what was learnt or the problem) along `order`. Files are read, decoded and hashed
+    CHUNK images ahead on `spec.threads` threads while this one checks annotations; outcomes come in
+    order, so the walk stays deterministic. One thread: all of it here."""
+    check = functools.partial(check_file, spec.images, index.name)
+    records = (index.images[i] for i in order)
+    if spec.threads <= 1:
+        yield from ((i, check_image(index, i, check(r))) for i, r in zip(order, records, strict=True))
+        return
+    with ThreadPoolExecutor(max_workers=spec.threads) as pool:
+        files = ahead(pool, check, records, CHUNK)
+        with contextlib.closing(files):
+            for image_id, file in zip(order, files, strict=True):
+                yield image_id, check_image(index, image_id, file)
+
+
+def ahead(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], depth: int) -> Generator[R]:
+    """fn over `items` in order, kept `depth` calls ahead of the consumer on `pool`; calls not yet
+    taken are cancelled when the consumer stops."""
+    pending: collections.deque[Future[R]] = collections.deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+def sound_images(spec: CocoSpec, index: CocoIndex, sel: Selection) -> Generator[tuple[int, Checked]]:
+    """The walk's sound images, in permutation order; problems raise, or are skipped and remembered."""
+    for image_id, outcome in checked(index, spec, permutation(index.eligible(), spec.seed)):
+        if isinstance(outcome, BadRecord):
+            if spec.on_error == "raise":
+                raise outcome
+            sel.skipped[image_id] = outcome
+            continue
+        yield image_id, outcome
 
 
 @functools.lru_cache(maxsize=2)
 def select(spec: CocoSpec) -> Selection:
     """Walk one seeded permutation of the eligible images, cutting consecutive runs for train, val and
-    test (so they are disjoint); images with problems raise or are skipped, duplicates are offered to
-    the planner, which rejects them exactly as counted here. Files are read and decoded once, here."""
+    test (so they are disjoint); images with problems raise or are skipped. Duplicates are rejected by
+    the planner's own `accept`, which the planner repeats on the same digests in the same order. Each
+    image is read, decoded and hashed once, here; rendering checks it meets the same file bytes."""
+    from segshards.writer.plan import accept  # not at the top: plan -> shards -> recipes -> this module
+
     index = spec_index(spec)
-    eligible = index.eligible()
-    sel = Selection(eligible=len(eligible))
+    sel = Selection(eligible=len(index.eligible()))
     seen: set[bytes] = set()
-    with contextlib.closing(checked(index, spec.images, permutation(eligible, spec.seed))) as walk:
+    with contextlib.closing(sound_images(spec, index, sel)) as walk:
         for split, count in zip(SPLITS, spec.counts, strict=True):
             offered, chosen = sel.offered.setdefault(split, []), sel.chosen.setdefault(split, [])
             dups = sel.duplicates.setdefault(split, [])
             while count is None or len(chosen) < count:
-                step = next(walk, None)
-                if step is None:
+                # No more than the split still needs: the walk reaches (and reports) no image beyond it.
+                batch = list(
+                    itertools.islice(walk, CHUNK if count is None else min(CHUNK, count - len(chosen)))
+                )
+                if not batch:
                     if count is None:
                         break
                     raise short_supply(spec, index.name, sel, split, count)
-                image_id, outcome = step
-                if isinstance(outcome, BadRecord):
-                    if spec.on_error == "raise":
-                        raise outcome
-                    sel.skipped[image_id] = outcome
-                    continue
-                offered.append(image_id)
-                sel.digests[image_id] = outcome
-                if outcome in seen:
-                    dups.append(image_id)
-                    continue
-                seen.add(outcome)
-                chosen.append(image_id)
+                taken, _ = accept([c.pixels for _, c in batch], seen, None)
+                kept = set(taken)
+                for j, (image_id, outcome) in enumerate(batch):
+                    offered.append(image_id)
+                    sel.checked[image_id] = outcome
+                    (chosen if j in kept else dups).append(image_id)
     return sel
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What rendering needs of the planned images: per image its record and what the walk learnt."""
+
+    name: str  # the annotation file's, for messages
+    classes: list[CocoClass]
+    images: dict[int, tuple[ImageRecord, Checked]]
+
+
+# What `share` wrote in this process, by path: the parent renders shards too, and keeps its own copy
+# instead of reading the file back (~1 s for 8,000 images). `share` replaces it before each build.
+WRITTEN: dict[str, Prepared] = {}
+
+
+def load_prepared(path: str) -> Prepared:
+    """The Prepared that `share` wrote: a pickle, read only from this build's own work folder (a JSON
+    form took workers ~0.5 ms an image to rebuild its RLEs)."""
+    if path in WRITTEN:
+        return WRITTEN[path]
+    with open(path, "rb") as f:
+        prep = pickle.load(f)
+    assert isinstance(prep, Prepared)
+    return prep
+
+
+@functools.lru_cache(maxsize=2)
+def prepared(spec: CocoSpec) -> Prepared:
+    """What rendering needs: from the file `share` wrote, or (same process) from the selection. Cached
+    by the whole spec: a reused worker process never takes one build's file for another's."""
+    if spec.prepared is not None:
+        return load_prepared(spec.prepared)
+    index, sel = spec_index(spec), select(spec)
+    chosen = (i for s in SPLITS for i in sel.chosen[s])
+    return Prepared(index.name, index.classes, {i: (index.images[i], sel.checked[i]) for i in chosen})
 
 
 def short_supply(spec: CocoSpec, name: str, sel: Selection, split: str, count: int) -> SupplyError:
@@ -269,6 +366,8 @@ class CocoSemanticRecipe(RecipeBase):
         "size": [320, 320],
         "metrics": ["miou", "miou_objects", "pixel_accuracy"],
     }
+    shard_size = 1_000  # ~110 MB shards of photographs, and enough of them to keep every core busy
+    planned_keys = True  # render() vouches for the planned key (see render): the writer need not hash pixels
 
     def default_counts(self) -> dict[str, int | None]:
         return dict(DEFAULT_COUNTS)
@@ -316,6 +415,7 @@ class CocoSemanticRecipe(RecipeBase):
             seed=options.seed,
             counts=counts,
             sha256=file_sha256(annotations),
+            threads=max(getattr(options, "jobs", 1) or cpu_count(), 1),
         )
 
     def spec_config(self, options: argparse.Namespace) -> dict[str, Any]:
@@ -360,22 +460,28 @@ class CocoSemanticRecipe(RecipeBase):
         # One permutation for all splits keeps them disjoint, so the per-split `rng` is not used.
         sel = select(spec)
         ids = sel.offered[split]
-        yield Candidates(items=np.array(ids, np.int64).reshape(-1, 1), digests=[sel.digests[i] for i in ids])
+        digests = [sel.checked[i].pixels for i in ids]
+        yield Candidates(items=np.array(ids, np.int64).reshape(-1, 1), digests=digests)
 
     def share(self, spec: CocoSpec, folder: Path, *, local: bool) -> CocoSpec:
-        """Write the planned images' records as a small COCO file, so workers need not parse the full one."""
-        sel, index = select(spec), spec_index(spec)
-        path = folder / "coco-subset.json"
-        ids = [i for s in SPLITS for i in sel.offered[s]]
-        path.write_text(json.dumps(subset_json(index, ids)))
-        return replace(spec, prepared=str(path), on_error="raise")
+        """Write what rendering needs of the chosen images (records, digests, checked RLEs), so that
+        workers neither parse the annotation file nor check annotations again."""
+        path, prep = folder / PREPARED, prepared(spec)
+        with open(path, "wb") as f:
+            pickle.dump(prep, f, protocol=pickle.HIGHEST_PROTOCOL)
+        WRITTEN.clear()  # only this build's: a long-lived process keeps no earlier build's images
+        WRITTEN[str(path)] = prep
+        return replace(spec, prepared=str(path))
 
     def render(self, spec: CocoSpec, item: np.ndarray) -> Rendered:
-        index = spec_index(spec)
-        record = index.images[int(item[0])]
-        data = read_image(spec.images, record, index.name)
-        image = decode_jpeg(data, record, index.name)
-        found = instances(index, record)
+        """The sample of one chosen image. Its file is read whole again but not decoded: the walk decoded
+        it and planned its key, and the file's digest proves these are the same bytes."""
+        prep = prepared(spec)
+        record, seen = prep.images[int(item[0])]
+        data = read_image(spec.images, record, prep.name)
+        if xxhash.xxh3_128_digest(data) != seen.file:
+            raise SourceError(f"{prep.name}: image {record.id}: {record.file_name} changed during the build")
+        found = seen.instances
         mask = compose(found, record.height, record.width, spec.overlap)
         present: dict[int, list[int]] = {}
         for inst in found:
@@ -395,11 +501,11 @@ class CocoSemanticRecipe(RecipeBase):
                     "instances": present[c.class_id][0],
                     "crowd": present[c.class_id][1],
                 }
-                for c in index.classes
+                for c in prep.classes
                 if c.class_id in present
             ],
         }
-        return Rendered(image=image, mask=mask, meta=meta, image_ext="jpg", image_bytes=data)
+        return Rendered(image=NO_PIXELS, mask=mask, meta=meta, image_ext="jpg", image_bytes=data)
 
     def labels(self, meta: dict[str, Any]) -> list[int]:
         return [int(c["class"]) for c in meta["categories"]]
