@@ -136,6 +136,15 @@ def test_the_last_good_sample_before_a_damaged_header_is_delivered(damage: str) 
     assert message.startswith("bad.tar: corrupt tar header")
 
 
+def test_a_sample_cut_inside_one_of_its_members_is_not_delivered() -> None:
+    data = tar_bytes([(f"k{k}.{ext}", b"p" * 100) for k in range(5) for ext in ("json", "png")])
+    header = 2 * 2 * 2 * 512 + 2 * 512  # k2.png, after k2.json
+    assert data[header : header + 6] == b"k2.png"
+    keys, message = keys_before_error(data[: header + 512 + 50])
+    assert keys == ["k0", "k1"]  # k2 lost its image, so it is damage, not a sample
+    assert message == "bad.tar: tar member 'k2.png' is truncated"
+
+
 def test_no_sample_after_a_bad_checksum_is_delivered_even_when_the_rest_parses() -> None:
     data = bytearray(tar_bytes([(f"k{k}.{ext}", b"p" * 100) for k in range(40) for ext in ("json", "png")]))
     header = 10 * 4 * 512 + 2 * 512  # k10.png's header

@@ -13,6 +13,7 @@ from the stream when the caller knows the shard's size, and `open_shard` opens r
 
 import gzip
 import os
+import posixpath
 import re
 import stat
 import zlib
@@ -236,6 +237,15 @@ def _member_name(header: bytes) -> str:
     return name.decode("utf-8", "replace")
 
 
+def _belongs(sample: Sample, name: str, header: bytes, where: str) -> bool:
+    """Whether the member `name` (whose `header` failed to be read whole) is one of `sample`'s: only a
+    header that passes its checksum is believed."""
+    if not name or _bad_header([header], where) is not None:
+        return False
+    directory, base = posixpath.split(name)  # the key as `split_member_name` cuts it, refused names too
+    return posixpath.join(directory, base.partition(".")[0]) == sample["__key__"]
+
+
 def iter_samples(
     stream: IO[bytes], where: str, *, max_bytes: int | None = None, max_member_bytes: int | None = None
 ) -> Iterator[Sample]:
@@ -254,10 +264,12 @@ def iter_samples(
     headers: list[bytes] = []  # headers of the pending samples, then of the current one
     ends: list[int] = []  # pending[i]'s headers are headers[:ends[i]]
     current: Sample = {}
+    name, header = "", ZERO_BLOCK  # the member being read
     current_end = 0  # current's headers are headers[:current_end]
     extended: dict[str, str] = {}  # PAX records or a GNU long name for the next member
     try:
         while True:
+            name = ""  # until this member's header is parsed
             if chunks.pos + BLOCK > len(chunks.buf) and not chunks.fill(BLOCK):
                 raise ShardFormatError(f"{where}: truncated tar (ends without the end-of-archive blocks)")
             pos = chunks.pos
@@ -336,11 +348,11 @@ def iter_samples(
             current_end = len(headers)
             pending_bytes += size
     except ShardFormatError:
-        # What came before the damage is delivered: the pending samples and the current one (its members
-        # were read whole; whether more were due is unknowable here, and the decoder or `check_sample`
-        # refuses an incomplete sample), up to the first header whose checksum fails, which is then the
-        # error (it comes first in the shard).
-        if current:
+        # What came before the damage is delivered: the pending samples and the current one, unless the
+        # failing member is one of its own (its members were read whole; whether more were due is
+        # unknowable when the damage hides the next name, and the decoder or `check_sample` refuses an
+        # incomplete sample), up to the first header whose checksum fails, which is then the error.
+        if current and not _belongs(current, name, header, where):
             pending.append(current)
             ends.append(current_end)
         yield from _checked(pending, ends, headers, where)
