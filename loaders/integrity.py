@@ -56,8 +56,8 @@ class CheckedStream:
 def read_checked(stream: IO[bytes], url: str, *, size: int, sha256: str | None) -> bytes:
     """The whole shard, once its byte count and sha256 match the manifest ("before" mode)."""
     checked = CheckedStream(stream, url, size=size, sha256=sha256)
-    parts = []
+    parts = [checked.read()]  # a local file comes in one read: one buffer, no join
     while data := checked.read(CHUNK):
         parts.append(data)
     checked.finish()
-    return b"".join(parts)
+    return parts[0] if len(parts) == 1 else b"".join(parts)

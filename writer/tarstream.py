@@ -255,6 +255,8 @@ def iter_samples(
     group of `VERIFY_EVERY` (or of `VERIFY_BYTES`) are yielded once the checksums of their headers are
     verified. `max_bytes` bounds what is read from `stream` (the shard's size, where the caller knows
     it); `max_member_bytes` bounds each member as stored (after gzip; default: `default_limits()`).
+    On damage, every sample read whole before it is yielded (the last one too, unless the damaged member
+    is one of its own), then the error is raised.
     """
     if max_member_bytes is None:
         max_member_bytes = default_limits().max_member_bytes
