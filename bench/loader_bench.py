@@ -1,7 +1,8 @@
 """Loader benchmark: stock webdataset vs segshards' loader on the same mnist-grid shards, local and from S3.
 
 One run measures, on the same shards: the stock pipeline `webdataset.WebDataset(urls).decode("l8")`,
-our loader with 1 worker and with all cores, and our loader reading from a loopback S3 server (moto,
+our loader with 1 worker (its sha256 check streaming, the default; off; and verify="before") and with all
+cores, and our loader reading from a loopback S3 server (moto,
 started here); it prints the ratios against the targets. With CUDA it also trains a small CNN from the
 shards and reports the fraction of step time spent waiting for data.
 """
@@ -23,6 +24,7 @@ import psutil
 import torch
 import webdataset as wds
 from segshards.loaders import DevicePrefetcher, make_loader, to_float
+from segshards.loaders.integrity import Verify
 from segshards.writer.cli import main as writer_main
 from segshards.writer.manifest import MANIFEST, read_manifest, shard_entries
 
@@ -86,9 +88,11 @@ def stock_epoch(urls: list[str]) -> int:
     return sum(1 for _ in wds.WebDataset(urls, shardshuffle=False).decode("l8"))
 
 
-def our_epoch(source: str, workers: int) -> int:
-    """One epoch of our loader (shuffled, batches of BATCH, every sample decoded); returns samples seen."""
-    return sum(len(batch["key"]) for batch in make_loader(source, "train", BATCH, num_workers=workers))
+def our_epoch(source: str, workers: int, verify: Verify = "stream") -> int:
+    """One epoch of our loader (shuffled, batches of BATCH, every sample decoded, each shard's sha256
+    checked as `verify` says); returns samples seen."""
+    loader = make_loader(source, "train", BATCH, num_workers=workers, verify=verify)
+    return sum(len(batch["key"]) for batch in loader)
 
 
 def free_port() -> int:
@@ -216,10 +220,13 @@ def main(argv: list[str] | None = None) -> None:
     local = {
         "stock": lambda: stock_epoch(urls),
         "one": lambda: our_epoch(str(folder), 1),
+        "one-off": lambda: our_epoch(str(folder), 1, verify="off"),
+        "one-before": lambda: our_epoch(str(folder), 1, verify="before"),
         "many": lambda: our_epoch(str(folder), cores),
     }
     rates = measure(local, repeats)
     stock, one, many = rates["stock"], rates["one"], rates["many"]
+    off, before = rates["one-off"], rates["one-before"]
     print(
         f"mnist-grid, {stock.samples:,} train samples in {len(urls)} shards, batches of {BATCH}, "
         f"{cores} workers = all cores; best of {repeats} interleaved rounds"
@@ -232,6 +239,14 @@ def main(argv: list[str] | None = None) -> None:
             f"  {one.wall / stock.wall:.2f}x stock (target >= 5x: {verdict(one.wall / stock.wall, 5)})",
         )
     )
+    print(
+        line(
+            "  the same, sha256 check off",
+            off,
+            f"  check on/off: {one.wall / off.wall:.3f}x wall, {one.cpu / off.cpu:.3f}x per CPU-second",
+        )
+    )
+    print(line("  the same, verify='before'", before, f"  {before.wall / off.wall:.3f}x check off (wall)"))
     print(
         line(
             f"segshards loader, {cores} workers",

@@ -22,6 +22,7 @@ from itertools import islice
 import numpy as np
 import torch
 from segshards.loaders.decode import BUFFER, BatchAssembler
+from segshards.loaders.integrity import Verify
 from segshards.loaders.messages import Chunk, Message, Parcel, WorkerEnd
 from segshards.loaders.position import EpochPosition
 from segshards.loaders.source import ShardSet
@@ -42,6 +43,7 @@ from segshards.loaders.storage import RetryPolicy
 from segshards.loaders.transport import WorkerRing, plain_buffer, shared_buffer
 from segshards.loaders.worker_pool import PositionBoard, worker_slot
 from segshards.writer.errors import ShardFormatError
+from segshards.writer.limits import DecodeLimits
 from segshards.writer.tarformat import Sample
 from torch.utils.data import IterableDataset
 
@@ -68,6 +70,8 @@ class LoaderConfig:
     retry: RetryPolicy = RetryPolicy()
     transfer_bytes: int = 8 << 20  # arrays per item crossing from a worker (see the module docstring)
     ring_slots: int = 4  # reused shared-memory slots per worker (see segshards.loaders.transport)
+    verify: Verify = "stream"  # the shards' sha256 against the manifest (segshards.loaders.integrity)
+    limits: DecodeLimits | None = None  # None: default_limits() (segshards.writer.limits)
 
     @property
     def workers(self) -> int:
@@ -114,6 +118,10 @@ class ShardStream(IterableDataset):
             on_error=c.on_error,
             stats=stats,
             give_up_after=n + 10,
+            sizes=self.shards.sizes,
+            sha256=self.shards.sha256,
+            verify=c.verify,
+            limits=c.limits,
         )
         if c.shuffle:
             rng_buffer = random.Random(derive_seed(c.seed, epoch, c.rank, worker, SHUFFLE_BUFFER))
@@ -142,6 +150,7 @@ class ShardStream(IterableDataset):
             size=c.size,
             with_meta=c.with_meta,
             allocate=ring.allocate if ring else shared_buffer if in_worker else plain_buffer,
+            limits=c.limits,
         )
 
         def on_error(exc: ShardFormatError) -> None:

@@ -159,6 +159,7 @@ class BatchAssembler:
 
     `allocate(nbytes)` makes the buffer; in DataLoader workers it hands out shared memory, so the batch
     crosses to the main process without another copy. `unpack` gives the user's dict of tensors.
+    `limits` (default: `default_limits()`) bound each image and the batch (`segshards.writer.limits`).
     """
 
     def __init__(
@@ -168,7 +169,9 @@ class BatchAssembler:
         size: tuple[int, int] | None,
         with_meta: bool,
         allocate: Callable[[int], torch.Tensor],
+        limits: DecodeLimits | None = None,
     ) -> None:
+        self.limits = limits or default_limits()
         self.targets: tuple[Target, ...] = schema.targets if schema else ()
         self.image_ext = schema.image if schema else None
         self.size, self.with_meta, self.allocate = size, with_meta, allocate
@@ -189,12 +192,12 @@ class BatchAssembler:
         payload, mask_payload = sample[ext], sample.get("mask.png")
         if not isinstance(mask_payload, bytes):
             raise ShardFormatError(f"{where(sample)}: sample has no mask.png member")
-        image = fast_png(payload) if ext == "png" else None  # type: ignore[arg-type]
+        image = fast_png(payload, self.limits) if ext == "png" else None  # type: ignore[arg-type]
         if image is None:
-            image = decode_member(payload, ext, where(sample))  # type: ignore[arg-type]
-        mask = fast_png(mask_payload)
+            image = decode_member(payload, ext, where(sample), self.limits)  # type: ignore[arg-type]
+        mask = fast_png(mask_payload, self.limits)
         if mask is None:
-            mask = decode_member(mask_payload, "mask.png", where(sample))
+            mask = decode_member(mask_payload, "mask.png", where(sample), self.limits)
         if mask.ndim != 2 or mask.shape != image.shape[:2]:
             raise ShardFormatError(f"{where(sample)}: mask {mask.shape} does not match image {image.shape}")
         meta = None
@@ -223,7 +226,7 @@ class BatchAssembler:
                     row = (image.size // mask.size + 1) * int(
                         np.prod(self.size or mask.shape)
                     )  # image + mask
-                    check_batch(n, row, where(sample))
+                    check_batch(n, row, where(sample), self.limits)
                     buffer, fields = self._allocate(n, image)
                     views = {name: array for name, array in unpack_arrays(buffer.numpy(), fields, n)}
                     images, masks = views["image"], views["mask"]

@@ -30,6 +30,7 @@ import torch
 from segshards.loaders.dataset import LoaderConfig, ShardStream
 from segshards.loaders.decode import unpack
 from segshards.loaders.errors import ResumeError, SkippedDataWarning
+from segshards.loaders.integrity import VERIFY_MODES, Verify
 from segshards.loaders.messages import WorkerEnd
 from segshards.loaders.position import EpochPosition
 from segshards.loaders.source import ShardSet, resolve
@@ -38,6 +39,7 @@ from segshards.loaders.storage import RetryPolicy
 from segshards.loaders.transport import receive, release_counters
 from segshards.loaders.worker_pool import PositionBoard, WorkerPool, original_error
 from segshards.writer.errors import ConfigError, SegshardsError
+from segshards.writer.limits import DecodeLimits, default_limits
 from segshards.writer.schema import SampleSchema
 
 STATE_VERSION = 2  # the keys of EpochPosition.state_dict(), "version" and "settings"
@@ -69,6 +71,14 @@ def validate(config: LoaderConfig, shards: ShardSet) -> None:
         (c.epoch_batches is None or c.epoch_batches >= 1, f"epoch_batches {c.epoch_batches}: must be >= 1"),
         (c.retry.attempts >= 1, f"retry.attempts {c.retry.attempts}: must be >= 1"),
         (c.transfer_bytes >= 1, f"transfer_bytes {c.transfer_bytes}: must be >= 1"),
+        (
+            c.verify in VERIFY_MODES,
+            f"verify {c.verify!r}: must be one of {', '.join(map(repr, VERIFY_MODES))}",
+        ),
+        (
+            c.limits is None or isinstance(c.limits, DecodeLimits),
+            f"limits {c.limits!r}: must be a DecodeLimits",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -266,6 +276,8 @@ def make_loader(
     prefetch_factor: int = 2,
     retry: RetryPolicy | None = None,
     transfer_bytes: int = 8 << 20,
+    verify: Verify = "stream",
+    limits: DecodeLimits | None = None,
 ) -> ShardLoader:
     """A loader of `split` from `source`: a shard-set folder (local path, http(s):// or s3:// URL of the folder
     holding manifest.json) or brace-expanded shard URLs (`.../train-{000000..000009}.tar`).
@@ -279,6 +291,14 @@ def make_loader(
     images (see `segshards.loaders.decode`); for a set whose images vary in size it defaults to the size
     its schema suggests for training (`schema.training.size`), so every batch has one shape. `on_error="skip"` counts and reports corrupt shards and
     samples (`loader.stats`, a SkippedDataWarning at the end of the epoch) instead of raising.
+    Each shard's byte count is checked against the manifest, and its sha256 as `verify` says: "stream"
+    (the default) hashes the bytes as they are read, so the check ends with the shard, after its samples
+    were handed on (a mismatch then raises a ShardFormatError naming the URL, or in skip mode is counted:
+    samples of that shard may already be in batches); "before" reads and checks the whole shard (at most
+    the manifest's byte count, held in memory) before any of its samples, so a shard that fails delivers
+    none; "off" skips the sha256. Shard URLs without a manifest have no byte counts or hashes: nothing to
+    check. `limits` (a `segshards.writer.limits.DecodeLimits`; default: the defaults and SEGSHARDS_MAX_*
+    environment variables) bound members, images and batches.
     pin_memory defaults to torch.cuda.is_available(). A worker sends its batches to the main process in
     items of about `transfer_bytes` (several small batches per item; `prefetch_factor` items per worker
     in flight).
@@ -306,6 +326,8 @@ def make_loader(
         retry=retry,
         transfer_bytes=transfer_bytes,
         ring_slots=prefetch_factor + 2,
+        verify=verify,
+        limits=limits if limits is not None else default_limits(),
     )
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
     return ShardLoader(shards, config, pin_memory=pin, prefetch_factor=prefetch_factor)

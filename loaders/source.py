@@ -1,10 +1,12 @@
 """Resolving a loader source into a shard list: a set's folder (local, http(s), s3) or brace-expanded URLs.
 
 A folder source is read through its `manifest.json`, which gives the split's shards in order, the sample
-count of each (hence the epoch length), and the sample schema (image member, mask classes, targets).
+count of each (hence the epoch length), their byte counts and sha256 (checked as they are read:
+`segshards.loaders.integrity`), and the sample schema (image member, mask classes, targets).
 A source ending in `.tar`, e.g. `s3://bucket/set/train-{000000..000003}.tar`, is a list of shard URLs
 without a manifest: the split argument is not used, the epoch length is unknown (`len(loader)` raises
-TypeError), shard sample counts are not checked, and targets are only produced when a schema is given
+TypeError), shard sample counts, byte counts and sha256 are not checked (there is nothing to check them
+against), and targets are only produced when a schema is given
 (`make_loader(..., schema="s3://bucket/set")`: the set whose manifest holds it, or a `SampleSchema`).
 """
 
@@ -32,6 +34,8 @@ class ShardSet:
     counts: tuple[int, ...] | None  # samples per shard; None without a manifest
     recipe: str | None  # the recipe that wrote the set, for reports only: readers go by the schema
     schema: SampleSchema | None  # None for shard URLs given without a schema
+    sizes: tuple[int, ...] | None = None  # bytes per shard; None without a manifest
+    sha256: tuple[str, ...] | None = None  # hex digest per shard; None without a manifest
 
     @property
     def image_ext(self) -> str | None:
@@ -113,4 +117,6 @@ def resolve(
         counts=tuple(int(e["count"]) for e in entries),
         recipe=manifest["recipe"],
         schema=given_schema(schema, retry) or schema_of(manifest, manifest_url),
+        sizes=tuple(int(e["bytes"]) for e in entries),
+        sha256=tuple(str(e["sha256"]) for e in entries),
     )

@@ -4,15 +4,18 @@ Every random choice comes from a generator seeded by (seed, epoch[, rank, worker
 replayed exactly from the same settings; that is what makes mid-epoch resume possible.
 """
 
+import io
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Literal, TypeVar
+from typing import IO, Literal, TypeVar
 
 import numpy as np
+from segshards.loaders.integrity import CheckedStream, Verify, read_checked
 from segshards.loaders.storage import RetryPolicy, open_url
 from segshards.writer.errors import SegshardsError, ShardFormatError
+from segshards.writer.limits import DecodeLimits
 from segshards.writer.tarformat import Sample
 from segshards.writer.tarstream import iter_samples
 
@@ -79,21 +82,38 @@ def read_shards(
     on_error: OnError,
     stats: Stats,
     give_up_after: int,
+    sizes: Sequence[int] | None = None,
+    sha256: Sequence[str] | None = None,
+    verify: Verify = "stream",
+    limits: DecodeLimits | None = None,
 ) -> Iterator[Sample]:
-    """Samples of the shards in `order`, each tagged with `__url__`; a shard whose count differs from the
-    manifest is an error. With on_error="skip", a failing shard is counted and the loader goes on with the
-    next one (the samples read before the damage were already yielded), unless `give_up_after` shards in a
-    row failed (in resampled mode the order never ends)."""
+    """Samples of the shards in `order`, each tagged with `__url__`; a shard whose sample count, byte count
+    or sha256 (`verify`, see `segshards.loaders.integrity`) differs from the manifest is an error. With
+    on_error="skip", a failing shard is counted and the loader goes on with the next one (the samples read
+    before the damage were already yielded), unless `give_up_after` shards in a row failed (in resampled
+    mode the order never ends)."""
     failures = 0
+    max_member_bytes = limits.max_member_bytes if limits is not None else None
     for index in order:
         url = urls[index]
         seen = 0
         try:
-            with open_url(url, retry) as stream:
-                for sample in iter_samples(stream, url):
+            with open_url(url, retry) as raw:
+                stream: IO[bytes] = raw
+                checked = None
+                if sizes is not None:
+                    digest = sha256[index] if sha256 is not None and verify != "off" else None
+                    if verify == "before":
+                        stream = io.BytesIO(read_checked(raw, url, size=sizes[index], sha256=digest))
+                    else:
+                        checked = CheckedStream(raw, url, size=sizes[index], sha256=digest)
+                        stream = checked  # type: ignore[assignment]
+                for sample in iter_samples(stream, url, max_member_bytes=max_member_bytes):
                     sample["__url__"] = url
                     seen += 1
                     yield sample
+                if checked is not None:
+                    checked.finish()
             if counts is not None and seen != counts[index]:
                 raise ShardFormatError(f"{url}: {seen} samples, the manifest says {counts[index]}")
             failures = 0

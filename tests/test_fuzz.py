@@ -1,5 +1,8 @@
-"""A seeded mutation loop over a real shard: every outcome of `verify` and the loader (both on_error modes)
-is a clean error, a counted skip, or data identical to the original, within a per-case deadline.
+"""A seeded mutation loop over a real shard: every outcome of `verify` and the loader (both on_error modes,
+and skip mode with verify="before") is a clean error, a counted skip, or data identical to the original,
+within a per-case deadline. Every mutation fails the shard's sha256: raise mode always raises, "before"
+delivers nothing of the shard, and the default "stream" may hand on changed samples before the shard's end
+but then counts the shard as failed.
 
 SEGSHARDS_FUZZ_CASES sets the number of cases (default 300, about 15 s here); SEGSHARDS_FUZZ_SEED the seed.
 The outcome table is printed (run with -s to see it).
@@ -127,9 +130,11 @@ MUTATIONS: dict[str, Callable[[bytes, Rng], bytes]] = {
 }
 
 
-def load(folder: Path, on_error: str) -> tuple[dict[str, tuple[bytes, bytes, tuple[int, ...]]], Any]:
+def load(
+    folder: Path, on_error: str, verify: str = "stream"
+) -> tuple[dict[str, tuple[bytes, bytes, tuple[int, ...]]], Any]:
     """{key: (image bytes, mask bytes, digits)} of every sample delivered, and the loader's stats."""
-    loader = make_loader(folder, "train", batch_size=4, shuffle=False, on_error=on_error)  # type: ignore[arg-type]
+    loader = make_loader(folder, "train", batch_size=4, shuffle=False, on_error=on_error, verify=verify)  # type: ignore[arg-type]
     out = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SkippedDataWarning)
@@ -138,15 +143,6 @@ def load(folder: Path, on_error: str) -> tuple[dict[str, tuple[bytes, bytes, tup
                 digits = tuple(int(d) for d in batch["digits"][i])
                 out[key] = (batch["image"][i].numpy().tobytes(), batch["mask"][i].numpy().tobytes(), digits)
     return out, loader.stats
-
-
-def json_touched(original: bytes, mutated: bytes) -> bool:
-    """Whether every byte that differs lies in a `.json` member's payload (where only a sha256 check helps)."""
-    spans = [(o + BLOCK, o + BLOCK + size) for o, name, size in members(original) if name.endswith(".json")]
-    if len(original) != len(mutated):
-        return False
-    diff = np.flatnonzero(np.frombuffer(original, np.uint8) != np.frombuffer(mutated, np.uint8))
-    return bool(len(diff)) and all(any(a <= d < b for a, b in spans) for d in diff)
 
 
 @pytest.fixture(scope="module")
@@ -163,22 +159,26 @@ def run_case(folder: Path, data: bytes, reference: dict[str, Any], original_data
     assert all("\n" not in p for p in problems)
     assert problems or data == original_data
     outcomes.append("verify: problems reported" if problems else "verify: ok (unchanged)")
-    for mode in ("raise", "skip"):
+    for mode, verify in (("raise", "stream"), ("skip", "stream"), ("skip", "before")):
+        label = f"loader {mode}" + ("" if verify == "stream" else f", verify={verify}")
         try:
-            delivered, stats = load(folder, mode)
+            delivered, stats = load(folder, mode, verify)
         except SegshardsError as exc:
             assert "\n" not in str(exc)
-            outcomes.append(f"loader {mode}: clean error")
+            outcomes.append(f"{label}: clean error")
             continue
+        # Every changed shard fails its sha256 check: raise mode raises; "before" delivers none of it
+        assert mode == "skip" or data == original_data
+        assert verify == "stream" or data == original_data or (not delivered and stats.shards_failed == 1)
         changed = [k for k, v in delivered.items() if reference.get(k) != v]
-        if changed:  # only the undone streaming sha256 check would catch a change inside a json member
-            assert json_touched(original_data, data), (mode, changed)
-            outcomes.append(f"loader {mode}: json value changed (no sha256 check yet)")
+        if changed:  # "stream": samples handed on before the shard's end, where its sha256 is known
+            assert verify == "stream" and stats.shards_failed == 1, (mode, changed)
+            outcomes.append(f"{label}: changed data, shard counted as failed")
         elif len(delivered) < len(reference):
             assert mode == "skip" and stats.shards_failed + stats.samples_skipped > 0
-            outcomes.append(f"loader {mode}: counted skip")
+            outcomes.append(f"{label}: counted skip")
         else:
-            outcomes.append(f"loader {mode}: identical data")
+            outcomes.append(f"{label}: identical data")
     return outcomes
 
 
@@ -205,5 +205,5 @@ def test_fuzzed_shards_end_cleanly(
         print(f"\nfuzz: {CASES} cases, seed {SEED}")
         for (kind, outcome), count in sorted(table.items()):
             print(f"  {kind:13} {outcome:55} {count}")
-    assert sum(table.values()) == 3 * CASES
+    assert sum(table.values()) == 4 * CASES
     assert json.loads((folder / "manifest.json").read_text())["splits"]["train"]["count"] == 8

@@ -66,7 +66,7 @@ def test_sigint_during_start_up_is_one_line_and_exit_130(tmp_path: Path) -> None
 def test_interrupt_while_parsing_is_exit_130(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def interrupted(recipe_name: str | None) -> None:
+    def interrupted(recipe_name: str | None, **_: object) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "build_parser", interrupted)

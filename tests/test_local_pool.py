@@ -1,14 +1,22 @@
 """The local pool: this process and its workers share one task feed; errors stop it and surface here."""
 
+import contextlib
 import functools
 import os
+import signal
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from segshards.writer.local_pool import run_with_parent
+
+from tests.mnist_fixtures import ROOT
 
 
 def slow_task(task: Any) -> tuple[int, int]:
@@ -69,3 +77,37 @@ def test_a_pool_that_cannot_start_is_an_error_not_a_hang(monkeypatch: pytest.Mon
     monkeypatch.setattr(segshards.writer.local_pool, "executor", broken)
     with pytest.raises(OSError, match="cannot start"):
         list(run_with_parent(range(3), slow_task, workers=1))  # type: ignore[arg-type]
+
+
+def test_a_sigkilled_build_leaves_no_process_and_closes_its_output_within_seconds(tmp_path: Path) -> None:
+    """The workers notice their parent is gone; the resource trackers, which wait for them, then end too."""
+    out = tmp_path / "killed"
+    argv = ["build", "mnist-grid", "--train", "20000", "--val", "0", "--test", "0", "--shard-size", "500"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "segshards", *argv, "--jobs", "2", "--out", str(out)], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    assert proc.stdout is not None
+    eof = threading.Event()
+    reader = threading.Thread(target=lambda: (proc.stdout.read(), eof.set()), daemon=True)  # type: ignore[union-attr]
+    children: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            children = psutil.Process(proc.pid).children(recursive=True)
+            if any("loky" in " ".join(c.cmdline()) for c in children) and list(out.glob("*.tar")):
+                break  # a worker renders beside the build, and shards are being written
+            time.sleep(0.05)
+        assert proc.poll() is None, f"the build ended (rc {proc.returncode}) before it could be killed"
+        reader.start()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        gone, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, [" ".join(p.cmdline())[:100] for p in alive]
+        assert len(gone) >= 2  # a worker and at least one resource tracker were there
+        assert eof.wait(timeout=2), "a reader of the build's stdout is still blocked"
+    finally:
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+        proc.kill()
+        proc.wait()

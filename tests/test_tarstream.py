@@ -109,6 +109,51 @@ def test_corrupt_header_fails_its_checksum() -> None:
         list(iter_samples(io.BytesIO(bytes(data)), "bad.tar"))
 
 
+def keys_before_error(data: bytes) -> tuple[list[str], str]:
+    """The keys `iter_samples` yields from `data`, and the message of the error that then ends it."""
+    keys = []
+    with pytest.raises(ShardFormatError) as error:
+        for sample in iter_samples(io.BytesIO(data), "bad.tar"):
+            keys.append(str(sample["__key__"]))
+    return keys, str(error.value)
+
+
+@pytest.mark.parametrize("damage", ["size field", "name bit"])
+def test_the_last_good_sample_before_a_damaged_header_is_delivered(damage: str) -> None:
+    """Damage right after sample k2: k0..k2 come out (k2 used to be lost with the reader's current sample)."""
+    data = bytearray(tar_bytes([(f"k{k}.{ext}", b"p" * 100) for k in range(5) for ext in ("json", "png")]))
+    header = 3 * 2 * 2 * 512  # k3.json: 3 samples of two members, each a header and one payload block
+    assert data[header : header + 7] == b"k3.json"
+    if damage == "size field":
+        data[header + 124 : header + 136] = b"-0000000001\0"  # the parser refuses it at once
+        fix = bytearray(data[header : header + 512])
+        fix[148:156] = b" " * 8
+        data[header + 148 : header + 156] = b"%06o\0 " % sum(fix)
+    else:
+        data[header + 1] ^= 0x01  # "k2.json": parsed on, caught by the checksum at the end
+    keys, message = keys_before_error(bytes(data))
+    assert keys == ["k0", "k1", "k2"]
+    assert message.startswith("bad.tar: corrupt tar header")
+
+
+def test_a_sample_cut_inside_one_of_its_members_is_not_delivered() -> None:
+    data = tar_bytes([(f"k{k}.{ext}", b"p" * 100) for k in range(5) for ext in ("json", "png")])
+    header = 2 * 2 * 2 * 512 + 2 * 512  # k2.png, after k2.json
+    assert data[header : header + 6] == b"k2.png"
+    keys, message = keys_before_error(data[: header + 512 + 50])
+    assert keys == ["k0", "k1"]  # k2 lost its image, so it is damage, not a sample
+    assert message == "bad.tar: tar member 'k2.png' is truncated"
+
+
+def test_no_sample_after_a_bad_checksum_is_delivered_even_when_the_rest_parses() -> None:
+    data = bytearray(tar_bytes([(f"k{k}.{ext}", b"p" * 100) for k in range(40) for ext in ("json", "png")]))
+    header = 10 * 4 * 512 + 2 * 512  # k10.png's header
+    data[header + 134] ^= 0x04  # its size field: 100 -> 96 bytes (octal 144 -> 140), checksum left stale
+    keys, message = keys_before_error(bytes(data))
+    assert keys == [f"k{k}" for k in range(10)]
+    assert "bad checksum" in message
+
+
 def test_duplicate_member_and_corrupt_gzip() -> None:
     with pytest.raises(ShardFormatError, match="duplicate member"):
         list(iter_samples(io.BytesIO(tar_bytes([("k.png", b"a"), ("k.png", b"b")])), "dup.tar"))

@@ -8,14 +8,18 @@ renders which shard does not matter: the output is the same bytes whatever the n
 The workers come from joblib's loky executor directly (joblib's `Parallel` runs one job in-process, and a
 build on two cores wants exactly one worker process). They get joblib's thread limits and this process's
 AWS_* settings (an object-store build uploads from them; loky starts a new pool when these differ).
+Each worker watches the process that started it and exits within `PARENT_POLL_S` once it is gone: a
+SIGKILLed build gets no chance to stop its workers, and loky's idle timeout would otherwise keep them (and
+the resource trackers, which wait for them, all holding the build's stdout and stderr) for minutes.
 """
 
 import concurrent.futures as cf
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from joblib import cpu_count
 from joblib.externals.loky import get_reusable_executor
@@ -26,6 +30,7 @@ if TYPE_CHECKING:  # segshards.writer.shards imports OpenCV: `segshards.writer.l
 Runner = Callable[["ShardTask"], "ShardResult"]
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 IDLE_TIMEOUT_S = 300
+PARENT_POLL_S = 0.5
 
 
 _pools: list[Any] = []  # the pool this process started last, for `stop_workers`
@@ -33,9 +38,28 @@ _pools: list[Any] = []  # the pool this process started last, for `stop_workers`
 
 def executor(workers: int) -> Any:
     """The reusable pool of `workers` worker processes (started, or reused if it has these settings)."""
-    pool = get_reusable_executor(max_workers=workers, timeout=IDLE_TIMEOUT_S, env=worker_env(workers))
+    pool = get_reusable_executor(
+        max_workers=workers,
+        timeout=IDLE_TIMEOUT_S,
+        env=worker_env(workers),
+        initializer=watch_parent,
+        initargs=(os.getpid(),),
+    )
     _pools[:] = [pool]
     return pool
+
+
+def watch_parent(parent: int) -> None:
+    """A worker's initializer: a daemon thread ends this worker once `parent` (the build) is gone."""
+    threading.Thread(target=exit_when_orphaned, args=(parent,), name="segshards-parent", daemon=True).start()
+
+
+def exit_when_orphaned(parent: int, poll_s: float = PARENT_POLL_S) -> NoReturn:
+    """Exit this process as soon as it is no longer `parent`'s child (the parent died and the process was
+    adopted): `os._exit`, with no cleanup, since a task may be running in the other thread."""
+    while os.getppid() == parent:
+        time.sleep(poll_s)
+    os._exit(1)
 
 
 def stop_workers() -> None:
