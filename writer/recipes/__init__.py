@@ -20,6 +20,7 @@ BUILT_IN = {
     "mnist-circle": "segshards.writer.recipes.circle:CircleRecipe",
     "mnist-grid": "segshards.writer.recipes.grid:GridRecipe",
     "coco-semantic": "segshards.writer.recipes.coco:CocoSemanticRecipe",
+    "mask-folder": "segshards.writer.recipes.mask_folder:MaskFolderRecipe",
 }
 
 
