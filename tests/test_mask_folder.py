@@ -366,6 +366,8 @@ def test_jobs_1_and_all_cores_give_identical_bytes_and_verify(tmp_path: Path) ->
     assert folder_bytes(tmp_path / "one") == folder_bytes(tmp_path / "all")
     assert json.loads((tmp_path / "all" / "build-log.json").read_text())["jobs"] == (os.cpu_count() or 1)
     assert main(["verify", str(tmp_path / "all")]) == 0
+    assert main(["preview", str(tmp_path / "all"), "-o", str(tmp_path / "sheet.png"), "--count", "4"]) == 0
+    assert cv2.imread(str(tmp_path / "sheet.png")) is not None
     assert not [p for p in (tmp_path / "all").iterdir() if p.name.startswith(".")]
 
 
@@ -376,7 +378,7 @@ def test_masks_beyond_the_cache_are_read_again(tmp_path: Path, monkeypatch: pyte
     from segshards.writer.recipes import mask_folder
 
     monkeypatch.setattr(mask_folder, "MASK_CACHE_BYTES", 0)
-    build(tmp_path / "read-again", *args, "--seed", "0", "--shard-size", "10000")
+    build(tmp_path / "read-again", *args)
     assert folder_bytes(tmp_path / "cached") == folder_bytes(tmp_path / "read-again")
 
 

@@ -202,7 +202,7 @@ class Walk:
             if twin is None and count is not None and len(chosen) >= count:
                 continue  # usable, but the counts are met
             offered.append(i)
-            sel.checked[i] = self.keep(outcome)
+            sel.checked[i] = outcome
             if twin is not None:
                 dups.append((i, twin))
                 continue
@@ -211,13 +211,17 @@ class Walk:
         if count is not None and len(chosen) < count:
             raise short_supply(self.spec, sel, split, count)
 
-    def keep(self, outcome: Checked) -> Checked:
-        """The outcome, its mask PNG dropped once MASK_CACHE_BYTES are held (rendering reads it again)."""
-        size = len(outcome.mask_png or b"")
-        if self.cached + size > MASK_CACHE_BYTES:
-            return replace(outcome, mask_png=None)
-        self.cached += size
-        return outcome
+    def stream(self, order: list[int]) -> Generator[tuple[int, Checked | BadPair]]:
+        """`checked` outcomes along `order`, each mask PNG dropped once MASK_CACHE_BYTES are held
+        (rendering reads that mask again)."""
+        with contextlib.closing(checked(self.spec, self.sel.pairs, order)) as outcomes:
+            for i, outcome in outcomes:
+                if isinstance(outcome, Checked) and (png := outcome.mask_png) is not None:
+                    if self.cached + len(png) > MASK_CACHE_BYTES:
+                        outcome = replace(outcome, mask_png=None)
+                    else:
+                        self.cached += len(png)
+                yield i, outcome
 
 
 def short_supply(spec: MaskFolderSpec, sel: Selection, split: str, count: int) -> SupplyError:
@@ -250,12 +254,12 @@ def select(spec: MaskFolderSpec) -> Selection:
         for k, split in enumerate(SPLITS):
             order = permutation([index[s] for s, _ in lists[split] if s in index], spec.seed, k)
             sel.counts[split] = spec.counts[k]
-            with contextlib.closing(checked(spec, sel.pairs, order)) as outcomes:
+            with contextlib.closing(walk.stream(order)) as outcomes:
                 walk.fill(split, spec.counts[k], outcomes, drain=False)
         return sel
     refuse(spec, sel, problems)
     order = permutation(list(range(len(sel.pairs))), spec.seed)
-    with contextlib.closing(checked(spec, sel.pairs, order)) as stream:
+    with contextlib.closing(walk.stream(order)) as stream:
         walked: Iterator[tuple[int, Checked | BadPair]] = stream
         if None in spec.counts:  # the defaults depend on how many pairs are usable: check them all first
             done = list(stream)
@@ -513,7 +517,7 @@ class MaskFolderRecipe(RecipeBase):
         source = source_of(spec, int(item[0]))
         pair, unmatched = source.pair, source.unmatched
         path = Path(spec.images) / pair.image
-        data = path.read_bytes()
+        data = read_bytes(path, "unreadable-image")
         pixels, ext = decode_image(data, str(path))
         if source.mask_png is not None:
             mask = cv2.imdecode(np.frombuffer(source.mask_png, np.uint8), cv2.IMREAD_UNCHANGED)
