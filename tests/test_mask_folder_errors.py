@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 from segshards.writer.cli import main
 
 from tests.test_mask_folder import CVAT_COLOURS, Tree, cvat_tree, samples_by_stem, voc_tree, write_png
@@ -56,6 +57,18 @@ def not_an_image(tree: Tree) -> None:
     (tree.images / "frame_0002.jpg").write_text("hello")
 
 
+def two_images(tree: Tree) -> None:
+    write_png(tree.images / "frame_0002.png", np.zeros((48, 64, 3), np.uint8))
+
+
+def rotated_by_exif(tree: Tree) -> None:
+    path = tree.images / "frame_0002.jpg"
+    image = Image.open(path)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": OpenCV turns the pixels, the mask stays as drawn
+    image.save(path, exif=exif.tobytes(), quality=90)
+
+
 # (defect, reason counted under skip, what the one-line error must say)
 CASES: list[tuple[Callable[[Tree], None], str, str]] = [
     (no_mask, "missing-mask", "JPEGImages/frame_0002.jpg: no mask "),
@@ -66,6 +79,16 @@ CASES: list[tuple[Callable[[Tree], None], str, str]] = [
     (truncated_image, "unreadable-image", "frame_0002.jpg: truncated or corrupt JPG"),
     (truncated_mask, "unreadable-mask", "frame_0002.png: truncated or corrupt PNG"),
     (not_an_image, "unreadable-image", "frame_0002.jpg: not a JPEG or PNG file"),
+    (
+        two_images,
+        "ambiguous-image",
+        "JPEGImages: frame_0002.jpg and frame_0002.png share the stem frame_0002",
+    ),
+    (
+        rotated_by_exif,
+        "exif-orientation",
+        "frame_0002.jpg: EXIF orientation turns the image away from its mask",
+    ),
 ]
 
 
