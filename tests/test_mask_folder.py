@@ -180,6 +180,7 @@ def test_voc_tree_palette_masks_and_split_lists(tmp_path: Path) -> None:
         [48, 64],
     )
     assert manifest["source"]["pairs"] == {"found": 12, "unlisted": 2}  # the two images without masks
+    assert manifest["source"]["counts"] == {"train": 8, "val": 4, "test": 0}
     assert manifest["source"]["skipped"]["counts"] == {}
     pixels = manifest["splits"]["train"]["class_histogram"]["pixels"]
     assert pixels == {

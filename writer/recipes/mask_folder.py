@@ -253,9 +253,9 @@ def select(spec: MaskFolderSpec) -> Selection:
         refuse(spec, sel, problems)
         for k, split in enumerate(SPLITS):
             order = permutation([index[s] for s, _ in lists[split] if s in index], spec.seed, k)
-            sel.counts[split] = spec.counts[k]
             with contextlib.closing(walk.stream(order)) as outcomes:
                 walk.fill(split, spec.counts[k], outcomes, drain=False)
+        sel.counts = {s: len(sel.chosen[s]) for s in SPLITS}
         return sel
     refuse(spec, sel, problems)
     order = permutation(list(range(len(sel.pairs))), spec.seed)
