@@ -427,3 +427,26 @@ def test_loader_and_a_few_training_steps(tmp_path: Path) -> None:
     assert code == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert "miou" in json.dumps(metrics)
+
+
+def test_an_image_changed_after_planning_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Rendering does not decode the image again: the file's sha256 must still be the one planned."""
+    from segshards.writer.recipes import mask_folder
+
+    tree = cvat_tree(tmp_path / "cvat", n=4)
+    original = mask_folder.source_of
+
+    def touched(spec: Any, i: int) -> Any:
+        source = original(spec, i)
+        path = tree.images / source.pair.image
+        path.write_bytes(jpeg(photo(99)))  # another photo under the planned name
+        return source
+
+    monkeypatch.setattr(mask_folder, "source_of", touched)
+    code = main(["build", "mask-folder", "--out", str(tmp_path / "out"), "--jobs", "1",
+                 *tree.args("--classes", str(tree.root / "labelmap.txt"))])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "JPEGImages/frame_" in err and ".jpg: changed while the set was being built" in err
+    assert not (tmp_path / "out" / "manifest.json").exists()

@@ -71,5 +71,12 @@ if TYPE_CHECKING:  # the type checker holds every built-in recipe to the contrac
     from segshards.writer.recipes.coco import CocoSemanticRecipe
     from segshards.writer.recipes.foreground import ForegroundRecipe
     from segshards.writer.recipes.grid import GridRecipe
+    from segshards.writer.recipes.mask_folder import MaskFolderRecipe
 
-    _CHECKED: tuple[Recipe, ...] = (ForegroundRecipe(), CircleRecipe(), GridRecipe(), CocoSemanticRecipe())
+    _CHECKED: tuple[Recipe, ...] = (
+        ForegroundRecipe(),
+        CircleRecipe(),
+        GridRecipe(),
+        CocoSemanticRecipe(),
+        MaskFolderRecipe(),
+    )
