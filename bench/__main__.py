@@ -4,7 +4,15 @@ import argparse
 import importlib
 import sys
 
-SECTIONS = ["writer_bench", "loader_bench", "coco_bench", "publish_bench", "dedup_bench", "gpu_feed"]
+SECTIONS = [
+    "writer_bench",
+    "loader_bench",
+    "coco_bench",
+    "mask_folder_bench",
+    "publish_bench",
+    "dedup_bench",
+    "gpu_feed",
+]
 
 
 def main(argv: list[str] | None = None) -> int:

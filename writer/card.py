@@ -141,6 +141,7 @@ def render_card(manifest: dict[str, Any], manifest_bytes: bytes) -> str:
         f"- recipe: `{recipe}`",
         f"- seed: {manifest.get('seed')}",
         f"- duplicates rejected while planning: {manifest.get('duplicates_rejected', 0):,}",
+        *(f"- {note}" for note in manifest.get("source", {}).get("notes", [])),  # the recipe's own facts
         "- configuration (as recorded in the manifest):",
         "",
         "```json",

@@ -20,6 +20,7 @@ BUILT_IN = {
     "mnist-circle": "segshards.writer.recipes.circle:CircleRecipe",
     "mnist-grid": "segshards.writer.recipes.grid:GridRecipe",
     "coco-semantic": "segshards.writer.recipes.coco:CocoSemanticRecipe",
+    "mask-folder": "segshards.writer.recipes.mask_folder:MaskFolderRecipe",
 }
 
 
@@ -70,5 +71,12 @@ if TYPE_CHECKING:  # the type checker holds every built-in recipe to the contrac
     from segshards.writer.recipes.coco import CocoSemanticRecipe
     from segshards.writer.recipes.foreground import ForegroundRecipe
     from segshards.writer.recipes.grid import GridRecipe
+    from segshards.writer.recipes.mask_folder import MaskFolderRecipe
 
-    _CHECKED: tuple[Recipe, ...] = (ForegroundRecipe(), CircleRecipe(), GridRecipe(), CocoSemanticRecipe())
+    _CHECKED: tuple[Recipe, ...] = (
+        ForegroundRecipe(),
+        CircleRecipe(),
+        GridRecipe(),
+        CocoSemanticRecipe(),
+        MaskFolderRecipe(),
+    )
