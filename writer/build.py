@@ -25,6 +25,7 @@ from segshards.writer.remote import run_remote_task
 from segshards.writer.schema import SampleSchema
 from segshards.writer.shards import ShardResult, ShardTask, run_shard_task
 from segshards.writer.store import Store, is_remote, open_store
+from segshards.writer.wids_index import write_indexes
 from tqdm import tqdm
 
 MARKER = ".segshards-build.json"
@@ -326,8 +327,10 @@ def build(recipe: Recipe, spec: Any, config: BuildConfig) -> dict[str, Any]:
     order = {s: i for i, s in enumerate(SPLITS)}
     results.sort(key=lambda r: (order.get(r.split, len(order)), r.split, r.index))
     manifest = make_manifest(recipe, info, schema, config, plans, results)
+    write_indexes(store, manifest)  # one wids index per split, listed in the manifest
     data = dumps(manifest)
-    store.write(CARD, render_card(manifest, data).encode("utf-8"))  # the card first, the manifest last
+    card = render_card(manifest, data, location=store.url)
+    store.write(CARD, card.encode("utf-8"))  # the card first, the manifest last
     store.write(MANIFEST, data)
     store.delete(MARKER)
     write_run_log(config, store, results, time.perf_counter() - started)
