@@ -149,9 +149,21 @@ def visible_files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.exists() else []
 
 
+def unlocated(name: str, data: bytes, location: str | Path) -> bytes:
+    """A file's bytes with the set's location taken out of its card (the card names where the set is)."""
+    if name != "README.md":
+        return data
+    where = location if str(location).startswith("s3://") else Path(location).resolve()
+    return data.replace(str(where).encode(), b"<SET>")
+
+
 def folder_bytes(folder: Path, *, skip: Sequence[str] = ("build-log.json",)) -> dict[str, bytes]:
-    """Contents of every file in `folder` except `skip`."""
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name not in skip}
+    """Contents of every file in `folder` except `skip`; the card without the folder's location."""
+    return {
+        p.name: unlocated(p.name, p.read_bytes(), folder)
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name not in skip
+    }
 
 
 # ---- reading shards without the writer's reader ------------------------------------------------------

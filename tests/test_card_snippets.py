@@ -119,9 +119,7 @@ def test_webdataset_snippet(set_folder: Path) -> None:
     assert all(np.asarray(s["mask.png"]).ndim == 2 for s in samples)
 
 
-def test_datasets_snippet(
-    set_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_datasets_snippet(set_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     datasets = pytest.importorskip("datasets")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
@@ -130,7 +128,9 @@ def test_datasets_snippet(
     check_pair(ns["image"], ns["mask"], manifest)
     counts = {name: split.num_rows for name, split in ns["ds"].items()}
     expected = {
-        {"val": "validation"}.get(s, s): info["count"] for s, info in manifest["splits"].items() if info["shards"]
+        {"val": "validation"}.get(s, s): info["count"]
+        for s, info in manifest["splits"].items()
+        if info["shards"]
     }
     assert counts == expected
 

@@ -10,7 +10,7 @@ from segshards.writer.errors import OutputError
 from segshards.writer.remote import run_remote_task
 from segshards.writer.shards import ShardResult, ShardTask
 
-from tests.mnist_fixtures import SMALL, build_once, error_lines, folder_bytes
+from tests.mnist_fixtures import SMALL, build_once, error_lines, folder_bytes, unlocated
 from tests.moto_fixture import S3, no_secret_in, s3_fixture  # noqa: F401  (fixtures)
 
 
@@ -22,7 +22,9 @@ def local_set(tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFi
 
 
 def remote_set(s3: S3, prefix: str) -> dict[str, bytes]:
-    return {k: v for k, v in s3.objects(prefix).items() if k != "build-log.json"}
+    return {
+        k: unlocated(k, v, s3.url(prefix)) for k, v in s3.objects(prefix).items() if k != "build-log.json"
+    }
 
 
 def test_build_to_s3_matches_local_build(s3: S3, local_set: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,6 +11,7 @@ import json
 import re
 from typing import Any
 
+from segshards.writer.manifest import split_names
 from segshards.writer.store import Store
 
 INDEX_SUFFIX = ".wids.json"
@@ -37,7 +38,8 @@ def write_indexes(store: Store, manifest: dict[str, Any]) -> None:
 
     wids cannot open an empty shard list, so an empty split gets no index.
     """
-    for split, info in manifest["splits"].items():
+    for split in split_names(manifest):
+        info = manifest["splits"][split]
         if not info["shards"]:
             continue
         data = render_index(manifest["recipe"], split, info["shards"])
@@ -48,7 +50,9 @@ def write_indexes(store: Store, manifest: dict[str, Any]) -> None:
 
 def index_entries(manifest: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(split, index entry) for every split whose manifest entry lists an index (older sets have none)."""
-    return [(s, info["index"]) for s, info in manifest["splits"].items() if "index" in info]
+    return [
+        (s, manifest["splits"][s]["index"]) for s in split_names(manifest) if "index" in manifest["splits"][s]
+    ]
 
 
 def entry_problem(entry: Any, split: str, where: str) -> str | None:
