@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from segshards.writer.card import render_card, shard_pattern, size_category
 from segshards.writer.cli import main
