@@ -3,8 +3,9 @@
 from pathlib import Path
 
 import pytest
+import segshards.writer.launch
 import segshards.writer.local_pool
-from segshards.writer.launch import early_workers, option
+from segshards.writer.launch import capped_jobs, early_workers, option, planned_shards
 
 
 def test_option_reads_both_spellings_and_the_last_wins() -> None:
@@ -21,6 +22,24 @@ def test_option_reads_both_spellings_and_the_last_wins() -> None:
         (["build", "mnist-grid", "--out", "x", "--jobs", "1"], None),
         (["build", "mnist-grid", "--out", "x", "--jobs", "3", "--backend", "dask"], None),
         (["build", "mnist-grid", "--out", "x", "--jobs", "three"], None),
+        (["build", "mnist-grid", "--out", "x", "--jobs", "99"], 7),  # capped at the 8 cores
+        (
+            [
+                "build",
+                "mnist-grid",
+                "--out",
+                "x",
+                "--jobs",
+                "99",
+                "--train",
+                "5",
+                "--val",
+                "0",
+                "--test",
+                "1",
+            ],
+            1,
+        ),
         (["build", "--help"], None),
         (["verify", "x"], None),
         ([], None),
@@ -29,6 +48,7 @@ def test_option_reads_both_spellings_and_the_last_wins() -> None:
 def test_early_workers_start_only_for_a_local_parallel_build(
     argv: list[str], started: int | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(segshards.writer.launch, "cores", lambda: 8)
     calls: list[int] = []
     monkeypatch.setattr(segshards.writer.local_pool, "start_workers", lambda n: calls.append(n) or [])
     early_workers(argv)
@@ -45,3 +65,29 @@ def test_abbreviated_options_are_refused_since_the_launcher_reads_them_whole(
     assert exit_info.value.code == 2
     assert "unrecognized arguments: --job" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    ("jobs", "shards", "expected"),
+    [
+        (1, None, (1, None)),
+        (8, None, (8, None)),
+        (99, None, (8, "--jobs 99: capped at 8 (the cores on this machine)")),
+        (6, 3, (3, "--jobs 6: capped at 3 (the shards to write)")),
+        (99, 0, (1, "--jobs 99: capped at 1 (the shards to write)")),
+        (0, None, (0, None)),  # all cores, no note
+        (0, 2, (2, None)),  # all cores, but no more than the shards
+    ],
+)
+def test_capped_jobs(
+    jobs: int, shards: int | None, expected: tuple[int, str | None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(segshards.writer.launch, "cores", lambda: 8)
+    assert capped_jobs(jobs, shards) == expected
+
+
+def test_planned_shards_only_when_every_count_is_given() -> None:
+    argv = ["build", "mnist-grid", "--train", "250", "--val", "10", "--test", "0", "--shard-size", "100"]
+    assert planned_shards(argv) == 4
+    assert planned_shards(["build", "mnist-grid", "--train", "250"]) is None
+    assert planned_shards([*argv, "--shard-size", "zero"]) is None

@@ -142,7 +142,7 @@ def resolve_config(args: argparse.Namespace, saved: dict[str, Any] | None) -> Tr
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
-    """`segshards train`: returns the exit status."""
+    """`segshards train`: train a small CNN on a shard set, report metrics; returns the exit status."""
     from segshards.train.loop import train  # after argument parsing: --help stays fast
 
     args = train_parser().parse_args(list(sys.argv[1:] if argv is None else argv))

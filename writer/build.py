@@ -13,6 +13,7 @@ from typing import Any
 
 import joblib
 from segshards.writer import __version__
+from segshards.writer.build_checks import check_supply, settings_diff
 from segshards.writer.card import CARD, render_card
 from segshards.writer.cluster import check_scheduler, run_on_dask
 from segshards.writer.errors import ConfigError, OutputError, SegshardsError, SupplyError
@@ -47,6 +48,7 @@ class BuildConfig:
     backend: str
     options: dict[str, Any]  # recipe options as recorded in the manifest
     scheduler: str | None = None  # dask scheduler address, for backend "dask"
+    progress: bool | None = None  # progress bar on stderr; None: only when stderr is a terminal
 
     def public(self) -> dict[str, Any]:
         counts = {s: ("all" if n is None else n) for s, n in self.counts.items()}
@@ -103,8 +105,8 @@ def claim_output(store: Store, public: dict[str, Any]) -> frozenset[str]:
             if found != public:
                 what = found.get("recipe", "?") if isinstance(found, dict) else "?"
                 raise OutputError(
-                    f"--out {store.url}: holds a {what} set built with other settings ({name}); "
-                    f"choose another {store.noun} or delete it"
+                    f"--out {store.url}: holds a {what} set built with other settings ({name}: "
+                    f"{settings_diff(found, public)}); choose another {store.noun} or delete it"
                 )
     visible = store.entries()
     if visible and MANIFEST not in names and MARKER not in names:
@@ -266,7 +268,10 @@ def render_all(
     counts = list(config.counts.values())
     total = None if None in counts else sum(n for n in counts if n is not None)
     results: list[ShardResult] = []
-    with tqdm(total=total, unit="sample", unit_scale=True, desc=recipe.name, smoothing=0.1) as bar:
+    bar_off = None if config.progress is None else not config.progress  # tqdm: None = off unless a terminal
+    with tqdm(
+        total=total, unit="sample", unit_scale=True, desc=recipe.name, smoothing=0.1, disable=bar_off
+    ) as bar:
         run = run_tasks(
             tracked(), jobs=config.jobs, backend=config.backend, scheduler=config.scheduler, runner=runner
         )
@@ -306,6 +311,7 @@ def build(recipe: Recipe, spec: Any, config: BuildConfig) -> dict[str, Any]:
     try:
         info = recipe.describe(spec)  # validates source checksums before any work
         schema = recipe.schema(spec)
+        check_supply(recipe, spec, config.counts)
         store, present = claim(config)
         work = work_folder(config)
         task_spec = worker_spec(recipe, spec, config, work)
