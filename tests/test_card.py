@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from segshards.writer.card import render_card, shard_pattern, size_category
+from segshards.writer.card import render_card
+from segshards.writer.card_clients import shard_pattern, size_category
 from segshards.writer.cli import main
 from segshards.writer.recipe import UNKNOWN_LICENCE
 from segshards.writer.recipes.coco import COCO_LICENCE

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import segshards.writer.build
+from segshards.writer.card import render_card
 from segshards.writer.cli import main
 from segshards.writer.errors import OutputError
 from segshards.writer.remote import run_remote_task
@@ -22,9 +23,17 @@ def local_set(tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFi
 
 
 def remote_set(s3: S3, prefix: str) -> dict[str, bytes]:
-    return {
-        k: unlocated(k, v, s3.url(prefix)) for k, v in s3.objects(prefix).items() if k != "build-log.json"
-    }
+    """The set's objects, once its card is checked to be the one for its URL, with the local card in its
+    place (local and remote cards differ only in where their snippets read from)."""
+    objects = {k: v for k, v in s3.objects(prefix).items() if k != "build-log.json"}
+    manifest = objects["manifest.json"]
+    assert (
+        objects["README.md"] == render_card(json.loads(manifest), manifest, location=s3.url(prefix)).encode()
+    )
+    objects["README.md"] = unlocated(
+        "README.md", render_card(json.loads(manifest), manifest, location="/x").encode(), "/x"
+    )
+    return objects
 
 
 def test_build_to_s3_matches_local_build(s3: S3, local_set: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -84,7 +93,10 @@ def test_build_to_s3_refuses_other_content(s3: S3, capsys: pytest.CaptureFixture
     assert main(["build", "mnist-grid", "--out", s3.url("set"), *SMALL]) == 1
     assert error_lines(capsys.readouterr().err) == [
         f"segshards: error: --out {s3.url('set')}: holds a mnist-circle set built with other settings "
-        "(manifest.json); choose another prefix or delete it"
+        "(manifest.json: counts.test (unset) there, 60 asked; counts.train (unset) there, 300 asked; "
+        'counts.val (unset) there, 60 asked; recipe "mnist-circle" there, "mnist-grid" asked; '
+        "seed (unset) there, 0 asked; shard_size (unset) there, 100 asked; "
+        'source (unset) there, "bundled:data/mnist" asked); choose another prefix or delete it'
     ]
 
 

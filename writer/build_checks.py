@@ -6,15 +6,19 @@ from typing import Any
 from segshards.writer.errors import SupplyError
 from segshards.writer.recipe import Recipe
 
+MISSING = object()
+
 
 def settings_diff(found: Any, wanted: dict[str, Any]) -> str:
     """Each setting that differs, as `NAME THERE there, ASKED asked` (nested ones as `counts.train`)."""
     there = flat_settings(found if isinstance(found, dict) else {})
     asked = flat_settings(wanted)
-    keys = sorted(k for k in there.keys() | asked.keys() if there.get(k, "-") != asked.get(k, "-"))
-    return "; ".join(
-        f"{k} {json.dumps(there.get(k, '-'))} there, {json.dumps(asked.get(k, '-'))} asked" for k in keys
-    )
+    keys = sorted(k for k in there.keys() | asked.keys() if there.get(k, MISSING) != asked.get(k, MISSING))
+    return "; ".join(f"{k} {shown(there, k)} there, {shown(asked, k)} asked" for k in keys)
+
+
+def shown(settings: dict[str, Any], key: str) -> str:
+    return json.dumps(settings[key]) if key in settings else "(unset)"
 
 
 def flat_settings(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -273,10 +273,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(argv[1:])
     recipe_name = argv[1] if len(argv) > 1 and argv[0] == "build" else None
     list_recipes = argv[:1] == ["build"] and recipe_name not in recipe_names()
-    parser = build_parser(recipe_name, list_recipes=list_recipes)
-    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:  # not a plugin either (see above)
-        parser.error(unknown_command(argv[0]))
     try:
+        parser = build_parser(recipe_name, list_recipes=list_recipes)
+        if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:  # nor a plugin's (see above)
+            parser.error(unknown_command(argv[0]))
         args = parser.parse_args(argv)
         with no_empty_folder_left(output_folder(args)):
             return COMMANDS[args.command](args)
