@@ -17,7 +17,7 @@ from segshards.writer.keys import pixel_key
 from segshards.writer.recipes.coco import CocoSpec, file_sha256, select
 
 from tests.coco_fixtures import CLASS_OF, CocoFixture, expected_mask, write_coco
-from tests.mnist_fixtures import unlocated
+from tests.mnist_fixtures import comparable
 
 ALL_TRAIN = ["--train", "7", "--val", "0", "--test", "0"]  # the 7 eligible fixture images, all in train
 SPLIT_3 = ["--train", "4", "--val", "2", "--test", "1"]
@@ -51,11 +51,10 @@ def mask_of(sample: dict[str, bytes]) -> np.ndarray:
 
 
 def folder_bytes(out: Path) -> dict[str, bytes]:
-    return {
-        p.name: unlocated(p.name, p.read_bytes(), out)
-        for p in sorted(out.iterdir())
-        if p.is_file() and p.name != "build-log.json"
+    files = {
+        p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file() and p.name != "build-log.json"
     }
+    return comparable(files, out)
 
 
 @pytest.fixture(scope="module")

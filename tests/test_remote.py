@@ -5,13 +5,12 @@ from pathlib import Path
 
 import pytest
 import segshards.writer.build
-from segshards.writer.card import render_card
 from segshards.writer.cli import main
 from segshards.writer.errors import OutputError
 from segshards.writer.remote import run_remote_task
 from segshards.writer.shards import ShardResult, ShardTask
 
-from tests.mnist_fixtures import SMALL, build_once, error_lines, folder_bytes, unlocated
+from tests.mnist_fixtures import SMALL, build_once, comparable, error_lines, folder_bytes
 from tests.moto_fixture import S3, no_secret_in, s3_fixture  # noqa: F401  (fixtures)
 
 
@@ -23,17 +22,8 @@ def local_set(tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFi
 
 
 def remote_set(s3: S3, prefix: str) -> dict[str, bytes]:
-    """The set's objects, once its card is checked to be the one for its URL, with the local card in its
-    place (local and remote cards differ only in where their snippets read from)."""
-    objects = {k: v for k, v in s3.objects(prefix).items() if k != "build-log.json"}
-    manifest = objects["manifest.json"]
-    assert (
-        objects["README.md"] == render_card(json.loads(manifest), manifest, location=s3.url(prefix)).encode()
-    )
-    objects["README.md"] = unlocated(
-        "README.md", render_card(json.loads(manifest), manifest, location="/x").encode(), "/x"
-    )
-    return objects
+    """The set's objects, its card checked for its URL and made comparable with a local set's."""
+    return comparable({k: v for k, v in s3.objects(prefix).items() if k != "build-log.json"}, s3.url(prefix))
 
 
 def test_build_to_s3_matches_local_build(s3: S3, local_set: Path, capsys: pytest.CaptureFixture[str]) -> None:
