@@ -130,3 +130,14 @@ def test_preview_help_documents_every_option(capsys: pytest.CaptureFixture[str])
         "--count N samples to draw, at least 1 (default: 64)",
     ):
         assert phrase in text
+
+
+def test_preview_makes_the_output_folder(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = build_once(tmp_path_factory, "mnist-grid", *SMALL)
+    capsys.readouterr()
+    assert main(["preview", str(folder), "-o", str(tmp_path / "a" / "b" / "sheet.png"), "--count", "1"]) == 0
+    assert (tmp_path / "a" / "b" / "sheet.png").is_file()
+    refused(capsys, ["preview", str(folder), "-o", str(tmp_path / "c" / "d.png"), "--split", "x"], "'x'")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]

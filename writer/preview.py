@@ -142,5 +142,9 @@ def write_preview(folder: Path, output: Path, *, split: str, count: int) -> int:
     drawn. Everything is checked before anything is drawn."""
     encoder = check_output(output)
     sheet = contact_sheet(folder, split=split, count=count)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)  # removed again if the write fails (see cli)
+    except OSError as exc:
+        raise OutputError(f"-o {output}: cannot create {output.parent} ({exc.strerror or exc})") from exc
     atomic_write(output, encode_sheet(sheet, encoder))
     return min(count, read_manifest(folder)["splits"][split]["count"])
