@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -49,35 +50,42 @@ def run_moto_server(extra_env: dict[str, str] | None = None) -> Iterator[str]:
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     env = {**os.environ, **(extra_env or {})}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
-    try:
-        deadline = time.monotonic() + MOTO_START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-                raise RuntimeError(f"moto server exited with {proc.returncode}: {err[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"moto server not answering on {endpoint}") from None
-                time.sleep(0.1)
-        yield endpoint
-    finally:
-        proc.terminate()
+    # Its log (a line per request) goes to a file: an unread pipe fills after some thousand requests and
+    # the server then blocks, every later request timing out.
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env=env,
+        )
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+            wait_for_moto(proc, endpoint, log)
+            yield endpoint
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def wait_for_moto(proc: subprocess.Popen[bytes], endpoint: str, log: Any) -> None:
+    """Wait until the server answers; RuntimeError with the end of its log if it exits or never does."""
+    deadline = time.monotonic() + MOTO_START_TIMEOUT_S
+    while True:
+        if proc.poll() is not None:
+            log.seek(0)
+            err = log.read().decode(errors="replace")
+            raise RuntimeError(f"moto server exited with {proc.returncode}: {err[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"moto server not answering on {endpoint}") from None
+            time.sleep(0.1)
 
 
 @pytest.fixture(scope="session")

@@ -149,9 +149,31 @@ def visible_files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.exists() else []
 
 
+def unlocated(name: str, data: bytes, location: str | Path) -> bytes:
+    """A file's bytes with the set's location taken out of its card (the card names where the set is)."""
+    if name != "README.md":
+        return data
+    where = location if str(location).startswith("s3://") else Path(location).resolve()
+    return data.replace(str(where).encode(), b"<SET>")
+
+
+def comparable(files: dict[str, bytes], location: str | Path) -> dict[str, bytes]:
+    """A set's files, with its card checked to be the one rendered for `location` and then replaced by the
+    one for a fixed place, so that sets built in different places (folders, s3://) compare byte for byte."""
+    if "README.md" not in files or "manifest.json" not in files:
+        return files
+    from segshards.writer.card import render_card
+
+    data = files["manifest.json"]
+    manifest = json.loads(data)
+    assert files["README.md"] == render_card(manifest, data, location=location).encode()
+    return files | {"README.md": render_card(manifest, data, location="/SET").encode()}
+
+
 def folder_bytes(folder: Path, *, skip: Sequence[str] = ("build-log.json",)) -> dict[str, bytes]:
-    """Contents of every file in `folder` except `skip`."""
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name not in skip}
+    """Contents of every file in `folder` except `skip`; the card as for a fixed location (`comparable`)."""
+    files = {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name not in skip}
+    return comparable(files, folder)
 
 
 # ---- reading shards without the writer's reader ------------------------------------------------------

@@ -7,16 +7,16 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from segshards.writer.card import PLACEHOLDER, render_card, shard_pattern
+from segshards.writer.card import render_card
+from segshards.writer.card_clients import shard_pattern, size_category
 from segshards.writer.cli import main
 from segshards.writer.recipe import UNKNOWN_LICENCE
 from segshards.writer.recipes.coco import COCO_LICENCE
 from segshards.writer.recipes.digits import MNIST_LICENCE
 from segshards.writer.store import LocalStore
 
-from tests.mnist_fixtures import SMALL, build_once, tiny_source
+from tests.mnist_fixtures import SMALL, build_once, tiny_source, unlocated
 
 
 @pytest.fixture
@@ -34,11 +34,15 @@ def test_card_states_the_manifest_facts(small_grid: Path) -> None:
     card = (small_grid / "README.md").read_text()
     data = (small_grid / "manifest.json").read_bytes()
     manifest = json.loads(data)
-    assert card == render_card(manifest, data)  # a pure function of the manifest
-    assert card.startswith("# mnist-grid: image segmentation shards\n\nmnist-grid: four digits of one split")
+    assert card == render_card(manifest, data, location=small_grid)  # a pure function of manifest and place
+    assert "\n---\n\n# mnist-grid: image segmentation shards\n\nmnist-grid: four digits of one split" in card
     assert "- seed: 0\n" in card
     assert '"shard_size": 100' in card and '"source": "bundled:data/mnist"' in card
-    for row in ("| train | 300 | 3 |", "| val | 60 | 1 |", "| test | 60 | 1 |"):
+    for row in (
+        "| train | 300 | 3 | train.wids.json |",
+        "| val | 60 | 1 | val.wids.json |",
+        "| test | 60 | 1 |",
+    ):
         assert row in card
     assert MNIST_LICENCE.text in card and "CC BY-SA 3.0" in card and "Yann LeCun and Corinna Cortes" in card
     assert f"`manifest.json` sha256: `{hashlib.sha256(data).hexdigest()}`" in card
@@ -46,7 +50,10 @@ def test_card_states_the_manifest_facts(small_grid: Path) -> None:
         for e in split["shards"]:
             assert f"| {e['name']} | {e['count']:,} | {e['bytes']:,} | `{e['sha256']}` |" in card
     pixels = manifest["splits"]["train"]["class_histogram"]["pixels"]
-    assert f"| 0 | {pixels['0']:,} |" in card and f"| 10 | {pixels['10']:,} |" in card
+    assert f"| 0 | background | {pixels['0']:,} |" in card and f"| 10 | 9 | {pixels['10']:,} |" in card
+    assert (
+        "| 0 | background | background |\n| 1 | 0 | class |" in card and "| 255 | ignore | not scored" in card
+    )
     assert "train-{000000..000002}.tar" in card
 
 
@@ -75,31 +82,12 @@ def test_card_is_written_before_the_manifest_and_the_same_for_any_jobs(
     assert main(["build", *args, "--out", str(tmp_path / "a"), "--jobs", "1"]) == 0
     assert main(["build", *args, "--out", str(tmp_path / "b"), "--jobs", "2"]) == 0
     capsys.readouterr()
-    card = (tmp_path / "a" / "README.md").read_bytes()
-    assert card == (tmp_path / "b" / "README.md").read_bytes()
+    card = unlocated("README.md", (tmp_path / "a" / "README.md").read_bytes(), tmp_path / "a")
+    assert card == unlocated("README.md", (tmp_path / "b" / "README.md").read_bytes(), tmp_path / "b")
     assert UNKNOWN_LICENCE.text in card.decode()  # a user-supplied source: licence unknown, said so
     written = [name for name in order if not name.startswith(".")]  # the build marker goes first
-    assert written[:3] == ["README.md", "manifest.json", "build-log.json"]
-
-
-def test_stock_webdataset_snippet_runs(small_grid: Path) -> None:
-    stock = code_blocks((small_grid / "README.md").read_text())[1]
-    assert len(stock.strip().splitlines()) == 3
-    namespace: dict[str, Any] = {}
-    exec(stock.replace(PLACEHOLDER, str(small_grid)), namespace)  # the snippet as a user pastes it
-    image, mask, meta = namespace["image"], namespace["mask"], namespace["meta"]
-    assert image.shape == mask.shape == (56, 56) and image.dtype == mask.dtype == np.uint8
-    assert set(np.unique(mask)) <= set(range(11)) and len(meta["digits"]) == 4
-
-
-def test_loader_snippet_runs(small_grid: Path) -> None:
-    pytest.importorskip("segshards.loaders")
-    ours = code_blocks((small_grid / "README.md").read_text())[0]
-    assert len(ours.strip().splitlines()) == 3
-    namespace: dict[str, Any] = {}
-    exec(ours.replace(PLACEHOLDER, str(small_grid)), namespace)
-    batch = namespace["batch"]
-    assert tuple(batch["image"].shape) == (64, 1, 56, 56) and tuple(batch["mask"].shape) == (64, 56, 56)
+    indexes = ["train.wids.json", "val.wids.json", "test.wids.json"]
+    assert written[:6] == [*indexes, "README.md", "manifest.json", "build-log.json"]
 
 
 def coco_manifest() -> dict[str, Any]:
@@ -129,13 +117,59 @@ def coco_manifest() -> dict[str, Any]:
 
 
 def test_coco_card_licence_classes_and_colour_snippet() -> None:
-    card = render_card(coco_manifest(), b"{}")
+    card = render_card(coco_manifest(), b"{}", location="s3://bucket/sets/coco")
     assert COCO_LICENCE.text in card and "CC BY 4.0" in card and "Flickr" in card
+    assert card.startswith('---\nlicense: "cc-by-4.0"\n')
     assert "255 = ignore" in card and "`KEY.jpg` (the image)" in card
-    assert "| 1 | dog | 5 |" in card and "| 1 | dog | 2 |" in card
-    assert 'wds.handle_extension("mask.png", wds.imagehandler("l8")), "rgb8")' in card
+    assert "| 0 | background | background |\n| 1 | dog | class |\n| 255 | ignore | not scored" in card
+    assert "| 0 | background | 7 |" in card and "| 1 | dog | 5 |" in card and "| 1 | dog | 2 |" in card
+    assert '.decode(wds.imagehandler("l8", ["png"]), wds.imagehandler("rgb8"))' in card
     assert 'to_tuple("jpg", "mask.png", "json")' in card
-    assert "train-000000.tar" in card and "{" not in shard_pattern(["train-000000.tar"])
+    assert '"pipe:aws s3 cp s3://bucket/sets/coco/train-000000.tar -"' in card
+    assert 'make_loader("s3://bucket/sets/coco", split="train"' in card
+    assert 'data_files={"train": "s3://bucket/sets/coco/train-*.tar"}' in card
+    assert 'wids.ShardListDataset("s3://bucket/sets/coco/train.wids.json"' in card
+    assert "{" not in shard_pattern(["train-000000.tar"])
+
+
+def test_card_front_matter_is_what_hugging_face_reads(small_grid: Path) -> None:
+    hub = pytest.importorskip("huggingface_hub")
+    data = hub.DatasetCard.load(small_grid / "README.md").data.to_dict()
+    assert data == {
+        "license": "cc-by-sa-3.0",
+        "pretty_name": "mnist-grid segmentation shards",
+        "task_categories": ["image-segmentation"],
+        "size_categories": ["n<1K"],
+        "tags": ["webdataset", "segshards"],
+        "configs": [
+            {
+                "config_name": "default",
+                "data_files": [
+                    {"split": "train", "path": "train-*.tar"},
+                    {"split": "validation", "path": "val-*.tar"},
+                    {"split": "test", "path": "test-*.tar"},
+                ],
+            }
+        ],
+    }
+
+
+def test_card_of_a_set_with_an_empty_split_and_an_unknown_licence() -> None:
+    manifest = coco_manifest()
+    manifest["source"]["licence"] = {"id": "other", "text": UNKNOWN_LICENCE.text}
+    manifest["splits"]["val"] = {"count": 0, "shards": [], "class_histogram": {}}
+    card = render_card(manifest, b"{}", location="/data/sets/coco")
+    front = card.split("\n---\n", 1)[0]
+    assert 'license: "other"\nlicense_name: "unknown"' in front
+    assert '"train-*.tar"' in front and "val-*" not in front  # no pattern that matches no file
+    assert 'load_dataset("/data/sets/coco")' in card
+
+
+@pytest.mark.parametrize(
+    ("samples", "category"), [(0, "n<1K"), (999, "n<1K"), (1_000, "1K<n<10K"), (70_000, "10K<n<100K")]
+)
+def test_size_category(samples: int, category: str) -> None:
+    assert size_category(samples) == category
 
 
 def test_shard_pattern() -> None:

@@ -4,6 +4,8 @@ import errno
 import gzip
 import json
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -346,3 +348,108 @@ def test_interrupt_mid_build_leaves_no_partial_file(
     assert lines == ["segshards: interrupted; run the same command again to resume"]
     assert visible_files(out) == ["train-000000.tar"]
     assert not [p.name for p in out.iterdir() if ".tmp-" in p.name]
+
+
+# ---- a CLI that shows itself --------------------------------------------------------------------------
+
+
+def test_top_level_help_lists_every_command_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    rows = {
+        line.split()[0]: " ".join(line.split()[1:])
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("    ") and line.split()[0].isalpha()
+    }
+    assert set(rows) >= {"build", "verify", "publish", "preview", "train", "eval"}  # plugins' included
+    assert rows["train"].startswith("train a small CNN") and rows["eval"].startswith("scores")
+    assert all(rows.values())
+
+
+@pytest.mark.parametrize(
+    ("typed", "hint"), [("trian", "did you mean 'train'?"), ("frobnicate", "(commands: ")]
+)
+def test_unknown_command_lists_the_commands(
+    capsys: pytest.CaptureFixture[str], typed: str, hint: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([typed])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"unknown command {typed!r}" in err and hint in err
+    assert "build, verify, publish, preview, " in err and "train" in err and "eval" in err
+
+
+def test_build_help_lists_recipes_and_where_their_options_are(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["build", "--help"])
+    out = capsys.readouterr().out
+    assert "`segshards build RECIPE --help` shows a recipe's own options" in out
+    for recipe in ("mnist-foreground", "mnist-circle", "mnist-grid", "coco-semantic"):
+        assert re.search(rf"^  {recipe} +\S", out, flags=re.M)
+    assert "--progress, --no-progress" in out
+
+
+def test_jobs_above_the_shards_are_capped_with_a_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[int] = []
+    monkeypatch.setattr("segshards.writer.build.start_build_workers", started.append)
+    monkeypatch.setattr("segshards.writer.launch.cores", lambda: 64)
+    source = tiny_source(tmp_path / "src")
+    argv = build_args(
+        source, tmp_path / "out", "--train", "20", "--val", "4", "--test", "4", "--shard-size", "10"
+    )
+    argv[argv.index("--jobs") + 1] = "99"
+    monkeypatch.setattr("segshards.writer.build.run_tasks", serial_tasks)
+    assert main(argv) == 0
+    lines = error_lines(capsys.readouterr().err)
+    assert lines == ["segshards: note: --jobs 99: capped at 4 (the shards to write)"]
+    assert started == [4]
+    assert json.loads((tmp_path / "out" / "build-log.json").read_text())["jobs"] == 4
+
+
+def serial_tasks(tasks: Any, **kwargs: Any) -> Iterator[Any]:
+    """run_tasks without workers (the capped job count is what is checked, not the pool)."""
+    from segshards.writer.shards import run_shard_task
+
+    yield from map(kwargs.get("runner", run_shard_task), tasks)
+
+
+@pytest.mark.parametrize(("flag", "bar"), [([], False), (["--progress"], True), (["--no-progress"], False)])
+def test_progress_bar_only_on_a_terminal_or_when_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: list[str], bar: bool
+) -> None:
+    source = tiny_source(tmp_path / "src")
+    assert main(build_args(source, tmp_path / "out", *flag)) == 0
+    err = capsys.readouterr().err  # captured: not a terminal
+    assert ("\r" in err or "%|" in err) == bar
+
+
+def test_a_count_the_source_cannot_supply_is_refused_before_rendering(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("segshards.writer.build.render_all", lambda *a, **k: pytest.fail("rendered"))
+    source = tiny_source(tmp_path / "src")  # 44 train-pool digits
+    out = tmp_path / "new" / "out"
+    line = fails(capsys, build_args(source, out, "--train", "45"), naming="--train 45")
+    assert "can supply at most 44 train samples" in line
+    assert not (tmp_path / "new").exists()  # no empty folder left behind
+
+
+def test_other_settings_error_names_each_difference(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tiny_source(tmp_path / "src")
+    out = tmp_path / "out"
+    assert main(build_args(source, out, "--train", "20")) == 0
+    capsys.readouterr()
+    line = fails(capsys, build_args(source, out, "--train", "10", "--seed", "4"), naming=f"--out {out}")
+    assert "(manifest.json: counts.train 20 there, 10 asked; seed 0 there, 4 asked)" in line
+
+
+def test_failed_commands_leave_no_empty_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fails(capsys, build_args(tmp_path / "nowhere", tmp_path / "a" / "b"), naming="nowhere")
+    fails(capsys, ["publish", str(tmp_path / "nowhere"), str(tmp_path / "c")], naming="no manifest")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

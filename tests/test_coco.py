@@ -18,6 +18,7 @@ from segshards.writer.keys import pixel_key
 from segshards.writer.recipes.coco import CocoSemanticRecipe, CocoSpec, file_sha256, select
 
 from tests.coco_fixtures import CLASS_OF, CocoFixture, expected_mask, with_exif, write_coco
+from tests.mnist_fixtures import comparable
 
 ALL_TRAIN = ["--train", "7", "--val", "0", "--test", "0"]  # the 7 eligible fixture images, all in train
 SPLIT_3 = ["--train", "4", "--val", "2", "--test", "1"]
@@ -51,9 +52,10 @@ def mask_of(sample: dict[str, bytes]) -> np.ndarray:
 
 
 def folder_bytes(out: Path) -> dict[str, bytes]:
-    return {
+    files = {
         p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file() and p.name != "build-log.json"
     }
+    return comparable(files, out)
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import segshards.writer.launch
 import segshards.writer.local_pool
 from segshards.writer import cli
-from segshards.writer.launch import INTERRUPTED, early_workers, option
+from segshards.writer.launch import INTERRUPTED, capped_jobs, early_workers, option, planned_shards
 
 
 def test_option_reads_both_spellings_and_the_last_wins() -> None:
@@ -24,6 +25,26 @@ def test_option_reads_both_spellings_and_the_last_wins() -> None:
         (["build", "mnist-grid", "--out", "x", "--jobs", "1"], None),
         (["build", "mnist-grid", "--out", "x", "--jobs", "3", "--backend", "dask"], None),
         (["build", "mnist-grid", "--out", "x", "--jobs", "three"], None),
+        (["build", "mnist-grid", "--out", "x", "--jobs", "99"], 7),  # capped at the 8 cores
+        (
+            [
+                "build",
+                "mnist-grid",
+                "--out",
+                "x",
+                "--jobs",
+                "99",
+                "--train",
+                "5",
+                "--val",
+                "0",
+                "--test",
+                "1",
+                "--shard-size",
+                "100",
+            ],
+            1,
+        ),
         (["build", "--help"], None),
         (["verify", "x"], None),
         ([], None),
@@ -32,6 +53,7 @@ def test_option_reads_both_spellings_and_the_last_wins() -> None:
 def test_early_workers_start_only_for_a_local_parallel_build(
     argv: list[str], started: int | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(segshards.writer.launch, "cores", lambda: 8)
     calls: list[int] = []
     monkeypatch.setattr(segshards.writer.local_pool, "start_workers", lambda n: calls.append(n) or [])
     early_workers(argv)
@@ -72,3 +94,30 @@ def test_interrupt_while_parsing_is_exit_130(
     monkeypatch.setattr(cli, "build_parser", interrupted)
     assert cli.main(["verify", "x"]) == 130
     assert capsys.readouterr().err == INTERRUPTED + "\n"
+
+
+@pytest.mark.parametrize(
+    ("jobs", "shards", "expected"),
+    [
+        (1, None, (1, None)),
+        (8, None, (8, None)),
+        (99, None, (8, "--jobs 99: capped at 8 (the cores on this machine)")),
+        (6, 3, (3, "--jobs 6: capped at 3 (the shards to write)")),
+        (99, 0, (1, "--jobs 99: capped at 1 (the shards to write)")),
+        (0, None, (0, None)),  # all cores, no note
+        (0, 2, (2, None)),  # all cores, but no more than the shards
+    ],
+)
+def test_capped_jobs(
+    jobs: int, shards: int | None, expected: tuple[int, str | None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(segshards.writer.launch, "cores", lambda: 8)
+    assert capped_jobs(jobs, shards) == expected
+
+
+def test_planned_shards_only_when_every_count_is_given() -> None:
+    argv = ["build", "mnist-grid", "--train", "250", "--val", "10", "--test", "0", "--shard-size", "100"]
+    assert planned_shards(argv) == 4
+    assert planned_shards(["build", "mnist-grid", "--train", "250"]) is None
+    assert planned_shards(argv[:-2]) is None  # the default shard size is the recipe's
+    assert planned_shards([*argv, "--shard-size", "zero"]) is None

@@ -5,20 +5,24 @@ import shutil
 from pathlib import Path
 
 import pytest
+from segshards.writer.card import render_card
 from segshards.writer.cli import main
 from segshards.writer.store import S3Store
 
-from tests.mnist_fixtures import SMALL, build_once, error_lines
+from tests.mnist_fixtures import SMALL, build_once, error_lines, unlocated
 from tests.moto_fixture import S3, no_secret_in, s3_fixture  # noqa: F401  (fixtures)
 
 SET_FILES = [
     "README.md",
     "manifest.json",
     "test-000000.tar",
+    "test.wids.json",
     "train-000000.tar",
     "train-000001.tar",
     "train-000002.tar",
+    "train.wids.json",
     "val-000000.tar",
+    "val.wids.json",
 ]
 
 
@@ -36,7 +40,20 @@ def private_set(small_set: Path, tmp_path: Path) -> Path:
 
 
 def local_files(folder: Path) -> dict[str, bytes]:
-    return {name: (folder / name).read_bytes() for name in SET_FILES}
+    """The set's files, its card without its location (publish renders the card for the destination)."""
+    return {name: unlocated(name, (folder / name).read_bytes(), folder) for name in SET_FILES}
+
+
+def published(s3: S3, prefix: str, folder: Path) -> dict[str, bytes]:
+    """The objects under `prefix`, having checked that the card is the one rendered for the prefix; with
+    the local card in its place, for comparing with `local_files(folder)`."""
+    objects = s3.objects(prefix)
+    if "README.md" in objects:
+        data = (folder / "manifest.json").read_bytes()
+        card = render_card(json.loads(data), data, location=s3.url(prefix))
+        assert objects["README.md"] == card.encode()
+        objects["README.md"] = unlocated("README.md", (folder / "README.md").read_bytes(), folder)
+    return objects
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, list[str]]:
@@ -59,11 +76,13 @@ def test_publish_uploads_the_set_manifest_last(
     )
     code, out, errors = run(capsys, "publish", str(small_set), s3.url("sets/grid"))
     assert (code, errors) == (0, [])
-    total = sum(len(b) for b in local_files(small_set).values()) / 1e6
-    assert out.startswith(f"{s3.url('sets/grid')}: uploaded 7 objects ({total:,.1f} MB, ")
+    total = sum(len(b) for b in s3.objects("sets/grid").values()) / 1e6
+    assert out.startswith(f"{s3.url('sets/grid')}: uploaded 10 objects ({total:,.1f} MB, ")
     assert out.endswith(" MB/s), 0 already in place; manifest last\n")
     assert order[-1] == "manifest.json" and sorted(order) == SET_FILES
-    assert s3.objects("sets/grid") == local_files(small_set)  # the build log stays local
+    assert published(s3, "sets/grid", small_set) == local_files(small_set)  # the build log stays local
+    card = s3.objects("sets/grid")["README.md"].decode()
+    assert str(small_set) not in card and f'make_loader("{s3.url("sets/grid")}"' in card
     manifest = json.loads((small_set / "manifest.json").read_text())
     for split in manifest["splits"].values():
         for entry in split["shards"]:
@@ -77,7 +96,8 @@ def test_publish_again_skips_everything(s3: S3, small_set: Path, capsys: pytest.
     code, out, _ = run(capsys, "publish", str(small_set), s3.url("grid"))
     assert code == 0
     assert (
-        out == f"{s3.url('grid')}: uploaded 0 objects (0.0 MB, 0.0 MB/s), 7 already in place; manifest last\n"
+        out
+        == f"{s3.url('grid')}: uploaded 0 objects (0.0 MB, 0.0 MB/s), 10 already in place; manifest last\n"
     )
 
 
@@ -104,8 +124,8 @@ def test_server_stopped_mid_publish_then_restarted_completes(
     s3.relay.start()
     code, out, errors = run(capsys, "publish", str(small_set), s3.url("grid"), "--jobs", "1")
     assert (code, errors) == (0, [])
-    assert "uploaded 6 objects" in out and ", 1 already in place;" in out
-    assert s3.objects("grid") == local_files(small_set)
+    assert "uploaded 9 objects" in out and ", 1 already in place;" in out
+    assert published(s3, "grid", small_set) == local_files(small_set)
     assert run(capsys, "verify", s3.url("grid"))[0] == 0
 
 
@@ -120,8 +140,8 @@ def test_stale_and_foreign_copies_of_set_files(
         Bucket=s3.bucket, Key="grid/val-000000.tar", Body=(small_set / "val-000000.tar").read_bytes()
     )
     code, out, _ = run(capsys, "publish", str(small_set), s3.url("grid"))
-    assert code == 0 and "uploaded 6 objects" in out and ", 1 already in place;" in out
-    assert s3.objects("grid") == local_files(small_set)
+    assert code == 0 and "uploaded 9 objects" in out and ", 1 already in place;" in out
+    assert published(s3, "grid", small_set) == local_files(small_set)
 
 
 def test_refuses_a_prefix_holding_another_set(
@@ -188,10 +208,11 @@ def test_publish_to_a_local_folder(
     small_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, _ = run(capsys, "publish", str(small_set), str(tmp_path / "copy"))
-    assert code == 0 and "uploaded 7 objects" in out
+    assert code == 0 and "uploaded 10 objects" in out
     assert local_files(tmp_path / "copy") == local_files(small_set)
+    assert f'load_dataset("{tmp_path / "copy"}")' in (tmp_path / "copy" / "README.md").read_text()
     code, out, _ = run(capsys, "publish", str(small_set), str(tmp_path / "copy"))
-    assert "uploaded 0 objects" in out and "7 already in place" in out
+    assert "uploaded 0 objects" in out and "10 already in place" in out
 
 
 def test_verify_remote_set_finds_damage(s3: S3, small_set: Path, capsys: pytest.CaptureFixture[str]) -> None:

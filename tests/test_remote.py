@@ -10,7 +10,7 @@ from segshards.writer.errors import OutputError
 from segshards.writer.remote import run_remote_task
 from segshards.writer.shards import ShardResult, ShardTask
 
-from tests.mnist_fixtures import SMALL, build_once, error_lines, folder_bytes
+from tests.mnist_fixtures import SMALL, build_once, comparable, error_lines, folder_bytes
 from tests.moto_fixture import S3, no_secret_in, s3_fixture  # noqa: F401  (fixtures)
 
 
@@ -22,7 +22,8 @@ def local_set(tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFi
 
 
 def remote_set(s3: S3, prefix: str) -> dict[str, bytes]:
-    return {k: v for k, v in s3.objects(prefix).items() if k != "build-log.json"}
+    """The set's objects, its card checked for its URL and made comparable with a local set's."""
+    return comparable({k: v for k, v in s3.objects(prefix).items() if k != "build-log.json"}, s3.url(prefix))
 
 
 def test_build_to_s3_matches_local_build(s3: S3, local_set: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -82,7 +83,10 @@ def test_build_to_s3_refuses_other_content(s3: S3, capsys: pytest.CaptureFixture
     assert main(["build", "mnist-grid", "--out", s3.url("set"), *SMALL]) == 1
     assert error_lines(capsys.readouterr().err) == [
         f"segshards: error: --out {s3.url('set')}: holds a mnist-circle set built with other settings "
-        "(manifest.json); choose another prefix or delete it"
+        "(manifest.json: counts.test (unset) there, 60 asked; counts.train (unset) there, 300 asked; "
+        'counts.val (unset) there, 60 asked; recipe "mnist-circle" there, "mnist-grid" asked; '
+        "seed (unset) there, 0 asked; shard_size (unset) there, 100 asked; "
+        'source (unset) there, "bundled:data/mnist" asked); choose another prefix or delete it'
     ]
 
 

@@ -238,7 +238,7 @@ def test_claim_is_the_same_on_both_kinds(location: str) -> None:
     with pytest.raises(OutputError) as info:
         claim_output(store, {"recipe": "mnist-grid", "seed": 2})
     assert str(info.value) == (
-        f"--out {store.url}: holds a mnist-grid set built with other settings ({MARKER}); "
+        f"--out {store.url}: holds a mnist-grid set built with other settings ({MARKER}: seed 1 there, 2 asked); "
         f"choose another {store.noun} or delete it"
     )
     store.delete(MARKER)

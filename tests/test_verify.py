@@ -98,7 +98,10 @@ def test_shard_count_edited_in_the_manifest(copy: Path, capsys: pytest.CaptureFi
         manifest["splits"]["train"]["count"] = 299
 
     edit_manifest(copy, edit)
-    assert problems(capsys, copy) == [f"{copy}/train-000001.tar: 100 samples, manifest says 99"]
+    assert problems(capsys, copy) == [
+        f"{copy}/train-000001.tar: 100 samples, manifest says 99",
+        f"{copy}/train.wids.json: does not list the split's shards as the manifest does",
+    ]
 
 
 def test_split_count_disagreeing_with_its_shards(copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -116,7 +119,7 @@ def test_unlisted_shard_and_duplicate_keys(copy: Path, capsys: pytest.CaptureFix
         {k: v for k, v in m["splits"]["val"]["shards"][0].items() if k != "name"}))  # fmt: skip
     found = problems(capsys, copy)
     duplicates = [line for line in found if ": duplicate key " in line]
-    assert len(duplicates) == 60 and len(found) == 61
+    assert len(duplicates) == 60 and len(found) == 61  # the two shards have the same size: the index agrees
     assert found[-1] == f"{copy}/train-000003.tar: shard not listed in the manifest"
 
 
@@ -131,3 +134,47 @@ def test_verify_a_file_instead_of_a_folder(tmp_path: Path, capsys: pytest.Captur
     assert main(["verify", str(tmp_path / "afile")]) == 1
     lines = error_lines(capsys.readouterr().err)
     assert len(lines) == 1 and lines[0].startswith(f"segshards: error: {tmp_path / 'afile'}")
+
+
+# ---- the wids indexes ---------------------------------------------------------------------------------
+
+
+def test_each_split_has_a_wids_index_listed_in_the_manifest(copy: Path) -> None:
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for split, info in manifest["splits"].items():
+        index = json.loads((copy / f"{split}.wids.json").read_text())
+        assert info["index"]["name"] == f"{split}.wids.json"
+        assert info["index"]["bytes"] == (copy / f"{split}.wids.json").stat().st_size
+        assert index == {
+            "wids_version": 1,
+            "name": f"mnist-grid {split}",
+            "shardlist": [
+                {"url": e["name"], "nsamples": e["count"], "filesize": e["bytes"]} for e in info["shards"]
+            ],
+        }
+
+
+def test_damaged_or_missing_index(copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    index = copy / "val.wids.json"
+    index.write_text(index.read_text().replace('"nsamples": 60', '"nsamples": 61'))
+    (copy / "test.wids.json").unlink()
+    found = problems(capsys, copy)
+    assert found == [
+        f"{index}: sha256 differs from the manifest",
+        f"{index}: does not list the split's shards as the manifest does",
+        f"{copy}/test.wids.json: cannot read (No such file or directory)",
+    ]
+
+
+@pytest.mark.parametrize("name", ["../elsewhere.wids.json", "/etc/passwd", "train.json", 7])
+def test_index_name_that_is_not_a_plain_file_name(
+    copy: Path, capsys: pytest.CaptureFixture[str], name: Any
+) -> None:
+    edit_manifest(copy, lambda m: m["splits"]["train"]["index"].update(name=name))
+    (found,) = problems(capsys, copy)
+    assert found.startswith(f"{copy}/manifest.json: splits.train.index")
+
+
+def test_a_set_without_indexes_still_verifies(copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    edit_manifest(copy, lambda m: [info.pop("index") for info in m["splits"].values()])
+    assert main(["verify", str(copy)]) == 0

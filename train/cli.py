@@ -148,7 +148,7 @@ def resolve_config(args: argparse.Namespace, info: SetInfo, saved: dict[str, Any
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
-    """`segshards train`: returns the exit status."""
+    """`segshards train`: train a small CNN on a shard set, report metrics; returns the exit status."""
     from segshards.train.loop import train  # after argument parsing: --help stays fast
 
     args = train_parser().parse_args(list(sys.argv[1:] if argv is None else argv))

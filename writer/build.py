@@ -13,6 +13,7 @@ from typing import Any
 
 import joblib
 from segshards.writer import __version__
+from segshards.writer.build_checks import check_supply, settings_diff
 from segshards.writer.card import CARD, render_card
 from segshards.writer.cluster import check_scheduler, run_on_dask
 from segshards.writer.errors import ConfigError, OutputError, SegshardsError, SupplyError
@@ -26,6 +27,7 @@ from segshards.writer.remote import run_remote_task
 from segshards.writer.schema import SampleSchema
 from segshards.writer.shards import ShardResult, ShardTask, run_shard_task
 from segshards.writer.store import Store, is_remote, open_store
+from segshards.writer.wids_index import write_indexes
 from tqdm import tqdm
 
 MARKER = ".segshards-build.json"
@@ -47,6 +49,7 @@ class BuildConfig:
     backend: str
     options: dict[str, Any]  # recipe options as recorded in the manifest
     scheduler: str | None = None  # dask scheduler address, for backend "dask"
+    progress: bool | None = None  # progress bar on stderr; None: only when stderr is a terminal
 
     def public(self) -> dict[str, Any]:
         counts = {s: ("all" if n is None else n) for s, n in self.counts.items()}
@@ -104,8 +107,8 @@ def claim_output(store: Store, public: dict[str, Any]) -> frozenset[str]:
             if found != public:
                 what = found.get("recipe", "?") if isinstance(found, dict) else "?"
                 raise OutputError(
-                    f"--out {store.url}: holds a {what} set built with other settings ({name}); "
-                    f"choose another {store.noun} or delete it"
+                    f"--out {store.url}: holds a {what} set built with other settings ({name}: "
+                    f"{settings_diff(found, public)}); choose another {store.noun} or delete it"
                 )
     visible = store.entries()
     if visible and MANIFEST not in names and MARKER not in names:
@@ -267,7 +270,10 @@ def render_all(
     counts = list(config.counts.values())
     total = None if None in counts else sum(n for n in counts if n is not None)
     results: list[ShardResult] = []
-    with tqdm(total=total, unit="sample", unit_scale=True, desc=recipe.name, smoothing=0.1) as bar:
+    bar_off = None if config.progress is None else not config.progress  # tqdm: None = off unless a terminal
+    with tqdm(
+        total=total, unit="sample", unit_scale=True, desc=recipe.name, smoothing=0.1, disable=bar_off
+    ) as bar:
         run = run_tasks(
             tracked(), jobs=config.jobs, backend=config.backend, scheduler=config.scheduler, runner=runner
         )
@@ -315,6 +321,7 @@ def build_claimed(recipe: Recipe, spec: Any, config: BuildConfig) -> dict[str, A
     try:
         info = recipe.describe(spec)  # validates source checksums before any work
         schema = recipe.schema(spec)
+        check_supply(recipe, spec, config.counts)
         store, present = claim(config)
         work = work_folder(config)
         task_spec = worker_spec(recipe, spec, config, work)
@@ -336,8 +343,10 @@ def build_claimed(recipe: Recipe, spec: Any, config: BuildConfig) -> dict[str, A
     order = {s: i for i, s in enumerate(SPLITS)}
     results.sort(key=lambda r: (order.get(r.split, len(order)), r.split, r.index))
     manifest = make_manifest(recipe, info, schema, config, plans, results)
+    write_indexes(store, manifest)  # one wids index per split, listed in the manifest
     data = dumps(manifest)
-    store.write(CARD, render_card(manifest, data).encode("utf-8"))  # the card first, the manifest last
+    card = render_card(manifest, data, location=store.url)
+    store.write(CARD, card.encode("utf-8"))  # the card first, the manifest last
     store.write(MANIFEST, data)
     store.delete(MARKER)
     write_run_log(config, store, results, time.perf_counter() - started)

@@ -1,17 +1,20 @@
-"""The dataset card: a README.md beside each set's manifest, rendered from the manifest alone."""
+"""The dataset card: a README.md beside each set's manifest, a Hugging Face dataset card rendered from the
+manifest and the set's location (its folder, or the s3:// URL it was built or published to)."""
 
 import hashlib
 import inspect
 import json
+from pathlib import Path
 from typing import Any
 
+from segshards.writer.card_clients import MASK_NOTE, front_matter, location_of, snippets
 from segshards.writer.errors import ConfigError
 from segshards.writer.manifest import MANIFEST, split_names
 from segshards.writer.recipe import UNKNOWN_LICENCE
 from segshards.writer.recipes import get_recipe
+from segshards.writer.schema import SampleSchema, schema_of
 
 CARD = "README.md"
-PLACEHOLDER = "path/to/set"  # where the snippets expect the set; replace with its folder or s3:// URL
 
 
 def licence(manifest: dict[str, Any]) -> str:
@@ -32,62 +35,13 @@ def description(recipe_name: str) -> str:
     return "\n\n".join(p for p in parts if p)
 
 
-def shard_pattern(names: list[str]) -> str:
-    """Brace pattern webdataset expands to `names` (consecutive `SPLIT-NNNNNN.tar`)."""
-    if len(names) == 1:
-        return names[0]
-    first, last = names[0], names[-1]
-    stem, _, start = first.removesuffix(".tar").rpartition("-")
-    stop = last.removesuffix(".tar").rpartition("-")[2]
-    return f"{stem}-{{{start}..{stop}}}.tar"
-
-
-def snippets(manifest: dict[str, Any]) -> str:
-    """Three lines with our loader, three with stock webdataset."""
-    splits = [s for s in split_names(manifest) if manifest["splits"][s]["shards"]] or ["train"]
-    split = splits[0]
-    names = [e["name"] for e in manifest["splits"].get(split, {}).get("shards", [])] or [
-        f"{split}-000000.tar"
-    ]
-    image = manifest.get("sample", {}).get("image", "png")
-    if image == "png":
-        decode = '.decode("l8")'
-    else:  # colour images: masks stay single-channel
-        decode = '.decode(wds.handle_extension("mask.png", wds.imagehandler("l8")), "rgb8")'
-    return "\n".join(
-        [
-            "With segshards' loader (batches of uint8 tensors, decoded with cv2):",
-            "",
-            "```python",
-            "from segshards.loaders import make_loader",
-            f'loader = make_loader("{PLACEHOLDER}", split="{split}", batch_size=64)',
-            'batch = next(iter(loader))  # batch["image"] (N, C, H, W) uint8, batch["mask"] (N, H, W)',
-            "```",
-            "",
-            "With stock webdataset (numpy arrays):",
-            "",
-            "```python",
-            "import webdataset as wds",
-            f'dataset = wds.WebDataset("{PLACEHOLDER}/{shard_pattern(names)}", shardshuffle=False){decode}',
-            f'image, mask, meta = next(iter(dataset.to_tuple("{image}", "mask.png", "json")))',
-            "```",
-            "",
-            "Stock webdataset's `decode()` unpickles `.pkl`/`.pickle`/`.pyd` members unless `WDS_SECURE=1` is in "
-            "the environment when it is imported. Before reading a copy of this set that you did not build, run "
-            "`segshards verify` on it: it checks every shard against the manifest and refuses pickles, links and "
-            "unsafe member names (our loader refuses them too).",
-        ]
-    )
-
-
-def count_table(manifest: dict[str, Any], part: str, title: str) -> list[str]:
+def count_table(manifest: dict[str, Any], part: str, title: str, names: dict[int, str]) -> list[str]:
     """One row per value of the split histograms' `part` ('pixels' or 'labels'), one column per split."""
     splits = split_names(manifest)
     hist = {s: manifest["splits"][s].get("class_histogram", {}).get(part, {}) for s in splits}
     values = sorted({int(v) for h in hist.values() for v in h})
     if not values:
         return []
-    names = {int(c["class"]): str(c.get("name", "")) for c in manifest.get("source", {}).get("classes", [])}
     head = [title, *(["name"] if names else []), *splits]
     lines = [
         "| " + " | ".join(head) + " |",
@@ -103,38 +57,76 @@ def count_table(manifest: dict[str, Any], part: str, title: str) -> list[str]:
     return lines
 
 
-def histogram(manifest: dict[str, Any]) -> list[str]:
+def mask_names(schema: SampleSchema) -> dict[int, str]:
+    """Mask value -> name: the schema's classes, and the ignore value."""
+    names = dict(enumerate(schema.classes))
+    if schema.ignore is not None:
+        names[schema.ignore] = "ignore"
+    return names
+
+
+def class_table(schema: SampleSchema) -> list[str]:
+    """Every value a mask pixel may hold, with its name and what it means for training."""
+    lines = ["| mask value | name | meaning |", "|---:|---|---|"]
+    for value, name in enumerate(schema.classes):
+        meaning = "background" if value == schema.background else "class"
+        lines.append(f"| {value} | {name} | {meaning} |")
+    if schema.ignore is not None:
+        lines.append(f"| {schema.ignore} | ignore | not scored: leave out of the loss and the metrics |")
+    return lines
+
+
+def histogram(manifest: dict[str, Any], schema: SampleSchema) -> list[str]:
     """Mask pixels per class, and samples per label where the recipe labels samples."""
-    lines = ["Mask pixels per class and split:", "", *count_table(manifest, "pixels", "mask class")]
-    labels = count_table(manifest, "labels", "label")
+    pixels = count_table(manifest, "pixels", "mask value", mask_names(schema))
+    lines = ["Mask pixels per class and split:", "", *pixels]
+    label_names = {
+        int(c["class"]): str(c.get("name", "")) for c in manifest.get("source", {}).get("classes", [])
+    }
+    labels = count_table(manifest, "labels", "label", label_names)
     if labels:
         lines += [
             "",
-            "Occurrences of each label in the samples' metadata (the recipe's per-sample classes; a sample may carry several):",
+            "Occurrences of each label in the samples' metadata (the recipe's per-sample classes; a sample may "
+            "carry several):",
             "",
             *labels,
         ]
     return lines
 
 
-def render_card(manifest: dict[str, Any], manifest_bytes: bytes) -> str:
-    """The README.md of a set: deterministic, from the manifest and its exact bytes."""
+def index_of(manifest: dict[str, Any], split: str) -> dict[str, Any]:
+    """The split's wids index entry ({} when it has none, as sets of earlier versions)."""
+    entry = manifest["splits"][split].get("index")
+    return entry if isinstance(entry, dict) else {}
+
+
+def render_card(manifest: dict[str, Any], manifest_bytes: bytes, *, location: str | Path) -> str:
+    """The README.md of a set at `location`: deterministic, from the manifest, its exact bytes and the
+    location its snippets read from (`segshards publish` renders it again for the destination)."""
     recipe = manifest["recipe"]
     splits = split_names(manifest)
-    sample = manifest.get("sample", {})
-    mask = manifest.get("mask", {})
-    ignore = f", {mask['ignore_index']} = ignore" if "ignore_index" in mask else ""
+    schema = schema_of(manifest)
+    hash_info = manifest.get("hash", {})
+    ignore = f", {schema.ignore} = ignore" if schema.ignore is not None else ""
     lines = [
+        *front_matter(manifest),
         f"# {recipe}: image segmentation shards",
         "",
         description(recipe),
         "",
         f"Written by segshards {manifest.get('segshards_version', '?')} (format {manifest['format']} "
         f"v{manifest['format_version']}) as WebDataset tar shards. Each sample is three members: "
-        f"`KEY.{sample.get('image', 'png')}` (the image), `KEY.{sample.get('mask', 'mask.png')}` (uint8 class "
-        f"index per pixel: {mask.get('background', 0)} = background{ignore}, {mask.get('num_classes', '?')} "
-        f"classes) and `KEY.{sample.get('meta', 'json')}` (metadata). KEY is the "
-        f"{manifest.get('hash', {}).get('algorithm', '?')} of the image pixels; no two samples share one.",
+        f"`KEY.{schema.image}` (the image), `KEY.{schema.mask}` (uint8 class index per pixel: "
+        f"{schema.background} = background{ignore}, {schema.num_classes} classes) and `KEY.{schema.meta}` "
+        f"(metadata). KEY is the {hash_info.get('algorithm', '?')} of the "
+        f"{hash_info.get('of', 'image pixels')}; no two samples share one.",
+        "",
+        "## Classes",
+        "",
+        *class_table(schema),
+        "",
+        MASK_NOTE,
         "",
         "## How it was built",
         "",
@@ -152,16 +144,17 @@ def render_card(manifest: dict[str, Any], manifest_bytes: bytes) -> str:
         "",
         "## Splits",
         "",
-        "| split | samples | shards |",
-        "|---|---:|---:|",
+        "| split | samples | shards | wids index |",
+        "|---|---:|---:|---|",
         *(
-            f"| {s} | {manifest['splits'][s]['count']:,} | {len(manifest['splits'][s]['shards'])} |"
+            f"| {s} | {manifest['splits'][s]['count']:,} | {len(manifest['splits'][s]['shards'])} | "
+            f"{index_of(manifest, s).get('name', '-')} |"
             for s in splits
         ),
         "",
         "## Class histogram",
         "",
-        *histogram(manifest),
+        *histogram(manifest, schema),
         "",
         "## Source and licence",
         "",
@@ -176,19 +169,26 @@ def render_card(manifest: dict[str, Any], manifest_bytes: bytes) -> str:
         "",
         "## Loading",
         "",
-        snippets(manifest),
+        f"This set is at `{location_of(location)}`; if you moved it, change that location in the snippets.",
+        "",
+        *snippets(manifest, location_of(location)),
         "",
         "## Checksums",
         "",
         f"`{MANIFEST}` sha256: `{hashlib.sha256(manifest_bytes).hexdigest()}`. `segshards verify` checks every "
-        "shard below against it, and every key against its image's pixels.",
+        "shard and index below against it, and every key against its image's pixels.",
         "",
-        "| shard | samples | bytes | sha256 |",
+        "| file | samples | bytes | sha256 |",
         "|---|---:|---:|---|",
         *(
             f"| {e['name']} | {e['count']:,} | {e['bytes']:,} | `{e['sha256']}` |"
             for s in splits
             for e in manifest["splits"][s]["shards"]
+        ),
+        *(
+            f"| {e['name']} | | {e['bytes']:,} | `{e['sha256']}` |"
+            for s in splits
+            if (e := index_of(manifest, s))
         ),
         "",
     ]

@@ -1,14 +1,19 @@
 """The `segshards` command line: build, verify, preview, plus subcommands that other packages register."""
 
 import argparse
+import ast
+import contextlib
+import difflib
+import importlib.util
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from segshards.writer import __version__
 from segshards.writer.build import BACKENDS, BuildConfig, build
 from segshards.writer.errors import SegshardsError, StoreError
-from segshards.writer.launch import INTERRUPTED
+from segshards.writer.launch import INTERRUPTED, capped_jobs
 from segshards.writer.local_pool import stop_workers
 from segshards.writer.preview import write_preview
 from segshards.writer.publish import PublishConfig, publish
@@ -28,7 +33,7 @@ def build_parser(recipe_name: str | None, *, list_recipes: bool = False) -> argp
         prog="segshards", description="Segmentation datasets as WebDataset shards.", allow_abbrev=False
     )
     parser.add_argument("--version", action="version", version=f"segshards {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
     names = recipe_names()
     b = sub.add_parser(
         "build",
@@ -44,7 +49,12 @@ def build_parser(recipe_name: str | None, *, list_recipes: bool = False) -> argp
             f"--{split}", type=int, default=None, metavar="N", help=f"{split} samples (default: recipe's)"
         )
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--jobs", type=int, default=0, help="parallel workers (0 = all cores)")
+    b.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        help="parallel workers (0 = all cores; capped at the cores and the shards)",
+    )
     b.add_argument(
         "--shard-size", type=int, default=None, metavar="K", help="samples per shard (default: the recipe's)"
     )
@@ -54,17 +64,41 @@ def build_parser(recipe_name: str | None, *, list_recipes: bool = False) -> argp
     )
     if recipe_name in names:
         get_recipe(recipe_name).add_options(b)
+    b.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: only when stderr is a terminal)",
+    )
     v = sub.add_parser("verify", help="check a shard set against its manifest")
     v.add_argument("folder", help="set folder, or s3://bucket/prefix")
     u = sub.add_parser("publish", help="upload a finished set to s3://bucket/prefix, manifest last")
     u.add_argument("folder", help="set folder")
     u.add_argument("dest", help="s3://bucket/prefix (endpoint and credentials from the AWS environment)")
     u.add_argument("--jobs", type=int, default=8, help="concurrent uploads")
-    p = sub.add_parser("preview", help="contact sheet of samples with masks overlaid")
-    p.add_argument("folder")
-    p.add_argument("-o", "--output", default="preview.png")
-    p.add_argument("--split", default="train")
-    p.add_argument("--count", type=int, default=64)
+    p = sub.add_parser(
+        "preview",
+        help="contact sheet of samples with masks overlaid",
+        description="Draw the first samples of a split, masks tinted by class, 8 to a row, into one image.",
+    )
+    p.add_argument("folder", help="set folder (holding manifest.json)")
+    p.add_argument(
+        "-o",
+        "--output",
+        default="preview.png",
+        help="image to write: .png, or .jpg/.jpeg for JPEG (default: %(default)s)",
+    )
+    p.add_argument("--split", default="train", help="split to draw from (default: %(default)s)")
+    p.add_argument(
+        "--count",
+        type=int,
+        default=64,
+        metavar="N",
+        help="samples to draw, at least 1 (default: %(default)s)",
+    )
+    for name, summary in plugin_summaries().items():
+        if name not in COMMAND_NAMES:  # a plugin cannot replace a built-in command
+            sub.add_parser(name, help=summary, add_help=False)
     return parser
 
 
@@ -80,20 +114,32 @@ def recipe_list(names: list[str]) -> str:
     return "\n".join(lines)
 
 
+def shard_count(counts: dict[str, int | None], shard_size: int) -> int | None:
+    """How many shards the counts make, when every count is known in advance."""
+    if None in counts.values() or shard_size < 1:
+        return None
+    return sum(-(-n // shard_size) for n in counts.values() if n is not None and n > 0)
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     recipe = get_recipe(args.recipe)
     defaults = recipe.default_counts()
     counts = {s: getattr(args, s) if getattr(args, s) is not None else defaults[s] for s in SPLITS}
+    shard_size = args.shard_size if args.shard_size is not None else recipe.shard_size
+    jobs, note = capped_jobs(args.jobs, shard_count(counts, shard_size))
+    if note:
+        print(f"segshards: note: {note}", file=sys.stderr)
     config = BuildConfig(
         recipe=recipe.name,
         out=args.out if is_remote(args.out) else Path(args.out),
         counts=counts,
         seed=args.seed,
-        shard_size=args.shard_size if args.shard_size is not None else recipe.shard_size,
-        jobs=args.jobs,
+        shard_size=shard_size,
+        jobs=jobs,
         backend=args.backend,
         options=recipe.spec_config(args),
         scheduler=args.scheduler,
+        progress=args.progress,
     )
     try:
         manifest = build(recipe, recipe.make_spec(args), config)
@@ -131,8 +177,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    write_preview(Path(args.folder), Path(args.output), split=args.split, count=args.count)
-    print(f"wrote {args.output}")
+    drawn = write_preview(Path(args.folder), Path(args.output), split=args.split, count=args.count)
+    more = "" if drawn == args.count else f" (the {args.split} split holds only {drawn})"
+    print(f"wrote {args.output}: {drawn} {args.split} samples{more}")
     return 0
 
 
@@ -144,26 +191,98 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+COMMAND_NAMES = tuple(COMMANDS)
+
+
+def plugin_entry_points() -> dict[str, Any]:
+    """Subcommands registered under the `segshards.commands` entry-point group, by name."""
+    from importlib.metadata import entry_points  # ~30 ms: only when a command is not ours, or for help
+
+    return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
+
+
 def plugin(name: str) -> Callable[[list[str]], int] | None:
     """A subcommand registered under the `segshards.commands` entry-point group, if any."""
-    from importlib.metadata import entry_points  # ~30 ms: only when a command is not ours
+    ep = plugin_entry_points().get(name)
+    return None if ep is None else ep.load()
 
-    for ep in entry_points(group=PLUGIN_GROUP):
-        if ep.name == name:
-            return ep.load()
+
+def plugin_summaries() -> dict[str, str]:
+    """Each plugin command's one-line summary: its function's docstring, read without importing the plugin
+    (which may import torch, or be broken)."""
+    return {name: docstring_summary(ep.value, name) for name, ep in sorted(plugin_entry_points().items())}
+
+
+def docstring_summary(reference: str, name: str) -> str:
+    """First line of the docstring of `module:function`, without a leading "`segshards NAME`:" and a
+    trailing "; returns ..."."""
+    module, _, function = reference.partition(":")
+    try:
+        spec = importlib.util.find_spec(module)
+        source = Path(spec.origin).read_text() if spec and spec.origin else ""
+        tree = ast.parse(source)
+    except (ImportError, OSError, SyntaxError, ValueError):
+        return f"(from {module}; cannot be read)"
+    node = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function), None)
+    doc = (ast.get_docstring(node) or "") if node else ""
+    line = doc.strip().splitlines()[0] if doc.strip() else f"(from {module})"
+    return line.removeprefix(f"`segshards {name}`:").split("; returns")[0].strip().rstrip(".")
+
+
+def output_folder(args: argparse.Namespace) -> Path | None:
+    """The local folder a command writes into, if any (to remove it again if the command fails)."""
+    if args.command == "build" and not is_remote(args.out):
+        return Path(args.out)
+    if args.command == "publish" and not is_remote(args.dest):
+        return Path(args.dest)
+    if args.command == "preview":
+        return Path(args.output).parent
     return None
+
+
+@contextlib.contextmanager
+def no_empty_folder_left(folder: Path | None) -> Iterator[None]:
+    """Remove the folders the command created (from `folder` up) when it fails and leaves them empty."""
+    first_existing = folder
+    while (
+        first_existing is not None and not first_existing.exists() and first_existing.parent != first_existing
+    ):
+        first_existing = first_existing.parent
+    try:
+        yield
+    except BaseException:
+        created = folder
+        while created is not None and created != first_existing and created.is_dir():
+            try:
+                created.rmdir()  # only if empty
+            except OSError:
+                break
+            created = created.parent
+        raise
+
+
+def unknown_command(name: str) -> str:
+    """The error for a command that is neither ours nor a plugin's: the nearest name, and all of them."""
+    names = [*COMMANDS, *plugin_entry_points()]
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown command {name!r}{hint} (commands: {', '.join(names)}; `segshards --help` says what each does)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status. Only here do errors become exit codes."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv and argv[0] not in COMMANDS and (handler := plugin(argv[0])) is not None:
+        if argv and argv[0] not in COMMANDS and not argv[0].startswith("-") and (handler := plugin(argv[0])):
             return handler(argv[1:])
         recipe_name = argv[1] if len(argv) > 1 and argv[0] == "build" else None
         list_recipes = argv[:1] == ["build"] and recipe_name not in recipe_names()
-        args = build_parser(recipe_name, list_recipes=list_recipes).parse_args(argv)
-        return COMMANDS[args.command](args)
+        parser = build_parser(recipe_name, list_recipes=list_recipes)
+        if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:  # nor a plugin's (see above)
+            parser.error(unknown_command(argv[0]))
+        args = parser.parse_args(argv)
+        with no_empty_folder_left(output_folder(args)):
+            return COMMANDS[args.command](args)
     except SegshardsError as exc:
         print(f"segshards: error: {exc}", file=sys.stderr)
         return 1

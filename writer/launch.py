@@ -20,6 +20,41 @@ def option(argv: Sequence[str], name: str, default: str) -> str:
     return value
 
 
+def cores() -> int:
+    """The cores this process may run on."""
+    from joblib import cpu_count  # honours CPU affinity and container quotas
+
+    return max(int(cpu_count()), 1)
+
+
+def capped_jobs(jobs: int, shards: int | None) -> tuple[int, str | None]:
+    """`--jobs` capped at the machine's cores and at the shards to write (when known), with a note saying so.
+
+    0 (all cores) is never noted: it becomes the cores, or fewer when there are fewer shards.
+    """
+    limit, why = cores(), "the cores on this machine"
+    if shards is not None and shards < limit:
+        limit, why = max(shards, 1), "the shards to write"
+    if jobs <= 0:
+        return (limit if shards is not None and shards < cores() else jobs), None
+    if jobs <= limit:
+        return jobs, None
+    return limit, f"--jobs {jobs}: capped at {limit} ({why})"
+
+
+def planned_shards(argv: Sequence[str]) -> int | None:
+    """The shards a build command line asks for, when it gives every split's count and the shard size
+    (else None: the default shard size is the recipe's, which this early step does not import)."""
+    try:
+        counts = [int(option(argv, f"--{split}", "")) for split in ("train", "val", "test")]
+        size = int(option(argv, "--shard-size", ""))
+    except ValueError:
+        return None
+    if size < 1 or min(counts) < 0:
+        return None
+    return sum(-(-n // size) for n in counts)
+
+
 def early_workers(argv: Sequence[str]) -> None:
     """Start the local workers of a `build` command line now (no-op for anything else)."""
     if not argv or argv[0] != "build" or "-h" in argv or "--help" in argv:
@@ -30,9 +65,11 @@ def early_workers(argv: Sequence[str]) -> None:
         jobs = int(option(argv, "--jobs", "0"))
     except ValueError:
         return  # the parser reports it
+    if jobs < 0:
+        return  # the build reports it
     from segshards.writer.local_pool import start_build_workers
 
-    start_build_workers(jobs)
+    start_build_workers(capped_jobs(jobs, planned_shards(argv))[0])  # the build prints the note
 
 
 INTERRUPTED = "segshards: interrupted; run the same command again to resume"

@@ -1,4 +1,4 @@
-"""`segshards preview`: a PNG contact sheet of samples with masks overlaid in colour."""
+"""`segshards preview`: a PNG (or JPEG) contact sheet of samples with masks overlaid in colour."""
 
 import json
 from pathlib import Path
@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 from segshards.writer.atomic import atomic_write
 from segshards.writer.encode import decode_image, encode_png
-from segshards.writer.manifest import read_manifest, shard_entries
+from segshards.writer.errors import ConfigError, OutputError
+from segshards.writer.manifest import read_manifest, shard_entries, split_names
 from segshards.writer.tarstream import iter_samples, open_shard
 
 CELL = 112
@@ -73,12 +74,42 @@ def cell(sample: dict[str, Any], palette: np.ndarray, where: str) -> np.ndarray:
     return canvas
 
 
+FORMATS = {".png": ".png", ".jpg": ".jpg", ".jpeg": ".jpg"}  # output extension -> OpenCV encoder
+JPEG_QUALITY = 90
+
+
+def check_output(output: Path) -> str:
+    """The encoder for `output`'s extension; ConfigError for one it cannot write."""
+    encoder = FORMATS.get(output.suffix.lower())
+    if encoder is None:
+        raise ConfigError(
+            f"-o {output}: cannot write {output.suffix or 'a file without an extension'}; use .png, .jpg or .jpeg"
+        )
+    return encoder
+
+
+def check_request(manifest: dict[str, Any], folder: Path, split: str, count: int) -> list[dict[str, Any]]:
+    """The shard entries to draw from; ConfigError for a count below 1, an unknown or an empty split."""
+    if count < 1:
+        raise ConfigError(f"--count {count}: must be at least 1")
+    if split not in manifest["splits"]:
+        raise ConfigError(f"--split {split!r}: not in {folder} (has {', '.join(split_names(manifest))})")
+    entries = shard_entries(manifest, split)
+    if not manifest["splits"][split]["count"]:
+        non_empty = [s for s in split_names(manifest) if manifest["splits"][s]["count"]]
+        raise ConfigError(
+            f"--split {split}: holds no samples in {folder} (samples in: {', '.join(non_empty) or 'none'})"
+        )
+    return entries
+
+
 def contact_sheet(folder: Path, *, split: str = "train", count: int = 64, columns: int = 8) -> np.ndarray:
-    """BGR contact sheet of the first `count` samples of `split`."""
+    """BGR contact sheet of the first `count` samples of `split` (fewer when the split has fewer)."""
     manifest = read_manifest(folder)
+    entries = check_request(manifest, folder, split, count)
     palette = manifest_palette(manifest)
     cells: list[np.ndarray] = []
-    for entry in shard_entries(manifest, split):
+    for entry in entries:
         path = folder / entry["name"]
         with open_shard(path) as f:
             for sample in iter_samples(f, str(path), max_bytes=entry["bytes"]):
@@ -95,6 +126,24 @@ def contact_sheet(folder: Path, *, split: str = "train", count: int = 64, column
     return sheet
 
 
-def write_preview(folder: Path, output: Path, *, split: str, count: int) -> None:
-    """Write the contact sheet of `folder` to `output` (PNG)."""
-    atomic_write(output, encode_png(contact_sheet(folder, split=split, count=count)))
+def encode_sheet(sheet: np.ndarray, encoder: str) -> bytes:
+    """The sheet as PNG or JPEG bytes."""
+    if encoder == ".png":
+        return encode_png(sheet)
+    ok, buffer = cv2.imencode(encoder, sheet, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise OutputError(f"cannot encode the contact sheet as {encoder}")
+    return buffer.tobytes()
+
+
+def write_preview(folder: Path, output: Path, *, split: str, count: int) -> int:
+    """Write the contact sheet of `folder` to `output` (PNG, or JPEG for .jpg/.jpeg); returns the samples
+    drawn. Everything is checked before anything is drawn."""
+    encoder = check_output(output)
+    sheet = contact_sheet(folder, split=split, count=count)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)  # removed again if the write fails (see cli)
+    except OSError as exc:
+        raise OutputError(f"-o {output}: cannot create {output.parent} ({exc.strerror or exc})") from exc
+    atomic_write(output, encode_sheet(sheet, encoder))
+    return min(count, read_manifest(folder)["splits"][split]["count"])

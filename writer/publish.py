@@ -1,6 +1,7 @@
 """`segshards publish DIR s3://bucket/prefix`: upload a finished set, manifest last, resumable at any point.
 
-Each object is sent in one request that the store makes visible only when complete (see `segshards.writer.store`),
+The card is rendered again for the destination, so that its snippets read from there. Each object is
+sent in one request that the store makes visible only when complete (see `segshards.writer.store`),
 so nothing appears under its final name half-written; the manifest goes last, so a set with a manifest is
 a complete set. Objects already there with the right size and recorded sha256 are skipped: running the
 same command again after any interruption uploads only what is missing.
@@ -14,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from segshards.writer.build import MARKER, RUN_LOG
-from segshards.writer.card import CARD
+from segshards.writer.card import CARD, render_card
 from segshards.writer.errors import ConfigError, OutputError, ShardFormatError
 from segshards.writer.keys import file_digest
 from segshards.writer.manifest import MANIFEST, parse_manifest, split_names
 from segshards.writer.store import Store, open_store
+from segshards.writer.wids_index import entry_problem, index_entries
 
 
 @dataclass(frozen=True)
@@ -42,33 +44,41 @@ class PublishReport:
 
 @dataclass(frozen=True)
 class SetFile:
-    """One file of the set: its name, size and expected sha256."""
+    """One file of the set: its name, size and expected sha256; `data` when it is sent from memory."""
 
     name: str
     size: int
     sha256: str
+    data: bytes | None = None
 
 
-def set_files(folder: Path, manifest: dict[str, Any]) -> list[SetFile]:
-    """The files to upload before the manifest: every shard the manifest lists, then the card if present.
+def listed_file(folder: Path, entry: dict[str, Any]) -> SetFile:
+    """A file the manifest lists (shard or index), refused when missing, a link, or of the wrong size."""
+    path = folder / entry["name"]
+    if path.is_symlink() or not path.is_file():
+        raise ShardFormatError(f"{path}: listed in the manifest but not a regular file")
+    if path.stat().st_size != entry["bytes"]:
+        raise ShardFormatError(
+            f"{path}: {path.stat().st_size} bytes, manifest says {entry['bytes']}; run segshards verify"
+        )
+    return SetFile(entry["name"], entry["bytes"], entry["sha256"])
 
-    Refuses a set whose shards are missing, of the wrong size, or symbolic links (which could point
+
+def set_files(folder: Path, manifest: dict[str, Any], manifest_bytes: bytes, dest: str) -> list[SetFile]:
+    """The files to upload before the manifest: every shard and wids index the manifest lists, then the card
+    rendered for `dest` (its snippets read from there).
+
+    Refuses a set whose files are missing, of the wrong size, or symbolic links (which could point
     anywhere); contents are checked against the manifest's sha256 as they are uploaded.
     """
-    files: list[SetFile] = []
-    for split in split_names(manifest):
-        for entry in manifest["splits"][split]["shards"]:
-            path = folder / entry["name"]
-            if path.is_symlink() or not path.is_file():
-                raise ShardFormatError(f"{path}: listed in the manifest but not a regular file")
-            if path.stat().st_size != entry["bytes"]:
-                raise ShardFormatError(
-                    f"{path}: {path.stat().st_size} bytes, manifest says {entry['bytes']}; run segshards verify"
-                )
-            files.append(SetFile(entry["name"], entry["bytes"], entry["sha256"]))
-    card = folder / CARD
-    if card.is_file() and not card.is_symlink():
-        files.append(SetFile(CARD, card.stat().st_size, file_digest(card)))
+    files = [listed_file(folder, e) for s in split_names(manifest) for e in manifest["splits"][s]["shards"]]
+    for split, entry in index_entries(manifest):
+        problem = entry_problem(entry, split, str(folder / MANIFEST))
+        if problem:
+            raise ShardFormatError(problem)
+        files.append(listed_file(folder, entry))
+    card = render_card(manifest, manifest_bytes, location=dest).encode("utf-8")
+    files.append(SetFile(CARD, len(card), hashlib.sha256(card).hexdigest(), card))
     return files
 
 
@@ -108,6 +118,9 @@ def publish_file(store: Store, folder: Path, file: SetFile, present: bool) -> bo
     """Upload one file unless it is already in place; returns True when it was uploaded."""
     if present and in_place(store, file):
         return False
+    if file.data is not None:
+        store.write(file.name, file.data)
+        return True
     path = folder / file.name
     actual = file_digest(path)
     if actual != file.sha256:
@@ -132,7 +145,7 @@ def publish(config: PublishConfig) -> PublishReport:
     store = open_store(config.dest)
     if store.is_folder(folder):
         raise ConfigError(f"{config.dest}: is the set's own folder")
-    files = set_files(folder, manifest)
+    files = set_files(folder, manifest, manifest_bytes, store.url)
     names = claim_destination(store, manifest_bytes, files)
     report = PublishReport()
     with ThreadPoolExecutor(max_workers=config.jobs, thread_name_prefix="publish") as pool:

@@ -12,6 +12,7 @@ from segshards.writer.keys import is_key, pixel_key
 from segshards.writer.manifest import MANIFEST, SHARD_NAME, parse_manifest, shard_entries, split_names
 from segshards.writer.store import Store, open_store
 from segshards.writer.tarstream import iter_samples
+from segshards.writer.wids_index import check_index, entry_problem, index_entries
 
 Opener = Callable[[str], bytes]
 
@@ -95,8 +96,28 @@ def verify_location(location: str | Path) -> tuple[list[str], int, int]:
     manifest = read_set_manifest(store)
     sizes = {e["name"]: e["bytes"] for s in manifest["splits"].values() for e in s["shards"]}
     problems, shards, samples = verify_set(manifest, lambda name: store.read(name, sizes[name]), store.url)
+    problems.extend(verify_indexes(manifest, store))
     listed = {e["name"] for s in manifest["splits"].values() for e in s["shards"]}
     for name in store.names():
         if name not in listed and SHARD_NAME.fullmatch(name):
             problems.append(f"{store.url}/{name}: shard not listed in the manifest")
     return problems, shards, samples
+
+
+def verify_indexes(manifest: dict[str, Any], store: Store) -> list[str]:
+    """Problems with the splits' wids indexes that the manifest lists."""
+    problems: list[str] = []
+    for split, entry in index_entries(manifest):
+        bad = entry_problem(entry, split, f"{store.url}/{MANIFEST}")
+        if bad:
+            problems.append(bad)
+            continue
+        where = f"{store.url}/{entry['name']}"
+        try:
+            data = store.read(entry["name"])
+        except (OSError, SegshardsError) as exc:
+            problems.append(str(exc) if isinstance(exc, StoreError) else f"{where}: cannot read ({exc})")
+            continue
+        shards = manifest["splits"][split]["shards"]
+        problems.extend(check_index(data, entry, manifest["recipe"], split, shards, where))
+    return problems

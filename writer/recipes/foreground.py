@@ -23,6 +23,10 @@ class SingleDigitRecipe(DigitsSourceMixin):
     def default_counts(self) -> dict[str, int | None]:
         return {"train": None, "val": None, "test": None}
 
+    def supply(self, spec: DigitsSpec, split: str) -> int:
+        """The most samples `split` can give: one per digit of its pool (fewer when digits repeat)."""
+        return len(split_pool(load_digits(spec), split))
+
     def candidates(self, spec: DigitsSpec, split: str, rng: np.random.Generator) -> Iterator[Candidates]:
         digits = load_digits(spec)
         order = rng.permutation(split_pool(digits, split))
