@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import numpy as np
 import psutil
 import xxhash
+
 from segshards.writer.plan import plan_all
 from segshards.writer.recipes import get_recipe
 from segshards.writer.recipes.digits import BUNDLED_MNIST, DigitsSpec, load_digits

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import torch
-from segshards.loaders import DevicePrefetcher, make_loader, to_float
 
 from bench.loader_bench import BATCH, SmallNet, ensure_shards, train_step
+from segshards.loaders import DevicePrefetcher, make_loader, to_float
 
 
 def loader_alone(folder: str, workers: int, prefetch: int) -> tuple[float, float]:

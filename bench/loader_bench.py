@@ -23,6 +23,7 @@ from pathlib import Path
 import psutil
 import torch
 import webdataset as wds
+
 from segshards.loaders import DevicePrefetcher, make_loader, to_float
 from segshards.loaders.integrity import Verify
 from segshards.writer.cli import main as writer_main

@@ -13,10 +13,10 @@ import cv2
 import numpy as np
 import psutil
 import webdataset as wds
-from segshards.writer.recipes.digits import BUNDLED_MNIST, cached_digits, decode_digits, split_pool
-from segshards.writer.recipes.grid import compose
 
 from bench.commands import grid_build, timed
+from segshards.writer.recipes.digits import BUNDLED_MNIST, cached_digits, decode_digits, split_pool
+from segshards.writer.recipes.grid import compose
 
 OUT = Path("bench-out/writer")
 

@@ -21,6 +21,8 @@ from itertools import islice
 
 import numpy as np
 import torch
+from torch.utils.data import IterableDataset
+
 from segshards.loaders.decode import BUFFER, BatchAssembler
 from segshards.loaders.integrity import Verify
 from segshards.loaders.messages import Chunk, Message, Parcel, WorkerEnd
@@ -45,7 +47,6 @@ from segshards.loaders.worker_pool import PositionBoard, worker_slot
 from segshards.writer.errors import ShardFormatError
 from segshards.writer.limits import DecodeLimits
 from segshards.writer.tarformat import Sample
-from torch.utils.data import IterableDataset
 
 MAX_PER_ITEM = 64
 

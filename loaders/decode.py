@@ -21,6 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+
 from segshards.writer.encode import decode_image as cv2_decode
 from segshards.writer.errors import ShardFormatError
 from segshards.writer.limits import DecodeLimits, check_batch, default_limits

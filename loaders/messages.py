@@ -8,6 +8,7 @@ reused shared memory travels without it, as a `RingRef` (see `segshards.loaders.
 from dataclasses import dataclass, field
 
 import torch
+
 from segshards.loaders.stages import Stats
 
 

@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 import braceexpand
+
 from segshards.loaders.storage import RetryPolicy, join_url, read_url, scheme_of
 from segshards.writer.errors import ConfigError, ShardFormatError
 from segshards.writer.manifest import MANIFEST, parse_manifest, shard_entries

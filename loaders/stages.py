@@ -12,6 +12,7 @@ from itertools import islice
 from typing import IO, Literal, TypeVar
 
 import numpy as np
+
 from segshards.loaders.integrity import CheckedStream, Verify, read_checked
 from segshards.loaders.storage import RetryPolicy, open_url
 from segshards.writer.errors import SegshardsError, ShardFormatError

@@ -13,6 +13,7 @@ never waits and never holds a slot the main process still needs.
 from typing import Any
 
 import torch
+
 from segshards.loaders.decode import BUFFER
 from segshards.loaders.messages import Chunk, RingRef
 

@@ -11,8 +11,9 @@ from typing import Any
 
 import cv2
 import torch
-from segshards.writer.errors import SegshardsError
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from segshards.writer.errors import SegshardsError
 
 
 def worker_slot() -> int | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from segshards.writer.cli import main as writer_main
 
 MOTO_START_TIMEOUT_S = 30.0

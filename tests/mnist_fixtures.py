@@ -14,6 +14,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+
 from segshards.writer.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from segshards.writer.atomic import atomic_stream, atomic_write
 from segshards.writer.errors import OutputError
 

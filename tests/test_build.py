@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from segshards.writer.cli import main
 from segshards.writer.keys import pixel_key
-
 from tests.mnist_fixtures import (
     BUNDLED,
     ROOT,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from segshards.writer.card import render_card
 from segshards.writer.card_clients import shard_pattern, size_category
 from segshards.writer.cli import main
@@ -15,7 +16,6 @@ from segshards.writer.recipe import UNKNOWN_LICENCE
 from segshards.writer.recipes.coco import COCO_LICENCE
 from segshards.writer.recipes.digits import MNIST_LICENCE
 from segshards.writer.store import LocalStore
-
 from tests.mnist_fixtures import SMALL, build_once, tiny_source, unlocated
 
 

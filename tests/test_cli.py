@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from segshards.writer.cli import main
 
+from segshards.writer.cli import main
 from tests.mnist_fixtures import (
     LABELS_MAGIC,
     SHARD_FILE,

@@ -11,12 +11,12 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+
 from segshards.writer.build import MARKER
 from segshards.writer.cli import main
 from segshards.writer.errors import SourceError
 from segshards.writer.keys import pixel_key
 from segshards.writer.recipes.coco import CocoSemanticRecipe, CocoSpec, file_sha256, select
-
 from tests.coco_fixtures import CLASS_OF, CocoFixture, expected_mask, with_exif, write_coco
 from tests.mnist_fixtures import comparable
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import cv2
 import pytest
+
 from segshards.writer.cli import main
 from segshards.writer.recipes.coco import permutation
-
 from tests.coco_fixtures import CocoFixture, annotation, image_record, write_coco
 
 Edit = Callable[[dict[str, Any]], None]

@@ -12,10 +12,10 @@ from typing import Any
 
 import psutil
 import pytest
+
 import segshards.writer.build
 import segshards.writer.cluster
 from segshards.writer.cli import main
-
 from tests.mnist_fixtures import comparable, error_lines, folder_bytes, tiny_source
 from tests.moto_fixture import S3, free_port, s3_fixture, wait_listening  # noqa: F401
 

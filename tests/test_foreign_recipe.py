@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+
 from segshards.loaders import make_loader
 from segshards.train.cli import eval_main, train_main
 from segshards.writer.build import BuildConfig, build

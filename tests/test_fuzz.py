@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from segshards.loaders import SkippedDataWarning, make_loader
 from segshards.writer.errors import SegshardsError
 from segshards.writer.tarformat import BLOCK
 from segshards.writer.verify import verify_location
-
 from tests.conftest import build_set
 from tests.deadline import deadline
 

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from segshards.writer.cli import main
 from segshards.writer.errors import SegshardsError
-
 from tests.deadline import deadline
 from tests.mnist_fixtures import error_lines
 from tests.moto_fixture import S3, s3_fixture  # noqa: F401  (fixtures)

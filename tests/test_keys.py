@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xxhash
+
 from segshards.writer.keys import HASH_ALGORITHM, file_digest, is_key, pixel_digest, pixel_key
 
 

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 import segshards.writer.launch
 import segshards.writer.local_pool
 from segshards.writer import cli

@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from segshards.loaders import SkippedDataWarning, make_loader
 from segshards.loaders.decode import decode_member, fast_png
 from segshards.writer.encode import decode_image, encode_gray_png, encode_png

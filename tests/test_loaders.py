@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+
 from segshards.loaders import DevicePrefetcher, ResumeError, SkippedDataWarning, make_loader, to_float
 from segshards.writer.encode import encode_png
 from segshards.writer.errors import ConfigError, ShardFormatError

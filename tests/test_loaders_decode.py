@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+
 from segshards.loaders.decode import BatchAssembler, decode_member, fast_png, letterbox, unpack
 from segshards.loaders.errors import ShardFormatError
 from segshards.writer.encode import encode_png

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+
 from segshards.loaders import SkippedDataWarning, make_loader
 from segshards.loaders.integrity import CheckedStream, read_checked
 from segshards.writer.errors import ConfigError, ShardFormatError

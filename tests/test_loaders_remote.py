@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 import webdataset as wds
+
 from segshards.loaders import RetryPolicy, StorageError, make_loader
 from segshards.loaders.storage import classify, open_url, read_url
 from segshards.writer.errors import ShardFormatError
-
 from tests.conftest import aws_env, run_moto_server
 from tests.test_loaders import batch_keys, flat, manifest_keys
 

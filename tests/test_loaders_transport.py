@@ -1,6 +1,7 @@
 """Worker-to-main transport: ring slots reused only once released, fresh buffers otherwise, private copies."""
 
 import torch
+
 from segshards.loaders.decode import BUFFER
 from segshards.loaders.messages import Chunk, Parcel, RingRef
 from segshards.loaders.transport import WorkerRing, receive, release_counters

@@ -14,8 +14,8 @@ from typing import Any
 
 import psutil
 import pytest
-from segshards.writer.local_pool import run_with_parent
 
+from segshards.writer.local_pool import run_with_parent
 from tests.mnist_fixtures import ROOT
 
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from segshards.writer.errors import OutputError
 from segshards.writer.lock import LOCK, claim_folder, release_folder
 

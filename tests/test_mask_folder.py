@@ -14,10 +14,10 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
+
 from segshards.writer.cli import main
 from segshards.writer.keys import pixel_key
 from segshards.writer.recipes.coco import palette
-
 from tests.mnist_fixtures import ROOT, SHARD_FILE, folder_bytes, read_set, read_shard, visible_files
 
 # Real photographs to crop from: the shared coco-tiny images beside the repository (or a worktree of it).

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from segshards.train.metrics import (
     IGNORE_INDEX,
     ConfusionMatrix,

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from segshards.writer.errors import SourceError
 from segshards.writer.mnist import load_mnist
-
 from tests.mnist_fixtures import (
     LABELS_MAGIC,
     STEMS,

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from segshards.train.models import CircleNet, UNet
 
 

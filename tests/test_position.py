@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from segshards.loaders.errors import ResumeError
 from segshards.loaders.position import EpochPosition, WorkerPosition
 

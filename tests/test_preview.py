@@ -5,8 +5,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from segshards.writer.cli import main
 
+from segshards.writer.cli import main
 from tests.mnist_fixtures import SMALL, build_once, error_lines
 
 CELL = 112  # pixels per contact-sheet cell

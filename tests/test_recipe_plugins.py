@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from segshards.loaders import make_loader
 from segshards.writer.cli import main
 from segshards.writer.recipe import Recipe

@@ -4,12 +4,12 @@ import json
 from pathlib import Path
 
 import pytest
+
 import segshards.writer.build
 from segshards.writer.cli import main
 from segshards.writer.errors import OutputError
 from segshards.writer.remote import run_remote_task
 from segshards.writer.shards import ShardResult, ShardTask
-
 from tests.mnist_fixtures import SMALL, build_once, comparable, error_lines, folder_bytes
 from tests.moto_fixture import S3, no_secret_in, s3_fixture  # noqa: F401  (fixtures)
 

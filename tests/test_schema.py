@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from segshards.loaders import make_loader
 from segshards.writer.cli import main
 from segshards.writer.errors import ShardFormatError

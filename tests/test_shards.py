@@ -4,6 +4,7 @@ import platform
 
 import numpy as np
 import pytest
+
 from segshards.writer.shards import class_counts
 
 

@@ -4,6 +4,7 @@ import random
 from pathlib import Path
 
 import pytest
+
 from segshards.loaders.stages import (
     Stats,
     derive_seed,

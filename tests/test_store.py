@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 import segshards.loaders.storage as loader_storage
 from segshards.loaders.errors import StorageError
 from segshards.writer.build import MARKER, claim_output
@@ -16,7 +17,6 @@ from segshards.writer.errors import ConfigError, OutputError, StoreError
 from segshards.writer.lock import LOCK
 from segshards.writer.storage import ATTEMPTS_VARIABLE, RetryPolicy, classify, s3_filesystem, with_retries
 from segshards.writer.store import LocalStore, ObjectInfo, S3Store, is_remote, open_store, safe_reason
-
 from tests.moto_fixture import S3, SECRET, no_secret_in, s3_fixture  # noqa: F401  (fixtures)
 
 

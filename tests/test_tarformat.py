@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import webdataset as wds
+
 from segshards.writer.errors import ShardFormatError
 from segshards.writer.keys import is_key, pixel_key
 from segshards.writer.tarformat import BLOCK, RECORD, tar_bytes, ustar_header
 from segshards.writer.tarstream import iter_members, iter_samples
-
 from tests.mnist_fixtures import SMALL, build_once, decode
 
 MEMBERS = [

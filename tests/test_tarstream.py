@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import webdataset as wds
+
 from segshards.writer.errors import ShardFormatError
 from segshards.writer.tarformat import tar_bytes
 from segshards.writer.tarstream import iter_members, iter_samples, read_regular

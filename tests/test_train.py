@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from segshards.train.checkpoint import CHECKPOINT, load_checkpoint
 from segshards.train.cli import eval_main, train_main
 from segshards.train.config import TrainConfig

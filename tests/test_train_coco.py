@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from segshards.train.checkpoint import CHECKPOINT, load_checkpoint
 from segshards.train.cli import eval_main, train_main
 from segshards.writer.cli import main as writer_main

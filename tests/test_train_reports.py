@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from segshards.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from segshards.train.errors import CheckpointError, OutputError
 from segshards.train.reports import METRICS, read_metrics, update_metrics

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from segshards.writer.cli import main
 
+from segshards.writer.cli import main
 from tests.mnist_fixtures import SMALL, build_once, error_lines
 
 

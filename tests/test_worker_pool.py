@@ -3,9 +3,10 @@
 from collections.abc import Iterator
 
 import pytest
+from torch.utils.data import IterableDataset
+
 from segshards.loaders.worker_pool import PositionBoard, WorkerPool, original_error, worker_slot
 from segshards.writer.errors import ShardFormatError
-from torch.utils.data import IterableDataset
 
 
 class Echo(IterableDataset):

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from segshards.train.errors import CheckpointError
 from segshards.writer.atomic import atomic_write
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from segshards.loaders import make_loader
 from segshards.train.checkpoint import CHECKPOINT, load_checkpoint
 from segshards.train.config import TrainConfig, default_precision, default_workers, resolve_device

@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
+
 from segshards.writer.errors import ConfigError
 
 # Fields a resumed run may change: where the data lives and how this machine runs, not what is learned.

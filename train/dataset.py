@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 import numpy as np
+
 from segshards.loaders import RetryPolicy
 from segshards.loaders.source import read_set_manifest
 from segshards.train.errors import ConfigError

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+from tqdm import tqdm
+
 from segshards.loaders import DevicePrefetcher, make_loader, to_float
 from segshards.train.config import TrainConfig
 from segshards.train.scores import Batch
 from segshards.train.tasks import Task
-from torch import nn
-from tqdm import tqdm
 
 EVAL_BATCH = 256
 # Channels-last lets oneDNN (CPU) and cuDNN pick their fast convolution kernels: 2-4x here on small convs.

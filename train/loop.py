@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+from tqdm import tqdm
+
 from segshards.loaders import DevicePrefetcher, make_loader
 from segshards.train.checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from segshards.train.config import RUNTIME_FIELDS, TrainConfig, validate
@@ -31,8 +34,6 @@ from segshards.train.evaluate import (
 from segshards.train.plots import plot_curves
 from segshards.train.reports import update_metrics
 from segshards.train.tasks import Task, task_for
-from torch import nn
-from tqdm import tqdm
 
 WARMUP_FRACTION = 0.15  # of all steps, for the one-cycle learning-rate schedule
 

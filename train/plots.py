@@ -12,6 +12,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle, Patch
 from matplotlib.ticker import MaxNLocator
+
 from segshards.train.metrics import circle_iou
 from segshards.writer.atomic import atomic_write
 from segshards.writer.preview import default_palette, overlay

@@ -5,6 +5,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+
 from segshards.train.metrics import (
     IGNORE_INDEX,
     ConfusionMatrix,

@@ -15,12 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from segshards.train.errors import ConfigError
 from segshards.train.models import CircleNet, UNet
 from segshards.train.plots import plot_circles, plot_segmentation
 from segshards.train.scores import Batch, CircleMetrics, Metrics, SegmentationMetrics, circle_pixels
 from segshards.writer.schema import SampleSchema, Target
-from torch import nn
 
 NO_IGNORE = -100  # F.cross_entropy's default: no class id is ignored
 

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import joblib
+from tqdm import tqdm
+
 from segshards.writer import __version__
 from segshards.writer.build_checks import check_supply, settings_diff
 from segshards.writer.card import CARD, render_card
@@ -28,7 +30,6 @@ from segshards.writer.schema import SampleSchema
 from segshards.writer.shards import ShardResult, ShardTask, run_shard_task
 from segshards.writer.store import Store, is_remote, open_store
 from segshards.writer.wids_index import write_indexes
-from tqdm import tqdm
 
 MARKER = ".segshards-build.json"
 WORK_DIR = ".segshards-work"

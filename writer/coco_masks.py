@@ -6,6 +6,7 @@ from typing import Any, NamedTuple
 import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
+
 from segshards.writer.coco_annotations import Annotation, BadRecord
 
 IGNORE = 255

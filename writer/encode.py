@@ -10,11 +10,12 @@ from typing import Any
 
 import cv2
 import numpy as np
+from zlib_ng import zlib_ng
+
 from segshards.writer.errors import ShardFormatError
 from segshards.writer.keys import pixel_key
 from segshards.writer.limits import DecodeLimits, check_image
 from segshards.writer.recipe import Rendered
-from zlib_ng import zlib_ng
 
 # Grayscale PNGs are assembled here around zlib-ng's deflate (level 1, no row filter): 2-3x faster than
 # cv2.imencode, whose zlib dominates the cost of a shard, at the same size once padded into tar blocks.

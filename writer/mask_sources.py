@@ -13,6 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 from PIL import Image
+
 from segshards.writer.errors import ConfigError, SourceError
 from segshards.writer.recipe import SPLITS
 

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from zlib_ng import gzip_ng, zlib_ng
+
 from segshards.writer.errors import SourceError
 from segshards.writer.keys import file_digests
-from zlib_ng import gzip_ng, zlib_ng
 
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from segshards.writer.errors import SupplyError
 from segshards.writer.recipe import SPLITS, Recipe
 from segshards.writer.recipes import recipe_ref

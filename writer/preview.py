@@ -6,6 +6,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+
 from segshards.writer.atomic import atomic_write
 from segshards.writer.encode import decode_image, encode_png
 from segshards.writer.errors import ConfigError, OutputError

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
 from segshards.writer.schema import SampleSchema
 
 SPLITS = ("train", "val", "test")

@@ -13,6 +13,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+
 from segshards.writer.atomic import atomic_stream
 from segshards.writer.encode import decode_image, sample_members
 from segshards.writer.errors import ShardFormatError

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import cv2
+
 from segshards.writer.keys import file_digest
 
 CACHE_FORMAT = 1

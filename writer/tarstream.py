@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from typing import IO
 
 import numpy as np
+
 from segshards.writer.errors import ShardFormatError
 from segshards.writer.limits import default_limits, env_name
 from segshards.writer.tarformat import BLOCK, REFUSED_SUFFIXES, Sample, split_member_name

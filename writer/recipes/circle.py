@@ -4,6 +4,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+
 from segshards.writer.recipe import Rendered
 from segshards.writer.recipes.digits import DigitsSpec, load_digits, source_ref
 from segshards.writer.recipes.foreground import SingleDigitRecipe

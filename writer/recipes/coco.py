@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import xxhash
 from joblib import cpu_count
+
 from segshards.writer.coco_annotations import (
     ON_ERROR,
     BadRecord,

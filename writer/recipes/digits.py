@@ -9,6 +9,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+
 from segshards.data import MNIST
 from segshards.writer.errors import ConfigError
 from segshards.writer.keys import pixel_digest

@@ -3,6 +3,7 @@
 from collections.abc import Iterator
 
 import numpy as np
+
 from segshards.writer.recipe import Candidates, Rendered
 from segshards.writer.recipes.digits import (
     DigitsSourceMixin,

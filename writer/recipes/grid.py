@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+
 from segshards.writer.recipe import Candidates, Rendered
 from segshards.writer.recipes.digits import (
     DigitsSourceMixin,

@@ -18,6 +18,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+
 from segshards.writer.encode import encode_png
 from segshards.writer.errors import ConfigError, SourceError, SupplyError
 from segshards.writer.keys import file_digest, pixel_digest
