@@ -4,9 +4,14 @@ import functools
 import gzip
 import hashlib
 import json
+import os
 import re
+import signal
 import struct
+import subprocess
+import sys
 import tarfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -216,3 +221,22 @@ def cv2_otsu(image: np.ndarray) -> np.ndarray:
     """0/1 Otsu mask exactly as cv2 computes it."""
     _, mask = cv2.threshold(image, 0, 1, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
     return mask
+
+
+def kill_after_first_shard(build_args: list[str], out: Path, *, hint: str = "") -> list[str]:
+    """Run `segshards BUILD_ARGS --out OUT` in a child process, SIGKILL it once its first shard is visible,
+    and return the visible files left behind (fails the test when the build ends first)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "segshards", *build_args, "--out", str(out)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 60
+    try:
+        while proc.poll() is None and not list(out.glob("*.tar")) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        if proc.poll() is not None:
+            pytest.fail(f"the build ended (rc {proc.returncode}) before it could be killed{hint}")
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    return visible_files(out)

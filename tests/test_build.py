@@ -2,11 +2,6 @@
 
 import hashlib
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -17,12 +12,12 @@ from segshards.writer.cli import main
 from segshards.writer.keys import pixel_key
 from tests.mnist_fixtures import (
     BUNDLED,
-    ROOT,
     SHARD_FILE,
     SMALL,
     build_once,
     decode,
     folder_bytes,
+    kill_after_first_shard,
     read_set,
     read_shard,
     tiny_source,
@@ -187,20 +182,7 @@ def test_resume_after_sigkill_gives_the_same_bytes(tmp_path: Path) -> None:
         "--jobs",
         "1",
     ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "segshards", "build", *args, "--out", str(out)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 60
-    try:
-        while proc.poll() is None and not list(out.glob("*.tar")) and time.monotonic() < deadline:
-            time.sleep(0.002)
-        if proc.poll() is not None:
-            pytest.fail(f"the build ended (rc {proc.returncode}) before it could be killed; raise --train")
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-    left = visible_files(out)
+    left = kill_after_first_shard(["build", *args], out, hint="; raise --train")
     assert left and all(SHARD_FILE.fullmatch(name) for name in left), left  # no manifest, no partial name
     assert len(left) < 18, "killed too late to test resuming"
     for name in left:  # every visible shard is complete

@@ -2,10 +2,6 @@
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +14,14 @@ from PIL import Image
 from segshards.writer.cli import main
 from segshards.writer.keys import pixel_key
 from segshards.writer.recipes.coco import palette
-from tests.mnist_fixtures import ROOT, SHARD_FILE, folder_bytes, read_set, read_shard, visible_files
+from tests.mnist_fixtures import (
+    ROOT,
+    SHARD_FILE,
+    folder_bytes,
+    kill_after_first_shard,
+    read_set,
+    read_shard,
+)
 
 # Real photographs to crop from: the shared coco-tiny images beside the repository (or a worktree of it).
 COCO_TINY = next(
@@ -388,20 +391,7 @@ def test_resume_after_sigkill_gives_the_same_bytes(tmp_path: Path) -> None:
     out = tmp_path / "killed"
     args = ["build", "mask-folder", *tree.args("--classes", str(tree.root / "labelmap.txt")),
             "--shard-size", "2", "--jobs", "1"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "segshards", *args, "--out", str(out)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 60
-    try:
-        while proc.poll() is None and not list(out.glob("*.tar")) and time.monotonic() < deadline:
-            time.sleep(0.002)
-        if proc.poll() is not None:
-            pytest.fail(f"the build ended (rc {proc.returncode}) before it could be killed")
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-    left = visible_files(out)
+    left = kill_after_first_shard(args, out)
     assert left and all(SHARD_FILE.fullmatch(n) for n in left), left  # no manifest, no partial name
     assert len(left) < 30, "killed too late to test resuming"
     assert all(len(read_shard(out / n)) == 2 for n in left)

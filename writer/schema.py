@@ -35,6 +35,19 @@ INT64 = (-(2**63), 2**63 - 1)
 MAX_DIMS, MAX_ELEMENTS = 4, 4096  # targets are small per-sample facts, not arrays
 
 
+# Suggested training for photographs of any size: letterboxed to 320x320, a four-level U-Net at stem 2
+# (total stride 16; the README's "Models" says why). Recipes of photographs add their metrics.
+PHOTOGRAPH_TRAINING: dict[str, Any] = {
+    "epochs": 1,
+    "batch_size": 8,
+    "lr": 1e-3,
+    "samples_per_epoch": None,
+    "widths": [32, 64, 128, 256],
+    "stem": 2,
+    "size": [320, 320],
+}
+
+
 @dataclass(frozen=True)
 class Target:
     """One per-sample value taken from the sample's JSON into the batch as `name`, (N, *shape) of `dtype`."""

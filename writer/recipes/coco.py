@@ -30,7 +30,7 @@ from segshards.writer.coco_masks import IGNORE, OVERLAPS, Instance, annotation_r
 from segshards.writer.errors import ConfigError, SourceError, SupplyError
 from segshards.writer.keys import file_digest, pixel_digest
 from segshards.writer.recipe import SPLITS, Candidates, Licence, RecipeBase, Rendered, SourceInfo
-from segshards.writer.schema import SampleSchema
+from segshards.writer.schema import PHOTOGRAPH_TRAINING, SampleSchema
 
 DEFAULT_COUNTS = {"train": 8000, "val": 500, "test": 500}
 SELECTION_STREAM = 5  # the permutation's stream: (seed, 5), apart from the planner's (seed, split 0..2)
@@ -357,16 +357,7 @@ class CocoSemanticRecipe(RecipeBase):
     # Photographs of every size train letterboxed to `size`; 81 classes (background + 80 categories). The
     # U-Net's four levels at stem 2 (total stride 16): the deepest features see ~136 px of the 320 px image,
     # each output logit ~200 px. The README's "Models" says why, and what it costs on a CPU.
-    training = {
-        "epochs": 1,
-        "batch_size": 8,
-        "lr": 1e-3,
-        "samples_per_epoch": None,
-        "widths": [32, 64, 128, 256],
-        "stem": 2,
-        "size": [320, 320],
-        "metrics": ["miou", "miou_objects", "pixel_accuracy"],
-    }
+    training = {**PHOTOGRAPH_TRAINING, "metrics": ["miou", "miou_objects", "pixel_accuracy"]}
     shard_size = 1_000  # ~110 MB shards of photographs, and enough of them to keep every core busy
     planned_keys = True  # render() vouches for the planned key (see render): the writer need not hash pixels
 

@@ -36,7 +36,7 @@ from segshards.writer.mask_sources import (
 )
 from segshards.writer.recipe import SPLITS, UNKNOWN_LICENCE, Candidates, RecipeBase, Rendered, SourceInfo
 from segshards.writer.recipes.coco import palette
-from segshards.writer.schema import SampleSchema
+from segshards.writer.schema import PHOTOGRAPH_TRAINING, SampleSchema
 from segshards.writer.shards import class_counts
 
 ON_ERROR = ("raise", "skip")
@@ -395,16 +395,7 @@ class MaskFolderRecipe(RecipeBase):
     shard_size = 1_000  # photographs: shards of ~100-300 MB, and enough of them to keep every core busy
     planned_keys = True  # render() vouches for the planned key (see render): the writer need not hash pixels
     # Photographs of any size train letterboxed to `size`, as coco-semantic's do.
-    training = {
-        "epochs": 1,
-        "batch_size": 8,
-        "lr": 1e-3,
-        "samples_per_epoch": None,
-        "widths": [32, 64, 128, 256],
-        "stem": 2,
-        "size": [320, 320],
-        "metrics": ["miou"],
-    }
+    training = {**PHOTOGRAPH_TRAINING, "metrics": ["miou"]}
 
     def default_counts(self) -> dict[str, int | None]:
         # Resolved from the data (see `default_counts` above); the manifest records them under source.counts.
