@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import joblib
 from tqdm import tqdm
 
@@ -305,10 +306,28 @@ def warm_workers(config: BuildConfig) -> None:
         start_build_workers(config.jobs)
 
 
+@contextlib.contextmanager
+def opencv_single_threaded() -> Iterator[None]:
+    """OpenCV's own thread pool off in this process for the block (its setting given back after).
+
+    `--jobs` counts processes, each one thread: on a photograph, OpenCV splitting a transpose or a
+    histogram over a second thread bought no time here, only page faults on that thread (4 s of system
+    time in a 40 s COCO build), and it competed with the other renderers for the cores. The worker
+    processes get the same through OPENCV_FOR_THREADS_NUM (`segshards.writer.local_pool.worker_env`).
+    """
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
+
+
 def build(recipe: Recipe, spec: Any, config: BuildConfig) -> dict[str, Any]:
     """Build the shard set described by `config`; returns the manifest. Resumes an interrupted build."""
     try:
-        return build_claimed(recipe, spec, config)
+        with opencv_single_threaded():
+            return build_claimed(recipe, spec, config)
     finally:  # the folder's lock (taken in claim_output), whether the build ended or failed
         open_store(config.out).release()
 

@@ -18,8 +18,8 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import Callable, Generator, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from joblib import cpu_count
 from joblib.externals.loky import get_reusable_executor
@@ -28,7 +28,10 @@ if TYPE_CHECKING:  # segshards.writer.shards imports OpenCV: `segshards.writer.l
     from segshards.writer.shards import ShardResult, ShardTask
 
 Runner = Callable[["ShardTask"], "ShardResult"]
+T = TypeVar("T")
+R = TypeVar("R")
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+OPENCV_THREADS = "OPENCV_FOR_THREADS_NUM"  # OpenCV's own pool, read when cv2 is imported
 IDLE_TIMEOUT_S = 300
 PARENT_POLL_S = 0.5
 
@@ -72,6 +75,7 @@ def worker_env(workers: int) -> dict[str, str]:
     """Environment of the workers: thread pools sized to their share of the cores, and AWS_* settings."""
     share = str(max(cpu_count() // (workers + 1), 1))
     env = {var: os.environ.get(var, share) for var in THREAD_VARS}
+    env[OPENCV_THREADS] = os.environ.get(OPENCV_THREADS, "1")  # one thread each, as in the build process
     env.update((k, v) for k, v in sorted(os.environ.items()) if k.startswith("AWS_"))
     return env
 
@@ -221,3 +225,42 @@ def run_with_parent(tasks: Iterable["ShardTask"], runner: Runner, *, workers: in
     finally:
         feed.stop()
         thread.join()
+
+
+def map_in_order(fn: Callable[[T], R], items: Iterable[T], *, workers: int, ahead: int) -> Generator[R]:
+    """fn over `items`, results in order, computed on `workers` worker processes and in this process
+    (with no workers: all of it here, one item at a time).
+
+    Up to `ahead` calls wait on the workers; while the oldest of them is still running, this process
+    computes the next item itself instead of waiting, so every core stays busy and the output keeps the
+    order of the input whoever computed what. Calls still queued are cancelled when the consumer stops.
+    `fn` and the items must pickle (module-level functions, plain data).
+    """
+    if workers < 1:
+        yield from map(fn, items)
+        return
+    pool = executor(workers)
+    source = enumerate(items)
+    queued: dict[int, cf.Future[R]] = {}
+    done_here: dict[int, R] = {}
+    following = 0  # the index of the next result to yield
+    try:
+        for index, item in source:
+            queued[index] = pool.submit(fn, item)
+            while len(queued) >= ahead:  # enough waits on the workers: hand out results, or work here
+                if following in done_here:
+                    yield done_here.pop(following)
+                elif queued.get(following) is not None and queued[following].done():
+                    yield queued.pop(following).result()
+                else:
+                    extra = next(source, None)
+                    if extra is None:
+                        break
+                    done_here[extra[0]] = fn(extra[1])
+                    continue
+                following += 1
+        for index in sorted([*queued, *done_here]):
+            yield done_here.pop(index) if index in done_here else queued.pop(index).result()
+    finally:
+        for future in queued.values():
+            future.cancel()
