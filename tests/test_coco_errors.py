@@ -11,7 +11,9 @@ import cv2
 import pytest
 
 from segshards.writer.cli import main
-from segshards.writer.recipes.coco import permutation
+from segshards.writer.coco_annotations import BadRecord, load_index
+from segshards.writer.local_pool import map_in_order
+from segshards.writer.recipes.coco import Work, check_images, permutation
 from tests.coco_fixtures import CocoFixture, annotation, image_record, write_coco
 
 Edit = Callable[[dict[str, Any]], None]
@@ -130,6 +132,29 @@ def test_skip_leaves_the_image_out_and_counts_it(
     chosen = [i for ids in manifest["source"]["image_ids"].values() for i in ids]
     assert sorted(chosen) == sorted(ELIGIBLE - {image_id})
     assert manifest["config"]["on_error"] == "skip"
+
+
+# The cases found while checking images, not while parsing the file: the walk's worker processes meet them.
+STRUCTURAL = {"annotation-key", "image-key", "unknown-category", "duplicate-image-id", "bool-crowd"}
+WALK_CASES = [c for c in CASES if c[0] not in STRUCTURAL]
+
+
+@pytest.mark.parametrize(
+    ("case", "edit", "file_edit", "message", "reason", "image_id"), WALK_CASES, ids=[c[0] for c in WALK_CASES]
+)
+def test_a_problem_found_in_a_worker_process_comes_back_as_found_here(
+    tmp_path: Path, case: str, edit: Edit | None, file_edit: FileEdit | None,
+    message: str, reason: str, image_id: int,
+) -> None:  # fmt: skip
+    fixture = fixture_with(tmp_path, edit, file_edit)
+    index = load_index(str(fixture.annotations), None, "skip", case)
+    found = [(index.images[image_id], index.annotations.get(image_id, []))]
+    work = Work(str(fixture.images), index.name, index.class_of(), found)
+    [here] = check_images(work)
+    [[there]] = map_in_order(check_images, [work], workers=1, ahead=1)  # one item: the worker's
+    assert isinstance(here, BadRecord) and isinstance(there, BadRecord)
+    assert (there.reason, str(there)) == (here.reason, str(here))
+    assert there.reason == reason and str(there).startswith(message)
 
 
 def test_annotation_of_an_unknown_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

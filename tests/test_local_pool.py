@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 import pytest
 
-from segshards.writer.local_pool import run_with_parent
+from segshards.writer.local_pool import map_in_order, run_with_parent
 from tests.mnist_fixtures import ROOT
 
 
@@ -111,3 +111,50 @@ def test_a_sigkilled_build_leaves_no_process_and_closes_its_output_within_second
                 child.kill()
         proc.kill()
         proc.wait()
+
+
+def varied_task(task: int) -> tuple[int, int]:
+    time.sleep(0.02 * (task % 3))  # uneven durations: results finish out of order
+    return task, os.getpid()
+
+
+def test_map_in_order_keeps_the_input_order_and_computes_here_and_in_a_worker() -> None:
+    results = list(map_in_order(varied_task, range(30), workers=1, ahead=3))
+    assert [task for task, _ in results] == list(range(30))
+    pids = {pid for _, pid in results}
+    assert os.getpid() in pids and len(pids) == 2
+
+
+def test_map_in_order_without_workers_computes_everything_here() -> None:
+    results = list(map_in_order(varied_task, range(5), workers=0, ahead=3))
+    assert results == [(task, os.getpid()) for task in range(5)]
+
+
+def test_map_in_order_raises_a_task_error_in_order_and_stops_taking_items() -> None:
+    taken: list[int] = []
+
+    def items() -> Iterator[int]:
+        for task in range(60):
+            taken.append(task)
+            yield task
+
+    got: list[int] = []
+    with pytest.raises(ValueError, match="task 3 failed"):
+        for task, _ in map_in_order(failing_task, items(), workers=1, ahead=2):
+            got.append(task)
+    assert got == [0, 1, 2]  # everything before the failing item, nothing after it
+    assert len(taken) < 60
+
+
+def test_map_in_order_closed_early_takes_no_more_items() -> None:
+    taken: list[int] = []
+
+    def items() -> Iterator[int]:
+        for task in range(100):
+            taken.append(task)
+            yield task
+
+    with contextlib.closing(map_in_order(slow_task, items(), workers=1, ahead=2)) as results:
+        first = [next(results)[0] for _ in range(3)]
+    assert first == [0, 1, 2]
+    assert len(taken) < 12  # what was yielded, and the few items ahead of it

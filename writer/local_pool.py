@@ -1,4 +1,5 @@
-"""Local parallel rendering: N-1 worker processes (joblib's loky executor) plus this one, fed by one planner.
+"""Local parallel work: N-1 worker processes (joblib's loky executor) plus this one, for shards fed by one
+planner (`run_with_parent`) and for in-order maps such as a recipe's seeded walk (`map_in_order`).
 
 This process renders shards too instead of only waiting for results: it starts rendering as soon as the
 first shard is planned, while the workers are still spawning, and a build on N cores pays for N-1 worker
@@ -227,6 +228,16 @@ def run_with_parent(tasks: Iterable["ShardTask"], runner: Runner, *, workers: in
         thread.join()
 
 
+def run_here(fn: Callable[[T], R], item: T) -> cf.Future[R]:
+    """fn(item) computed now, as a finished future holding its result or its error."""
+    future: cf.Future[R] = cf.Future()
+    try:
+        future.set_result(fn(item))
+    except Exception as exc:
+        future.set_exception(exc)
+    return future
+
+
 def map_in_order(fn: Callable[[T], R], items: Iterable[T], *, workers: int, ahead: int) -> Generator[R]:
     """fn over `items`, results in order, computed on `workers` worker processes and in this process
     (with no workers: all of it here, one item at a time).
@@ -242,25 +253,25 @@ def map_in_order(fn: Callable[[T], R], items: Iterable[T], *, workers: int, ahea
     pool = executor(workers)
     source = enumerate(items)
     queued: dict[int, cf.Future[R]] = {}
-    done_here: dict[int, R] = {}
+    done_here: dict[int, cf.Future[R]] = {}  # an error here waits its turn too
     following = 0  # the index of the next result to yield
     try:
         for index, item in source:
             queued[index] = pool.submit(fn, item)
             while len(queued) >= ahead:  # enough waits on the workers: hand out results, or work here
                 if following in done_here:
-                    yield done_here.pop(following)
+                    yield done_here.pop(following).result()
                 elif queued.get(following) is not None and queued[following].done():
                     yield queued.pop(following).result()
                 else:
                     extra = next(source, None)
                     if extra is None:
                         break
-                    done_here[extra[0]] = fn(extra[1])
+                    done_here[extra[0]] = run_here(fn, extra[1])
                     continue
                 following += 1
         for index in sorted([*queued, *done_here]):
-            yield done_here.pop(index) if index in done_here else queued.pop(index).result()
+            yield (done_here if index in done_here else queued).pop(index).result()
     finally:
         for future in queued.values():
             future.cancel()
