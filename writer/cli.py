@@ -142,7 +142,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         progress=args.progress,
     )
     try:
-        manifest = build(recipe, recipe.make_spec(args), config)
+        # The recipe sees --jobs as capped: a walk on its own processes (coco-semantic) uses the same pool.
+        manifest = build(recipe, recipe.make_spec(argparse.Namespace(**{**vars(args), "jobs": jobs})), config)
     finally:
         stop_workers()  # the command is about to exit: end the idle workers now, not at interpreter exit
     summary = ", ".join(f"{s} {info['count']:,}" for s, info in manifest["splits"].items())
