@@ -10,8 +10,6 @@ import orjson
 
 from segshards.writer.errors import ConfigError, SourceError
 
-ON_ERROR = ("raise", "skip")
-
 
 class BadRecord(SourceError):
     """A record of the source breaks a rule; `reason` is the slug counted under `--on-error skip`."""

@@ -36,6 +36,25 @@ import numpy as np
 from segshards.writer.schema import SampleSchema
 
 SPLITS = ("train", "val", "test")
+ON_ERROR = ("raise", "skip")  # what a recipe reading others' files does with a bad record (`add_on_error`)
+
+
+def add_on_error(parser: argparse.ArgumentParser, item: str) -> None:
+    """The `--on-error raise|skip` option of a recipe whose source may hold bad records (`item`s)."""
+    parser.add_argument(
+        "--on-error",
+        choices=ON_ERROR,
+        default="raise",
+        dest="on_error",
+        help=f"bad input: stop (raise) or leave the {item} out and count it (skip)",
+    )
+
+
+def seeded_permutation(items: list[int], seed: int, *stream: int) -> list[int]:
+    """`items` in the order of one permutation drawn from (seed, *stream): a recipe's own stream, apart
+    from the planner's (seed, split 0..2)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, *stream]))
+    return [items[i] for i in rng.permutation(len(items))]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ import xxhash
 from joblib import cpu_count
 
 from segshards.writer.coco_annotations import (
-    ON_ERROR,
     Annotation,
     BadRecord,
     CocoClass,
@@ -29,7 +28,16 @@ from segshards.writer.coco_masks import IGNORE, OVERLAPS, Instance, annotation_r
 from segshards.writer.errors import ConfigError, SourceError, SupplyError
 from segshards.writer.keys import file_digest, pixel_digest
 from segshards.writer.local_pool import map_in_order
-from segshards.writer.recipe import SPLITS, Candidates, Licence, RecipeBase, Rendered, SourceInfo
+from segshards.writer.recipe import (
+    SPLITS,
+    Candidates,
+    Licence,
+    RecipeBase,
+    Rendered,
+    SourceInfo,
+    add_on_error,
+    seeded_permutation,
+)
 from segshards.writer.schema import PHOTOGRAPH_TRAINING, SampleSchema
 
 DEFAULT_COUNTS = {"train": 8000, "val": 500, "test": 500}
@@ -187,8 +195,7 @@ def check_images(work: Work) -> list[Checked | BadRecord]:
 
 
 def permutation(eligible: list[int], seed: int) -> list[int]:
-    rng = np.random.default_rng(np.random.SeedSequence([seed, SELECTION_STREAM]))
-    return [eligible[i] for i in rng.permutation(len(eligible))]
+    return seeded_permutation(eligible, seed, SELECTION_STREAM)
 
 
 def checked(index: CocoIndex, spec: CocoSpec, order: list[int]) -> Generator[tuple[int, Checked | BadRecord]]:
@@ -394,13 +401,7 @@ class CocoSemanticRecipe(RecipeBase):
             help="pixels of overlapping instances: ignore (255 where classes differ), "
             "z-order (smaller on top), max (highest class id)",
         )
-        parser.add_argument(
-            "--on-error",
-            choices=ON_ERROR,
-            default="raise",
-            dest="on_error",
-            help="bad input: stop (raise) or leave the image out and count it (skip)",
-        )
+        add_on_error(parser, "image")
 
     def make_spec(self, options: argparse.Namespace) -> CocoSpec:
         counts = tuple(

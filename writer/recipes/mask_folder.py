@@ -34,12 +34,20 @@ from segshards.writer.mask_sources import (
     read_mask,
     read_split_lists,
 )
-from segshards.writer.recipe import SPLITS, UNKNOWN_LICENCE, Candidates, RecipeBase, Rendered, SourceInfo
+from segshards.writer.recipe import (
+    SPLITS,
+    UNKNOWN_LICENCE,
+    Candidates,
+    RecipeBase,
+    Rendered,
+    SourceInfo,
+    add_on_error,
+    seeded_permutation,
+)
 from segshards.writer.recipes.coco import palette
 from segshards.writer.schema import PHOTOGRAPH_TRAINING, SampleSchema
 from segshards.writer.shards import class_counts
 
-ON_ERROR = ("raise", "skip")
 HELD_OUT_SHARE = 10  # without --val/--test: each gets 1/10 of the usable pairs
 ORDER_STREAM = 6  # the permutations' stream: (seed, 6[, split]), apart from the planner's (seed, split)
 CHUNK = 64  # pairs checked ahead on threads while walking the order
@@ -185,11 +193,6 @@ def checked(
             yield from zip(ahead, pool.map(check, [pairs[i] for i in ahead]), strict=True)
 
 
-def permutation(items: list[int], seed: int, *stream: int) -> list[int]:
-    rng = np.random.default_rng(np.random.SeedSequence([seed, ORDER_STREAM, *stream]))
-    return [items[i] for i in rng.permutation(len(items))]
-
-
 class Walk:
     """Fills the splits in order from a stream of checked pairs, as the planner will: problems raise or
     are skipped, a digest seen before is offered and counted as a duplicate."""
@@ -272,13 +275,15 @@ def select(spec: MaskFolderSpec) -> Selection:
         }
         refuse(spec, sel, problems)
         for k, split in enumerate(SPLITS):
-            order = permutation([index[s] for s, _ in lists[split] if s in index], spec.seed, k)
+            order = seeded_permutation(
+                [index[s] for s, _ in lists[split] if s in index], spec.seed, ORDER_STREAM, k
+            )
             with contextlib.closing(walk.stream(order)) as outcomes:
                 walk.fill(split, spec.counts[k], outcomes, drain=False)
         sel.counts = {s: len(sel.chosen[s]) for s in SPLITS}
         return sel
     refuse(spec, sel, problems)
-    order = permutation(list(range(len(sel.pairs))), spec.seed)
+    order = seeded_permutation(list(range(len(sel.pairs))), spec.seed, ORDER_STREAM)
     with contextlib.closing(walk.stream(order)) as stream:
         walked: Iterator[tuple[int, Checked | BadPair]] = stream
         if None in spec.counts:  # the defaults depend on how many pairs are usable: check them all first
@@ -429,13 +434,7 @@ class MaskFolderRecipe(RecipeBase):
             default="error",
             help="an RGB mask colour not in --classes: stop (error), 255 (ignore), nearest class colour",
         )
-        parser.add_argument(
-            "--on-error",
-            choices=ON_ERROR,
-            default="raise",
-            dest="on_error",
-            help="bad input: stop (raise) or leave the pair out and count it (skip)",
-        )
+        add_on_error(parser, "pair")
 
     def make_spec(self, options: argparse.Namespace) -> MaskFolderSpec:
         images, masks = Path(options.images).resolve(), Path(options.masks).resolve()
