@@ -26,9 +26,17 @@ shards: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# import-linter reads packages from disk by their installed names: LINT_TREE lays the repository's folders
+# out as the installed `segshards` package (symlinks), and the layers contract in pyproject.toml runs on it.
+LINT_TREE := $(VENV)/lint-tree
+
 lint: $(STAMP)
 	$(BIN)/ruff check writer loaders train tests bench
 	$(BIN)/ruff format --check writer loaders train tests bench
+	rm -rf $(LINT_TREE) && mkdir -p $(LINT_TREE)/segshards
+	ln -s $(CURDIR)/writer/toplevel/__init__.py $(CURDIR)/writer/toplevel/__main__.py $(LINT_TREE)/segshards/
+	for d in writer loaders train data; do ln -s $(CURDIR)/$$d $(LINT_TREE)/segshards/$$d; done
+	cd $(LINT_TREE) && PYTHONPATH=$(CURDIR)/$(LINT_TREE) $(CURDIR)/$(BIN)/lint-imports --config $(CURDIR)/pyproject.toml
 
 typecheck: $(STAMP)
 	$(BIN)/mypy writer loaders train

@@ -1,6 +1,6 @@
 """Dedup and planning memory per sample: the figures behind docs/SCALING.md.
 
-- the central dedup index of `segshards.writer.plan` (a Python set of 16-byte xxh3-128 digests), built the way the
+- the central dedup index of `segshards.writer.build.plan` (a Python set of 16-byte xxh3-128 digests), built the way the
   planner builds it, at several sizes: the set's table (sys.getsizeof), the digest objects as allocated,
   and the process's resident-memory growth;
 - a compact alternative: the digests as a sorted numpy array of 16-byte records (what one partition of a
@@ -19,9 +19,9 @@ import numpy as np
 import psutil
 import xxhash
 
-from segshards.writer.plan import plan_all
-from segshards.writer.recipes import get_recipe
+from segshards.writer.build.plan import plan_all
 from segshards.writer.recipes.digits import BUNDLED_MNIST, DigitsSpec, load_digits
+from segshards.writer.recipes.registry import get_recipe
 
 
 def digest_batches(n: int, batch: int = 1 << 16, seed: int = 0) -> Iterator[list[bytes]]:
@@ -38,7 +38,7 @@ def set_index(n: int) -> tuple[float, float, float]:
     rss0 = psutil.Process().memory_info().rss
     seen: set[bytes] = set()
     for batch in digest_batches(n):
-        for digest in batch:  # as segshards.writer.plan.plan_split adds them
+        for digest in batch:  # as segshards.writer.build.plan.plan_split adds them
             seen.add(digest)
     rss = psutil.Process().memory_info().rss - rss0
     digest_bytes = -(-sys.getsizeof(next(iter(seen))) // 16) * 16  # pymalloc allocates 16-byte classes
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", type=int, nargs="*", default=[1_000_000, 4_000_000, 10_000_000])
     parser.add_argument("--plan-samples", type=int, default=1_000_000)
     args, _ = parser.parse_known_args(argv)
-    print("dedup index: Python set of 16-byte digests, built as segshards.writer.plan builds it")
+    print("dedup index: Python set of 16-byte digests, built as segshards.writer.build.plan builds it")
     for n in args.sizes:
         table, digest, rss = set_index(n)
         print(

@@ -26,8 +26,8 @@ import webdataset as wds
 
 from segshards.loaders import DevicePrefetcher, make_loader, to_float
 from segshards.loaders.integrity import Verify
-from segshards.writer.cli import main as writer_main
-from segshards.writer.manifest import MANIFEST, read_manifest, shard_entries
+from segshards.writer.cli.main import main as writer_main
+from segshards.writer.format.manifest import MANIFEST, read_manifest, shard_entries
 
 BATCH = 256
 

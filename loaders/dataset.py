@@ -45,8 +45,8 @@ from segshards.loaders.storage import RetryPolicy
 from segshards.loaders.transport import WorkerRing, plain_buffer, shared_buffer
 from segshards.loaders.worker_pool import PositionBoard, worker_slot
 from segshards.writer.errors import ShardFormatError
-from segshards.writer.limits import DecodeLimits
-from segshards.writer.tarformat import Sample
+from segshards.writer.format.limits import DecodeLimits
+from segshards.writer.format.tar_writer import Sample
 
 MAX_PER_ITEM = 64
 
@@ -72,7 +72,7 @@ class LoaderConfig:
     transfer_bytes: int = 8 << 20  # arrays per item crossing from a worker (see the module docstring)
     ring_slots: int = 4  # reused shared-memory slots per worker (see segshards.loaders.transport)
     verify: Verify = "stream"  # the shards' sha256 against the manifest (segshards.loaders.integrity)
-    limits: DecodeLimits | None = None  # None: default_limits() (segshards.writer.limits)
+    limits: DecodeLimits | None = None  # None: default_limits() (segshards.writer.format.limits)
 
     @property
     def workers(self) -> int:

@@ -22,11 +22,11 @@ import cv2
 import numpy as np
 import torch
 
-from segshards.writer.encode import decode_image as cv2_decode
 from segshards.writer.errors import ShardFormatError
-from segshards.writer.limits import DecodeLimits, check_batch, default_limits
-from segshards.writer.schema import SampleSchema, Target
-from segshards.writer.tarformat import Sample
+from segshards.writer.format.images import decode_image as cv2_decode
+from segshards.writer.format.limits import DecodeLimits, check_batch, default_limits
+from segshards.writer.format.schema import SampleSchema, Target
+from segshards.writer.format.tar_writer import Sample
 
 
 def _inflater() -> types.ModuleType:
@@ -104,7 +104,7 @@ def _unfiltered(raw: bytes, width: int, height: int) -> np.ndarray | None:
 
 def decode_member(payload: bytes, ext: str, where: str, limits: DecodeLimits | None = None) -> np.ndarray:
     """An image member as (H, W) grey or (H, W, 3) RGB uint8; a mask member as (H, W). Over `limits`
-    (default: `default_limits()`, see `segshards.writer.limits`) it is a ShardFormatError naming them."""
+    (default: `default_limits()`, see `segshards.writer.format.limits`) it is a ShardFormatError naming them."""
     if ext.endswith("png"):
         array = fast_png(payload, limits)
         if array is not None:
@@ -160,7 +160,7 @@ class BatchAssembler:
 
     `allocate(nbytes)` makes the buffer; in DataLoader workers it hands out shared memory, so the batch
     crosses to the main process without another copy. `unpack` gives the user's dict of tensors.
-    `limits` (default: `default_limits()`) bound each image and the batch (`segshards.writer.limits`).
+    `limits` (default: `default_limits()`) bound each image and the batch (`segshards.writer.format.limits`).
     """
 
     def __init__(

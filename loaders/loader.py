@@ -40,8 +40,8 @@ from segshards.loaders.storage import RetryPolicy
 from segshards.loaders.transport import receive, release_counters
 from segshards.loaders.worker_pool import PositionBoard, WorkerPool, original_error
 from segshards.writer.errors import ConfigError, SegshardsError
-from segshards.writer.limits import DecodeLimits, default_limits
-from segshards.writer.schema import SampleSchema
+from segshards.writer.format.limits import DecodeLimits, default_limits
+from segshards.writer.format.schema import SampleSchema
 
 STATE_VERSION = 2  # the keys of EpochPosition.state_dict(), "version" and "settings"
 
@@ -298,7 +298,7 @@ def make_loader(
     samples of that shard may already be in batches); "before" reads and checks the whole shard (at most
     the manifest's byte count, held in memory) before any of its samples, so a shard that fails delivers
     none; "off" skips the sha256. Shard URLs without a manifest have no byte counts or hashes: nothing to
-    check. `limits` (a `segshards.writer.limits.DecodeLimits`; default: the defaults and SEGSHARDS_MAX_*
+    check. `limits` (a `segshards.writer.format.limits.DecodeLimits`; default: the defaults and SEGSHARDS_MAX_*
     environment variables) bound members, images and batches.
     pin_memory defaults to torch.cuda.is_available(). A worker sends its batches to the main process in
     items of about `transfer_bytes` (several small batches per item; `prefetch_factor` items per worker

@@ -22,8 +22,8 @@ import braceexpand
 
 from segshards.loaders.storage import RetryPolicy, join_url, read_url, scheme_of
 from segshards.writer.errors import ConfigError, ShardFormatError
-from segshards.writer.manifest import MANIFEST, parse_manifest, shard_entries
-from segshards.writer.schema import SampleSchema, schema_of
+from segshards.writer.format.manifest import MANIFEST, parse_manifest, shard_entries
+from segshards.writer.format.schema import SampleSchema, schema_of
 
 
 @dataclass(frozen=True)

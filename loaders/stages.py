@@ -16,9 +16,9 @@ import numpy as np
 from segshards.loaders.integrity import CheckedStream, Verify, read_checked
 from segshards.loaders.storage import RetryPolicy, open_url
 from segshards.writer.errors import SegshardsError, ShardFormatError
-from segshards.writer.limits import DecodeLimits
-from segshards.writer.tarformat import Sample
-from segshards.writer.tarstream import iter_samples
+from segshards.writer.format.limits import DecodeLimits
+from segshards.writer.format.tar_reader import iter_samples
+from segshards.writer.format.tar_writer import Sample
 
 T = TypeVar("T")
 OnError = Literal["raise", "skip"]

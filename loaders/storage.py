@@ -3,7 +3,7 @@
 S3 settings come from the standard AWS environment and config files, as for any boto client:
 `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` (MinIO, Ceph, moto ...), `AWS_REGION`/`AWS_DEFAULT_REGION`,
 `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`, `AWS_PROFILE`. The S3 client and the
-retry policy are the writer's (`segshards.writer.storage`): transient failures (connection errors, timeouts,
+retry policy are the writer's (`segshards.writer.storage.retry`): transient failures (connection errors, timeouts,
 HTTP 408/429/5xx, truncated responses) are retried with exponential backoff, at most ~60 s by default;
 a read that fails mid-stream reopens the object at the byte it had reached. A missing object or refused
 credentials is not retried and raises one `StorageError` naming the URL.
@@ -21,8 +21,8 @@ from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 from segshards.loaders.errors import StorageError
-from segshards.writer.storage import RetryPolicy, classify, s3_filesystem
-from segshards.writer.storage import with_retries as retrying
+from segshards.writer.storage.retry import RetryPolicy, classify, s3_filesystem
+from segshards.writer.storage.retry import with_retries as retrying
 
 __all__ = [
     "RetryPolicy",

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from segshards.writer.cli import main as writer_main
+from segshards.writer.cli.main import main as writer_main
 
 MOTO_START_TIMEOUT_S = 30.0
 S3_KEYS = {

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import pytest
 
-from segshards.writer.cli import main
+from segshards.writer.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "data" / "mnist"
@@ -168,7 +168,7 @@ def comparable(files: dict[str, bytes], location: str | Path) -> dict[str, bytes
     one for a fixed place, so that sets built in different places (folders, s3://) compare byte for byte."""
     if "README.md" not in files or "manifest.json" not in files:
         return files
-    from segshards.writer.card import render_card
+    from segshards.writer.share.card import render_card
 
     data = files["manifest.json"]
     manifest = json.loads(data)

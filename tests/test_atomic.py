@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from segshards.writer.atomic import atomic_stream, atomic_write
 from segshards.writer.errors import OutputError
+from segshards.writer.storage.atomic import atomic_stream, atomic_write
 
 
 def test_atomic_write_replaces_whole_file(tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segshards.writer.cli import main
-from segshards.writer.keys import pixel_key
+from segshards.writer.cli.main import main
+from segshards.writer.format.keys import pixel_key
 from tests.mnist_fixtures import (
     BUNDLED,
     SHARD_FILE,

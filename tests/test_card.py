@@ -1,4 +1,4 @@
-"""segshards.writer.card: every build writes a deterministic README.md whose facts match the manifest and whose
+"""segshards.writer.share.card: every build writes a deterministic README.md whose facts match the manifest and whose
 loading snippets run as written."""
 
 import hashlib
@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from segshards.writer.card import render_card
-from segshards.writer.card_clients import shard_pattern, size_category
-from segshards.writer.cli import main
-from segshards.writer.recipe import UNKNOWN_LICENCE
+from segshards.writer.cli.main import main
 from segshards.writer.recipes.coco import COCO_LICENCE
+from segshards.writer.recipes.contract import UNKNOWN_LICENCE
 from segshards.writer.recipes.digits import MNIST_LICENCE
-from segshards.writer.store import LocalStore
+from segshards.writer.share.card import render_card
+from segshards.writer.share.snippets import shard_pattern, size_category
+from segshards.writer.storage.store import LocalStore
 from tests.mnist_fixtures import SMALL, build_once, tiny_source, unlocated
 
 

@@ -47,7 +47,7 @@ def sets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     built = {recipe: build_once(tmp_path_factory, recipe, *SMALL) for recipe in MNIST_RECIPES}
     tmp = tmp_path_factory.mktemp("coco")
     source, counts = coco_source(tmp)
-    from segshards.writer.cli import main
+    from segshards.writer.cli.main import main
 
     args = [*counts, "--shard-size", "2", "--jobs", "1"]
     out = tmp / "set"
@@ -191,7 +191,7 @@ def published(
     s3: S3, sets: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> tuple[str, dict[str, Any]]:
     """The small mnist-grid set published to the loopback S3 server; (its URL, its manifest)."""
-    from segshards.writer.cli import main
+    from segshards.writer.cli.main import main
 
     url = s3.url("shared/grid")
     assert main(["publish", str(sets["mnist-grid"]), url]) == 0

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from segshards.writer.cli import main
+from segshards.writer.cli.main import main
 from tests.mnist_fixtures import (
     LABELS_MAGIC,
     SHARD_FILE,
@@ -395,14 +395,14 @@ def test_jobs_above_the_shards_are_capped_with_a_note(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     started: list[int] = []
-    monkeypatch.setattr("segshards.writer.build.start_build_workers", started.append)
-    monkeypatch.setattr("segshards.writer.launch.cores", lambda: 64)
+    monkeypatch.setattr("segshards.writer.build.job.start_build_workers", started.append)
+    monkeypatch.setattr("segshards.writer.cli.jobs.cores", lambda: 64)
     source = tiny_source(tmp_path / "src")
     argv = build_args(
         source, tmp_path / "out", "--train", "20", "--val", "4", "--test", "4", "--shard-size", "10"
     )
     argv[argv.index("--jobs") + 1] = "99"
-    monkeypatch.setattr("segshards.writer.build.run_tasks", serial_tasks)
+    monkeypatch.setattr("segshards.writer.build.job.run_tasks", serial_tasks)
     assert main(argv) == 0
     lines = error_lines(capsys.readouterr().err)
     assert lines == ["segshards: note: --jobs 99: capped at 4 (the shards to write)"]
@@ -412,7 +412,7 @@ def test_jobs_above_the_shards_are_capped_with_a_note(
 
 def serial_tasks(tasks: Any, **kwargs: Any) -> Iterator[Any]:
     """run_tasks without workers (the capped job count is what is checked, not the pool)."""
-    from segshards.writer.shards import run_shard_task
+    from segshards.writer.build.shards import run_shard_task
 
     yield from map(kwargs.get("runner", run_shard_task), tasks)
 
@@ -430,7 +430,7 @@ def test_progress_bar_only_on_a_terminal_or_when_asked(
 def test_a_count_the_source_cannot_supply_is_refused_before_rendering(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("segshards.writer.build.render_all", lambda *a, **k: pytest.fail("rendered"))
+    monkeypatch.setattr("segshards.writer.build.job.render_all", lambda *a, **k: pytest.fail("rendered"))
     source = tiny_source(tmp_path / "src")  # 44 train-pool digits
     out = tmp_path / "new" / "out"
     line = fails(capsys, build_args(source, out, "--train", "45"), naming="--train 45")

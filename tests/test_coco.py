@@ -12,10 +12,10 @@ import cv2
 import numpy as np
 import pytest
 
-from segshards.writer.build import MARKER
-from segshards.writer.cli import main
+from segshards.writer.cli.main import main
 from segshards.writer.errors import SourceError
-from segshards.writer.keys import pixel_key
+from segshards.writer.format.keys import pixel_key
+from segshards.writer.format.manifest import MARKER
 from segshards.writer.recipes.coco import CocoSemanticRecipe, CocoSpec, file_sha256, select
 from tests.coco_fixtures import CLASS_OF, CocoFixture, expected_mask, with_exif, write_coco
 from tests.mnist_fixtures import comparable

@@ -10,10 +10,10 @@ from typing import Any
 import cv2
 import pytest
 
-from segshards.writer.cli import main
-from segshards.writer.coco_annotations import BadRecord, load_index
-from segshards.writer.local_pool import map_in_order
+from segshards.writer.cli.main import main
+from segshards.writer.process_pool import map_in_order
 from segshards.writer.recipes.coco import Work, check_images, permutation
+from segshards.writer.sources.coco_annotations import BadRecord, load_index
 from tests.coco_fixtures import CocoFixture, annotation, image_record, write_coco
 
 Edit = Callable[[dict[str, Any]], None]

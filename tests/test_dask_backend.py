@@ -13,9 +13,9 @@ from typing import Any
 import psutil
 import pytest
 
-import segshards.writer.build
-import segshards.writer.cluster
-from segshards.writer.cli import main
+import segshards.writer.build.dask_backend
+import segshards.writer.build.job
+from segshards.writer.cli.main import main
 from tests.mnist_fixtures import comparable, error_lines, folder_bytes, tiny_source
 from tests.moto_fixture import S3, free_port, s3_fixture, wait_listening  # noqa: F401
 
@@ -143,7 +143,7 @@ def test_worker_killed_mid_build_still_gives_identical_bytes(
 ) -> None:
     own = Cluster(2, tmp_path)
     try:
-        run_on_dask = segshards.writer.cluster.run_on_dask
+        run_on_dask = segshards.writer.build.dask_backend.run_on_dask
         killed: list[int] = []
 
         def kill_after_first_result(*a: Any) -> Iterator[Any]:
@@ -152,7 +152,7 @@ def test_worker_killed_mid_build_still_gives_identical_bytes(
             killed.append(own.kill_busy_worker())
             yield from results
 
-        monkeypatch.setattr(segshards.writer.build, "run_on_dask", kill_after_first_result)
+        monkeypatch.setattr(segshards.writer.build.job, "run_on_dask", kill_after_first_result)
         args = [*grid_args(source, 3000), "--shard-size", "50"]
         out = tmp_path / "dask-out"
         assert main(["build", *args, "--out", str(out), "--backend", "dask", "--scheduler", own.address]) == 0
@@ -210,7 +210,7 @@ def test_scheduler_options_are_checked(
 def test_unreachable_scheduler(
     source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(segshards.writer.cluster, "CONNECT_TIMEOUT_S", 1)
+    monkeypatch.setattr(segshards.writer.build.dask_backend, "CONNECT_TIMEOUT_S", 1)
     address = f"tcp://127.0.0.1:{free_port()}"
     assert (
         main(

@@ -14,11 +14,11 @@ import torch
 
 from segshards.loaders import make_loader
 from segshards.train.cli import eval_main, train_main
-from segshards.writer.build import BuildConfig, build
-from segshards.writer.keys import pixel_digest
-from segshards.writer.recipe import Candidates, RecipeBase, Rendered, SourceInfo
-from segshards.writer.recipes import recipe_names
-from segshards.writer.schema import SampleSchema, Target
+from segshards.writer.build.job import BuildConfig, build
+from segshards.writer.format.keys import pixel_digest
+from segshards.writer.format.schema import SampleSchema, Target
+from segshards.writer.recipes.contract import Candidates, RecipeBase, Rendered, SourceInfo
+from segshards.writer.recipes.registry import recipe_names
 
 SIDE = 16
 

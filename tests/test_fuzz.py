@@ -23,8 +23,8 @@ import pytest
 
 from segshards.loaders import SkippedDataWarning, make_loader
 from segshards.writer.errors import SegshardsError
-from segshards.writer.tarformat import BLOCK
-from segshards.writer.verify import verify_location
+from segshards.writer.format.tar_writer import BLOCK
+from segshards.writer.share.verify import verify_location
 from tests.conftest import build_set
 from tests.deadline import deadline
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from segshards.writer.cli import main
+from segshards.writer.cli.main import main
 from tests.coco_fixtures import write_coco
 from tests.test_mask_folder import COCO_TINY, voc_tree
 

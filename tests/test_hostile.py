@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from segshards.writer.cli import main
+from segshards.writer.cli.main import main
 from segshards.writer.errors import SegshardsError
 from tests.deadline import deadline
 from tests.mnist_fixtures import error_lines

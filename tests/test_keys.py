@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import xxhash
 
-from segshards.writer.keys import HASH_ALGORITHM, file_digest, is_key, pixel_digest, pixel_key
+from segshards.writer.format.keys import HASH_ALGORITHM, file_digest, is_key, pixel_digest, pixel_key
 
 
 def test_xxh3_known_answers() -> None:

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-import segshards.writer.launch
-import segshards.writer.local_pool
-from segshards.writer import cli
-from segshards.writer.launch import INTERRUPTED, capped_jobs, early_workers, option, planned_shards
+import segshards.writer.build.pool
+import segshards.writer.cli.jobs
+from segshards.writer.cli import main as cli
+from segshards.writer.cli.jobs import INTERRUPTED, capped_jobs
+from segshards.writer.cli.launch import early_workers, option, planned_shards
 
 
 def test_option_reads_both_spellings_and_the_last_wins() -> None:
@@ -54,9 +55,11 @@ def test_option_reads_both_spellings_and_the_last_wins() -> None:
 def test_early_workers_start_only_for_a_local_parallel_build(
     argv: list[str], started: int | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(segshards.writer.launch, "cores", lambda: 8)
+    monkeypatch.setattr(segshards.writer.cli.jobs, "cores", lambda: 8)
     calls: list[int] = []
-    monkeypatch.setattr(segshards.writer.local_pool, "start_workers", lambda n: calls.append(n) or [])
+    monkeypatch.setattr(
+        segshards.writer.build.pool, "start_workers", lambda n, warm_up: calls.append(n) or []
+    )
     early_workers(argv)
     assert calls == ([] if started is None else [started])
 
@@ -64,7 +67,7 @@ def test_early_workers_start_only_for_a_local_parallel_build(
 def test_abbreviated_options_are_refused_since_the_launcher_reads_them_whole(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from segshards.writer.cli import main
+    from segshards.writer.cli.main import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["build", "mnist-grid", "--out", str(tmp_path / "x"), "--job", "1"])
@@ -79,7 +82,7 @@ def test_sigint_during_start_up_is_one_line_and_exit_130(tmp_path: Path) -> None
     child = (
         "import os, signal, sys, threading\n"
         f"sys.argv = ['segshards', 'verify', {str(tmp_path)!r}]\n"
-        "from segshards.writer.launch import run\n"
+        "from segshards.writer.cli.launch import run\n"
         "threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
         "run()\n"
     )
@@ -113,7 +116,7 @@ def test_interrupt_while_parsing_is_exit_130(
 def test_capped_jobs(
     jobs: int, shards: int | None, expected: tuple[int, str | None], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(segshards.writer.launch, "cores", lambda: 8)
+    monkeypatch.setattr(segshards.writer.cli.jobs, "cores", lambda: 8)
     assert capped_jobs(jobs, shards) == expected
 
 

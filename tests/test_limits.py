@@ -13,9 +13,9 @@ import pytest
 
 from segshards.loaders import SkippedDataWarning, make_loader
 from segshards.loaders.decode import decode_member, fast_png
-from segshards.writer.encode import decode_image, encode_gray_png, encode_png
 from segshards.writer.errors import ConfigError, ShardFormatError
-from segshards.writer.limits import DecodeLimits, check_image, default_limits, image_header
+from segshards.writer.format.images import decode_image, encode_gray_png, encode_png
+from segshards.writer.format.limits import DecodeLimits, check_image, default_limits, image_header
 
 
 def chunk(kind: bytes, data: bytes) -> bytes:

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from segshards.loaders import DevicePrefetcher, ResumeError, SkippedDataWarning, make_loader, to_float
-from segshards.writer.encode import encode_png
 from segshards.writer.errors import ConfigError, ShardFormatError
-from segshards.writer.manifest import read_manifest, shard_entries
-from segshards.writer.tarformat import tar_bytes
-from segshards.writer.tarstream import iter_samples
+from segshards.writer.format.images import encode_png
+from segshards.writer.format.manifest import read_manifest, shard_entries
+from segshards.writer.format.tar_reader import iter_samples
+from segshards.writer.format.tar_writer import tar_bytes
 
 
 def manifest_keys(folder: Path, split: str = "train") -> list[str]:
@@ -83,7 +83,7 @@ def test_two_ranks_of_two_workers_see_every_sample_once(
     folder = grid_set
     if shard_size != 60:  # 2 shards of 125 for 4 workers: two workers get nothing
         folder = tmp_path / "grid"
-        from segshards.writer.cli import main
+        from segshards.writer.cli.main import main
 
         assert (
             main(

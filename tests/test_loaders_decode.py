@@ -9,7 +9,7 @@ import torch
 
 from segshards.loaders.decode import BatchAssembler, decode_member, fast_png, letterbox, unpack
 from segshards.loaders.errors import ShardFormatError
-from segshards.writer.encode import encode_png
+from segshards.writer.format.images import encode_png
 from segshards.writer.recipes.circle import circle_schema
 from segshards.writer.recipes.grid import grid_schema
 

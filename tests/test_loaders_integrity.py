@@ -14,8 +14,8 @@ import pytest
 from segshards.loaders import SkippedDataWarning, make_loader
 from segshards.loaders.integrity import CheckedStream, read_checked
 from segshards.writer.errors import ConfigError, ShardFormatError
-from segshards.writer.limits import DecodeLimits
-from segshards.writer.tarformat import BLOCK
+from segshards.writer.format.limits import DecodeLimits
+from segshards.writer.format.tar_writer import BLOCK
 
 SHARD = "train-000004.tar"  # the grid set's last train shard: 10 samples (the others hold 60)
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from segshards.writer.errors import OutputError
-from segshards.writer.lock import LOCK, claim_folder, release_folder
+from segshards.writer.storage.lock import LOCK, claim_folder, release_folder
 
-HOLD = "import sys, time; from pathlib import Path; from segshards.writer.lock import claim_folder\n"
+HOLD = "import sys, time; from pathlib import Path; from segshards.writer.storage.lock import claim_folder\n"
 
 
 def holder(folder: Path) -> subprocess.Popen[str]:
@@ -67,7 +67,7 @@ def test_racing_claimants_one_wins(tmp_path: Path) -> None:
 
 
 def test_cli_build_into_a_held_folder_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from segshards.writer.cli import main
+    from segshards.writer.cli.main import main
 
     out = tmp_path / "out"
     out.mkdir()

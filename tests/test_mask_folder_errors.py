@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segshards.writer.cli import main
+from segshards.writer.cli.main import main
 from tests.test_mask_folder import CVAT_COLOURS, Tree, cvat_tree, samples_by_stem, voc_tree, write_png
 
 

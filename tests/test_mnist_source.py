@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from segshards.writer.errors import SourceError
-from segshards.writer.mnist import load_mnist
+from segshards.writer.sources.mnist_idx import load_mnist
 from tests.mnist_fixtures import (
     LABELS_MAGIC,
     STEMS,

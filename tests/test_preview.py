@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from segshards.writer.cli import main
+from segshards.writer.cli.main import main
 from tests.mnist_fixtures import SMALL, build_once, error_lines
 
 CELL = 112  # pixels per contact-sheet cell

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from segshards.writer.card import render_card
-from segshards.writer.cli import main
-from segshards.writer.store import S3Store
+from segshards.writer.cli.main import main
+from segshards.writer.share.card import render_card
+from segshards.writer.storage.store import S3Store
 from tests.mnist_fixtures import SMALL, build_once, error_lines, unlocated
 from tests.moto_fixture import S3, no_secret_in, s3_fixture  # noqa: F401  (fixtures)
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from segshards.loaders import make_loader
-from segshards.writer.cli import main
-from segshards.writer.recipe import Recipe
-from segshards.writer.recipes import get_recipe, load_ref, recipe_names
+from segshards.writer.cli.main import main
+from segshards.writer.recipes.contract import Recipe
+from segshards.writer.recipes.registry import get_recipe, load_ref, recipe_names
 
 ROOT = Path(__file__).resolve().parents[1]
 

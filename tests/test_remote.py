@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-import segshards.writer.build
-from segshards.writer.cli import main
+import segshards.writer.build.job
+from segshards.writer.build.remote import run_remote_task
+from segshards.writer.build.shards import ShardResult, ShardTask
+from segshards.writer.cli.main import main
 from segshards.writer.errors import OutputError
-from segshards.writer.remote import run_remote_task
-from segshards.writer.shards import ShardResult, ShardTask
 from tests.mnist_fixtures import SMALL, build_once, comparable, error_lines, folder_bytes
 from tests.moto_fixture import S3, no_secret_in, s3_fixture  # noqa: F401  (fixtures)
 
@@ -56,7 +56,7 @@ def test_interrupted_build_to_s3_resumes(
             raise OutputError("simulated crash")
         return run_remote_task(task, present)
 
-    monkeypatch.setattr(segshards.writer.build, "run_remote_task", failing)
+    monkeypatch.setattr(segshards.writer.build.job, "run_remote_task", failing)
     assert main(["build", "mnist-grid", "--out", s3.url("grid"), *SMALL, "--jobs", "1"]) == 1
     assert error_lines(capsys.readouterr().err) == ["segshards: error: simulated crash"]
     partial = s3.objects("grid")
@@ -64,7 +64,7 @@ def test_interrupted_build_to_s3_resumes(
     # a shard of the right name but foreign bytes is not trusted: rendered again
     s3.client.put_object(Bucket=s3.bucket, Key="grid/train-000001.tar", Body=b"not a shard")
 
-    monkeypatch.setattr(segshards.writer.build, "run_remote_task", run_remote_task)
+    monkeypatch.setattr(segshards.writer.build.job, "run_remote_task", run_remote_task)
     assert main(["build", "mnist-grid", "--out", s3.url("grid"), *SMALL, "--jobs", "1"]) == 0
     capsys.readouterr()
     log = json.loads(s3.objects("grid")["build-log.json"])

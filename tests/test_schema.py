@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from segshards.loaders import make_loader
-from segshards.writer.cli import main
+from segshards.writer.cli.main import main
 from segshards.writer.errors import ShardFormatError
+from segshards.writer.format.schema import SampleSchema, Target, schema_from_json, schema_of
 from segshards.writer.recipes.circle import circle_schema
 from segshards.writer.recipes.grid import grid_schema
-from segshards.writer.schema import SampleSchema, Target, schema_from_json, schema_of
 
 CIRCLE = Target("circle", "float32", (3,), ("circle.cx", "circle.cy", "circle.r"), "circle")
 DIGITS = Target("digits", "int64", (4,), ("digits",))

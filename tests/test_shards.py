@@ -5,7 +5,7 @@ import platform
 import numpy as np
 import pytest
 
-from segshards.writer.shards import class_counts
+from segshards.writer.format.sample import class_counts
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (56, 56), (480, 640), (3, 7)])
@@ -24,7 +24,7 @@ def test_class_counts_of_a_strided_view() -> None:
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
 def test_shard_tasks_set_glibc_to_reuse_freed_memory_once_per_process() -> None:
-    from segshards.writer.shards import keep_freed_memory
+    from segshards.writer.build.shards import keep_freed_memory
 
     keep_freed_memory.cache_clear()
     assert keep_freed_memory() is True  # both mallopt calls accepted

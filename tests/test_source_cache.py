@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import segshards.writer.recipes.digits as digits_module
-from segshards.writer.cli import main
+from segshards.writer.cli.main import main
 from segshards.writer.recipes.digits import CACHE_KIND, DigitsSpec, load_digits
-from segshards.writer.source_cache import ENV, cache_root
+from segshards.writer.sources.cache import ENV, cache_root
 from tests.mnist_fixtures import folder_bytes, tiny_source
 
 ARGS = ["--train", "40", "--val", "8", "--test", "8", "--shard-size", "16"]

@@ -1,4 +1,4 @@
-"""segshards.writer.store: local and s3:// locations, atomic writes with recorded sha256, clear errors, no secrets."""
+"""segshards.writer.storage.store: local and s3:// locations, atomic writes with recorded sha256, clear errors, no secrets."""
 
 import hashlib
 import logging
@@ -12,11 +12,18 @@ import pytest
 
 import segshards.loaders.storage as loader_storage
 from segshards.loaders.errors import StorageError
-from segshards.writer.build import MARKER, claim_output
+from segshards.writer.build.job import claim_output
 from segshards.writer.errors import ConfigError, OutputError, StoreError
-from segshards.writer.lock import LOCK
-from segshards.writer.storage import ATTEMPTS_VARIABLE, RetryPolicy, classify, s3_filesystem, with_retries
-from segshards.writer.store import LocalStore, ObjectInfo, S3Store, is_remote, open_store, safe_reason
+from segshards.writer.format.manifest import MARKER
+from segshards.writer.storage.lock import LOCK
+from segshards.writer.storage.retry import (
+    ATTEMPTS_VARIABLE,
+    RetryPolicy,
+    classify,
+    s3_filesystem,
+    with_retries,
+)
+from segshards.writer.storage.store import LocalStore, ObjectInfo, S3Store, is_remote, open_store, safe_reason
 from tests.moto_fixture import S3, SECRET, no_secret_in, s3_fixture  # noqa: F401  (fixtures)
 
 

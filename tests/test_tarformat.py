@@ -10,9 +10,9 @@ import pytest
 import webdataset as wds
 
 from segshards.writer.errors import ShardFormatError
-from segshards.writer.keys import is_key, pixel_key
-from segshards.writer.tarformat import BLOCK, RECORD, tar_bytes, ustar_header
-from segshards.writer.tarstream import iter_members, iter_samples
+from segshards.writer.format.keys import is_key, pixel_key
+from segshards.writer.format.tar_reader import iter_members, iter_samples
+from segshards.writer.format.tar_writer import BLOCK, RECORD, tar_bytes, ustar_header
 from tests.mnist_fixtures import SMALL, build_once, decode
 
 MEMBERS = [

@@ -10,8 +10,8 @@ import pytest
 import webdataset as wds
 
 from segshards.writer.errors import ShardFormatError
-from segshards.writer.tarformat import tar_bytes
-from segshards.writer.tarstream import iter_members, iter_samples, read_regular
+from segshards.writer.format.tar_reader import iter_members, iter_samples, read_regular
+from segshards.writer.format.tar_writer import tar_bytes
 
 
 def members_tar(members: list[tuple[tarfile.TarInfo, bytes]], fmt: int = tarfile.USTAR_FORMAT) -> bytes:

@@ -15,8 +15,8 @@ from segshards.train.config import TrainConfig
 from segshards.train.errors import CheckpointError
 from segshards.train.loop import train
 from segshards.train.tasks import CircleTask, SegmentationTask, task_for
-from segshards.writer.cli import main as writer_main
-from segshards.writer.schema import SampleSchema, Target
+from segshards.writer.cli.main import main as writer_main
+from segshards.writer.format.schema import SampleSchema, Target
 
 SMALL = ["--train", "512", "--val", "128", "--test", "128", "--shard-size", "128"]
 

@@ -11,7 +11,7 @@ import torch
 
 from segshards.train.checkpoint import CHECKPOINT, load_checkpoint
 from segshards.train.cli import eval_main, train_main
-from segshards.writer.cli import main as writer_main
+from segshards.writer.cli.main import main as writer_main
 
 REPO = Path(__file__).resolve().parents[1]
 # The project keeps coco-tiny in a `shared/` folder beside the checkout (or beside the worktrees' folder).

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from segshards.writer.cli import main
+from segshards.writer.cli.main import main
 from tests.mnist_fixtures import SMALL, build_once, error_lines
 
 

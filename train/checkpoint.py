@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from segshards.train.errors import CheckpointError
-from segshards.writer.atomic import atomic_write
+from segshards.writer.storage.atomic import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT_VERSION = 1

@@ -7,8 +7,8 @@ import numpy as np
 from segshards.loaders import RetryPolicy
 from segshards.loaders.source import read_set_manifest
 from segshards.train.errors import ConfigError
-from segshards.writer.preview import manifest_palette
-from segshards.writer.schema import SampleSchema, schema_of
+from segshards.writer.format.palette import manifest_palette
+from segshards.writer.format.schema import SampleSchema, schema_of
 
 
 @dataclass(frozen=True)

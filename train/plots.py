@@ -14,8 +14,8 @@ from matplotlib.patches import Circle, Patch
 from matplotlib.ticker import MaxNLocator
 
 from segshards.train.metrics import circle_iou
-from segshards.writer.atomic import atomic_write
-from segshards.writer.preview import default_palette, overlay
+from segshards.writer.format.palette import default_palette, overlay
+from segshards.writer.storage.atomic import atomic_write
 
 PALETTE_RGB = default_palette()[:, ::-1].copy()  # the preview's class colours, as RGB
 

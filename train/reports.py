@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from segshards.train.errors import OutputError
-from segshards.writer.atomic import atomic_write
+from segshards.writer.storage.atomic import atomic_write
 
 METRICS = "metrics.json"
 

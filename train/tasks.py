@@ -21,7 +21,7 @@ from segshards.train.errors import ConfigError
 from segshards.train.models import CircleNet, UNet
 from segshards.train.plots import plot_circles, plot_segmentation
 from segshards.train.scores import Batch, CircleMetrics, Metrics, SegmentationMetrics, circle_pixels
-from segshards.writer.schema import SampleSchema, Target
+from segshards.writer.format.schema import SampleSchema, Target
 
 NO_IGNORE = -100  # F.cross_entropy's default: no class id is ignored
 

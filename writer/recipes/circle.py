@@ -5,10 +5,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from segshards.writer.recipe import Rendered
+from segshards.writer.format.schema import SampleSchema, Target
+from segshards.writer.recipes.contract import Rendered
 from segshards.writer.recipes.digits import DigitsSpec, load_digits, source_ref
 from segshards.writer.recipes.foreground import SingleDigitRecipe
-from segshards.writer.schema import SampleSchema, Target
 
 
 def enclosing_circle(mask: np.ndarray) -> tuple[float, float, float]:

@@ -16,19 +16,12 @@ import numpy as np
 import xxhash
 from joblib import cpu_count
 
-from segshards.writer.coco_annotations import (
-    Annotation,
-    BadRecord,
-    CocoClass,
-    CocoIndex,
-    ImageRecord,
-    load_index,
-)
-from segshards.writer.coco_masks import IGNORE, OVERLAPS, Instance, annotation_rle, compose
 from segshards.writer.errors import ConfigError, SourceError, SupplyError
-from segshards.writer.keys import file_digest, pixel_digest
-from segshards.writer.local_pool import map_in_order
-from segshards.writer.recipe import (
+from segshards.writer.format.keys import accept, file_digest, pixel_digest
+from segshards.writer.format.palette import voc_palette
+from segshards.writer.format.schema import PHOTOGRAPH_TRAINING, SampleSchema
+from segshards.writer.process_pool import map_in_order
+from segshards.writer.recipes.contract import (
     SPLITS,
     Candidates,
     Licence,
@@ -38,7 +31,15 @@ from segshards.writer.recipe import (
     add_on_error,
     seeded_permutation,
 )
-from segshards.writer.schema import PHOTOGRAPH_TRAINING, SampleSchema
+from segshards.writer.sources.coco_annotations import (
+    Annotation,
+    BadRecord,
+    CocoClass,
+    CocoIndex,
+    ImageRecord,
+    load_index,
+)
+from segshards.writer.sources.coco_masks import IGNORE, OVERLAPS, Instance, annotation_rle, compose
 
 DEFAULT_COUNTS = {"train": 8000, "val": 500, "test": 500}
 SELECTION_STREAM = 5  # the permutation's stream: (seed, 5), apart from the planner's (seed, split 0..2)
@@ -235,8 +236,6 @@ def select(spec: CocoSpec) -> Selection:
     test (so they are disjoint); images with problems raise or are skipped. Duplicates are rejected by
     the planner's own `accept`, which the planner repeats on the same digests in the same order. Each
     image is read, decoded and hashed once, here; rendering checks it meets the same file bytes."""
-    from segshards.writer.plan import accept  # not at the top: plan -> shards -> recipes -> this module
-
     index = spec_index(spec)
     sel = Selection(eligible=len(index.eligible()))
     seen: set[bytes] = set()
@@ -324,21 +323,6 @@ def file_sha256(path: str) -> str:
         raise SourceError(f"{path}: annotation file not found") from None
     except OSError as exc:
         raise SourceError(f"{path}: cannot read ({exc.strerror or exc})") from None
-
-
-def palette(n: int) -> list[list[int]]:
-    """The PASCAL VOC colour map (RGB) for class ids 0..n-1: deterministic and well separated."""
-    colours = []
-    for i in range(n):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        colours.append([r, g, b])
-    return colours
 
 
 def skip_report(index: CocoIndex, sel: Selection) -> dict[str, Any]:
@@ -443,7 +427,7 @@ class CocoSemanticRecipe(RecipeBase):
         classes = [{"class": c.class_id, "category_id": c.category_id, "name": c.name} for c in index.classes]
         extra = {
             "classes": classes,
-            "palette": palette(len(classes) + 1),
+            "palette": voc_palette(len(classes) + 1),
             "overlap": spec.overlap,
             "annotation_file": {
                 "images": index.n_images,

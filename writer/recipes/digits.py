@@ -12,10 +12,10 @@ import numpy as np
 
 from segshards.data import MNIST
 from segshards.writer.errors import ConfigError
-from segshards.writer.keys import pixel_digest
-from segshards.writer.mnist import describe_files, load_mnist, source_files
-from segshards.writer.recipe import UNKNOWN_LICENCE, Licence, RecipeBase, SourceInfo
-from segshards.writer.source_cache import entry_path, store_entry
+from segshards.writer.format.keys import pixel_digest
+from segshards.writer.recipes.contract import UNKNOWN_LICENCE, Licence, RecipeBase, SourceInfo
+from segshards.writer.sources.cache import entry_path, store_entry
+from segshards.writer.sources.mnist_idx import describe_files, load_mnist, source_files
 
 BUNDLED_MNIST = MNIST
 CACHE_KIND = "mnist-idx"

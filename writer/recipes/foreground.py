@@ -4,7 +4,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from segshards.writer.recipe import Candidates, Rendered
+from segshards.writer.format.schema import SampleSchema
+from segshards.writer.recipes.contract import Candidates, Rendered
 from segshards.writer.recipes.digits import (
     DigitsSourceMixin,
     DigitsSpec,
@@ -13,7 +14,6 @@ from segshards.writer.recipes.digits import (
     source_ref,
     split_pool,
 )
-from segshards.writer.schema import SampleSchema
 
 
 class SingleDigitRecipe(DigitsSourceMixin):

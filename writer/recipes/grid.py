@@ -5,7 +5,8 @@ from typing import Any
 
 import numpy as np
 
-from segshards.writer.recipe import Candidates, Rendered
+from segshards.writer.format.schema import SampleSchema, Target
+from segshards.writer.recipes.contract import Candidates, Rendered
 from segshards.writer.recipes.digits import (
     DigitsSourceMixin,
     DigitsSpec,
@@ -14,7 +15,6 @@ from segshards.writer.recipes.digits import (
     source_ref,
     split_pool,
 )
-from segshards.writer.schema import SampleSchema, Target
 
 BATCH = 4096  # candidates composed and hashed at a time
 

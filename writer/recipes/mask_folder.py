@@ -19,10 +19,23 @@ from typing import Any
 import cv2
 import numpy as np
 
-from segshards.writer.encode import encode_png
 from segshards.writer.errors import ConfigError, SourceError, SupplyError
-from segshards.writer.keys import file_digest, pixel_digest
-from segshards.writer.mask_sources import (
+from segshards.writer.format.images import encode_png
+from segshards.writer.format.keys import file_digest, pixel_digest
+from segshards.writer.format.palette import voc_palette
+from segshards.writer.format.sample import class_counts
+from segshards.writer.format.schema import PHOTOGRAPH_TRAINING, SampleSchema
+from segshards.writer.recipes.contract import (
+    SPLITS,
+    UNKNOWN_LICENCE,
+    Candidates,
+    RecipeBase,
+    Rendered,
+    SourceInfo,
+    add_on_error,
+    seeded_permutation,
+)
+from segshards.writer.sources.mask_pairs import (
     IGNORE,
     UNMATCHED,
     BadPair,
@@ -34,19 +47,6 @@ from segshards.writer.mask_sources import (
     read_mask,
     read_split_lists,
 )
-from segshards.writer.recipe import (
-    SPLITS,
-    UNKNOWN_LICENCE,
-    Candidates,
-    RecipeBase,
-    Rendered,
-    SourceInfo,
-    add_on_error,
-    seeded_permutation,
-)
-from segshards.writer.recipes.coco import palette
-from segshards.writer.schema import PHOTOGRAPH_TRAINING, SampleSchema
-from segshards.writer.shards import class_counts
 
 HELD_OUT_SHARE = 10  # without --val/--test: each gets 1/10 of the usable pairs
 ORDER_STREAM = 6  # the permutations' stream: (seed, 6[, split]), apart from the planner's (seed, split)
@@ -483,7 +483,7 @@ class MaskFolderRecipe(RecipeBase):
         ]
         extra = {
             "classes": classes,
-            "palette": [list(colours.get(k, c)) for k, c in enumerate(palette(len(names)))],
+            "palette": [list(colours.get(k, c)) for k, c in enumerate(voc_palette(len(names)))],
             "pairs": {"found": len(sel.pairs), "unlisted": sel.unlisted},
             "counts": sel.counts,
             "stems": {s: [sel.pairs[i].stem for i in sel.chosen[s]] for s in SPLITS},

@@ -1,5 +1,5 @@
 """`python -m segshards ...` is the `segshards` command."""
 
-from segshards.writer.launch import run
+from segshards.writer.cli.launch import run
 
 run()

@@ -1,0 +1,176 @@
+"""Shard tasks: render a planned list of samples into one tar shard, or account for one already written."""
+
+import contextlib
+import ctypes
+import functools
+import hashlib
+import io
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from segshards.writer.storage.atomic import atomic_stream
+from segshards.writer.format.images import decode_image
+from segshards.writer.format.sample import check_sample, class_counts, sample_members
+from segshards.writer.errors import ShardFormatError
+from segshards.writer.format.manifest import SAMPLE_LAYOUT
+from segshards.writer.recipes.contract import Recipe, Rendered
+from segshards.writer.recipes.registry import load_ref
+from segshards.writer.format.tar_writer import TarWriter
+from segshards.writer.format.tar_reader import iter_samples
+
+RENDER_SLICE = 1024  # samples a batch renderer composes at a time
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
+
+
+def shard_name(split: str, index: int) -> str:
+    """Deterministic, zero-padded shard file name."""
+    return f"{split}-{index:06d}.tar"
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """Everything a worker needs to produce one shard; small and picklable."""
+
+    recipe: str  # import reference of the recipe (`recipe_ref`)
+    spec: Any
+    out_dir: str
+    split: str
+    index: int
+    items: np.ndarray  # (n, k) source record indices, in sample order
+    keys: tuple[str, ...]  # the planned key of each sample
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.split, self.index)
+
+
+@dataclass
+class ShardResult:
+    """What the manifest needs from a finished shard, plus its class statistics."""
+
+    split: str
+    index: int
+    name: str
+    count: int
+    bytes: int
+    sha256: str
+    keys: list[str]
+    pixels: dict[int, int] = field(default_factory=dict)
+    labels: dict[int, int] = field(default_factory=dict)
+    reused: bool = False
+
+    def entry(self) -> dict[str, Any]:
+        return {"name": self.name, "count": self.count, "bytes": self.bytes, "sha256": self.sha256}
+
+
+def add_stats(result: ShardResult, masks: Iterable[np.ndarray], labels: list[int]) -> None:
+    """Accumulate per-class pixel counts of `masks` and the counts of `labels` into `result`."""
+    counts = np.zeros(256, np.int64)
+    for mask in masks:
+        counts += class_counts(mask)
+    add_counts(result, counts, labels)
+
+
+def add_counts(result: ShardResult, counts: np.ndarray, labels: list[int]) -> None:
+    """Accumulate a (256,) pixel count per class and a list of labels into `result`."""
+    for cls in np.flatnonzero(counts):
+        result.pixels[int(cls)] = result.pixels.get(int(cls), 0) + int(counts[cls])
+    for label in labels:
+        result.labels[label] = result.labels.get(label, 0) + 1
+
+
+def render_samples(recipe: Recipe, task: ShardTask) -> Iterator[Rendered]:
+    """The task's samples in order, through the recipe's batch renderer, in slices."""
+    # Slices keep the renderer's arrays small enough to be reused from one slice to the next, instead of
+    # a whole shard's worth of fresh memory (and its page faults) for every shard.
+    slices = range(0, len(task.items), RENDER_SLICE)
+    return (
+        r
+        for start in slices
+        for r in recipe.render_batch(task.spec, task.items[start : start + RENDER_SLICE])
+    )
+
+
+def render_shard(task: ShardTask) -> ShardResult:
+    """Render the task's samples and stream them into the shard, written atomically."""
+    recipe = load_ref(task.recipe)
+    result = ShardResult(task.split, task.index, task.name, 0, 0, "", [])
+    counts = np.zeros(256, np.int64)
+    labels: list[int] = []
+    # A recipe with `planned_keys` checks in render() that it stores the very image it planned (e.g. the
+    # same file bytes whose pixels it hashed then), so its pixels need not be decoded and hashed again.
+    planned = recipe.planned_keys
+    with atomic_stream(Path(task.out_dir) / task.name) as out:
+        tar = TarWriter(out)
+        for i, sample in enumerate(render_samples(recipe, task)):
+            key, parts = sample_members(sample, task.keys[i] if planned else None)
+            assert key == task.keys[i], "rendered image differs from the planned one"
+            for name, payload in parts:
+                tar.add(name, payload)
+            counts += class_counts(sample.mask)
+            labels.extend(recipe.labels(sample.meta))
+        tar.close()
+        out.flush()
+        result.bytes, result.sha256 = out.raw.size, out.raw.sha256.hexdigest()
+    add_counts(result, counts, labels)
+    result.count = len(task.items)
+    return result
+
+
+def scan_shard(task: ShardTask, path: Path) -> ShardResult:
+    """Account for a shard already on disk (a resumed build) by reading it back and checking every key."""
+    recipe = load_ref(task.recipe)
+    data = path.read_bytes()
+    result = ShardResult(
+        task.split, task.index, task.name, 0, len(data), hashlib.sha256(data).hexdigest(), []
+    )
+    masks: list[np.ndarray] = []
+    labels: list[int] = []
+    for sample in iter_samples(io.BytesIO(data), str(path)):
+        for problem in check_sample(sample, SAMPLE_LAYOUT, str(path)):
+            raise ShardFormatError(problem)  # a damaged leftover is rendered again
+        key, mask, meta = str(sample["__key__"]), sample["mask.png"], sample["json"]
+        assert isinstance(mask, bytes) and isinstance(meta, bytes)  # check_sample found both members
+        masks.append(decode_image(mask, "png", f"{path}:{key}"))
+        labels.extend(recipe.labels(json.loads(meta)))
+        result.keys.append(key)
+    add_stats(result, masks, labels)
+    result.count = len(result.keys)
+    result.reused = True
+    return result
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Let glibc serve allocations below 4 MiB from the heap and keep up to 64 MiB of it once freed.
+
+    dask starts its workers with MALLOC_TRIM_THRESHOLD_=65536, which also pins glibc's mmap threshold at
+    128 KiB: each PNG's deflate state (a few hundred KiB, allocated and freed per image) was then mapped,
+    faulted in and unmapped again, and shards rendered 5x slower than in a plain process. Once per
+    process; False where this is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 4 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 64 << 20))
+    except (OSError, AttributeError):
+        return False
+
+
+def run_shard_task(task: ShardTask) -> ShardResult:
+    """Produce the task's shard unless a readable one holding exactly the planned keys is already there."""
+    keep_freed_memory()
+    path = Path(task.out_dir) / task.name
+    result = None
+    if path.is_file():
+        with contextlib.suppress(ShardFormatError):  # an unreadable leftover is simply rendered again
+            result = scan_shard(task, path)
+    if result is None or tuple(result.keys) != task.keys:
+        result = render_shard(task)
+    result.keys = []  # checked against the plan here; the parent needn't receive ~40 B a sample
+    return result

@@ -1,0 +1,1 @@
+"""The `segshards` command line."""

@@ -1,0 +1,1 @@
+"""What a set's users read: verify, publish, the dataset card and its snippets, previews."""

@@ -1,0 +1,195 @@
+"""The dataset card: a README.md beside each set's manifest, a Hugging Face dataset card rendered from the
+manifest and the set's location (its folder, or the s3:// URL it was built or published to)."""
+
+import hashlib
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+from segshards.writer.errors import ConfigError
+from segshards.writer.format.manifest import MANIFEST, split_names
+from segshards.writer.format.schema import SampleSchema, schema_of
+from segshards.writer.recipes.contract import UNKNOWN_LICENCE
+from segshards.writer.recipes.registry import get_recipe
+from segshards.writer.share.snippets import MASK_NOTE, front_matter, location_of, snippets
+
+CARD = "README.md"
+
+
+def licence(manifest: dict[str, Any]) -> str:
+    """The source's licence and attribution, as the recipe recorded it in the manifest."""
+    recorded = manifest.get("source", {}).get("licence", {})
+    return str(recorded.get("text") or UNKNOWN_LICENCE.text)
+
+
+def description(recipe_name: str) -> str:
+    """What the recipe makes: its module's and class's docstrings."""
+    try:
+        recipe = get_recipe(recipe_name)
+    except ConfigError:
+        return f"Built by the `{recipe_name}` recipe."
+    module = inspect.getmodule(type(recipe))
+    parts = [inspect.cleandoc(module.__doc__) if module and module.__doc__ else ""]
+    parts.append(inspect.getdoc(type(recipe)) or "")
+    return "\n\n".join(p for p in parts if p)
+
+
+def count_table(manifest: dict[str, Any], part: str, title: str, names: dict[int, str]) -> list[str]:
+    """One row per value of the split histograms' `part` ('pixels' or 'labels'), one column per split."""
+    splits = split_names(manifest)
+    hist = {s: manifest["splits"][s].get("class_histogram", {}).get(part, {}) for s in splits}
+    values = sorted({int(v) for h in hist.values() for v in h})
+    if not values:
+        return []
+    head = [title, *(["name"] if names else []), *splits]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] * (len(head) - len(splits)) + ["---:"] * len(splits)) + "|",
+    ]
+    for v in values:
+        row = [
+            str(v),
+            *([names.get(v, "")] if names else []),
+            *(f"{hist[s].get(str(v), 0):,}" for s in splits),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def mask_names(schema: SampleSchema) -> dict[int, str]:
+    """Mask value -> name: the schema's classes, and the ignore value."""
+    names = dict(enumerate(schema.classes))
+    if schema.ignore is not None:
+        names[schema.ignore] = "ignore"
+    return names
+
+
+def class_table(schema: SampleSchema) -> list[str]:
+    """Every value a mask pixel may hold, with its name and what it means for training."""
+    lines = ["| mask value | name | meaning |", "|---:|---|---|"]
+    for value, name in enumerate(schema.classes):
+        meaning = "background" if value == schema.background else "class"
+        lines.append(f"| {value} | {name} | {meaning} |")
+    if schema.ignore is not None:
+        lines.append(f"| {schema.ignore} | ignore | not scored: leave out of the loss and the metrics |")
+    return lines
+
+
+def histogram(manifest: dict[str, Any], schema: SampleSchema) -> list[str]:
+    """Mask pixels per class, and samples per label where the recipe labels samples."""
+    pixels = count_table(manifest, "pixels", "mask value", mask_names(schema))
+    lines = ["Mask pixels per class and split:", "", *pixels]
+    label_names = {
+        int(c["class"]): str(c.get("name", "")) for c in manifest.get("source", {}).get("classes", [])
+    }
+    labels = count_table(manifest, "labels", "label", label_names)
+    if labels:
+        lines += [
+            "",
+            "Occurrences of each label in the samples' metadata (the recipe's per-sample classes; a sample may "
+            "carry several):",
+            "",
+            *labels,
+        ]
+    return lines
+
+
+def index_of(manifest: dict[str, Any], split: str) -> dict[str, Any]:
+    """The split's wids index entry ({} when it has none, as sets of earlier versions)."""
+    entry = manifest["splits"][split].get("index")
+    return entry if isinstance(entry, dict) else {}
+
+
+def render_card(manifest: dict[str, Any], manifest_bytes: bytes, *, location: str | Path) -> str:
+    """The README.md of a set at `location`: deterministic, from the manifest, its exact bytes and the
+    location its snippets read from (`segshards publish` renders it again for the destination)."""
+    recipe = manifest["recipe"]
+    splits = split_names(manifest)
+    schema = schema_of(manifest)
+    hash_info = manifest.get("hash", {})
+    ignore = f", {schema.ignore} = ignore" if schema.ignore is not None else ""
+    lines = [
+        *front_matter(manifest),
+        f"# {recipe}: image segmentation shards",
+        "",
+        description(recipe),
+        "",
+        f"Written by segshards {manifest.get('segshards_version', '?')} (format {manifest['format']} "
+        f"v{manifest['format_version']}) as WebDataset tar shards. Each sample is three members: "
+        f"`KEY.{schema.image}` (the image), `KEY.{schema.mask}` (uint8 class index per pixel: "
+        f"{schema.background} = background{ignore}, {schema.num_classes} classes) and `KEY.{schema.meta}` "
+        f"(metadata). KEY is the {hash_info.get('algorithm', '?')} of the "
+        f"{hash_info.get('of', 'image pixels')}; no two samples share one.",
+        "",
+        "## Classes",
+        "",
+        *class_table(schema),
+        "",
+        MASK_NOTE,
+        "",
+        "## How it was built",
+        "",
+        f"- recipe: `{recipe}`",
+        f"- seed: {manifest.get('seed')}",
+        f"- duplicates rejected while planning: {manifest.get('duplicates_rejected', 0):,}",
+        *(f"- {note}" for note in manifest.get("source", {}).get("notes", [])),  # the recipe's own facts
+        "- configuration (as recorded in the manifest):",
+        "",
+        "```json",
+        json.dumps(manifest.get("config", {}), sort_keys=True, indent=2),
+        "```",
+        "",
+        "Rebuild it byte for byte with `segshards build` and the same recipe, options, seed and source.",
+        "",
+        "## Splits",
+        "",
+        "| split | samples | shards | wids index |",
+        "|---|---:|---:|---|",
+        *(
+            f"| {s} | {manifest['splits'][s]['count']:,} | {len(manifest['splits'][s]['shards'])} | "
+            f"{index_of(manifest, s).get('name', '-')} |"
+            for s in splits
+        ),
+        "",
+        "## Class histogram",
+        "",
+        *histogram(manifest, schema),
+        "",
+        "## Source and licence",
+        "",
+        licence(manifest),
+        "",
+        "| source file | bytes | sha256 |",
+        "|---|---:|---|",
+        *(
+            f"| {f.get('name', '?')} | {f.get('bytes', 0):,} | `{f.get('sha256', '?')}` |"
+            for f in manifest.get("source", {}).get("files", [])
+        ),
+        "",
+        "## Loading",
+        "",
+        f"This set is at `{location_of(location)}`; if you moved it, change that location in the snippets.",
+        "",
+        *snippets(manifest, location_of(location)),
+        "",
+        "## Checksums",
+        "",
+        f"`{MANIFEST}` sha256: `{hashlib.sha256(manifest_bytes).hexdigest()}`. `segshards verify` checks every "
+        "shard and index below against it, and every key against its image's pixels.",
+        "",
+        "| file | samples | bytes | sha256 |",
+        "|---|---:|---:|---|",
+        *(
+            f"| {e['name']} | {e['count']:,} | {e['bytes']:,} | `{e['sha256']}` |"
+            for s in splits
+            for e in manifest["splits"][s]["shards"]
+        ),
+        *(
+            f"| {e['name']} | | {e['bytes']:,} | `{e['sha256']}` |"
+            for s in splits
+            if (e := index_of(manifest, s))
+        ),
+        "",
+    ]
+    return "\n".join(lines)

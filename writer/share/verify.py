@@ -1,0 +1,102 @@
+"""`segshards verify`: check every shard of a set against its manifest, and keys against the pixels."""
+
+import hashlib
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from segshards.writer.errors import SegshardsError, ShardFormatError, StoreError
+from segshards.writer.format.manifest import MANIFEST, SHARD_NAME, parse_manifest, shard_entries, split_names
+from segshards.writer.format.sample import check_sample
+from segshards.writer.format.tar_reader import iter_samples
+from segshards.writer.format.wids_index import check_index, entry_problem, index_entries
+from segshards.writer.storage.store import Store, open_store
+
+Opener = Callable[[str], bytes]
+
+
+def check_shard(
+    data: bytes, entry: dict[str, Any], layout: dict[str, str], where: str, seen: set[str]
+) -> Iterator[str]:
+    """Problems with one shard's bytes against its manifest entry; adds its keys to `seen`."""
+    if len(data) != entry["bytes"]:
+        yield f"{where}: {len(data)} bytes, manifest says {entry['bytes']}"
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        yield f"{where}: sha256 differs from the manifest"
+    count = 0
+    try:
+        for sample in iter_samples(io.BytesIO(data), where):
+            count += 1
+            key = str(sample["__key__"])
+            if key in seen:
+                yield f"{where}: duplicate key {key}"
+            seen.add(key)
+            yield from check_sample(sample, layout, where)
+    except SegshardsError as exc:
+        yield str(exc)
+    if count != entry["count"]:
+        yield f"{where}: {count} samples, manifest says {entry['count']}"
+
+
+def verify_set(manifest: dict[str, Any], opener: Opener, where: str) -> tuple[list[str], int, int]:
+    """All problems of a set; returns (problems, shards checked, samples checked)."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    shards = 0
+    layout = manifest.get("sample", {"image": "png", "mask": "mask.png", "meta": "json"})
+    for split in split_names(manifest):
+        for entry in shard_entries(manifest, split):
+            shard_where = f"{where}/{entry['name']}"
+            try:
+                data = opener(entry["name"])
+            except StoreError as exc:  # its message names the object already
+                problems.append(str(exc))
+                continue
+            except (OSError, SegshardsError) as exc:
+                problems.append(f"{shard_where}: cannot read ({exc})")
+                continue
+            shards += 1
+            problems.extend(check_shard(data, entry, layout, shard_where, seen))
+    return problems, shards, len(seen)
+
+
+def read_set_manifest(store: Store) -> dict[str, Any]:
+    """The validated manifest of the set at `store`; ShardFormatError when there is none."""
+    store.check()
+    if store.head(MANIFEST) is None:
+        raise ShardFormatError(f"{store.url}/{MANIFEST}: no manifest (not a finished segshards set)")
+    return parse_manifest(store.read(MANIFEST), f"{store.url}/{MANIFEST}")
+
+
+def verify_location(location: str | Path) -> tuple[list[str], int, int]:
+    """Verify a local folder or an `s3://bucket/prefix` set, also flagging shards the manifest does not list."""
+    store = open_store(location)
+    manifest = read_set_manifest(store)
+    sizes = {e["name"]: e["bytes"] for s in manifest["splits"].values() for e in s["shards"]}
+    problems, shards, samples = verify_set(manifest, lambda name: store.read(name, sizes[name]), store.url)
+    problems.extend(verify_indexes(manifest, store))
+    listed = {e["name"] for s in manifest["splits"].values() for e in s["shards"]}
+    for name in store.names():
+        if name not in listed and SHARD_NAME.fullmatch(name):
+            problems.append(f"{store.url}/{name}: shard not listed in the manifest")
+    return problems, shards, samples
+
+
+def verify_indexes(manifest: dict[str, Any], store: Store) -> list[str]:
+    """Problems with the splits' wids indexes that the manifest lists."""
+    problems: list[str] = []
+    for split, entry in index_entries(manifest):
+        bad = entry_problem(entry, split, f"{store.url}/{MANIFEST}")
+        if bad:
+            problems.append(bad)
+            continue
+        where = f"{store.url}/{entry['name']}"
+        try:
+            data = store.read(entry["name"])
+        except (OSError, SegshardsError) as exc:
+            problems.append(str(exc) if isinstance(exc, StoreError) else f"{where}: cannot read ({exc})")
+            continue
+        shards = manifest["splits"][split]["shards"]
+        problems.extend(check_index(data, entry, manifest["recipe"], split, shards, where))
+    return problems
