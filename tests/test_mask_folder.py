@@ -379,7 +379,7 @@ def test_masks_beyond_the_cache_are_read_again(tmp_path: Path, monkeypatch: pyte
     tree = cvat_tree(tmp_path / "cvat", n=6)
     args = tree.args("--classes", str(tree.root / "labelmap.txt"), "--jobs", "1")
     build(tmp_path / "cached", *args)
-    from segshards.writer.recipes.registry import mask_folder
+    from segshards.writer.recipes import mask_folder
 
     monkeypatch.setattr(mask_folder, "MASK_CACHE_BYTES", 0)
     build(tmp_path / "read-again", *args)
@@ -423,7 +423,7 @@ def test_an_image_changed_after_planning_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     """Rendering does not decode the image again: the file's sha256 must still be the one planned."""
-    from segshards.writer.recipes.registry import mask_folder
+    from segshards.writer.recipes import mask_folder
 
     tree = cvat_tree(tmp_path / "cvat", n=4)
     original = mask_folder.source_of
