@@ -17,7 +17,9 @@ from segshards.train.cli import eval_main, train_main
 from segshards.writer.build.job import BuildConfig, build
 from segshards.writer.format.keys import pixel_digest
 from segshards.writer.format.schema import SampleSchema, Target
-from segshards.writer.recipes.contract import Candidates, RecipeBase, Rendered, SourceInfo
+
+# The contract's original import path, as third-party recipes written before the layered writer use it.
+from segshards.writer.recipe import Candidates, RecipeBase, Rendered, SourceInfo
 from segshards.writer.recipes.registry import recipe_names
 
 SIDE = 16
@@ -148,3 +150,11 @@ def test_train_and_eval_from_the_manifest_alone(
         assert 0 <= metrics["iou"] <= 1 and 0 <= metrics["miou"] <= 1
     for name in ("checkpoint.pt", "curves.png", "predictions.png", "predictions-test.png"):
         assert (run / name).stat().st_size > 0
+
+
+def test_the_original_contract_path_re_exports_the_contract() -> None:
+    import segshards.writer.recipe as old
+    import segshards.writer.recipes.contract as contract
+
+    assert old.__all__ == contract.__all__
+    assert all(getattr(old, name) is getattr(contract, name) for name in contract.__all__)
