@@ -54,8 +54,22 @@ def test_a_good_build_prints_one_summary_line(tmp_path: Path, capsys: pytest.Cap
     source = tiny_source(tmp_path / "src")
     assert main(build_args(source, tmp_path / "out")) == 0
     captured = capsys.readouterr()
-    assert captured.out == f"{tmp_path / 'out'}: train 44, val 4, test 12 samples; 0 duplicates rejected\n"
+    line = f"{tmp_path / 'out'}: train 44, val 4, test 12 samples; 0 duplicates rejected; 3 shards written\n"
+    assert captured.out == line
     assert error_lines(captured.err) == []
+
+
+def test_a_resumed_build_says_which_shards_it_reused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source, out = tiny_source(tmp_path / "src"), tmp_path / "out"
+    assert main(build_args(source, out, "--shard-size", "20")) == 0
+    (out / "train-000001.tar").unlink()  # the other shards stay: the same command resumes around them
+    capsys.readouterr()
+    assert main(build_args(source, out, "--shard-size", "20")) == 0
+    assert capsys.readouterr().out.endswith(
+        "; 0 duplicates rejected; 1 shard written, 4 reused from an earlier run (resumed)\n"
+    )
 
 
 # ---- bad sources ----------------------------------------------------------------------------------
@@ -434,7 +448,7 @@ def test_a_count_the_source_cannot_supply_is_refused_before_rendering(
     source = tiny_source(tmp_path / "src")  # 44 train-pool digits
     out = tmp_path / "new" / "out"
     line = fails(capsys, build_args(source, out, "--train", "45"), naming="--train 45")
-    assert "can supply at most 44 train samples" in line
+    assert "--train 45 (at most 44); counts that fit: --train 44" in line
     assert not (tmp_path / "new").exists()  # no empty folder left behind
 
 

@@ -212,8 +212,8 @@ def test_more_images_than_eligible_names_the_option(
         == 1
     )
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("segshards: error: --val 3: instances.json has 7 eligible images")
-    assert "only 2 remain for val" in err
+    assert err.startswith("segshards: error: coco-semantic cannot supply these counts from this source: ")
+    assert "--train 5, --val 3, --test 500 (the default) ask for 508 samples in all" in err
     assert (
         main(["build", "coco-semantic", *coco.args(), "--out", str(tmp_path / "d")]) == 1
     )  # the default 8000

@@ -72,7 +72,7 @@ def test_abbreviated_options_are_refused_since_the_launcher_reads_them_whole(
     with pytest.raises(SystemExit) as exit_info:
         main(["build", "mnist-grid", "--out", str(tmp_path / "x"), "--job", "1"])
     assert exit_info.value.code == 2
-    assert "unrecognized arguments: --job" in capsys.readouterr().err
+    assert "unknown option --job: did you mean '--jobs'?" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 

@@ -232,3 +232,35 @@ def test_verify_remote_set_finds_damage(s3: S3, small_set: Path, capsys: pytest.
     assert errors == [
         f"segshards: error: {s3.url('nothing-here')}/manifest.json: no manifest (not a finished segshards set)"
     ]
+
+
+@pytest.mark.parametrize("refused", [False, True])
+def test_publish_without_credentials_says_so_and_names_the_endpoint(
+    s3: S3,
+    small_set: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    refused: bool,
+) -> None:
+    if refused:  # moto takes any key: a refusal is what botocore raises for a 403 on the request
+        from botocore.exceptions import ClientError
+
+        def denied(self: S3Store, *args: object, **kwargs: object) -> None:
+            error = {
+                "Error": {"Code": "InvalidAccessKeyId", "Message": "The key you provided does not exist"}
+            }
+            with self._errors("reach the bucket", None):
+                raise PermissionError(str(ClientError(error, "HeadBucket")))  # what s3fs turns a 403 into
+
+        monkeypatch.setattr(S3Store, "check", denied)
+    else:
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            monkeypatch.delenv(key)
+    code, out, errors = run(capsys, "publish", str(small_set), s3.url("creds"))
+    assert (code, out) == (1, "")
+    assert len(errors) == 1
+    line = errors[0]
+    assert line.startswith(f"segshards: error: {s3.url('creds')}: the S3 credentials were ")
+    assert ("refused" if refused else "missing") in line
+    assert f"endpoint {s3.endpoint}" in line and "AWS_ACCESS_KEY_ID" in line
+    assert "again to resume" not in line

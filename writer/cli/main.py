@@ -5,22 +5,26 @@ import ast
 import contextlib
 import difflib
 import importlib.util
+import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from segshards.writer import __version__
+from segshards.writer.build.checks import check_supply
 from segshards.writer.build.job import BACKENDS, BuildConfig, build
 from segshards.writer.cli.jobs import INTERRUPTED, capped_jobs
+from segshards.writer.cli.suggest import check_recipe, parse_with_hints
 from segshards.writer.errors import SegshardsError, StoreError
-from segshards.writer.format.manifest import SPLITS
+from segshards.writer.format.manifest import RUN_LOG, SPLITS
 from segshards.writer.process_pool import stop_workers
+from segshards.writer.recipes.contract import Recipe
 from segshards.writer.recipes.registry import get_recipe, recipe_names
 from segshards.writer.share.preview import write_preview
-from segshards.writer.share.publish import PublishConfig, publish
+from segshards.writer.share.publish import PublishConfig, credentials_problem, publish
 from segshards.writer.share.verify import verify_location
-from segshards.writer.storage.store import is_remote
+from segshards.writer.storage.store import is_remote, open_store
 
 PLUGIN_GROUP = "segshards.commands"
 
@@ -44,26 +48,36 @@ def build_parser(recipe_name: str | None, *, list_recipes: bool = False) -> argp
     )
     b.add_argument("recipe", choices=names, metavar="RECIPE", help="the recipe to build (listed below)")
     b.add_argument("--out", required=True, help="output folder, or s3://bucket/prefix")
+    recipe = get_recipe(recipe_name) if recipe_name in names else None
     for split in SPLITS:
         b.add_argument(
-            f"--{split}", type=int, default=None, metavar="N", help=f"{split} samples (default: recipe's)"
+            f"--{split}",
+            type=int,
+            default=None,
+            metavar="N",
+            help=f"{split} samples ({count_default(recipe, split)})",
         )
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: %(default)s)")
     b.add_argument(
         "--jobs",
         type=int,
         default=0,
         help="parallel workers (0 = all cores; capped at the cores and the shards)",
     )
+    size_default = f"{recipe.shard_size:,}" if recipe is not None else "the recipe's"
     b.add_argument(
-        "--shard-size", type=int, default=None, metavar="K", help="samples per shard (default: the recipe's)"
+        "--shard-size",
+        type=int,
+        default=None,
+        metavar="K",
+        help=f"samples per shard (default: {size_default})",
     )
     b.add_argument("--backend", default="loky", choices=BACKENDS, help="joblib backend (default: loky)")
     b.add_argument(
         "--scheduler", default=None, metavar="tcp://HOST:PORT", help="dask scheduler (with --backend dask)"
     )
-    if recipe_name in names:
-        get_recipe(recipe_name).add_options(b)
+    if recipe is not None:
+        recipe.add_options(b)
     b.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -114,6 +128,18 @@ def recipe_list(names: list[str]) -> str:
     return "\n".join(lines)
 
 
+def count_default(recipe: Recipe | None, split: str) -> str:
+    """The help's default for a split's count: the recipe's number, or what the recipe does without one."""
+    if recipe is None:
+        return "default: the recipe's; `segshards build RECIPE --help` shows it"
+    n = recipe.default_counts().get(split)
+    if n is not None:
+        return f"default: {n:,}"
+    if getattr(recipe, "supply", None) is not None:
+        return "default: all the source holds for it"
+    return "default: decided from the source, see the recipe's options below"
+
+
 def shard_count(counts: dict[str, int | None], shard_size: int) -> int | None:
     """How many shards the counts make, when every count is known in advance."""
     if None in counts.values() or shard_size < 1:
@@ -143,12 +169,43 @@ def cmd_build(args: argparse.Namespace) -> int:
     )
     try:
         # The recipe sees --jobs as capped: a walk on its own processes (coco-semantic) uses the same pool.
-        manifest = build(recipe, recipe.make_spec(argparse.Namespace(**{**vars(args), "jobs": jobs})), config)
+        spec = recipe.make_spec(argparse.Namespace(**{**vars(args), "jobs": jobs}))
+        # Every count the source cannot give, in one message, before the build claims the folder.
+        check_supply(recipe, spec, counts, defaulted=[s for s in SPLITS if getattr(args, s) is None])
+        manifest = build(recipe, spec, config)
     finally:
         stop_workers()  # the command is about to exit: end the idle workers now, not at interpreter exit
-    summary = ", ".join(f"{s} {info['count']:,}" for s, info in manifest["splits"].items())
-    print(f"{args.out}: {summary} samples; {manifest['duplicates_rejected']:,} duplicates rejected")
+    print(build_summary(args.out, manifest, run_log(config.out)))
     return 0
+
+
+def run_log(out: Path | str) -> dict[str, Any]:
+    """The build's run log (shards written and reused); empty when it cannot be read back."""
+    try:
+        log = json.loads(open_store(out).read(RUN_LOG))
+    except (SegshardsError, ValueError):
+        return {}
+    return log if isinstance(log, dict) else {}
+
+
+def build_summary(out: str, manifest: dict[str, Any], log: dict[str, Any]) -> str:
+    """The line a build ends with: samples per split, duplicates, samples skipped, shards reused."""
+    parts = [
+        ", ".join(f"{s} {info['count']:,}" for s, info in manifest["splits"].items()) + " samples",
+        f"{manifest['duplicates_rejected']:,} duplicates rejected",
+    ]
+    skipped = manifest.get("source", {}).get("skipped", {}).get("counts")
+    if skipped or manifest.get("config", {}).get("on_error") == "skip":
+        reasons = ", ".join(f"{r} {n:,}" for r, n in (skipped or {}).items())
+        parts.append(
+            f"{sum((skipped or {}).values()):,} skipped (--on-error skip"
+            + (f": {reasons})" if reasons else ")")
+        )
+    written, reused = log.get("shards_written"), log.get("shards_reused")
+    if isinstance(written, int) and isinstance(reused, int):
+        shards = f"{written:,} shard{'s' * (written != 1)} written"
+        parts.append(shards + (f", {reused:,} reused from an earlier run (resumed)" if reused else ""))
+    return f"{out}: " + "; ".join(parts)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -166,6 +223,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     try:
         report = publish(PublishConfig(folder=Path(args.folder), dest=args.dest, jobs=args.jobs))
     except StoreError as exc:
+        if (problem := credentials_problem(exc, args.dest)) is not None:
+            raise StoreError(problem) from exc
         raise StoreError(
             f"{exc}; run the same command again to resume (finished objects are kept, the manifest goes last)"
         ) from exc
@@ -281,7 +340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser(recipe_name, list_recipes=list_recipes)
         if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:  # nor a plugin's (see above)
             parser.error(unknown_command(argv[0]))
-        args = parser.parse_args(argv)
+        check_recipe(parser, argv, recipe_names())
+        args = parse_with_hints(parser, argv)
         with no_empty_folder_left(output_folder(args)):
             return COMMANDS[args.command](args)
     except SegshardsError as exc:

@@ -369,6 +369,10 @@ class CocoSemanticRecipe(RecipeBase):
     def default_counts(self) -> dict[str, int | None]:
         return dict(DEFAULT_COUNTS)
 
+    def supply_total(self, spec: CocoSpec) -> int:
+        """The most samples the splits together can give: one per eligible image (the splits are disjoint)."""
+        return len(spec_index(spec).eligible())
+
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--annotations", required=True, metavar="FILE", help="COCO instances JSON")
         parser.add_argument("--images", required=True, metavar="DIR", help="folder holding the image files")

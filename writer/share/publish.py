@@ -8,18 +8,23 @@ same command again after any interruption uploads only what is missing.
 """
 
 import hashlib
+import os
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segshards.writer.errors import ConfigError, OutputError, ShardFormatError
+from segshards.writer.errors import ConfigError, OutputError, ShardFormatError, StoreError
 from segshards.writer.format.keys import file_digest
 from segshards.writer.format.manifest import MANIFEST, MARKER, RUN_LOG, parse_manifest, split_names
 from segshards.writer.format.wids_index import entry_problem, index_entries
 from segshards.writer.share.card import CARD, render_card
+from segshards.writer.storage.retry import classify, safe_reason
 from segshards.writer.storage.store import Store, open_store
+
+MISSING_CREDENTIALS = {"NoCredentialsError", "PartialCredentialsError"}
+CREDENTIAL_SOURCES = "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
 
 
 @dataclass(frozen=True)
@@ -168,3 +173,23 @@ def publish(config: PublishConfig) -> PublishReport:
         report.bytes_uploaded += len(manifest_bytes)
     report.elapsed_s = time.perf_counter() - started
     return report
+
+
+def credentials_problem(exc: StoreError, dest: str) -> str | None:
+    """The message for a publish that failed on its credentials (missing, or refused by the endpoint),
+    naming the destination and the endpoint; None for any other failure (which a rerun resumes)."""
+    cause = exc.__cause__
+    while cause is not None and classify(cause) != "denied":
+        cause = cause.__cause__
+    if cause is None:
+        return None
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS's own"
+    if type(cause).__name__ in MISSING_CREDENTIALS:
+        return (
+            f"{dest}: the S3 credentials were missing (none found for endpoint {endpoint}); "
+            f"set {CREDENTIAL_SOURCES}, then run the command again"
+        )
+    return (
+        f"{dest}: the S3 credentials were refused by endpoint {endpoint} ({safe_reason(cause)}); "
+        f"check {CREDENTIAL_SOURCES} and the bucket's permissions"
+    )
