@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from segshards.loaders import SkippedDataWarning, make_loader
-from segshards.loaders.decode import decode_member, fast_png
+from segshards.loaders.decode import decode_member
 from segshards.writer.errors import ConfigError, ShardFormatError
 from segshards.writer.format.images import decode_image, encode_gray_png, encode_png
 from segshards.writer.format.limits import DecodeLimits, check_image, default_limits, image_header
@@ -89,21 +89,45 @@ def test_malformed_headers_are_one_error(payload: bytes, message: str) -> None:
         decode_image(payload, "png", "w")
 
 
-def test_small_png_with_a_gigantic_idat_is_not_inflated() -> None:
+@pytest.mark.parametrize("colour", [0, 2])  # grey (the fast path) and RGB (counted, then cv2)
+def test_small_png_with_a_gigantic_idat_is_refused_without_inflating_it(colour: int) -> None:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    bomb = png(56, 56, zlib.compress(bytes(128 << 20), 1))  # 128 MiB of zeros in ~0.6 MB
-    assert fast_png(bomb) is None
-    try:
+    bomb = png(56, 56, zlib.compress(bytes(128 << 20), 1), colour)  # 128 MiB of zeros in ~0.6 MB
+    message = r"^w: corrupt PNG \(its data inflates past the [0-9,]+ bytes its header declares\)$"
+    with pytest.raises(ShardFormatError, match=message):
         decode_member(bomb, "png", "w")
-    except ShardFormatError as exc:
-        assert str(exc).startswith("w: undecodable png image")
+    with pytest.raises(ShardFormatError, match=message):
+        decode_image(bomb, "png", "w")
     growth_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert growth_mib < 48  # inflating it whole would take 128
 
 
+def test_png_data_must_inflate_to_exactly_the_declared_size() -> None:
+    rows = bytes(57 * 56)  # 56 rows of a filter byte and 56 grey pixels
+    assert decode_image(png(56, 56, zlib.compress(rows)), "png", "w").shape == (56, 56)
+    with pytest.raises(
+        ShardFormatError, match=r"^w: corrupt PNG \(its data inflates to 3,191 bytes, its header"
+    ):
+        decode_image(png(56, 56, zlib.compress(rows[:-1])), "png", "w")
+    with pytest.raises(ShardFormatError, match=r"^w: corrupt PNG \(its data inflates past the 3,192 bytes"):
+        decode_image(png(56, 56, zlib.compress(rows + b"\0")), "png", "w")
+    with pytest.raises(ShardFormatError, match=r"^w: corrupt PNG \(zlib: "):
+        decode_image(png(56, 56, zlib.compress(rows)[:-4] + b"XXXX"), "png", "w")  # bad Adler-32
+
+
+def test_member_names_must_match_the_image_format_and_depth() -> None:
+    with pytest.raises(ShardFormatError, match=r"^w: jpg member holds a png image$"):
+        decode_image(encode_png(np.zeros((4, 4), np.uint8)), "jpg", "w")
+    with pytest.raises(ShardFormatError, match=r"^w: mask.png member holds a jpeg image$"):
+        decode_image(jpeg(8, 8), "mask.png", "w")
+    deep = cv2.imencode(".png", np.zeros((4, 4), np.uint16))[1].tobytes()
+    with pytest.raises(ShardFormatError, match=r"^w: png image has 16-bit samples"):
+        decode_image(deep, "png", "w")
+
+
 def test_libpng_messages_do_not_reach_stderr(capfd: pytest.CaptureFixture[str]) -> None:
     data = bytearray(encode_png(np.zeros((8, 8, 3), np.uint8)))
-    data[-20] ^= 0xFF  # inside the IDAT: its CRC fails
+    data[-14] ^= 0xFF  # the IDAT chunk's CRC (its zlib data is intact): libpng refuses it
     with pytest.raises(ShardFormatError, match=r"^w: undecodable png image"):
         decode_image(bytes(data), "png", "w")
     assert capfd.readouterr().err == ""

@@ -17,6 +17,7 @@ import torch
 from segshards.loaders import DevicePrefetcher, ResumeError, SkippedDataWarning, make_loader, to_float
 from segshards.writer.errors import ConfigError, ShardFormatError
 from segshards.writer.format.images import encode_png
+from segshards.writer.format.keys import pixel_key
 from segshards.writer.format.manifest import read_manifest, shard_entries
 from segshards.writer.format.tar_reader import iter_samples
 from segshards.writer.format.tar_writer import tar_bytes
@@ -284,13 +285,11 @@ def jpeg_set(folder: Path) -> str:
     for i, (h, w) in enumerate([(30, 40), (50, 20), (32, 32)]):
         image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         mask = np.full((h, w), i + 1, np.uint8)
-        members += [
-            (f"{i:032x}.jpg", cv2.imencode(".jpg", image)[1].tobytes()),
-            (f"{i:032x}.json", b"{}"),
-            (f"{i:032x}.mask.png", encode_png(mask)),
-        ]
+        jpeg = cv2.imencode(".jpg", image)[1].tobytes()
+        key = pixel_key(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR))
+        members += [(f"{key}.jpg", jpeg), (f"{key}.json", b"{}"), (f"{key}.mask.png", encode_png(mask))]
     folder.mkdir()
-    (folder / "train-000000.tar").write_bytes(tar_bytes(sorted(members)))
+    (folder / "train-000000.tar").write_bytes(tar_bytes(members))  # samples in this order
     return str(folder / "train-000000.tar")
 
 

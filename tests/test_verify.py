@@ -1,6 +1,7 @@
 """`segshards verify`: exit 0 on a good set, one stderr line per problem otherwise."""
 
 import json
+import re
 import shutil
 import tarfile
 from collections.abc import Callable
@@ -64,7 +65,11 @@ def test_good_set(copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_flipped_byte_in_metadata(copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
     shard = copy / "train-000001.tar"
     flip(shard, member_offset(shard, 7, "json") + 2)
-    assert problems(capsys, copy) == [f"{copy}/train-000001.tar: sha256 differs from the manifest"]
+    found = problems(capsys, copy)
+    assert found[0] == f"{copy}/train-000001.tar: sha256 differs from the manifest"
+    assert len(found) == 2 and re.fullmatch(
+        rf"{re.escape(str(shard))}:[0-9a-f]{{32}}: invalid json metadata \(.*\)", found[1]
+    )
 
 
 def test_flipped_byte_in_an_image(copy: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,24 +5,20 @@ import ctypes
 import functools
 import hashlib
 import io
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from segshards.writer.storage.atomic import atomic_stream
-from segshards.writer.format.images import decode_image
-from segshards.writer.format.sample import check_sample, class_counts, sample_members
 from segshards.writer.errors import ShardFormatError
-from segshards.writer.format.manifest import SAMPLE_LAYOUT
+from segshards.writer.format.sample import Layout, class_counts, read_sample, sample_members
+from segshards.writer.format.tar_reader import iter_samples
+from segshards.writer.format.tar_writer import TarWriter
 from segshards.writer.recipes.contract import Recipe, Rendered
 from segshards.writer.recipes.registry import load_ref
-from segshards.writer.format.tar_writer import TarWriter
-from segshards.writer.format.tar_reader import iter_samples
+from segshards.writer.storage.atomic import atomic_stream
 
 RENDER_SLICE = 1024  # samples a batch renderer composes at a time
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
@@ -133,13 +129,10 @@ def scan_shard(task: ShardTask, path: Path) -> ShardResult:
     masks: list[np.ndarray] = []
     labels: list[int] = []
     for sample in iter_samples(io.BytesIO(data), str(path)):
-        for problem in check_sample(sample, SAMPLE_LAYOUT, str(path)):
-            raise ShardFormatError(problem)  # a damaged leftover is rendered again
-        key, mask, meta = str(sample["__key__"]), sample["mask.png"], sample["json"]
-        assert isinstance(mask, bytes) and isinstance(meta, bytes)  # check_sample found both members
-        masks.append(decode_image(mask, "png", f"{path}:{key}"))
-        labels.extend(recipe.labels(json.loads(meta)))
-        result.keys.append(key)
+        stored = read_sample(sample, Layout(None), str(path))  # a damaged leftover is rendered again
+        masks.append(stored.mask)
+        labels.extend(recipe.labels(stored.meta))
+        result.keys.append(stored.key)
     add_stats(result, masks, labels)
     result.count = len(result.keys)
     result.reused = True

@@ -13,6 +13,7 @@ import numpy as np
 from zlib_ng import zlib_ng
 
 from segshards.writer.errors import ShardFormatError
+from segshards.writer.format import png
 from segshards.writer.format.limits import DecodeLimits, check_image
 
 # Grayscale PNGs are assembled here around zlib-ng's deflate (level 1, no row filter): 2-3x faster than
@@ -20,6 +21,7 @@ from segshards.writer.format.limits import DecodeLimits, check_image
 # Other arrays go through OpenCV. Fixed settings keep the bytes reproducible.
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_LEVEL = 1
+MEMBER_KINDS = {"png": "png", "jpg": "jpeg", "jpeg": "jpeg"}  # member extension -> image format
 CV2_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, PNG_LEVEL, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
 
 
@@ -81,12 +83,27 @@ def quiet_stderr() -> Iterator[None]:
 
 
 def decode_image(payload: bytes, ext: str, where: str, limits: DecodeLimits | None = None) -> np.ndarray:
-    """Decode a stored image member to the pixels its key was computed from (PNG as stored, JPEG as BGR).
+    """The one image decoder of stored members: the pixels a key is computed from, as OpenCV gives them
+    ((H, W) grey, (H, W, 3) BGR, (H, W, 4) BGRA; uint8), or one ShardFormatError naming `where`.
 
-    Only PNG and JPEG are decoded, and only once their headers declare a size within `limits`.
+    Only 8-bit PNG and JPEG are decoded, only as the member name says (`png`, `mask.png`, `jpg`, `jpeg`),
+    and only once the header declares a size within `limits`. A PNG's data must inflate to exactly what
+    its header declares (`segshards.writer.format.png`); the writer's own PNGs (8-bit grey, no row filter)
+    are then taken straight from the inflated rows, two to three times faster than cv2 (a read-only view).
     """
-    check_image(payload, where, limits)
-    flag = cv2.IMREAD_COLOR if ext in ("jpg", "jpeg") else cv2.IMREAD_UNCHANGED
+    header = check_image(payload, where, limits)
+    kind = ext.rsplit(".", 1)[-1]
+    if MEMBER_KINDS.get(kind) != header.kind:
+        raise ShardFormatError(f"{where}: {ext} member holds a {header.kind} image")
+    if header.sample_bytes != 1:
+        raise ShardFormatError(f"{where}: {ext} image has 16-bit samples; only 8-bit images are stored")
+    if header.kind == "png":
+        plain = png.is_plain_grey(payload)
+        raw = png.inflate_checked(payload, header, where, keep=plain)
+        pixels = png.unfiltered(raw, header.width, header.height) if plain else None
+        if pixels is not None:
+            return pixels
+    flag = cv2.IMREAD_COLOR if header.kind == "jpeg" else cv2.IMREAD_UNCHANGED
     try:
         with quiet_stderr():
             array = cv2.imdecode(np.frombuffer(payload, np.uint8), flag)

@@ -1,6 +1,7 @@
 """One sample: what a recipe renders (`Rendered`), the members it is stored as, and what makes a stored
 sample valid (`check_sample`), the one rule the writer, `verify` and the loaders share."""
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -8,9 +9,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from segshards.writer.errors import SegshardsError
+from segshards.writer.errors import ShardFormatError
 from segshards.writer.format.images import canonical_json, decode_image, encode_png
 from segshards.writer.format.keys import is_key, pixel_key
+from segshards.writer.format.limits import DecodeLimits
 
 
 @dataclass(frozen=True)
@@ -40,24 +42,92 @@ def sample_members(sample: Rendered, key: str | None = None) -> tuple[str, list[
     return key, sorted(members)
 
 
-def check_sample(sample: dict[str, Any], layout: dict[str, str], where: str) -> Iterator[str]:
-    """Problems with one sample: missing or extra members, a key that is not the image's pixel hash."""
+@dataclass(frozen=True)
+class Layout:
+    """The member names of a stored sample; `image` None accepts any one image member (shard URLs read
+    without a schema)."""
+
+    image: str | None = "png"
+    mask: str = "mask.png"
+    meta: str = "json"
+
+
+@dataclass(frozen=True)
+class StoredSample:
+    """A stored sample that passed `read_sample`, decoded as OpenCV decodes it (the pixels its key hashes)."""
+
+    key: str
+    image_ext: str
+    image: np.ndarray  # (H, W) grey, (H, W, 3) BGR or (H, W, 4) BGRA, uint8
+    mask: np.ndarray  # (H, W) uint8 class indices
+    meta: dict[str, Any]
+
+
+def read_sample(
+    sample: dict[str, Any],
+    layout: Layout,
+    where: str,
+    *,
+    limits: DecodeLimits | None = None,
+    check_key: bool = True,
+) -> StoredSample:
+    """The one definition of a valid stored sample, shared by the writer, `verify` and the loaders.
+
+    Rules, in order (the first broken one is a ShardFormatError naming `where:key`): the key is 32 hex
+    digits; the members are exactly the image, the mask and the metadata; the image is an 8-bit PNG or
+    JPEG (as its member name says) within `limits`, and a PNG's data inflates to exactly the size its
+    header declares (`segshards.writer.format.png`); the mask is an 8-bit one-channel PNG of the image's
+    height and width under the same rules; the metadata is a JSON object; with `check_key`, the key is the
+    hash of the image's pixels.
+    """
     key = str(sample["__key__"])
-    exts = {k for k in sample if k != "__key__"}
-    expected = {layout["mask"], layout["meta"]}
-    image_ext = next((e for e in exts - expected), None)
+    at = f"{where}:{key}"
     if not is_key(key):
-        yield f"{where}: member key {key!r} is not a 32-digit hex hash"
-    if not expected <= exts or image_ext is None or len(exts) != 3:
-        yield f"{where}: sample {key} has members {sorted(exts)}, expected image, {layout['mask']}, {layout['meta']}"
-        return
+        raise ShardFormatError(f"{where}: member key {key!r} is not a 32-digit hex hash")
+    image_ext = image_member(sample, layout, at)
+    image = decode_image(sample[image_ext], image_ext, at, limits)
+    if image.ndim == 3 and image.shape[2] not in (3, 4):
+        raise ShardFormatError(f"{at}: image has {image.shape[2]} channels, expected 1, 3 or 4")
+    mask = decode_image(sample[layout.mask], "png", at, limits)
+    if mask.ndim != 2:
+        raise ShardFormatError(f"{at}: mask has {mask.shape[2]} channels, expected one (class indices)")
+    if mask.shape != image.shape[:2]:
+        raise ShardFormatError(
+            f"{at}: mask is {mask.shape[1]}x{mask.shape[0]}, its image {image.shape[1]}x{image.shape[0]}"
+        )
+    meta = parse_meta(sample[layout.meta], at)
+    if check_key and pixel_key(image) != key:
+        raise ShardFormatError(f"{at}: key does not match the hash of its image pixels")
+    return StoredSample(key, image_ext, image, mask, meta)
+
+
+def image_member(sample: dict[str, Any], layout: Layout, where: str) -> str:
+    """The image member's extension, once the sample holds exactly image, mask and metadata."""
+    members = sorted(k for k in sample if not k.startswith("__"))
+    others = [m for m in members if m not in (layout.mask, layout.meta)]
+    if len(members) != 3 or len(others) != 1 or layout.image not in (None, others[0]):
+        expected = f"{layout.image or 'an image'}, {layout.mask}, {layout.meta}"
+        raise ShardFormatError(f"{where}: sample has members {members}, expected {expected}")
+    return others[0]
+
+
+def parse_meta(payload: Any, where: str) -> dict[str, Any]:
+    """A sample's metadata member parsed: a JSON object."""
     try:
-        image = decode_image(sample[image_ext], image_ext, f"{where}:{key}")
-    except SegshardsError as exc:
+        meta = json.loads(payload)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ShardFormatError(f"{where}: invalid json metadata ({str(exc)[:80]})") from None
+    if not isinstance(meta, dict):
+        raise ShardFormatError(f"{where}: json metadata is a {type(meta).__name__}, expected an object")
+    return meta
+
+
+def check_sample(sample: dict[str, Any], layout: Layout, where: str) -> Iterator[str]:
+    """The problem with one sample (`read_sample`'s first broken rule), for reports that go on."""
+    try:
+        read_sample(sample, layout, where)
+    except ShardFormatError as exc:
         yield str(exc)
-        return
-    if pixel_key(image) != key:
-        yield f"{where}: sample {key} does not match the hash of its image pixels"
 
 
 def class_counts(mask: np.ndarray) -> np.ndarray:

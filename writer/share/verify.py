@@ -8,7 +8,8 @@ from typing import Any
 
 from segshards.writer.errors import SegshardsError, ShardFormatError, StoreError
 from segshards.writer.format.manifest import MANIFEST, SHARD_NAME, parse_manifest, shard_entries, split_names
-from segshards.writer.format.sample import check_sample
+from segshards.writer.format.sample import Layout, check_sample
+from segshards.writer.format.schema import schema_of
 from segshards.writer.format.tar_reader import iter_samples
 from segshards.writer.format.wids_index import check_index, entry_problem, index_entries
 from segshards.writer.storage.store import Store, open_store
@@ -17,7 +18,7 @@ Opener = Callable[[str], bytes]
 
 
 def check_shard(
-    data: bytes, entry: dict[str, Any], layout: dict[str, str], where: str, seen: set[str]
+    data: bytes, entry: dict[str, Any], layout: Layout, where: str, seen: set[str]
 ) -> Iterator[str]:
     """Problems with one shard's bytes against its manifest entry; adds its keys to `seen`."""
     if len(data) != entry["bytes"]:
@@ -44,7 +45,12 @@ def verify_set(manifest: dict[str, Any], opener: Opener, where: str) -> tuple[li
     problems: list[str] = []
     seen: set[str] = set()
     shards = 0
-    layout = manifest.get("sample", {"image": "png", "mask": "mask.png", "meta": "json"})
+    try:
+        schema = schema_of(manifest, f"{where}/{MANIFEST}")
+        layout = Layout(schema.image, schema.mask, schema.meta)
+    except ShardFormatError as exc:
+        problems.append(str(exc))
+        layout = Layout(None)
     for split in split_names(manifest):
         for entry in shard_entries(manifest, split):
             shard_where = f"{where}/{entry['name']}"
