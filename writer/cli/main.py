@@ -21,7 +21,7 @@ from segshards.writer.format.manifest import RUN_LOG, SPLITS
 from segshards.writer.process_pool import stop_workers
 from segshards.writer.recipes.contract import Recipe
 from segshards.writer.recipes.registry import get_recipe, recipe_names
-from segshards.writer.share.preview import write_preview
+from segshards.writer.share.preview import SIZE, write_preview
 from segshards.writer.share.publish import PublishConfig, credentials_problem, publish
 from segshards.writer.share.verify import verify_location
 from segshards.writer.storage.store import is_remote, open_store
@@ -92,8 +92,9 @@ def build_parser(recipe_name: str | None, *, list_recipes: bool = False) -> argp
     u.add_argument("--jobs", type=int, default=8, help="concurrent uploads")
     p = sub.add_parser(
         "preview",
-        help="contact sheet of samples with masks overlaid",
-        description="Draw the first samples of a split, masks tinted by class, 8 to a row, into one image.",
+        help="contact sheet of samples: image | mask | overlay, with a legend of class colours",
+        description="Draw the first samples of a split into one image: each sample framed as image | mask | "
+        "overlay (the mask in class colours), four samples to a row, above a legend naming each class drawn.",
     )
     p.add_argument("folder", help="set folder (holding manifest.json)")
     p.add_argument(
@@ -109,6 +110,13 @@ def build_parser(recipe_name: str | None, *, list_recipes: bool = False) -> argp
         default=64,
         metavar="N",
         help="samples to draw, at least 1 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        default=SIZE,
+        metavar="PX",
+        help="pixels per panel; each sample's image is scaled to fit (default: %(default)s)",
     )
     for name, summary in plugin_summaries().items():
         if name not in COMMAND_NAMES:  # a plugin cannot replace a built-in command
@@ -237,9 +245,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    drawn = write_preview(Path(args.folder), Path(args.output), split=args.split, count=args.count)
+    drawn = write_preview(
+        Path(args.folder), Path(args.output), split=args.split, count=args.count, size=args.size
+    )
     more = "" if drawn == args.count else f" (the {args.split} split holds only {drawn})"
-    print(f"wrote {args.output}: {drawn} {args.split} samples{more}")
+    print(f"wrote {args.output}: {drawn} {args.split} sample{'s' * (drawn != 1)}{more}")
     return 0
 
 
