@@ -36,8 +36,10 @@ def to_float(batch: Batch, mean: float = 0.0, std: float = 1.0) -> Batch:
 class DevicePrefetcher:
     """Iterate `loader` with every batch already on `device`, the next one copied while this one is used.
 
-    `state_dict()` reports the position after the batches handed out by this prefetcher (not the one it
-    holds ahead), so a checkpoint taken inside the training loop resumes at the right batch.
+    It holds one batch ahead of the one it hands out. A loader that can be told so (`hold_last`, as
+    `make_loader`'s can) is: its own `state_dict()`, saved inside the training loop, is then the position
+    after the batches handed out, and a loop left early gives the held batch back to the loader. For other
+    loaders `state_dict()` of this prefetcher reports that position.
     `data_wait_s` accumulates the time spent waiting for the loader (host side), `iterating_s` the wall
     time spent inside iterations (waiting plus the consumer's work), so `wait_fraction` is the share of
     the training loop lost to data.
@@ -87,10 +89,11 @@ class DevicePrefetcher:
 
     def __iter__(self) -> Iterator[Batch]:
         self._iter_started = time.perf_counter()
+        self._state = None
         iterator = iter(self.loader)
         try:
             upcoming = self._fetch(iterator)
-            upcoming_state = self._loader_state()
+            upcoming_state = self._hold(upcoming is not None)
             while upcoming is not None:
                 batch, state = upcoming, upcoming_state
                 if self.stream is not None:
@@ -100,7 +103,7 @@ class DevicePrefetcher:
                         if isinstance(value, torch.Tensor):
                             value.record_stream(current)  # memory reused only after the step's kernels ran
                 upcoming = self._fetch(iterator)
-                upcoming_state = self._loader_state()
+                upcoming_state = self._hold(upcoming is not None)
                 self._state = state
                 yield batch
             self._state = upcoming_state
@@ -108,9 +111,15 @@ class DevicePrefetcher:
             self._iterated_s, self._iter_started = self.iterating_s, None
             close = getattr(iterator, "close", None)
             if close is not None:
-                close()  # a loop left early stops the loader's workers now
+                close()  # a loop left early stops the loader's workers now (and gives back the held batch)
 
-    def _loader_state(self) -> dict[str, Any] | None:
+    def _hold(self, holding: bool) -> dict[str, Any] | None:
+        """Tell the loader whether its last batch is held here; for a loader that cannot be told, its
+        position now (after the batch just fetched), to report once that batch is handed out."""
+        hold = getattr(self.loader, "hold_last", None)
+        if hold is not None:
+            hold(holding)
+            return None
         return self.loader.state_dict() if hasattr(self.loader, "state_dict") else None
 
     def state_dict(self) -> dict[str, Any]:

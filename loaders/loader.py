@@ -17,6 +17,11 @@ stays mid-epoch). `state_dict()` after k batches records (epoch, batches deliver
 due next); `load_state_dict` on a loader with the same settings and shards makes it yield exactly the
 remaining batches of that epoch in the uninterrupted order. Resuming re-reads, without decoding, the
 samples each worker had delivered: the shuffle buffers are replayed rather than stored.
+
+A consumer that reads one batch ahead of what it hands on (`DevicePrefetcher`) says so with `hold_last`:
+while it holds the last batch, `state_dict()` is the position before that batch, so the state a training
+loop saves inside `for batch in DevicePrefetcher(loader, ...)` resumes at the batch it has not trained on,
+and an iteration closed while it holds one leaves the loader before that batch.
 """
 
 import hashlib
@@ -106,6 +111,8 @@ class ShardLoader:
         self.position = EpochPosition.start(0, config.workers)
         self.stats = Stats()  # what on_error="skip" left out in the current (or last) epoch
         self._run = 0  # iterations started: only the latest may advance the position
+        self._before_last: EpochPosition | None = None  # the position before the last batch yielded
+        self._held = False  # a reader ahead holds that batch and has not handed it on (`hold_last`)
 
     @property
     def epoch(self) -> int:
@@ -123,6 +130,7 @@ class ShardLoader:
         if not position.started:
             self.stats = Stats()
         self.dataset.position = position.copy()
+        self._forget_held()
         board, released = self.dataset.board, self.dataset.released
         if board is not None and released is not None:
             # The workers are idle (fresh, or done with the last iteration): they read this when resumed.
@@ -146,9 +154,11 @@ class ShardLoader:
                 batches = receive(message, rings, released, pin=self.pin_memory)
                 for i, batch in enumerate(batches):
                     self._check_current(run)
+                    before = position.copy()
                     position.deliver(message.worker, mid_item=i + 1 < len(batches))
                     if batch["key"]:  # an empty batch: every sample of its group failed (skip mode)
                         position.batches += 1
+                        self._before_last = before
                         yield unpack(batch)
             self._check_current(run)
             completed = True
@@ -159,6 +169,9 @@ class ShardLoader:
             # early stops them now (they may be blocked mid-item), and fresh ones replay the position.
             if not completed and self._run == run:
                 self.pool.stop(iterator)
+                if self._held and self._before_last is not None:
+                    self.position = self._before_last  # never handed on: the next iteration yields it
+                self._forget_held()
         self._finish_epoch()
 
     def _check_current(self, run: int) -> None:
@@ -178,6 +191,15 @@ class ShardLoader:
                 stacklevel=3,
             )
         self.position = EpochPosition.start(self.epoch + 1, self.config.workers)
+        self._forget_held()
+
+    def hold_last(self, held: bool) -> None:
+        """Say whether a consumer reading ahead (DevicePrefetcher) holds the last batch yielded without
+        having handed it on; while it does, `state_dict()` reports the position before that batch."""
+        self._held = held and self._before_last is not None
+
+    def _forget_held(self) -> None:
+        self._before_last, self._held = None, False
 
     def forever(self) -> Iterator[dict[str, Any]]:
         """Batches without end, epoch after epoch: with `resampled=True`, the infinite stream of shard draws
@@ -191,6 +213,7 @@ class ShardLoader:
             raise ConfigError(f"epoch {epoch}: must be >= 0")
         if epoch != self.epoch:
             self.position = EpochPosition.start(epoch, self.config.workers)
+            self._forget_held()
 
     def __len__(self) -> int:
         """Batches this rank yields per epoch (all workers together)."""
@@ -227,8 +250,10 @@ class ShardLoader:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """The position after the batches yielded so far: save it with a training checkpoint."""
-        return {"version": STATE_VERSION, **self.position.state_dict(), "settings": self.fingerprint()}
+        """The position after the batches handed on so far (yielded, less one a reader ahead still holds):
+        save it with a training checkpoint."""
+        position = self._before_last if self._held and self._before_last is not None else self.position
+        return {"version": STATE_VERSION, **position.state_dict(), "settings": self.fingerprint()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a saved position (the next iteration yields the rest of that epoch)."""
@@ -245,6 +270,7 @@ class ShardLoader:
                     "the rest of the epoch can only be replayed with the same settings"
                 )
         self.position = EpochPosition.from_state_dict(state, self.config.workers)
+        self._forget_held()
 
 
 def default_size(schema: SampleSchema | None) -> tuple[int, int] | None:

@@ -6,6 +6,8 @@ worker errors); tests/test_worker_pool.py checks each piece on its own, so a tor
 one shows up there first.
 """
 
+import atexit
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -51,6 +53,18 @@ def _identity(item: Any) -> Any:
     return item
 
 
+_LIVE_POOLS: "weakref.WeakSet[WorkerPool]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_live_pools() -> None:
+    """Stop every pool's workers while the interpreter is whole: a loader iteration still open at exit
+    (one batch taken, then the script ended) would otherwise be finalised during shutdown, when torch's
+    modules are half torn down, and print a traceback."""
+    for pool in list(_LIVE_POOLS):
+        pool.stop(None)
+
+
 class WorkerPool:
     """A DataLoader handing out `dataset`'s items as they are (no batching, no collation, no pinning),
     its `workers` processes persisting from one iteration to the next (forking them again cost 0.25-0.4 s
@@ -58,7 +72,16 @@ class WorkerPool:
 
     def __init__(self, dataset: IterableDataset, *, workers: int, prefetch_factor: int) -> None:
         self.dataset, self.workers, self.prefetch_factor = dataset, workers, prefetch_factor
-        self.dataloader = self._new_dataloader()
+        self._dataloader: DataLoader | None = None  # made when an iteration starts; None once stopped
+        if workers:
+            _LIVE_POOLS.add(self)
+
+    @property
+    def dataloader(self) -> DataLoader:
+        """The DataLoader of the next iteration (with the persistent workers, once it has started them)."""
+        if self._dataloader is None:
+            self._dataloader = self._new_dataloader()
+        return self._dataloader
 
     def _new_dataloader(self) -> DataLoader:
         return DataLoader(
@@ -94,17 +117,18 @@ class WorkerPool:
 
         Now, not whenever the garbage collector gets to the iterator (an exception's traceback keeps it
         alive): that may happen in another thread, which it blocks meanwhile. Fresh ones, because these
-        may be blocked mid-item, or one of them may be dead (`iterator` None: `start` failed).
+        may be blocked mid-item, or one of them may be dead (`iterator` None: `start` failed). The next
+        DataLoader is made when the next iteration starts, never here: this also runs at interpreter exit.
         """
         if self.workers == 0:
             return
-        target = iterator if iterator is not None else getattr(self.dataloader, "_iterator", None)
+        target = iterator if iterator is not None else getattr(self._dataloader, "_iterator", None)
         shutdown = getattr(target, "_shutdown_workers", None)
         if shutdown is not None:
             shutdown()
-        self.dataloader = self._new_dataloader()
+        self._dataloader = None
 
     def pids(self) -> list[int]:
         """Process ids of the live persistent workers (empty before the first iteration)."""
-        iterator = getattr(self.dataloader, "_iterator", None)
+        iterator = getattr(self._dataloader, "_iterator", None)
         return [int(w.pid) for w in getattr(iterator, "_workers", [])]
