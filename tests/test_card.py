@@ -14,7 +14,7 @@ from segshards.writer.recipes.coco import COCO_LICENCE
 from segshards.writer.recipes.contract import UNKNOWN_LICENCE
 from segshards.writer.recipes.digits import MNIST_LICENCE
 from segshards.writer.share.card import render_card
-from segshards.writer.share.snippets import shard_pattern, size_category
+from segshards.writer.share.snippets import content_key, shard_pattern, size_category
 from segshards.writer.storage.store import LocalStore
 from tests.mnist_fixtures import SMALL, build_once, tiny_source, unlocated
 
@@ -135,6 +135,7 @@ def test_coco_card_licence_classes_and_colour_snippet() -> None:
 def test_card_front_matter_is_what_hugging_face_reads(small_grid: Path) -> None:
     hub = pytest.importorskip("huggingface_hub")
     data = hub.DatasetCard.load(small_grid / "README.md").data.to_dict()
+    digest = hashlib.sha256((small_grid / "manifest.json").read_bytes()).hexdigest()
     assert data == {
         "license": "cc-by-sa-3.0",
         "pretty_name": "mnist-grid segmentation shards",
@@ -143,7 +144,8 @@ def test_card_front_matter_is_what_hugging_face_reads(small_grid: Path) -> None:
         "tags": ["webdataset", "segshards"],
         "configs": [
             {
-                "config_name": "default",
+                "config_name": f"manifest-{digest[:16]}",  # datasets names its cache for it
+                "default": True,
                 "data_files": [
                     {"split": "train", "path": "train-*.tar"},
                     {"split": "validation", "path": "val-*.tar"},
@@ -175,3 +177,21 @@ def test_size_category(samples: int, category: str) -> None:
 def test_shard_pattern() -> None:
     assert shard_pattern(["val-000000.tar", "val-000001.tar", "val-000002.tar"]) == "val-{000000..000002}.tar"
     assert shard_pattern(["test-000007.tar"]) == "test-000007.tar"
+
+
+def test_what_clients_cache_is_named_for_the_manifest_bytes() -> None:
+    """Another manifest (another seed, counts, source) gives another config name and wids cache folder, in
+    the local and the remote card alike; the same manifest gives the same card, wherever it is rendered."""
+    manifest = coco_manifest()
+    data = json.dumps(manifest, sort_keys=True).encode()
+    other = json.dumps(manifest | {"seed": 4}, sort_keys=True).encode()
+    assert content_key(data) == f"manifest-{hashlib.sha256(data).hexdigest()[:16]}" != content_key(other)
+    for location in ("/data/sets/coco", "s3://bucket/sets/coco"):
+        card = render_card(manifest, data, location=location)
+        assert card == render_card(manifest, data, location=location)
+        assert f'config_name: "{content_key(data)}"' in card
+        assert f'"segshards-{content_key(data)}")' in card  # the wids cache folder
+        assert content_key(other) in render_card(manifest, other, location=location)
+    remote = render_card(manifest, data, location="s3://bucket/sets/coco")
+    assert "download_config=DownloadConfig(use_etag=True)" in remote  # downloads checked against ETags
+    assert "aws s3 cp --only-show-errors" in remote

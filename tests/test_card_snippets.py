@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.mnist_fixtures import SMALL, build_once
+from tests.mnist_fixtures import SMALL, build_once, read_set, tiny_source
 from tests.moto_fixture import S3, s3_fixture  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # worktree); copied to a temp folder before use. Without it the synthetic COCO fixture stands in.
 COCO_TINY = [ROOT.parent / "shared" / "data" / "coco-tiny", ROOT.parents[1] / "shared" / "data" / "coco-tiny"]
 CLIENTS = ["segshards", "webdataset", "datasets", "ray", "wids"]  # the order of the card's blocks
+HF_TO_OURS = {"validation": "val"}  # Hugging Face's split names, where they differ from ours
 MNIST_RECIPES = ["mnist-foreground", "mnist-circle", "mnist-grid"]
 CLIENT_MODULES_PRESENT = {
     name: importlib.util.find_spec(name) is not None for name in ("datasets", "ray", "wids")
@@ -200,7 +201,7 @@ def published(
 
 
 def run_published(s3: S3, url: str, client: str) -> dict[str, Any]:
-    card = s3.objects("shared/grid")["README.md"].decode()
+    card = s3.objects(url.removeprefix(f"s3://{s3.bucket}/"))["README.md"].decode()
     block = code_blocks(card)[CLIENTS.index(client)]
     assert url in block
     namespace: dict[str, Any] = {}
@@ -236,3 +237,120 @@ def samples_read(client: str, ns: dict[str, Any]) -> int:
     if client == "ray":
         return int(ns["ds"].count())
     return len(ns["dataset"])
+
+
+# ---- a set rebuilt in place: every snippet reads the set that is there now -----------------------------
+
+# Two builds of one place: other counts, another seed (so other samples and other shard contents).
+REBUILDS = [(("12", "4", "4"), "1"), (("7", "5", "3"), "2")]
+
+
+def build_tiny(out: Path, source: Path, counts: tuple[str, str, str], seed: str) -> dict[str, Any]:
+    """Remove `out` and build a small mnist-grid set there; returns its manifest."""
+    from segshards.writer.cli.main import main
+
+    shutil.rmtree(out, ignore_errors=True)
+    train, val, test = counts
+    args = [
+        "--train",
+        train,
+        "--val",
+        val,
+        "--test",
+        test,
+        "--seed",
+        seed,
+        "--shard-size",
+        "4",
+        "--jobs",
+        "1",
+    ]
+    assert main(["build", "mnist-grid", "--source", str(source), "--out", str(out), *args]) == 0
+    return manifest_of(out)
+
+
+def split_keys(folder: Path) -> dict[str, list[str]]:
+    """Every split's sample keys, read from the shards the manifest lists (without any client)."""
+    return {split: sorted(s["__key__"] for s in samples) for split, samples in read_set(folder).items()}
+
+
+def keys_read(client: str, ns: dict[str, Any]) -> dict[str, list[str]]:
+    """The keys a snippet's objects yield, per split they cover (datasets: every split; others: train)."""
+    if client == "segshards":  # the epoch goes on after the snippet's first batch
+        keys = [*ns["batch"]["key"], *(k for b in ns["loader"] for k in b["key"])]
+    elif client == "webdataset":
+        keys = [s["__key__"] for s in ns["dataset"]]
+    elif client == "datasets":
+        return {HF_TO_OURS.get(name, name): sorted(split["__key__"]) for name, split in ns["ds"].items()}
+    elif client == "ray":
+        keys = [row["__key__"] for row in ns["ds"].take_all()]
+    else:
+        keys = [ns["dataset"][i]["__key__"] for i in range(len(ns["dataset"]))]
+    return {"train": sorted(keys)}
+
+
+def expected_keys(client: str, truth: dict[str, list[str]]) -> dict[str, list[str]]:
+    return {s: k for s, k in truth.items() if k} if client == "datasets" else {"train": truth["train"]}
+
+
+def skip_missing(client: str, request: pytest.FixtureRequest, *, ray_fixture: str) -> None:
+    if client in CLIENT_MODULES_PRESENT and not CLIENT_MODULES_PRESENT[client]:
+        pytest.skip(f"{client} is not installed")
+    if client == "ray":
+        request.getfixturevalue(ray_fixture)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_snippets_read_a_set_rebuilt_in_place(
+    client: str, tmp_path: Path, request: pytest.FixtureRequest, capfd: pytest.CaptureFixture[str]
+) -> None:
+    skip_missing(client, request, ray_fixture="ray_session")
+    source, out = tiny_source(tmp_path / "src"), tmp_path / "sets" / "set"
+    seen = []
+    for counts, seed in REBUILDS:
+        build_tiny(out, source, counts, seed)
+        truth = split_keys(out)
+        capfd.readouterr()
+        ns = run_snippet(out, client)
+        assert capfd.readouterr().out == ""  # the snippet prints nothing on stdout
+        assert keys_read(client, ns) == expected_keys(client, truth), f"{client} after building {counts}"
+        seen.append(truth["train"])
+    assert seen[0] != seen[1]  # the rebuild really changed what the split holds
+
+
+def test_datasets_snippet_tells_sets_with_the_same_folder_name_apart(tmp_path: Path) -> None:
+    pytest.importorskip("datasets")
+    source = tiny_source(tmp_path / "src")
+    folders = [tmp_path / "a" / "set", tmp_path / "b" / "set"]  # one folder name, two places, two sets
+    for folder, (counts, seed) in zip(folders, REBUILDS, strict=True):
+        build_tiny(folder, source, counts, seed)
+    for folder in [*folders, folders[0]]:
+        truth = split_keys(folder)
+        assert keys_read("datasets", run_snippet(folder, "datasets")) == expected_keys("datasets", truth)
+
+
+def empty_prefix(s3: S3, prefix: str) -> None:
+    """Delete every object under `prefix/` (what a user does before publishing another set there)."""
+    pages = s3.client.get_paginator("list_objects_v2").paginate(Bucket=s3.bucket, Prefix=f"{prefix}/")
+    for page in pages:
+        for item in page.get("Contents", []):
+            s3.client.delete_object(Bucket=s3.bucket, Key=item["Key"])
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_published_snippets_read_a_set_replaced_in_place(
+    s3: S3, client: str, tmp_path: Path, request: pytest.FixtureRequest, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from segshards.writer.cli.main import main
+
+    skip_missing(client, request, ray_fixture="ray_with_s3")
+    source, url = tiny_source(tmp_path / "src"), s3.url("shared/grid")
+    for i, (counts, seed) in enumerate(REBUILDS):
+        folder = tmp_path / f"set{i}"
+        build_tiny(folder, source, counts, seed)
+        empty_prefix(s3, "shared/grid")
+        assert main(["publish", str(folder), url]) == 0
+        capfd.readouterr()
+        ns = run_published(s3, url, client)
+        assert capfd.readouterr().out == ""  # the snippet prints nothing on stdout
+        assert keys_read(client, ns) == expected_keys(client, split_keys(folder)), f"{client}, set {i}"

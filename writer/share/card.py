@@ -12,7 +12,7 @@ from segshards.writer.format.manifest import MANIFEST, split_names
 from segshards.writer.format.schema import SampleSchema, schema_of
 from segshards.writer.recipes.contract import UNKNOWN_LICENCE
 from segshards.writer.recipes.registry import get_recipe
-from segshards.writer.share.snippets import MASK_NOTE, front_matter, location_of, snippets
+from segshards.writer.share.snippets import MASK_NOTE, content_key, front_matter, location_of, snippets
 
 CARD = "README.md"
 
@@ -109,8 +109,9 @@ def render_card(manifest: dict[str, Any], manifest_bytes: bytes, *, location: st
     schema = schema_of(manifest)
     hash_info = manifest.get("hash", {})
     ignore = f", {schema.ignore} = ignore" if schema.ignore is not None else ""
+    key = content_key(manifest_bytes)
     lines = [
-        *front_matter(manifest),
+        *front_matter(manifest, key),
         f"# {recipe}: image segmentation shards",
         "",
         description(recipe),
@@ -171,7 +172,7 @@ def render_card(manifest: dict[str, Any], manifest_bytes: bytes, *, location: st
         "",
         f"This set is at `{location_of(location)}`; if you moved it, change that location in the snippets.",
         "",
-        *snippets(manifest, location_of(location)),
+        *snippets(manifest, location_of(location), key),
         "",
         "## Checksums",
         "",
