@@ -15,14 +15,14 @@ from segshards.writer.recipes.registry import get_recipe, load_ref, recipe_names
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def readme_recipe() -> str:
-    """The example recipe of the README's "Writing a recipe" section, as written there."""
-    text = (ROOT / "README.md").read_text()
+def documented_recipe() -> str:
+    """The example recipe of the "Writing a recipe" section of docs/RECIPES.md, as written there."""
+    text = (ROOT / "docs" / "RECIPES.md").read_text()
     section = text[text.index("## Writing a recipe") :]
     return section[section.index("```python\n") + 10 : section.index("\n```\n", section.index("```python"))]
 
 
-PLUGIN = readme_recipe()
+PLUGIN = documented_recipe()
 
 
 @pytest.fixture
