@@ -21,6 +21,7 @@ from segshards.writer.format.manifest import RUN_LOG, SPLITS
 from segshards.writer.process_pool import stop_workers
 from segshards.writer.recipes.contract import Recipe
 from segshards.writer.recipes.registry import get_recipe, recipe_names
+from segshards.writer.share.info import info_lines, set_info
 from segshards.writer.share.preview import SIZE, write_preview
 from segshards.writer.share.publish import PublishConfig, credentials_problem, publish
 from segshards.writer.share.verify import verify_location
@@ -86,6 +87,13 @@ def build_parser(recipe_name: str | None, *, list_recipes: bool = False) -> argp
     )
     v = sub.add_parser("verify", help="check a shard set against its manifest")
     v.add_argument("folder", help="set folder, or s3://bucket/prefix")
+    i = sub.add_parser(
+        "info",
+        help="what a set holds: splits, classes, schema, size, location",
+        description="Print a set's splits, classes, sample schema, size and location, read from its manifest.",
+    )
+    i.add_argument("set", metavar="SET", help="set folder, s3://bucket/prefix or https:// URL")
+    i.add_argument("--json", action="store_true", help="print the facts as one JSON object")
     u = sub.add_parser("publish", help="upload a finished set to s3://bucket/prefix, manifest last")
     u.add_argument("folder", help="set folder")
     u.add_argument("dest", help="s3://bucket/prefix (endpoint and credentials from the AWS environment)")
@@ -227,6 +235,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_info(args: argparse.Namespace) -> int:
+    info = set_info(args.set)
+    if args.json:
+        print(json.dumps(info.summary(), indent=2, sort_keys=True))
+    else:
+        print("\n".join(info_lines(info)))
+    return 0
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
     try:
         report = publish(PublishConfig(folder=Path(args.folder), dest=args.dest, jobs=args.jobs))
@@ -256,6 +273,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "build": cmd_build,
     "verify": cmd_verify,
+    "info": cmd_info,
     "publish": cmd_publish,
     "preview": cmd_preview,
 }
