@@ -392,7 +392,7 @@ def test_unknown_command_lists_the_commands(
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert f"unknown command {typed!r}" in err and hint in err
-    assert "build, verify, publish, preview, " in err and "train" in err and "eval" in err
+    assert "build, verify, info, publish, preview, " in err and "train" in err and "eval" in err
 
 
 def test_build_help_lists_recipes_and_where_their_options_are(capsys: pytest.CaptureFixture[str]) -> None:
