@@ -17,6 +17,10 @@ class SupplyError(SegshardsError):
     """The source cannot supply the requested number of unique samples."""
 
 
+class PlanError(SegshardsError):
+    """A rendered sample is not the planned one: the recipe is not deterministic, or its source changed."""
+
+
 class OutputError(SegshardsError):
     """The output location cannot be used or written."""
 

@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from segshards.writer.errors import ShardFormatError
+from segshards.writer.errors import PlanError, ShardFormatError
+from segshards.writer.format.images import decode_image
+from segshards.writer.format.keys import pixel_key
 from segshards.writer.format.sample import Layout, class_counts, read_sample, sample_members
 from segshards.writer.format.tar_reader import iter_samples
 from segshards.writer.format.tar_writer import TarWriter
@@ -93,20 +95,40 @@ def render_samples(recipe: Recipe, task: ShardTask) -> Iterator[Rendered]:
     )
 
 
+def checked_key(sample: Rendered, task: ShardTask, index: int) -> str:
+    """The planned key of the task's `index`-th sample, once the key of the pixels rendered is the same.
+
+    Determinism is what makes a plan, resumed builds and dedup hold: a recipe that renders another image
+    than it planned (a random draw outside the seeded generator, a source file changed since) fails here,
+    with one line naming shard and sample. An image stored as given (`image_bytes`, e.g. a photograph's
+    file; `planned_keys` recipes) is decoded by the format's own decoder to be hashed.
+    """
+    planned = task.keys[index]
+    where = f"{Path(task.out_dir) / task.name}: sample {index} ({planned})"
+    pixels = sample.image
+    if sample.image_bytes is not None:
+        try:
+            pixels = decode_image(sample.image_bytes, sample.image_ext, where)
+        except ShardFormatError as exc:
+            raise PlanError(f"{exc}; the recipe stored an image it cannot have planned") from None
+    key = pixel_key(pixels)
+    if key != planned:
+        raise PlanError(
+            f"{where}: rendered image has key {key}, not the planned one (is {task.recipe} deterministic?)"
+        )
+    return key
+
+
 def render_shard(task: ShardTask) -> ShardResult:
     """Render the task's samples and stream them into the shard, written atomically."""
     recipe = load_ref(task.recipe)
     result = ShardResult(task.split, task.index, task.name, 0, 0, "", [])
     counts = np.zeros(256, np.int64)
     labels: list[int] = []
-    # A recipe with `planned_keys` checks in render() that it stores the very image it planned (e.g. the
-    # same file bytes whose pixels it hashed then), so its pixels need not be decoded and hashed again.
-    planned = recipe.planned_keys
     with atomic_stream(Path(task.out_dir) / task.name) as out:
         tar = TarWriter(out)
         for i, sample in enumerate(render_samples(recipe, task)):
-            key, parts = sample_members(sample, task.keys[i] if planned else None)
-            assert key == task.keys[i], "rendered image differs from the planned one"
+            key, parts = sample_members(sample, checked_key(sample, task, i))
             for name, payload in parts:
                 tar.add(name, payload)
             counts += class_counts(sample.mask)
