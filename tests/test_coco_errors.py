@@ -13,7 +13,8 @@ import pytest
 from segshards.writer.cli.main import main
 from segshards.writer.process_pool import map_in_order
 from segshards.writer.recipes.coco import Work, check_images, permutation
-from segshards.writer.sources.coco_annotations import BadRecord, load_index
+from segshards.writer.sources.coco_annotations import load_index
+from segshards.writer.sources.photos import BadRecord
 from tests.coco_fixtures import CocoFixture, annotation, image_record, write_coco
 
 Edit = Callable[[dict[str, Any]], None]
@@ -52,9 +53,9 @@ CASES: list[tuple[str, Edit | None, FileEdit | None, str, str, int]] = [
     ("not-a-jpeg", None, lambda p: (p / "000000000007.jpg").write_bytes(b"GIF89a not a jpeg"),
      "instances.json: image 7 (000000000007.jpg): not a JPEG file", "unreadable-image", 7),
     ("undecodable", None, lambda p: (p / "000000000008.jpg").write_bytes(b"\xff\xd8\xff" + bytes(200)),
-     "instances.json: image 8 (000000000008.jpg): undecodable JPEG", "unreadable-image", 8),
+     "instances.json: image 8 (000000000008.jpg): corrupt JPEG (no marker at byte 4)", "unreadable-image", 8),
     ("truncated", None, lambda p: truncate(p / "000000000009.jpg"),
-     "instances.json: image 9 (000000000009.jpg): undecodable JPEG", "unreadable-image", 9),
+     "instances.json: image 9 (000000000009.jpg): undecodable jpg image", "unreadable-image", 9),
     ("short-polygon", lambda d: annotation(d, 101).update(segmentation=[[4, 4, 36, 4]]), None,
      "instances.json: annotation 101 (image 1): polygon part 0 has 2 point(s), needs at least 3", "bad-polygon", 1),
     ("rle-size", lambda d: annotation(d, 201)["segmentation"].update(size=[61, 80]), None,
@@ -66,7 +67,7 @@ CASES: list[tuple[str, Edit | None, FileEdit | None, str, str, int]] = [
     ("image-size", lambda d: image_record(d, 1).update(width=65), None,
      "instances.json: image 1 (000000000001.jpg): file is 64x48, annotations say 65x48", "image-size", 1),
     ("exif-orientation", None, lambda p: exif_rotated(p / "000000000006.jpg"),
-     "instances.json: image 6 (000000000006.jpg): EXIF orientation rotates the decoded pixels", "exif-orientation", 6),
+     "instances.json: image 6 (000000000006.jpg): EXIF orientation turns the decoded pixels away from its annotations", "exif-orientation", 6),
     ("duplicate-image-id", lambda d: d["images"].append(dict(image_record(d, 9))), None,
      "instances.json: image 9: id appears twice in 'images'", "bad-field", 9),
     ("bool-crowd", lambda d: annotation(d, 601).update(iscrowd=True), None,

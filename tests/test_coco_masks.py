@@ -9,7 +9,8 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from segshards.writer.sources.coco_annotations import Annotation, BadRecord
+from segshards.writer.sources.coco_annotations import Annotation
+from segshards.writer.sources.photos import BadRecord
 from segshards.writer.sources.coco_masks import Instance, annotation_rle, compose, one_runs, string_counts
 from tests.coco_fixtures import disc, fixture_images, fixture_json, list_rle, random_polygon, rect, string_rle
 

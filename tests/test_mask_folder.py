@@ -14,6 +14,7 @@ from PIL import Image
 from segshards.writer.cli.main import main
 from segshards.writer.format.keys import pixel_key
 from segshards.writer.format.palette import voc_palette as palette
+from segshards.writer.recipes import mask_folder, mask_folder_walk
 from tests.mnist_fixtures import (
     ROOT,
     SHARD_FILE,
@@ -379,9 +380,8 @@ def test_masks_beyond_the_cache_are_read_again(tmp_path: Path, monkeypatch: pyte
     tree = cvat_tree(tmp_path / "cvat", n=6)
     args = tree.args("--classes", str(tree.root / "labelmap.txt"), "--jobs", "1")
     build(tmp_path / "cached", *args)
-    from segshards.writer.recipes import mask_folder
-
-    monkeypatch.setattr(mask_folder, "MASK_CACHE_BYTES", 0)
+    monkeypatch.setattr(mask_folder_walk, "MASK_CACHE_BYTES", 0)
+    mask_folder_walk.select.cache_clear()  # walk again, keeping no mask
     build(tmp_path / "read-again", *args)
     assert folder_bytes(tmp_path / "cached") == folder_bytes(tmp_path / "read-again")
 
@@ -423,8 +423,6 @@ def test_an_image_changed_after_planning_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     """Rendering does not decode the image again: the file's sha256 must still be the one planned."""
-    from segshards.writer.recipes import mask_folder
-
     tree = cvat_tree(tmp_path / "cvat", n=4)
     original = mask_folder.source_of
 

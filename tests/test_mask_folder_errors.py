@@ -76,7 +76,7 @@ CASES: list[tuple[Callable[[Tree], None], str, str]] = [
     (wrong_size, "size-mismatch", "frame_0002.png: mask is 64x40, its image frame_0002.jpg is 64x48"),
     (stray_colour, "unmatched-colour", "frame_0002.png: colour (7, 8, 9) is not in --classes (35 pixels;"),
     (index_too_high, "unknown-index", "frame_0002.png: index 3 (4 pixels) is above the last class (2)"),
-    (truncated_image, "unreadable-image", "frame_0002.jpg: truncated or corrupt JPG"),
+    (truncated_image, "unreadable-image", "frame_0002.jpg: undecodable jpg image"),
     (truncated_mask, "unreadable-mask", "frame_0002.png: truncated or corrupt PNG"),
     (not_an_image, "unreadable-image", "frame_0002.jpg: not a JPEG or PNG file"),
     (
@@ -87,7 +87,7 @@ CASES: list[tuple[Callable[[Tree], None], str, str]] = [
     (
         rotated_by_exif,
         "exif-orientation",
-        "frame_0002.jpg: EXIF orientation turns the image away from its mask",
+        "frame_0002.jpg: EXIF orientation turns the decoded pixels away from its mask",
     ),
 ]
 

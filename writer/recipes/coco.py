@@ -3,24 +3,20 @@
 import argparse
 import contextlib
 import functools
-import itertools
 import os
-import pickle
-from collections.abc import Generator, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import cv2
 import numpy as np
 import xxhash
 from joblib import cpu_count
 
-from segshards.writer.errors import ConfigError, SourceError, SupplyError
-from segshards.writer.format.keys import accept, file_digest, pixel_digest
+from segshards.writer.errors import ConfigError, SourceError
+from segshards.writer.format.keys import file_digest, pixel_digest
 from segshards.writer.format.palette import voc_palette
-from segshards.writer.format.schema import PHOTOGRAPH_TRAINING, SampleSchema
-from segshards.writer.process_pool import map_in_order
+from segshards.writer.format.schema import IGNORE, PHOTOGRAPH_TRAINING, SampleSchema
 from segshards.writer.recipes.contract import (
     SPLITS,
     Candidates,
@@ -31,29 +27,32 @@ from segshards.writer.recipes.contract import (
     add_on_error,
     seeded_permutation,
 )
-from segshards.writer.sources.coco_annotations import (
-    Annotation,
-    BadRecord,
-    CocoClass,
-    CocoIndex,
-    ImageRecord,
-    load_index,
+from segshards.writer.recipes.walk import (
+    Checked,
+    Outcome,
+    Prepared,
+    Selection,
+    Walk,
+    load_prepared,
+    outcomes,
+    share_prepared,
+    short_supply,
+    tally,
 )
-from segshards.writer.sources.coco_masks import IGNORE, OVERLAPS, Instance, annotation_rle, compose
+from segshards.writer.sources.coco_annotations import Annotation, CocoIndex, ImageRecord, load_index
+from segshards.writer.sources.coco_masks import OVERLAPS, Instance, annotation_rle, compose
+from segshards.writer.sources.photos import BadRecord, decode_photo
 
 DEFAULT_COUNTS = {"train": 8000, "val": 500, "test": 500}
 SELECTION_STREAM = 5  # the permutation's stream: (seed, 5), apart from the planner's (seed, split 0..2)
-CHUNK = 64  # images offered to the planner at a time
 WALK_RUN = 16  # images a walker checks in one call: ~50 ms of work, a few hundred KB of annotations to pickle
-WALK_AHEAD = 4  # runs waiting on each worker process
-JPEG_MAGIC = b"\xff\xd8\xff"
-PREPARED = "coco-prepared.pickle"
+PREPARED = "coco-prepared"
 NO_PIXELS = np.zeros((0, 0, 3), np.uint8)  # render() leaves the JPEG undecoded: its key is the planned one
 
 
 @dataclass(frozen=True)
 class CocoSpec:
-    """Where the source is and how to cut it; `prepared` is a COCO-format subset written for workers."""
+    """Where the source is and how to cut it; `prepared` is what the walk found, written for workers."""
 
     annotations: str
     images: str
@@ -67,24 +66,19 @@ class CocoSpec:
     prepared: str | None = None  # what workers render from (see `share`)
 
 
-class Checked(NamedTuple):
-    """What the walk learnt of a sound image: its pixel digest (the sample key), its file's digest (so that
-    rendering can tell it is the same file without decoding it again) and its checked instances, column by
-    column: a few values per image pickle ~10x faster than a record and an RLE dict per instance, and
-    every chosen image's are pickled twice (worker to walk, walk to renderers)."""
+class Instances(NamedTuple):
+    """The facts of a checked image (`Checked.facts`): its checked instances, column by column. A few
+    values per image pickle ~10x faster than a record and an RLE dict per instance, and every chosen
+    image's are pickled twice (worker to walk, walk to renderers)."""
 
-    pixels: bytes
-    file: bytes
     classes: bytes  # per instance: its contiguous class
     crowd: bytes  # per instance: 1 for a crowd region
     ann_ids: tuple[int, ...]
     counts: tuple[bytes, ...]  # per instance: its compressed RLE counts
 
     @classmethod
-    def of(cls, pixels: bytes, file: bytes, found: list[Instance]) -> "Checked":
+    def of(cls, found: list[Instance]) -> "Instances":
         return cls(
-            pixels,
-            file,
             bytes(i.cls for i in found),
             bytes(i.crowd for i in found),
             tuple(i.ann_id for i in found),
@@ -95,19 +89,6 @@ class Checked(NamedTuple):
         size = [record.height, record.width]
         columns = zip(self.classes, self.crowd, self.ann_ids, self.counts, strict=True)
         return [Instance(c, bool(k), a, {"size": size, "counts": n}) for c, k, a, n in columns]
-
-
-@dataclass
-class Selection:
-    """The outcome of walking the seeded permutation: per split, the image ids offered to the planner
-    (duplicates included, which the planner rejects in the same order) and what was learnt of each."""
-
-    offered: dict[str, list[int]] = field(default_factory=dict)
-    chosen: dict[str, list[int]] = field(default_factory=dict)
-    duplicates: dict[str, list[int]] = field(default_factory=dict)
-    checked: dict[int, Checked] = field(default_factory=dict)
-    skipped: dict[int, BadRecord] = field(default_factory=dict)  # image id -> problem met in the walk
-    eligible: int = 0
 
 
 def spec_index(spec: CocoSpec) -> CocoIndex:
@@ -131,21 +112,9 @@ def read_image(folder: str, record: ImageRecord, where: str) -> bytes:
 
 
 def decode_jpeg(data: bytes, record: ImageRecord, where: str) -> np.ndarray:
-    """(H, W, 3) BGR pixels as `segshards verify` decodes them, checked against the record's size and
-    against EXIF orientation (which would turn the pixels away from the annotations' frame)."""
+    """(H, W, 3) BGR pixels as `segshards verify` decodes them (`decode_photo`), of the record's size."""
     where = f"{where}: image {record.id} ({record.file_name})"
-    if not data.startswith(JPEG_MAGIC):
-        raise BadRecord("unreadable-image", f"{where}: not a JPEG file")
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if pixels is None:
-        raise BadRecord("unreadable-image", f"{where}: undecodable JPEG")
-    if b"Exif\0\0" in data[:65536]:
-        raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-        if raw is None or raw.shape != pixels.shape or not np.array_equal(raw, pixels):
-            raise BadRecord(
-                "exif-orientation",
-                f"{where}: EXIF orientation rotates the decoded pixels away from the annotations' frame",
-            )
+    pixels, _ = decode_photo(data, where, kinds=("jpg",), frame="its annotations")
     if pixels.shape[:2] != (record.height, record.width):
         raise BadRecord(
             "image-size",
@@ -167,12 +136,6 @@ def instances(
     ]
 
 
-def check_file(folder: str, name: str, record: ImageRecord) -> tuple[bytes, bytes]:
-    """(pixel digest, file digest) of a sound image file; BadRecord for its problem."""
-    data = read_image(folder, record, name)
-    return pixel_digest(decode_jpeg(data, record, name)), xxhash.xxh3_128_digest(data)
-
-
 class Work(NamedTuple):
     """A run of images for one walker (a worker process, or this one): all it needs to check them."""
 
@@ -182,131 +145,64 @@ class Work(NamedTuple):
     images: list[tuple[ImageRecord, list[Annotation]]]
 
 
-def check_images(work: Work) -> list[Checked | BadRecord]:
+def check_images(work: Work) -> list[Outcome]:
     """Each image checked whole, annotations first (a bad one means its file is not opened), then its
     file read, decoded and hashed; problems are returned, not raised, so the walk reports them in order."""
-    outcomes: list[Checked | BadRecord] = []
-    for record, found in work.images:
+    found: list[Outcome] = []
+    for record, annotations in work.images:
         try:
-            checked = instances(work.class_of, work.name, record, found)
-            outcomes.append(Checked.of(*check_file(work.folder, work.name, record), checked))
+            facts = Instances.of(instances(work.class_of, work.name, record, annotations))
+            data = read_image(work.folder, record, work.name)
+            key = pixel_digest(decode_jpeg(data, record, work.name))
+            found.append(Checked(key, xxhash.xxh3_128_digest(data), facts))
         except BadRecord as problem:
-            outcomes.append(problem)
-    return outcomes
+            found.append(problem)
+    return found
 
 
 def permutation(eligible: list[int], seed: int) -> list[int]:
     return seeded_permutation(eligible, seed, SELECTION_STREAM)
 
 
-def checked(index: CocoIndex, spec: CocoSpec, order: list[int]) -> Generator[tuple[int, Checked | BadRecord]]:
-    """(image id, what was learnt or the problem) along `order`. With more than one job, runs of WALK_RUN
-    images are checked in worker processes and in this one (`map_in_order`), a few runs ahead of the
-    consumer; outcomes come in order, so the walk stays deterministic."""
-    runs = [order[i : i + WALK_RUN] for i in range(0, len(order), WALK_RUN)]
-    class_of = index.class_of()
-    work = (
-        Work(
-            spec.images, index.name, class_of, [(index.images[i], index.annotations.get(i, [])) for i in run]
-        )
-        for run in runs
-    )
-    workers = spec.jobs - 1
-    with contextlib.closing(
-        map_in_order(check_images, work, workers=workers, ahead=WALK_AHEAD * workers)
-    ) as found:
-        for run, outcomes in zip(runs, found, strict=True):
-            yield from zip(run, outcomes, strict=True)
-
-
-def sound_images(spec: CocoSpec, index: CocoIndex, sel: Selection) -> Generator[tuple[int, Checked]]:
-    """The walk's sound images, in permutation order; problems raise, or are skipped and remembered."""
-    for image_id, outcome in checked(index, spec, permutation(index.eligible(), spec.seed)):
-        if isinstance(outcome, BadRecord):
-            if spec.on_error == "raise":
-                raise outcome
-            sel.skipped[image_id] = outcome
-            continue
-        yield image_id, outcome
-
-
 @functools.lru_cache(maxsize=2)
 def select(spec: CocoSpec) -> Selection:
     """Walk one seeded permutation of the eligible images, cutting consecutive runs for train, val and
-    test (so they are disjoint); images with problems raise or are skipped. Duplicates are rejected by
-    the planner's own `accept`, which the planner repeats on the same digests in the same order. Each
-    image is read, decoded and hashed once, here; rendering checks it meets the same file bytes."""
+    test (so they are disjoint); images with problems raise or are skipped. Each image is read, decoded
+    and hashed once, here; rendering checks it meets the same file bytes."""
     index = spec_index(spec)
-    sel = Selection(eligible=len(index.eligible()))
-    seen: set[bytes] = set()
-    with contextlib.closing(sound_images(spec, index, sel)) as walk:
+    class_of = index.class_of()
+
+    def work_of(run: list[int]) -> Work:
+        return Work(
+            spec.images, index.name, class_of, [(index.images[i], index.annotations.get(i, [])) for i in run]
+        )
+
+    sel = Selection()
+    walk = Walk(sel, on_error=spec.on_error, name=int)
+    order = permutation(index.eligible(), spec.seed)
+    with contextlib.closing(outcomes(order, work_of, check_images, jobs=spec.jobs, run=WALK_RUN)) as stream:
         for split, count in zip(SPLITS, spec.counts, strict=True):
-            offered, chosen = sel.offered.setdefault(split, []), sel.chosen.setdefault(split, [])
-            dups = sel.duplicates.setdefault(split, [])
-            while count is None or len(chosen) < count:
-                # No more than the split still needs: the walk reaches (and reports) no image beyond it.
-                batch = list(
-                    itertools.islice(walk, CHUNK if count is None else min(CHUNK, count - len(chosen)))
-                )
-                if not batch:
-                    if count is None:
-                        break
-                    raise short_supply(spec, index.name, sel, split, count)
-                taken, _ = accept([c.pixels for _, c in batch], seen, None)
-                kept = set(taken)
-                for j, (image_id, outcome) in enumerate(batch):
-                    offered.append(image_id)
-                    sel.checked[image_id] = outcome
-                    (chosen if j in kept else dups).append(image_id)
+            if not walk.fill(split, count, stream):
+                assert count is not None
+                raise short_supply(sel, split, count, supply(spec, index))
     return sel
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """What rendering needs of the planned images: per image its record and what the walk learnt."""
-
-    name: str  # the annotation file's, for messages
-    classes: list[CocoClass]
-    images: dict[int, tuple[ImageRecord, Checked]]
-
-
-# What `share` wrote in this process, by path: the parent renders shards too, and keeps its own copy
-# instead of reading the file back (~1 s for 8,000 images). `share` replaces it before each build.
-WRITTEN: dict[str, Prepared] = {}
-
-
-def load_prepared(path: str) -> Prepared:
-    """The Prepared that `share` wrote: a pickle, read only from this build's own work folder (a JSON
-    form took workers ~0.5 ms an image to rebuild its RLEs)."""
-    if path in WRITTEN:
-        return WRITTEN[path]
-    with open(path, "rb") as f:
-        prep = pickle.load(f)
-    assert isinstance(prep, Prepared)
-    return prep
+def supply(spec: CocoSpec, index: CocoIndex) -> str:
+    kept = " of --categories" if spec.categories else ""
+    return f"{index.name} has {len(index.eligible())} eligible images (with a non-crowd annotation{kept})"
 
 
 @functools.lru_cache(maxsize=2)
 def prepared(spec: CocoSpec) -> Prepared:
-    """What rendering needs: from the file `share` wrote, or (same process) from the selection. Cached
-    by the whole spec: a reused worker process never takes one build's file for another's."""
+    """What rendering needs: the annotation file's name and classes, and per chosen image its record and
+    what the walk learnt. From the file `share` wrote or, in the walking process, from the selection;
+    cached by the whole spec, so a reused worker process never takes one build's for another's."""
     if spec.prepared is not None:
         return load_prepared(spec.prepared)
     index, sel = spec_index(spec), select(spec)
     chosen = (i for s in SPLITS for i in sel.chosen[s])
-    return Prepared(index.name, index.classes, {i: (index.images[i], sel.checked[i]) for i in chosen})
-
-
-def short_supply(spec: CocoSpec, name: str, sel: Selection, split: str, count: int) -> SupplyError:
-    """The error for a split the eligible images cannot fill, naming the option and where images went."""
-    earlier = sum(len(v) for s, v in sel.chosen.items() if s != split)
-    kept = " of --categories" if spec.categories else ""
-    return SupplyError(
-        f"--{split} {count}: {name} has {sel.eligible} eligible images (with a non-crowd annotation{kept}); "
-        f"after {earlier} for earlier splits, {len(sel.skipped)} skipped and "
-        f"{sum(len(v) for v in sel.duplicates.values())} duplicates, only {len(sel.chosen[split])} remain "
-        f"for {split}"
-    )
+    return Prepared((index.name, index.classes), {i: (index.images[i], sel.checked[i]) for i in chosen})
 
 
 @functools.lru_cache(maxsize=4)
@@ -327,20 +223,12 @@ def file_sha256(path: str) -> str:
 
 def skip_report(index: CocoIndex, sel: Selection) -> dict[str, Any]:
     """Counts per reason, with the image ids (or records naming no image) left out under --on-error skip."""
-    images: dict[str, list[int]] = {}
-    for image_id, problem in [*index.bad_images.items(), *sel.skipped.items()]:
-        images.setdefault(problem.reason, []).append(image_id)
-    records: dict[str, list[str]] = {}
-    for record, problem in index.dropped:
-        records.setdefault(problem.reason, []).append(record)
-    counts = {r: len(v) for r, v in images.items()}
-    for r, v in records.items():
-        counts[r] = counts.get(r, 0) + len(v)
-    return {
-        "counts": dict(sorted(counts.items())),
-        "image_ids": {r: sorted(v) for r, v in sorted(images.items())},
-        "annotations": {r: v for r, v in sorted(records.items())},
-    }
+    images = tally(sorted([*index.bad_images.items(), *sel.skipped.items()], key=lambda p: p[0]))
+    records = tally(index.dropped)
+    counts = dict(images.counts)
+    for r, n in records.counts.items():
+        counts[r] = counts.get(r, 0) + n
+    return {"counts": dict(sorted(counts.items())), "image_ids": images.names, "annotations": records.names}
 
 
 COCO_LICENCE = Licence(
@@ -436,11 +324,11 @@ class CocoSemanticRecipe(RecipeBase):
             "annotation_file": {
                 "images": index.n_images,
                 "annotations": index.n_annotations,
-                "eligible_images": sel.eligible,
+                "eligible_images": len(index.eligible()),
             },
             "licenses": index.licenses,
             "image_ids": {s: sel.chosen[s] for s in SPLITS},
-            "duplicate_image_ids": {s: sel.duplicates[s] for s in SPLITS},
+            "duplicate_image_ids": {s: [i for i, _ in sel.duplicates[s]] for s in SPLITS},
             "skipped": skip_report(index, sel),
         }
         mask = {"num_classes": len(classes) + 1, "ignore_index": IGNORE}
@@ -455,28 +343,24 @@ class CocoSemanticRecipe(RecipeBase):
         # One permutation for all splits keeps them disjoint, so the per-split `rng` is not used.
         sel = select(spec)
         ids = sel.offered[split]
-        digests = [sel.checked[i].pixels for i in ids]
+        digests = [sel.checked[i].key for i in ids]
         yield Candidates(items=np.array(ids, np.int64).reshape(-1, 1), digests=digests)
 
     def share(self, spec: CocoSpec, folder: Path, *, local: bool) -> CocoSpec:
         """Write what rendering needs of the chosen images (records, digests, checked RLEs), so that
         workers neither parse the annotation file nor check annotations again."""
-        path, prep = folder / PREPARED, prepared(spec)
-        with open(path, "wb") as f:
-            pickle.dump(prep, f, protocol=pickle.HIGHEST_PROTOCOL)
-        WRITTEN.clear()  # only this build's: a long-lived process keeps no earlier build's images
-        WRITTEN[str(path)] = prep
-        return replace(spec, prepared=str(path))
+        return replace(spec, prepared=share_prepared(folder, PREPARED, prepared(spec)))
 
     def render(self, spec: CocoSpec, item: np.ndarray) -> Rendered:
         """The sample of one chosen image. Its file is read whole again but not decoded: the walk decoded
         it and planned its key, and the file's digest proves these are the same bytes."""
         prep = prepared(spec)
-        record, seen = prep.images[int(item[0])]
-        data = read_image(spec.images, record, prep.name)
+        name, classes = prep.head
+        record, seen = prep.rows[int(item[0])]
+        data = read_image(spec.images, record, name)
         if xxhash.xxh3_128_digest(data) != seen.file:
-            raise SourceError(f"{prep.name}: image {record.id}: {record.file_name} changed during the build")
-        found = seen.instances(record)
+            raise SourceError(f"{name}: image {record.id}: {record.file_name} changed during the build")
+        found = seen.facts.instances(record)
         mask = compose(found, record.height, record.width, spec.overlap)
         present: dict[int, list[int]] = {}
         for inst in found:
@@ -496,7 +380,7 @@ class CocoSemanticRecipe(RecipeBase):
                     "instances": present[c.class_id][0],
                     "crowd": present[c.class_id][1],
                 }
-                for c in prep.classes
+                for c in classes
                 if c.class_id in present
             ],
         }

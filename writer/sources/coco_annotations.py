@@ -9,18 +9,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from segshards.writer.errors import ConfigError, SourceError
-
-
-class BadRecord(SourceError):
-    """A record of the source breaks a rule; `reason` is the slug counted under `--on-error skip`."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-    def __reduce__(self) -> tuple[type["BadRecord"], tuple[str, str]]:
-        """Pickled with its reason: the walk's worker processes send problems back."""
-        return BadRecord, (self.reason, str(self))
+from segshards.writer.sources.photos import BadRecord
 
 
 class CocoClass(NamedTuple):
@@ -300,17 +289,3 @@ def load_index(path: str, names: tuple[str, ...] | None, on_error: str, version:
     for anns in index.annotations.values():
         anns.sort(key=lambda a: a.id)
     return index
-
-
-def subset_json(index: CocoIndex, image_ids: list[int]) -> dict[str, Any]:
-    """A COCO-format file holding only `image_ids` and their selected annotations (for worker processes)."""
-    images = [index.images[i]._asdict() for i in sorted(image_ids)]
-    annotations = [a._asdict() for i in sorted(image_ids) for a in index.annotations.get(i, [])]
-    for a in annotations:
-        a["iscrowd"] = int(a["iscrowd"])
-    return {
-        "categories": index.categories,
-        "images": images,
-        "annotations": annotations,
-        "licenses": index.licenses,
-    }

@@ -7,9 +7,10 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from segshards.writer.sources.coco_annotations import Annotation, BadRecord
+from segshards.writer.format.schema import IGNORE
+from segshards.writer.sources.coco_annotations import Annotation
+from segshards.writer.sources.photos import BadRecord
 
-IGNORE = 255
 NUMBER_TYPES = {int, float}
 OVERLAPS = ("ignore", "z-order", "max")
 
