@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import s3fs
 
 from tests.mnist_fixtures import SMALL, build_once, read_set, tiny_source
 from tests.moto_fixture import S3, s3_fixture  # noqa: F401  (fixtures)
@@ -201,6 +202,9 @@ def published(
 
 
 def run_published(s3: S3, url: str, client: str) -> dict[str, Any]:
+    """Execute the card's block for `client` of the set published at `url`; returns its variables."""
+    # Each test's S3 server listens on a port of its own; s3fs would reuse an instance made for an earlier one.
+    s3fs.S3FileSystem.clear_instance_cache()
     card = s3.objects(url.removeprefix(f"s3://{s3.bucket}/"))["README.md"].decode()
     block = code_blocks(card)[CLIENTS.index(client)]
     assert url in block
@@ -245,8 +249,8 @@ def samples_read(client: str, ns: dict[str, Any]) -> int:
 REBUILDS = [(("12", "4", "4"), "1"), (("7", "5", "3"), "2")]
 
 
-def build_tiny(out: Path, source: Path, counts: tuple[str, str, str], seed: str) -> dict[str, Any]:
-    """Remove `out` and build a small mnist-grid set there; returns its manifest."""
+def build_tiny(out: Path, source: Path, counts: tuple[str, str, str], seed: str) -> None:
+    """Remove `out` and build a small mnist-grid set there."""
     from segshards.writer.cli.main import main
 
     shutil.rmtree(out, ignore_errors=True)
@@ -266,7 +270,6 @@ def build_tiny(out: Path, source: Path, counts: tuple[str, str, str], seed: str)
         "1",
     ]
     assert main(["build", "mnist-grid", "--source", str(source), "--out", str(out), *args]) == 0
-    return manifest_of(out)
 
 
 def split_keys(folder: Path) -> dict[str, list[str]]:
@@ -289,7 +292,10 @@ def keys_read(client: str, ns: dict[str, Any]) -> dict[str, list[str]]:
     return {"train": sorted(keys)}
 
 
-def expected_keys(client: str, truth: dict[str, list[str]]) -> dict[str, list[str]]:
+def expected_keys(client: str, folder: Path) -> dict[str, list[str]]:
+    """The keys the client's snippet must yield from the set in `folder`, checked against the manifest's counts."""
+    truth, manifest = split_keys(folder), manifest_of(folder)
+    assert {s: len(k) for s, k in truth.items()} == {s: i["count"] for s, i in manifest["splits"].items()}
     return {s: k for s, k in truth.items() if k} if client == "datasets" else {"train": truth["train"]}
 
 
@@ -309,12 +315,12 @@ def test_snippets_read_a_set_rebuilt_in_place(
     seen = []
     for counts, seed in REBUILDS:
         build_tiny(out, source, counts, seed)
-        truth = split_keys(out)
+        expected = expected_keys(client, out)
         capfd.readouterr()
         ns = run_snippet(out, client)
         assert capfd.readouterr().out == ""  # the snippet prints nothing on stdout
-        assert keys_read(client, ns) == expected_keys(client, truth), f"{client} after building {counts}"
-        seen.append(truth["train"])
+        assert keys_read(client, ns) == expected, f"{client} after building {counts}"
+        seen.append(expected["train"])
     assert seen[0] != seen[1]  # the rebuild really changed what the split holds
 
 
@@ -325,8 +331,7 @@ def test_datasets_snippet_tells_sets_with_the_same_folder_name_apart(tmp_path: P
     for folder, (counts, seed) in zip(folders, REBUILDS, strict=True):
         build_tiny(folder, source, counts, seed)
     for folder in [*folders, folders[0]]:
-        truth = split_keys(folder)
-        assert keys_read("datasets", run_snippet(folder, "datasets")) == expected_keys("datasets", truth)
+        assert keys_read("datasets", run_snippet(folder, "datasets")) == expected_keys("datasets", folder)
 
 
 def empty_prefix(s3: S3, prefix: str) -> None:
@@ -353,4 +358,4 @@ def test_published_snippets_read_a_set_replaced_in_place(
         capfd.readouterr()
         ns = run_published(s3, url, client)
         assert capfd.readouterr().out == ""  # the snippet prints nothing on stdout
-        assert keys_read(client, ns) == expected_keys(client, split_keys(folder)), f"{client}, set {i}"
+        assert keys_read(client, ns) == expected_keys(client, folder), f"{client}, set {i}"
