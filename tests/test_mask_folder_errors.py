@@ -1,6 +1,7 @@
 """mask-folder bad input: one line naming the file and the problem, nothing written; with --on-error skip
 the pair is left out and counted per reason."""
 
+import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +12,11 @@ import pytest
 from PIL import Image
 
 from segshards.writer.cli.main import main
+from segshards.writer.process_pool import map_in_order
+from segshards.writer.recipes.mask_folder import MaskFolderRecipe
+from segshards.writer.recipes.mask_folder_walk import check_pairs
+from segshards.writer.sources.mask_pairs import Pair
+from segshards.writer.sources.photos import BadRecord
 from tests.test_mask_folder import CVAT_COLOURS, Tree, cvat_tree, samples_by_stem, voc_tree, write_png
 
 
@@ -225,3 +231,26 @@ def test_ignore_colour_from_json_and_rgba_mask(tmp_path: Path) -> None:
     assert manifest["schema"]["mask"]["classes"] == ["bg", "car", "person"]
     got = samples_by_stem(tmp_path / "out")["frame_0000"]["sample"]
     assert np.array_equal(cv2.imdecode(np.frombuffer(got["mask.png"], np.uint8), cv2.IMREAD_UNCHANGED), truth)
+
+
+# The problems found while checking a pair, not while pairing files: the walk's worker processes meet them.
+PAIR_CASES = [c for c in CASES if c[0] not in (no_mask, no_image, two_images)]
+
+
+@pytest.mark.parametrize(("defect", "reason", "message"), PAIR_CASES, ids=[c[1] for c in PAIR_CASES])
+def test_a_problem_found_in_a_worker_process_comes_back_as_found_here(
+    tmp_path: Path, defect: Callable[[Tree], None], reason: str, message: str
+) -> None:
+    tree = cvat_tree(tmp_path / "cvat", n=3)
+    defect(tree)
+    parser = argparse.ArgumentParser()
+    MaskFolderRecipe().add_options(parser)
+    options = parser.parse_args(tree.args("--classes", str(tree.root / "labelmap.txt")))
+    options.seed = 0
+    spec = MaskFolderRecipe().make_spec(options)
+    work = (spec, [Pair("frame_0002", "frame_0002.jpg", "frame_0002.png")])
+    [here] = check_pairs(work)
+    [[there]] = map_in_order(check_pairs, [work], workers=1, ahead=1)  # one item: the worker's
+    assert type(here) is type(there) and isinstance(there, BadRecord)  # a BadPair, or the photo's BadRecord
+    assert (there.reason, str(there)) == (here.reason, str(here)) and there.reason == reason
+    assert message in str(there)
