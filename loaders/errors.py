@@ -1,10 +1,6 @@
 """Loader-specific exceptions and warnings, subclassing the project's errors in `segshards.writer.errors`."""
 
-from segshards.writer.errors import ConfigError, SegshardsError, ShardFormatError, SourceError
-
-
-class StorageError(SourceError):
-    """A URL cannot be read: missing object, refused credentials, or a transient failure that outlived retries."""
+from segshards.writer.errors import ConfigError, SegshardsError, ShardFormatError, StorageError
 
 
 class ResumeError(ConfigError):

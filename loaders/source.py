@@ -14,16 +14,16 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlparse
-from urllib.request import url2pathname
 
 import braceexpand
 
-from segshards.loaders.storage import RetryPolicy, join_url, read_url, scheme_of
 from segshards.writer.errors import ConfigError, ShardFormatError
-from segshards.writer.format.manifest import MANIFEST, parse_manifest, shard_entries
+from segshards.writer.format.manifest import shard_entries
 from segshards.writer.format.schema import SampleSchema, schema_of
+from segshards.writer.storage.retry import RetryPolicy
+from segshards.writer.storage.urls import join_url, local_path, read_set_manifest, scheme_of
+
+__all__ = ["ShardSet", "read_set_manifest", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -60,16 +60,6 @@ def is_shard_pattern(source: str) -> bool:
     return source.rstrip("/").endswith((".tar", ".tar.gz", ".tgz"))
 
 
-def read_set_manifest(text: str, retry: RetryPolicy | None) -> tuple[str, str, dict[str, Any]]:
-    """(folder URL, manifest URL, parsed manifest) of a set's folder or manifest location."""
-    local = scheme_of(text) == "file" and not text.startswith("file:")
-    if local and not Path(text).is_dir() and not (text.endswith(MANIFEST) and Path(text).is_file()):
-        raise ConfigError(f"source {text}: not a folder (expected a shard-set folder holding {MANIFEST})")
-    folder = text.removesuffix(MANIFEST).rstrip("/") if text.endswith(MANIFEST) else text
-    manifest_url = join_url(folder, MANIFEST)
-    return folder, manifest_url, parse_manifest(read_url(manifest_url, retry), manifest_url)
-
-
 def given_schema(schema: SampleSchema | str | Path | None, retry: RetryPolicy | None) -> SampleSchema | None:
     """A schema given directly, or read from the set (folder or manifest URL) that `schema` names."""
     if schema is None or isinstance(schema, SampleSchema):
@@ -84,9 +74,8 @@ def refuse_special_files(urls: tuple[str, ...]) -> tuple[str, ...]:
     for url in urls:
         if scheme_of(url) != "file":
             continue
-        path = url2pathname(urlparse(url).path) if url.startswith("file:") else url
         try:
-            mode = os.stat(path).st_mode
+            mode = os.stat(local_path(url)).st_mode
         except OSError:
             continue
         if not stat.S_ISREG(mode):

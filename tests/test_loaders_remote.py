@@ -80,7 +80,7 @@ def test_http_transient_failures_are_retried_and_cut_reads_resume(http_server: A
 
 
 def test_http_errors_name_the_url(http_server: Any) -> None:
-    with pytest.raises(StorageError, match=rf"^{http_server.url}/nothing/manifest.json: not found"):
+    with pytest.raises(ShardFormatError, match=rf"^{http_server.url}/nothing/manifest.json: no manifest \("):
         make_loader(f"{http_server.url}/nothing", "train", 16, retry=FAST_RETRY)
     http_server.plan["/train-000003.tar"] = ["404"]
     with pytest.raises(StorageError, match=rf"^{http_server.url}/train-000003.tar: not found"):
@@ -132,9 +132,11 @@ def test_s3_missing_objects_name_the_url(s3_upload: Any, s3_client: Any, grid_se
     s3_client.delete_object(Bucket=url.removeprefix("s3://").split("/")[0], Key="grid/train-000002.tar")
     with pytest.raises(StorageError, match=rf"^{url}/train-000002.tar: not found"):
         list(make_loader(url, "train", 16, num_workers=2, retry=FAST_RETRY))
-    with pytest.raises(StorageError, match=rf"^{url}/elsewhere/manifest.json: not found"):
+    with pytest.raises(
+        ShardFormatError, match=rf"^{url}/elsewhere/manifest.json: no manifest \(not a finished"
+    ):
         make_loader(f"{url}/elsewhere", "train", 16, retry=FAST_RETRY)
-    with pytest.raises(StorageError, match="s3://no-such-bucket-here/set/manifest.json: not found"):
+    with pytest.raises(ShardFormatError, match="s3://no-such-bucket-here/set/manifest.json: no manifest"):
         make_loader("s3://no-such-bucket-here/set", "train", 16, retry=FAST_RETRY)
 
 

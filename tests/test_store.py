@@ -2,6 +2,7 @@
 
 import hashlib
 import logging
+import pickle
 import re
 import threading
 import time
@@ -10,19 +11,20 @@ from pathlib import Path
 
 import pytest
 
+import segshards.loaders.errors as loader_errors
 import segshards.loaders.storage as loader_storage
-from segshards.loaders.errors import StorageError
 from segshards.writer.build.job import claim_output
-from segshards.writer.errors import ConfigError, OutputError, StoreError
+from segshards.writer.errors import ConfigError, OutputError, StorageError, StoreError
 from segshards.writer.format.manifest import MARKER
 from segshards.writer.storage.lock import LOCK
 from segshards.writer.storage.retry import (
     ATTEMPTS_VARIABLE,
     RetryPolicy,
     classify,
-    s3_filesystem,
+    retried,
     with_retries,
 )
+from segshards.writer.storage.s3 import s3_filesystem
 from segshards.writer.storage.store import LocalStore, ObjectInfo, S3Store, is_remote, open_store, safe_reason
 from tests.moto_fixture import S3, SECRET, no_secret_in, s3_fixture  # noqa: F401  (fixtures)
 
@@ -80,18 +82,18 @@ def test_s3_round_trip_records_sha256(s3: S3, tmp_path: Path) -> None:
 
 def test_s3_missing_object_and_bucket(s3: S3) -> None:
     store = open_store(s3.url("set"))
-    with pytest.raises(StoreError, match=rf"^s3://{s3.bucket}/set/nothing\.tar: no such object$"):
+    with pytest.raises(StorageError, match=rf"^s3://{s3.bucket}/set/nothing\.tar: no such object$"):
         store.read("nothing.tar")
     missing = open_store("s3://no-such-bucket-here/set")
     assert isinstance(missing, S3Store)
-    with pytest.raises(StoreError, match=r"^s3://no-such-bucket-here: no such bucket"):
+    with pytest.raises(StorageError, match=r"^s3://no-such-bucket-here: no such bucket"):
         missing.check()
 
 
 def test_s3_unreachable_endpoint_names_url_not_secret(s3: S3, monkeypatch: pytest.MonkeyPatch) -> None:
     s3.relay.stop()
     store = open_store(s3.url("set"))
-    with pytest.raises(StoreError) as info:
+    with pytest.raises(StorageError) as info:
         store.write("a.tar", b"data")
     message = str(info.value)
     assert message.startswith(f"s3://{s3.bucket}/set/a.tar: cannot upload (")
@@ -102,7 +104,7 @@ def test_s3_bad_credentials_are_reported_without_the_secret(s3: S3, monkeypatch:
     # moto accepts any key, so bad credentials are simulated by the absence of any
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(key)
-    with pytest.raises(StoreError, match=r"cannot upload \(Unable to locate credentials\)"):
+    with pytest.raises(StorageError, match=r"cannot upload \(Unable to locate credentials\)"):
         open_store(s3.url("set")).write("a.tar", b"data")
 
 
@@ -124,7 +126,7 @@ def test_local_store(tmp_path: Path) -> None:
     assert store.names() == ["a.tar", "b.tar"]  # no temp files left behind
     store.delete("a.tar")
     assert store.names() == ["b.tar"]
-    with pytest.raises(StoreError, match=r"missing\.tar: cannot read"):
+    with pytest.raises(StorageError, match=r"missing\.tar: cannot read"):
         store.read("missing.tar")
 
 
@@ -142,6 +144,8 @@ def test_writer_and_loaders_share_the_s3_client_and_the_retry_policy(s3: S3) -> 
     )  # one client per process and settings
     assert store.fs.retries == 1  # s3fs's own loop is off: `with_retries` is the only one
     assert loader_storage.RetryPolicy is RetryPolicy and loader_storage.classify is classify
+    assert loader_storage.retried is retried  # the loaders' URL reads and the store: one helper
+    assert StoreError is StorageError is loader_errors.StorageError  # one error class, under both names
 
 
 def test_default_policy_is_bounded_and_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -200,15 +204,28 @@ def test_retries_stop_at_the_time_budget(caplog: pytest.LogCaptureFixture) -> No
     assert 5 <= calls[0] < 20 and len(caplog.records) == calls[0] - 1
 
 
-def test_loaders_use_the_same_retry_loop(caplog: pytest.LogCaptureFixture) -> None:
+def test_retried_turns_each_kind_of_failure_into_one_storage_error(caplog: pytest.LogCaptureFixture) -> None:
     calls, action = flaky([ConnectionResetError("reset")])
     with caplog.at_level(logging.WARNING, logger="segshards.storage"):
-        assert loader_storage.with_retries(action, "s3://b/x.tar", FAST) == "done"
+        assert retried(action, "s3://b/x.tar", FAST) == "done"
     assert calls == [2] and len(caplog.records) == 1
     _, failing = flaky([ConnectionResetError("reset")] * 3)
     short = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.01)
     with pytest.raises(StorageError, match=r"^s3://b/x\.tar: still failing after 2 attempts"):
-        loader_storage.with_retries(failing, "s3://b/x.tar", short)
+        retried(failing, "s3://b/x.tar", short)
+    for failure, message, missing in [
+        (FileNotFoundError("gone"), r"not found \(FileNotFoundError: gone\)$", True),
+        (PermissionError("no"), r"access denied; check the credentials and permissions", False),
+        (IsADirectoryError("dir"), r"not found", True),
+    ]:
+        _, action = flaky([failure])
+        with pytest.raises(StorageError, match=r"^s3://b/x\.tar: " + message) as info:
+            retried(action, "s3://b/x.tar", FAST)
+        assert info.value.missing is missing
+        assert pickle.loads(pickle.dumps(info.value)).missing is missing  # crosses from a DataLoader worker
+    _, action = flaky([KeyError("not storage")])
+    with pytest.raises(KeyError):
+        retried(action, "s3://b/x.tar", FAST)
 
 
 def test_s3_store_rides_out_an_outage(

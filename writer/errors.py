@@ -29,8 +29,23 @@ class ShardFormatError(SegshardsError):
     """A shard or manifest does not follow the segshards format, or is unsafe to read."""
 
 
-class StoreError(SegshardsError):
-    """An object store cannot be reached, refuses a request, or lacks an object."""
+class StorageError(SourceError):
+    """A storage location (local folder, http(s), s3) cannot be reached, refuses a request, or lacks an
+    object (`missing`)."""
+
+    def __init__(self, message: str, *, missing: bool = False) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+    def __reduce__(self) -> tuple[object, ...]:  # keeps `missing` across processes (DataLoader workers)
+        return (_storage_error, (str(self), self.missing))
+
+
+def _storage_error(message: str, missing: bool) -> StorageError:
+    return StorageError(message, missing=missing)
+
+
+StoreError = StorageError  # the writer's former name of the same error
 
 
 class ClusterError(SegshardsError):

@@ -9,8 +9,8 @@ from typing import Any
 from segshards.writer.format.manifest import split_names
 from segshards.writer.format.schema import SampleSchema, schema_of
 from segshards.writer.format.wids_index import index_entries
-from segshards.writer.share.verify import read_set_manifest
 from segshards.writer.storage.store import open_store
+from segshards.writer.storage.urls import read_set_manifest
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,8 @@ class SetInfo:
 def set_info(location: str | Path) -> SetInfo:
     """The facts of the set at `location`, from its manifest (validated as `verify` reads it)."""
     store = open_store(location)
-    manifest = read_set_manifest(store)
+    store.check()
+    _, _, manifest = read_set_manifest(store.url)
     return SetInfo(store.url, manifest, schema_of(manifest, f"{store.url}/manifest.json"))
 
 

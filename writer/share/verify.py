@@ -6,13 +6,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from segshards.writer.errors import SegshardsError, ShardFormatError, StoreError
-from segshards.writer.format.manifest import MANIFEST, SHARD_NAME, parse_manifest, shard_entries, split_names
+from segshards.writer.errors import SegshardsError, ShardFormatError, StorageError
+from segshards.writer.format.manifest import MANIFEST, SHARD_NAME, shard_entries, split_names
 from segshards.writer.format.sample import Layout, check_sample
 from segshards.writer.format.schema import schema_of
 from segshards.writer.format.tar_reader import iter_samples
 from segshards.writer.format.wids_index import check_index, entry_problem, index_entries
 from segshards.writer.storage.store import Store, open_store
+from segshards.writer.storage.urls import read_set_manifest
 
 Opener = Callable[[str], bytes]
 
@@ -56,7 +57,7 @@ def verify_set(manifest: dict[str, Any], opener: Opener, where: str) -> tuple[li
             shard_where = f"{where}/{entry['name']}"
             try:
                 data = opener(entry["name"])
-            except StoreError as exc:  # its message names the object already
+            except StorageError as exc:  # its message names the object already
                 problems.append(str(exc))
                 continue
             except (OSError, SegshardsError) as exc:
@@ -67,18 +68,11 @@ def verify_set(manifest: dict[str, Any], opener: Opener, where: str) -> tuple[li
     return problems, shards, len(seen)
 
 
-def read_set_manifest(store: Store) -> dict[str, Any]:
-    """The validated manifest of the set at `store`; ShardFormatError when there is none."""
-    store.check()
-    if store.head(MANIFEST) is None:
-        raise ShardFormatError(f"{store.url}/{MANIFEST}: no manifest (not a finished segshards set)")
-    return parse_manifest(store.read(MANIFEST), f"{store.url}/{MANIFEST}")
-
-
 def verify_location(location: str | Path) -> tuple[list[str], int, int]:
     """Verify a local folder or an `s3://bucket/prefix` set, also flagging shards the manifest does not list."""
     store = open_store(location)
-    manifest = read_set_manifest(store)
+    store.check()
+    _, _, manifest = read_set_manifest(store.url)
     sizes = {e["name"]: e["bytes"] for s in manifest["splits"].values() for e in s["shards"]}
     problems, shards, samples = verify_set(manifest, lambda name: store.read(name, sizes[name]), store.url)
     problems.extend(verify_indexes(manifest, store))
@@ -101,7 +95,7 @@ def verify_indexes(manifest: dict[str, Any], store: Store) -> list[str]:
         try:
             data = store.read(entry["name"])
         except (OSError, SegshardsError) as exc:
-            problems.append(str(exc) if isinstance(exc, StoreError) else f"{where}: cannot read ({exc})")
+            problems.append(str(exc) if isinstance(exc, StorageError) else f"{where}: cannot read ({exc})")
             continue
         shards = manifest["splits"][split]["shards"]
         problems.extend(check_index(data, entry, manifest["recipe"], split, shards, where))

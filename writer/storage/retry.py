@@ -1,4 +1,5 @@
-"""Remote storage for the writer and the loaders alike: the one S3 client factory and the one retry policy.
+"""The one retry policy of remote storage, for the writer and the loaders alike, and the one way its
+failures become a `StorageError`.
 
 A failing storage call is retried only when the failure is transient (connection refused or reset,
 timeout, HTTP 408/425/429/5xx, a truncated body): delays 0.5, 1, 2, 4, 8 s (+-25% jitter) between at most
@@ -6,11 +7,8 @@ timeout, HTTP 408/425/429/5xx, a truncated body): delays 0.5, 1, 2, 4, 8 s (+-25
 about 60 s (plus the attempt then running). Each retry logs one WARNING line on `segshards.storage`.
 `SEGSHARDS_STORAGE_ATTEMPTS` changes the default number of attempts (1: no retries).
 
-s3fs's own retry loop is switched off (`retries=1`) so that this policy is the only one above botocore,
-whose per-request retries follow the user's AWS settings (`AWS_MAX_ATTEMPTS`, `AWS_RETRY_MODE`).
-Endpoint, region and credentials come from the standard AWS sources (`AWS_ENDPOINT_URL_S3` or
-`AWS_ENDPOINT_URL`, `AWS_REGION`/`AWS_DEFAULT_REGION`, `AWS_PROFILE`, `AWS_ACCESS_KEY_ID` ...,
-`~/.aws/config`), read by botocore itself: nothing here stores, prints or records a credential.
+s3fs's own retry loop is switched off (`segshards.writer.storage.s3`) so that this policy is the only one
+above botocore's per-request retries.
 """
 
 import errno
@@ -24,7 +22,9 @@ import time
 import urllib.error
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
+
+from segshards.writer.errors import StorageError
 
 T = TypeVar("T")
 Failure = Literal["missing", "denied", "transient", "other"]
@@ -141,44 +141,22 @@ def with_retries(action: Callable[[], T], what: str, policy: RetryPolicy) -> T:
     raise AssertionError("unreachable")  # the loop returns or raises
 
 
-AWS_SETTINGS = (
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_ENDPOINT_URL",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "AWS_PROFILE",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_CONFIG_FILE",
-    "AWS_SHARED_CREDENTIALS_FILE",
-)
-_S3: dict[tuple[Any, ...], Any] = {}
-_SESSIONS: dict[tuple[Any, ...], Any] = {}
-
-
-def s3_filesystem() -> Any:
-    """The s3fs filesystem of this process for the current AWS environment (a changed AWS_* variable gets a
-    new client). Forked DataLoader workers make their own filesystem, but from the botocore session they
-    inherit, whose service models are already loaded (~0.3 CPU-s saved per worker)."""
-    settings = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
-    fs = _S3.get((os.getpid(), settings))
-    if fs is None:
-        import s3fs  # imported here: local and http users never pay for botocore
-        from aiobotocore.session import AioSession
-
-        client: dict[str, Any] = {}
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        if endpoint:
-            client["endpoint_url"] = endpoint
-        region = os.environ.get("AWS_REGION")
-        if region and not os.environ.get("AWS_DEFAULT_REGION"):
-            client["region_name"] = region
-        session = _SESSIONS.setdefault(settings, AioSession())
-        fs = s3fs.S3FileSystem(
-            skip_instance_cache=True, use_listings_cache=False, client_kwargs=client, session=session
-        )
-        fs.retries = 1  # `with_retries` is the one retry loop above botocore's
-        _S3.clear()
-        _S3[(os.getpid(), settings)] = fs
-    return fs
+def retried(action: Callable[[], T], url: str, policy: RetryPolicy) -> T:
+    """`with_retries`, with a storage failure turned into one StorageError naming `url` and what went wrong
+    (missing, access denied, unreadable, or still failing after the policy's attempts)."""
+    try:
+        return with_retries(action, url, policy)
+    except Exception as exc:
+        kind = classify(exc)
+        if kind is None:
+            raise
+        detail = f"{type(exc).__name__}: {safe_reason(exc)}"
+        if kind == "missing":
+            raise StorageError(f"{url}: not found ({detail})", missing=True) from exc
+        if kind == "denied":
+            raise StorageError(
+                f"{url}: access denied; check the credentials and permissions ({detail})"
+            ) from exc
+        if kind == "other":
+            raise StorageError(f"{url}: cannot read ({detail})") from exc
+        raise StorageError(f"{url}: still failing after {policy.attempts} attempts ({detail})") from exc

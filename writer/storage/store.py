@@ -7,8 +7,9 @@ so a resumed build or publish can tell a finished object from a stale one withou
 
 This module is the only place where the two kinds differ: callers (build, verify, publish, remote shard
 tasks) claim, write, list, read and check a location through `Store` and never ask which kind it is.
-S3 calls go through the one client and retry policy of `segshards.writer.storage.retry` (transient failures
-retried for at most ~60 s by default), which the loaders use too.
+S3 calls go through the one client (`segshards.writer.storage.s3`) and the one retry policy
+(`segshards.writer.storage.retry`: transient failures retried for at most ~60 s by default), which the
+loaders use too; every failure is one `StorageError` naming the object.
 """
 
 import hashlib
@@ -21,11 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from segshards.writer.errors import ConfigError, OutputError, ShardFormatError, StoreError
+from segshards.writer.errors import ConfigError, OutputError, ShardFormatError, StorageError
 from segshards.writer.format.tar_reader import read_regular
 from segshards.writer.storage.atomic import atomic_write, remove_stale_temps, temp_path
 from segshards.writer.storage.lock import claim_folder, release_folder
-from segshards.writer.storage.retry import RetryPolicy, s3_filesystem, safe_reason, with_retries
+from segshards.writer.storage.retry import RetryPolicy, safe_reason, with_retries
+from segshards.writer.storage.s3 import s3_filesystem
 
 T = TypeVar("T")
 
@@ -125,9 +127,9 @@ class LocalStore:
         try:
             return read_regular(self.folder / name, max_bytes)
         except ShardFormatError as exc:  # missing, unreadable, not a regular file, too long
-            raise StoreError(str(exc)) from None
+            raise StorageError(str(exc)) from None
         except OSError as exc:
-            raise StoreError(f"{self.folder / name}: cannot read ({exc.strerror or exc})") from exc
+            raise StorageError(f"{self.folder / name}: cannot read ({exc.strerror or exc})") from exc
 
     def lock(self) -> None:
         """One build per folder (see `segshards.writer.storage.lock`)."""
@@ -145,7 +147,7 @@ class LocalStore:
             shutil.copyfile(path, tmp)
             os.replace(tmp, self.folder / name)
         except OSError as exc:
-            raise StoreError(f"{self.folder / name}: cannot write ({exc.strerror or exc})") from exc
+            raise StorageError(f"{self.folder / name}: cannot write ({exc.strerror or exc})") from exc
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -183,16 +185,16 @@ class S3Store:
 
     @contextmanager
     def _errors(self, action: str, name: str | None) -> Iterator[None]:
-        """Turn s3fs/botocore failures into one StoreError naming the object and what was tried."""
+        """Turn s3fs/botocore failures into one StorageError naming the object and what was tried."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         where = f"{self.url}/{name}" if name else self.url
         try:
             yield
         except PermissionError as exc:
-            raise StoreError(f"{where}: cannot {action}: access denied ({safe_reason(exc)})") from exc
+            raise StorageError(f"{where}: cannot {action}: access denied ({safe_reason(exc)})") from exc
         except (OSError, BotoCoreError, ClientError, TimeoutError) as exc:
-            raise StoreError(f"{where}: cannot {action} ({safe_reason(exc)})") from exc
+            raise StorageError(f"{where}: cannot {action} ({safe_reason(exc)})") from exc
 
     def _retried(self, call: Callable[[], T], name: str | None) -> T:
         """`call` under the shared retry policy (transient failures only)."""
@@ -204,7 +206,7 @@ class S3Store:
             try:
                 self._retried(lambda: self.fs.call_s3("head_bucket", Bucket=self.bucket), None)
             except FileNotFoundError:
-                raise StoreError(
+                raise StorageError(
                     f"s3://{self.bucket}: no such bucket (or not visible with these credentials)"
                 ) from None
 
@@ -229,12 +231,12 @@ class S3Store:
 
     def read(self, name: str, max_bytes: int | None = None) -> bytes:
         if max_bytes is not None and (info := self.head(name)) is not None and info.size > max_bytes:
-            raise StoreError(f"{self.url}/{name}: longer than the manifest's {max_bytes} bytes")
+            raise StorageError(f"{self.url}/{name}: longer than the manifest's {max_bytes} bytes")
         with self._errors("read", name):
             try:
                 return bytes(self._retried(lambda: self.fs.cat_file(f"{self.bucket}/{self.key(name)}"), name))
             except FileNotFoundError:
-                raise StoreError(f"{self.url}/{name}: no such object") from None
+                raise StorageError(f"{self.url}/{name}: no such object") from None
 
     def write(self, name: str, data: bytes) -> None:
         sha = hashlib.sha256(data).hexdigest()
