@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from segshards.writer.cli.jobs import INTERRUPTED, capped_jobs
+from segshards.writer.format.splits import SPLITS
 
 
 def option(argv: Sequence[str], name: str, default: str) -> str:
@@ -26,7 +27,7 @@ def planned_shards(argv: Sequence[str]) -> int | None:
     """The shards a build command line asks for, when it gives every split's count and the shard size
     (else None: the default shard size is the recipe's, which this early step does not import)."""
     try:
-        counts = [int(option(argv, f"--{split}", "")) for split in ("train", "val", "test")]
+        counts = [int(option(argv, f"--{split}", "")) for split in SPLITS]
         size = int(option(argv, "--shard-size", ""))
     except ValueError:
         return None

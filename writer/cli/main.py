@@ -378,8 +378,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)
         return 130
-
-
-def run() -> None:
-    """Console-script entry point (see `segshards.writer.cli.launch`, which starts a build's workers first)."""
-    sys.exit(main())

@@ -7,12 +7,12 @@ from typing import Any
 
 from segshards.writer.errors import ShardFormatError
 from segshards.writer.format.keys import HASH_ALGORITHM
+from segshards.writer.format.splits import SPLITS
 
 MANIFEST = "manifest.json"
 MARKER = ".segshards-build.json"  # a build in progress (or interrupted) in this folder
 WORK_DIR = ".segshards-work"  # its scratch files
 RUN_LOG = "build-log.json"  # how the last build ran (not part of the set: never published)
-SPLITS = ("train", "val", "test")  # the standard splits, in the order they are built and listed
 FORMAT = "segshards"
 FORMAT_VERSION = 2  # 2: the manifest holds the sample schema (`schema`) and the source licence
 SAMPLE_LAYOUT = {"image": "png", "mask": "mask.png", "meta": "json"}
