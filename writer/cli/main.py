@@ -21,6 +21,7 @@ from segshards.writer.format.manifest import RUN_LOG, SPLITS
 from segshards.writer.process_pool import stop_workers
 from segshards.writer.recipes.contract import Recipe
 from segshards.writer.recipes.registry import get_recipe, recipe_names
+from segshards.writer.share.audit_command import add_audit_parser, audit_command
 from segshards.writer.share.info import info_lines, set_info
 from segshards.writer.share.preview import SIZE, write_preview
 from segshards.writer.share.publish import PublishConfig, credentials_problem, publish
@@ -86,7 +87,7 @@ def build_parser(recipe_name: str | None, *, list_recipes: bool = False) -> argp
         help="progress bar on stderr (default: only when stderr is a terminal)",
     )
     v = sub.add_parser("verify", help="check a shard set against its manifest")
-    v.add_argument("folder", help="set folder, or s3://bucket/prefix")
+    v.add_argument("folder", help="set folder, s3://bucket/prefix or http(s):// URL")
     i = sub.add_parser(
         "info",
         help="what a set holds: splits, classes, schema, size, location",
@@ -94,6 +95,7 @@ def build_parser(recipe_name: str | None, *, list_recipes: bool = False) -> argp
     )
     i.add_argument("set", metavar="SET", help="set folder, s3://bucket/prefix or https:// URL")
     i.add_argument("--json", action="store_true", help="print the facts as one JSON object")
+    add_audit_parser(sub)
     u = sub.add_parser("publish", help="upload a finished set to s3://bucket/prefix, manifest last")
     u.add_argument("folder", help="set folder")
     u.add_argument("dest", help="s3://bucket/prefix (endpoint and credentials from the AWS environment)")
@@ -104,7 +106,7 @@ def build_parser(recipe_name: str | None, *, list_recipes: bool = False) -> argp
         description="Draw the first samples of a split into one image: each sample framed as image | mask | "
         "overlay (the mask in class colours), four samples to a row, above a legend naming each class drawn.",
     )
-    p.add_argument("folder", help="set folder (holding manifest.json)")
+    p.add_argument("folder", help="set folder (holding manifest.json), s3://bucket/prefix or http(s):// URL")
     p.add_argument(
         "-o",
         "--output",
@@ -262,9 +264,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    drawn = write_preview(
-        Path(args.folder), Path(args.output), split=args.split, count=args.count, size=args.size
-    )
+    drawn = write_preview(args.folder, Path(args.output), split=args.split, count=args.count, size=args.size)
     more = "" if drawn == args.count else f" (the {args.split} split holds only {drawn})"
     print(f"wrote {args.output}: {drawn} {args.split} sample{'s' * (drawn != 1)}{more}")
     return 0
@@ -276,6 +276,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "info": cmd_info,
     "publish": cmd_publish,
     "preview": cmd_preview,
+    "audit": audit_command,
 }
 
 
