@@ -10,8 +10,10 @@ JOBS    ?= 0
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
-	# The CPU wheel of torch first: an unpinned requirement would pull a multi-GB CUDA build.
-	$(BIN)/pip install -q torch==2.13.0 || $(BIN)/pip install -q "torch>=2.2" --index-url https://download.pytorch.org/whl/cpu
+	# The CPU wheel of torch first (PyPI's Linux torch bundles CUDA, a multi-GB download): a `+cpu` build
+	# exists only in pip's find-links (a wheel on disk, e.g. PIP_FIND_LINKS=/opt/wheels) and PyTorch's CPU
+	# index, which is asked when no such wheel is on disk (and serves macOS its plain build).
+	$(BIN)/pip install -q "torch==2.13.0+cpu" || $(BIN)/pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 	# constraints.txt pins every package of a known-good environment: pip resolves it in seconds.
 	$(BIN)/pip install -q -e ".[dev]" -c constraints.txt
 	touch $(STAMP)
