@@ -9,8 +9,11 @@ import pytest
 from segshards.loaders import make_loader
 from segshards.writer.cli.main import main
 from segshards.writer.errors import ShardFormatError
+from segshards.writer.format.legacy import MNIST_SCHEMAS, legacy_schema_json
 from segshards.writer.format.schema import SampleSchema, Target, schema_from_json, schema_of
 from segshards.writer.recipes.circle import circle_schema
+from segshards.writer.recipes.coco import CocoSemanticRecipe
+from segshards.writer.recipes.foreground import foreground_schema
 from segshards.writer.recipes.grid import grid_schema
 
 CIRCLE = Target("circle", "float32", (3,), ("circle.cx", "circle.cy", "circle.r"), "circle")
@@ -104,3 +107,20 @@ def test_format_1_sets_load_and_verify(tmp_path: Path) -> None:
 def test_format_1_manifest_of_an_unknown_recipe_is_refused() -> None:
     with pytest.raises(ShardFormatError, match="unknown recipe 'squares' has no schema"):
         schema_of({"format_version": 1, "recipe": "squares"}, "m")
+
+
+def test_format_1_schemas_are_what_the_recipes_record_today() -> None:
+    """legacy.py holds them as plain data (the format layer imports no recipe): they must not drift."""
+    today = {
+        "mnist-foreground": foreground_schema((28, 28)),
+        "mnist-circle": circle_schema((28, 28)),
+        "mnist-grid": grid_schema((56, 56)),
+    }
+    assert sorted(MNIST_SCHEMAS) == sorted(today)
+    for recipe, schema in today.items():
+        assert MNIST_SCHEMAS[recipe] == json.loads(json.dumps(schema.to_json())), recipe
+    coco = {"recipe": "coco-semantic", "source": {"classes": [{"name": "cat"}, {"name": "dog"}]}}
+    expected = SampleSchema(
+        "jpg", 3, None, ("background", "cat", "dog"), training=CocoSemanticRecipe.training
+    )
+    assert legacy_schema_json(coco, "m") == json.loads(json.dumps(expected.to_json()))

@@ -41,7 +41,7 @@ MNIST_SCHEMAS: dict[str, dict[str, Any]] = {
         "training": {"batch_size": 64, "epochs": 4, "lr": 0.006, "metrics": ["dice_macro"], "samples_per_epoch": 32000, "stem": 2, "widths": [16, 32, 64]},
     },
 }  # fmt: skip
-COCO_TRAINING = {"batch_size": 8, "epochs": 1, "lr": 0.001, "samples_per_epoch": None, "size": [320, 320], "stem": 2, "widths": [32, 64, 128, 256]}  # fmt: skip
+COCO_TRAINING = {"batch_size": 8, "epochs": 1, "lr": 0.001, "metrics": ["miou", "miou_objects", "pixel_accuracy"], "samples_per_epoch": None, "size": [320, 320], "stem": 2, "widths": [32, 64, 128, 256]}  # fmt: skip
 
 
 def legacy_schema_json(manifest: dict[str, Any], where: str) -> dict[str, Any]:
