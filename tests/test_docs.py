@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from bench.__main__ import SECTIONS
 from segshards.writer.cli.main import main
@@ -149,9 +150,17 @@ def test_the_front_page_loop_runs_and_resumes_from_its_checkpoint(
     (tmp_path / "shards").symlink_to(shards)
     env = block_env(loop, request, shards)
     first = run_block(loop, tmp_path, env)
-    assert (tmp_path / "checkpoint.pt").is_file()
+    assert saved_position(tmp_path / "checkpoint.pt") == (1, 1)  # saved after epoch 1's first step
     second = run_block(loop, tmp_path, env)
-    assert first.stdout.startswith("epoch 2") and second.stdout.startswith("epoch 2")
+    assert first.stdout == second.stdout == "done; the loader is at epoch 2\n"
+    # Resumed, the run's first step is epoch 1's second batch (a fresh start would save (1, 1) again).
+    assert saved_position(tmp_path / "checkpoint.pt") == (1, 2)
+
+
+def saved_position(checkpoint: Path) -> tuple[int, int]:
+    """(epoch, batches) of the loader position a checkpoint holds."""
+    state = torch.load(checkpoint)["loader"]
+    return state["epoch"], state["batches"]
 
 
 def test_blocks_not_run_are_few_and_say_why() -> None:
