@@ -197,7 +197,7 @@ def test_preview_help_documents_every_option(capsys: pytest.CaptureFixture[str])
         main(["preview", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     for phrase in (
-        "folder set folder (holding manifest.json)",
+        "folder set folder (holding manifest.json), s3://bucket/prefix or http(s):// URL",
         ".png, or .jpg/.jpeg for JPEG (default: preview.png)",
         "--split SPLIT split to draw from (default: train)",
         "--count N samples to draw, at least 1 (default: 64)",

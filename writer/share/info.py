@@ -10,7 +10,7 @@ from segshards.writer.format.manifest import split_names
 from segshards.writer.format.schema import SampleSchema, schema_of
 from segshards.writer.format.wids_index import index_entries
 from segshards.writer.storage.store import open_store
-from segshards.writer.storage.urls import read_set_manifest
+from segshards.writer.storage.urls import read_set_manifest, scheme_of
 
 
 @dataclass(frozen=True)
@@ -63,11 +63,12 @@ class SetInfo:
 
 
 def set_info(location: str | Path) -> SetInfo:
-    """The facts of the set at `location`, from its manifest (validated as `verify` reads it)."""
-    store = open_store(location)
-    store.check()
-    _, _, manifest = read_set_manifest(store.url)
-    return SetInfo(store.url, manifest, schema_of(manifest, f"{store.url}/manifest.json"))
+    """The facts of the set at `location` (a folder, `s3://` or `http(s)://`), from its manifest, validated
+    as `verify` and the loaders read it."""
+    if scheme_of(str(location)) == "s3":
+        open_store(location).check()  # a missing bucket or refused credentials said as such
+    folder, manifest_url, manifest = read_set_manifest(location)
+    return SetInfo(folder.rstrip("/") or folder, manifest, schema_of(manifest, manifest_url))
 
 
 def megabytes(n: int) -> str:

@@ -1,22 +1,24 @@
 """`segshards preview`: a PNG (or JPEG) contact sheet of samples, each shown as image | mask | overlay in a
-framed tile, with a legend naming the class of every colour drawn."""
+framed tile, with a legend naming the class of every colour drawn; of a set in a folder, on `s3://` or
+served over `http(s)://` (shards streamed: only the samples drawn are read)."""
 
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import cv2
 import numpy as np
 
 from segshards.writer.errors import ConfigError, OutputError
 from segshards.writer.format.images import decode_image, encode_png
-from segshards.writer.format.manifest import read_manifest, shard_entries, split_names
+from segshards.writer.format.manifest import shard_entries, split_names
 from segshards.writer.format.palette import manifest_palette, overlay
 from segshards.writer.format.schema import schema_of
 from segshards.writer.format.tar_reader import iter_samples, open_shard
 from segshards.writer.storage.atomic import atomic_write
+from segshards.writer.storage.urls import join_url, local_path, open_url, read_set_manifest, scheme_of
 
 SIZE = 128  # default pixels per panel (each sample: three panels side by side)
 SIZES = (16, 1024)  # the panel sizes --size accepts
@@ -123,7 +125,7 @@ def check_output(output: Path) -> str:
 
 
 def check_request(
-    manifest: dict[str, Any], folder: Path, split: str, count: int, size: int = SIZE
+    manifest: dict[str, Any], folder: str, split: str, count: int, size: int = SIZE
 ) -> list[dict[str, Any]]:
     """The shard entries to draw from; ConfigError for a count below 1, a size out of range, an unknown or
     an empty split."""
@@ -142,26 +144,39 @@ def check_request(
     return entries
 
 
-def first_samples(folder: Path, entries: list[dict[str, Any]], count: int) -> Iterator[Drawn]:
+def open_stream(url: str) -> IO[bytes]:
+    """A shard for streaming: a local file as `verify` opens one (regular files only), else by URL."""
+    return open_shard(local_path(url)) if scheme_of(url) == "file" else open_url(url)
+
+
+def first_samples(folder: str, entries: list[dict[str, Any]], count: int) -> Iterator[Drawn]:
     """The first `count` samples of the shards, read as a stream (a photo shard is never read whole)."""
     drawn = 0
     for entry in entries:
-        path = folder / entry["name"]
-        with open_shard(path) as f:
-            for sample in iter_samples(f, str(path), max_bytes=entry["bytes"]):
-                yield decoded(sample, str(path))
+        url = join_url(folder, entry["name"])
+        with open_stream(url) as f:
+            for sample in iter_samples(f, url, max_bytes=entry["bytes"]):
+                yield decoded(sample, url)
                 drawn += 1
                 if drawn == count:
                     return
 
 
-def contact_sheet(folder: Path, *, split: str = "train", count: int = 64, size: int = SIZE) -> np.ndarray:
-    """BGR contact sheet of the first `count` samples of `split` (fewer when the split has fewer): tiles
-    of image | mask | overlay, COLUMNS to a row, and a legend of the classes drawn."""
-    manifest = read_manifest(folder)
+def contact_sheet(
+    location: str | Path, *, split: str = "train", count: int = 64, size: int = SIZE
+) -> np.ndarray:
+    """BGR contact sheet of the first `count` samples of `split` (fewer when the split has fewer) of the set
+    at `location` (a folder, `s3://` or `http(s)://`): tiles of image | mask | overlay, COLUMNS to a row,
+    and a legend of the classes drawn."""
+    return drawn_sheet(location, split=split, count=count, size=size)[0]
+
+
+def drawn_sheet(location: str | Path, *, split: str, count: int, size: int) -> tuple[np.ndarray, int]:
+    """`contact_sheet` and the number of samples it draws."""
+    folder, manifest_url, manifest = read_set_manifest(location)
     entries = check_request(manifest, folder, split, count, size)
     palette = manifest_palette(manifest)
-    schema = schema_of(manifest, str(folder))
+    schema = schema_of(manifest, manifest_url)
     samples = list(first_samples(folder, entries, count))
     tiles = [tile(d, palette, size) for d in samples]
     th, tw = tiles[0].shape[:2]
@@ -179,7 +194,7 @@ def contact_sheet(folder: Path, *, split: str = "train", count: int = 64, size: 
     sheet = cv2.copyMakeBorder(sheet, 0, 0, 0, width - sheet.shape[1], cv2.BORDER_CONSTANT, value=BACKGROUND)
     present = sorted(set(np.unique(np.concatenate([d.mask.ravel() for d in samples])).tolist()))
     key = legend(present, schema.classes, schema.ignore, palette, width)
-    return np.concatenate([caption(title, width), sheet, key], axis=0)
+    return np.concatenate([caption(title, width), sheet, key], axis=0), len(samples)
 
 
 def caption(text: str, width: int) -> np.ndarray:
@@ -199,14 +214,14 @@ def encode_sheet(sheet: np.ndarray, encoder: str) -> bytes:
     return buffer.tobytes()
 
 
-def write_preview(folder: Path, output: Path, *, split: str, count: int, size: int = SIZE) -> int:
-    """Write the contact sheet of `folder` to `output` (PNG, or JPEG for .jpg/.jpeg); returns the samples
-    drawn. Everything is checked before anything is drawn."""
+def write_preview(location: str | Path, output: Path, *, split: str, count: int, size: int = SIZE) -> int:
+    """Write the contact sheet of the set at `location` to `output` (PNG, or JPEG for .jpg/.jpeg); returns
+    the samples drawn. Everything is checked before anything is drawn."""
     encoder = check_output(output)
-    sheet = contact_sheet(folder, split=split, count=count, size=size)
+    sheet, drawn = drawn_sheet(location, split=split, count=count, size=size)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)  # removed again if the write fails (see cli)
     except OSError as exc:
         raise OutputError(f"-o {output}: cannot create {output.parent} ({exc.strerror or exc})") from exc
     atomic_write(output, encode_sheet(sheet, encoder))
-    return min(count, read_manifest(folder)["splits"][split]["count"])
+    return drawn

@@ -12,8 +12,8 @@ from segshards.writer.format.sample import Layout, check_sample
 from segshards.writer.format.schema import schema_of
 from segshards.writer.format.tar_reader import iter_samples
 from segshards.writer.format.wids_index import check_index, entry_problem, index_entries
-from segshards.writer.storage.store import Store, open_store
-from segshards.writer.storage.urls import read_set_manifest
+from segshards.writer.storage.store import open_store
+from segshards.writer.storage.urls import join_url, open_url, read_set_manifest, scheme_of
 
 Opener = Callable[[str], bytes]
 
@@ -69,13 +69,16 @@ def verify_set(manifest: dict[str, Any], opener: Opener, where: str) -> tuple[li
 
 
 def verify_location(location: str | Path) -> tuple[list[str], int, int]:
-    """Verify a local folder or an `s3://bucket/prefix` set, also flagging shards the manifest does not list."""
+    """Verify a local folder, an `s3://bucket/prefix` or an `http(s)://` set, also flagging shards the
+    manifest does not list (where the location can be listed: a web server cannot)."""
+    if scheme_of(str(location)) in ("http", "https"):
+        return verify_url(str(location))
     store = open_store(location)
     store.check()
     _, _, manifest = read_set_manifest(store.url)
     sizes = {e["name"]: e["bytes"] for s in manifest["splits"].values() for e in s["shards"]}
     problems, shards, samples = verify_set(manifest, lambda name: store.read(name, sizes[name]), store.url)
-    problems.extend(verify_indexes(manifest, store))
+    problems.extend(verify_indexes(manifest, store.read, store.url))
     listed = {e["name"] for s in manifest["splits"].values() for e in s["shards"]}
     for name in store.names():
         if name not in listed and SHARD_NAME.fullmatch(name):
@@ -83,17 +86,40 @@ def verify_location(location: str | Path) -> tuple[list[str], int, int]:
     return problems, shards, samples
 
 
-def verify_indexes(manifest: dict[str, Any], store: Store) -> list[str]:
+def verify_url(location: str) -> tuple[list[str], int, int]:
+    """Verify a set served over http(s): every shard and index the manifest lists, read by URL."""
+    folder, _, manifest = read_set_manifest(location)
+    sizes = {e["name"]: e["bytes"] for s in manifest["splits"].values() for e in s["shards"]}
+
+    def read(name: str) -> bytes:
+        return read_at_most(join_url(folder, name), sizes.get(name))
+
+    where = folder.rstrip("/")
+    problems, shards, samples = verify_set(manifest, read, where)
+    return [*problems, *verify_indexes(manifest, read, where)], shards, samples
+
+
+def read_at_most(url: str, size: int | None) -> bytes:
+    """The object at `url`, or its first `size` + 1 bytes when longer (enough to say it is too long)."""
+    chunks, total = [], 0
+    with open_url(url) as stream:
+        while (size is None or total <= size) and (chunk := stream.read(1 << 20)):
+            chunks.append(chunk)
+            total += len(chunk)
+    return b"".join(chunks)[: None if size is None else size + 1]
+
+
+def verify_indexes(manifest: dict[str, Any], read: Opener, where_set: str) -> list[str]:
     """Problems with the splits' wids indexes that the manifest lists."""
     problems: list[str] = []
     for split, entry in index_entries(manifest):
-        bad = entry_problem(entry, split, f"{store.url}/{MANIFEST}")
+        bad = entry_problem(entry, split, f"{where_set}/{MANIFEST}")
         if bad:
             problems.append(bad)
             continue
-        where = f"{store.url}/{entry['name']}"
+        where = f"{where_set}/{entry['name']}"
         try:
-            data = store.read(entry["name"])
+            data = read(entry["name"])
         except (OSError, SegshardsError) as exc:
             problems.append(str(exc) if isinstance(exc, StorageError) else f"{where}: cannot read ({exc})")
             continue

@@ -1,0 +1,112 @@
+"""`verify`, `preview` and `info` on sets where the loader and `train` read them: served over http(s) by a
+loopback web server, and on an S3 API server on loopback; each gives what it gives for the local folder."""
+
+import shutil
+import threading
+from collections.abc import Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from segshards.writer.cli.main import main
+from tests.mnist_fixtures import SMALL, build_once, error_lines
+from tests.moto_fixture import S3, s3_fixture  # noqa: F401  (fixture)
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
+        pass
+
+
+@pytest.fixture
+def grid(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> Path:
+    """A copy of a small mnist-grid set, free to damage."""
+    folder = build_once(tmp_path_factory, "mnist-grid", *SMALL)
+    capsys.readouterr()
+    return Path(shutil.copytree(folder, tmp_path / "grid"))
+
+
+@pytest.fixture
+def served(grid: Path) -> Iterator[str]:
+    """The set's folder served over http on loopback; yields its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietHandler, directory=str(grid)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def ok(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    assert main(list(argv)) == 0
+    captured = capsys.readouterr()
+    assert error_lines(captured.err) == []
+    return captured.out
+
+
+def test_verify_over_http(served: str, grid: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = ok(capsys, "verify", served)
+    assert out == f"{served}: ok, 5 shards, 420 samples, keys unique\n"
+    data = bytearray((grid / "train-000001.tar").read_bytes())
+    data[700] ^= 0xFF  # a byte of the shard's first member changed
+    (grid / "train-000001.tar").write_bytes(bytes(data))
+    assert main(["verify", served]) == 1
+    err = capsys.readouterr().err
+    assert f"{served.rstrip('/')}/train-000001.tar: sha256 differs from the manifest" in err
+
+
+def test_verify_over_http_names_a_missing_shard(
+    served: str, grid: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (grid / "val-000000.tar").unlink()
+    assert main(["verify", served]) == 1
+    err = capsys.readouterr().err
+    assert f"{served.rstrip('/')}/val-000000.tar" in err and "1 problem(s)" in err
+
+
+def test_verify_of_an_http_folder_without_a_set(
+    served: str, grid: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (grid / "manifest.json").unlink()
+    assert main(["verify", served]) == 1
+    lines = error_lines(capsys.readouterr().err)
+    assert lines == [f"segshards: error: {served}manifest.json: no manifest (not a finished segshards set)"]
+
+
+def test_preview_over_http_and_s3_draws_what_the_folder_draws(
+    served: str, grid: Path, s3: S3, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ok(capsys, "preview", str(grid), "-o", str(tmp_path / "local.png"), "--count", "12")
+    ok(capsys, "preview", served, "-o", str(tmp_path / "http.png"), "--count", "12")
+    ok(capsys, "publish", str(grid), s3.url("grid"))
+    out = ok(capsys, "preview", s3.url("grid"), "-o", str(tmp_path / "s3.png"), "--count", "12")
+    assert out == f"wrote {tmp_path / 's3.png'}: 12 train samples\n"
+    local = (tmp_path / "local.png").read_bytes()
+    assert (tmp_path / "http.png").read_bytes() == local
+    assert (tmp_path / "s3.png").read_bytes() == local
+
+
+def test_info_over_http_and_s3(served: str, grid: Path, s3: S3, capsys: pytest.CaptureFixture[str]) -> None:
+    local = ok(capsys, "info", str(grid)).splitlines()
+    assert local[0] == f"location  {grid}"
+    over_http = ok(capsys, "info", served).splitlines()
+    assert over_http == [f"location  {served.rstrip('/')}", *local[1:]]
+    ok(capsys, "publish", str(grid), s3.url("sets/grid"))
+    on_s3 = ok(capsys, "info", s3.url("sets/grid")).splitlines()
+    assert on_s3 == [f"location  {s3.url('sets/grid')}", *local[1:]]
+
+
+def test_info_of_a_missing_bucket_says_so(s3: S3, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", "s3://no-such-bucket-here/set"]) == 1
+    lines = error_lines(capsys.readouterr().err)
+    assert lines == [
+        "segshards: error: s3://no-such-bucket-here: no such bucket (or not visible with these credentials)"
+    ]
