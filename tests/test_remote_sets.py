@@ -1,7 +1,10 @@
 """`verify`, `preview` and `info` on sets where the loader and `train` read them: served over http(s) by a
 loopback web server, and on an S3 API server on loopback; each gives what it gives for the local folder."""
 
+import datetime
+import ipaddress
 import shutil
+import ssl
 import threading
 from collections.abc import Iterator
 from functools import partial
@@ -43,6 +46,60 @@ def served(grid: Path) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@pytest.fixture
+def served_tls(grid: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The set's folder served over https on loopback, with a certificate for 127.0.0.1 that this test's
+    processes trust (SSL_CERT_FILE); yields its URL."""
+    cert, key = self_signed(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietHandler, directory=str(grid)))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for IP 127.0.0.1 and its key, as PEM files in `folder`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
 
 
 def ok(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
@@ -110,3 +167,14 @@ def test_info_of_a_missing_bucket_says_so(s3: S3, capsys: pytest.CaptureFixture[
     assert lines == [
         "segshards: error: s3://no-such-bucket-here: no such bucket (or not visible with these credentials)"
     ]
+
+
+def test_verify_preview_and_info_over_https(
+    served_tls: str, grid: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert ok(capsys, "verify", served_tls) == f"{served_tls}: ok, 5 shards, 420 samples, keys unique\n"
+    ok(capsys, "preview", str(grid), "-o", str(tmp_path / "local.png"), "--count", "4")
+    ok(capsys, "preview", served_tls, "-o", str(tmp_path / "https.png"), "--count", "4")
+    assert (tmp_path / "https.png").read_bytes() == (tmp_path / "local.png").read_bytes()
+    local = ok(capsys, "info", str(grid)).splitlines()
+    assert ok(capsys, "info", served_tls).splitlines() == [f"location  {served_tls}", *local[1:]]
