@@ -1,4 +1,5 @@
-"""Content hashing: sample keys are the hex xxh3-128 of the rendered image's pixels."""
+"""Content hashing: sample keys (hex xxh3-128 of the rendered image's pixels), file digests, and the
+dedup rule `accept` that keeps the first sample of each key."""
 
 import hashlib
 from pathlib import Path

@@ -247,12 +247,39 @@ def _belongs(sample: Sample, name: str, header: bytes, where: str) -> bool:
     return posixpath.join(directory, base.partition(".")[0]) == sample["__key__"]
 
 
+def _check_end(chunks: _Chunks, where: str) -> None:
+    """At a zero block: the end needs a second one. A lone zero block is a zeroed (damaged) header, and
+    stopping there would silently drop the rest of the shard."""
+    if not chunks.fill(2 * BLOCK) or chunks.buf[chunks.pos + BLOCK : chunks.pos + 2 * BLOCK] != ZERO_BLOCK:
+        raise ShardFormatError(f"{where}: corrupt tar (a zero block not followed by the end marker)")
+
+
+def _too_large(name: str, size: int, extension: bool, max_member_bytes: int, where: str) -> ShardFormatError:
+    """The error for a member over its limit: `max_member_bytes`, or MAX_EXTENDED_BYTES for a PAX/GNU
+    header."""
+    limit = (
+        f"{MAX_EXTENDED_BYTES:,} for a PAX/GNU header"
+        if extension and size <= max_member_bytes
+        else f"{max_member_bytes:,} ({env_name('max_member_bytes')})"
+    )
+    return ShardFormatError(f"{where}: tar member {name!r} is {size:,} bytes, over the limit of {limit}")
+
+
+def _extended(kind: bytes, payload: bytes, where: str) -> dict[str, str]:
+    """What a PAX ('x') or GNU long-name ('L') header says of the next member."""
+    if kind == b"x":
+        return _pax_records(payload, where)
+    return {"path": payload.rstrip(b"\0").decode("utf-8", "replace")}
+
+
 def iter_samples(
     stream: IO[bytes], where: str, *, max_bytes: int | None = None, max_member_bytes: int | None = None
 ) -> Iterator[Sample]:
     """Group consecutive members sharing a key into {'__key__', ext: payload}, as `segshards.writer.format.tar_writer` does.
 
-    One flat loop, since it runs for every member: headers are parsed in place, and the samples of each
+    One flat loop of ~85 lines, since its body runs for every member: each Python call split out of it
+    would add its overhead (~0.1 us) to every member, so only the rare paths (end of archive, errors, PAX
+    and GNU headers) are functions (measured: no change in samples/s on a 20,000-sample grid set). Headers are parsed in place, and the samples of each
     group of `VERIFY_EVERY` (or of `VERIFY_BYTES`) are yielded once the checksums of their headers are
     verified. `max_bytes` bounds what is read from `stream` (the shard's size, where the caller knows
     it); `max_member_bytes` bounds each member as stored (after gzip; default: `default_limits()`).
@@ -278,15 +305,7 @@ def iter_samples(
             pos = chunks.pos
             header = chunks.buf[pos : pos + BLOCK]
             if not header[0] and header == ZERO_BLOCK:
-                # The end needs a second zero block: a lone one is a zeroed (damaged) header, and
-                # stopping there would silently drop the rest of the shard.
-                if (
-                    not chunks.fill(2 * BLOCK)
-                    or chunks.buf[chunks.pos + BLOCK : chunks.pos + 2 * BLOCK] != ZERO_BLOCK
-                ):
-                    raise ShardFormatError(
-                        f"{where}: corrupt tar (a zero block not followed by the end marker)"
-                    )
+                _check_end(chunks, where)
                 break
             field = header[124:135]
             try:  # the common case: 11 digits and a NUL (int() alone would take a sign, '_', spaces)
@@ -306,14 +325,7 @@ def iter_samples(
             if kind not in REGULAR and kind not in EXTENSIONS:
                 raise ShardFormatError(f"{where}: tar member {name!r} is not a regular file")
             if size > max_member_bytes or kind in EXTENSIONS and size > MAX_EXTENDED_BYTES:
-                limit = (
-                    f"{MAX_EXTENDED_BYTES:,} for a PAX/GNU header"
-                    if kind in EXTENSIONS and size <= max_member_bytes
-                    else f"{max_member_bytes:,} ({env_name('max_member_bytes')})"
-                )
-                raise ShardFormatError(
-                    f"{where}: tar member {name!r} is {size:,} bytes, over the limit of {limit}"
-                )
+                raise _too_large(name, size, kind in EXTENSIONS, max_member_bytes, where)
             end = pos + BLOCK + size
             padded = end + (-size % BLOCK)
             if padded > len(chunks.buf):
@@ -324,11 +336,9 @@ def iter_samples(
             chunks.pos = padded
             headers.append(header)
             if kind in EXTENSIONS:
-                if kind == b"x":
-                    extended = _pax_records(payload, where)
-                elif kind == b"L":
-                    extended = {"path": payload.rstrip(b"\0").decode("utf-8", "replace")}
-                continue  # b"g": global PAX records carry nothing this reader uses
+                if kind != b"g":  # global PAX records carry nothing this reader uses
+                    extended = _extended(kind, payload, where)
+                continue
             extended = {}
             if "/" not in name and "\\" not in name and not name.lower().endswith(REFUSED_SUFFIXES):
                 key, _, ext = name.partition(".")
@@ -353,7 +363,7 @@ def iter_samples(
     except ShardFormatError:
         # What came before the damage is delivered: the pending samples and the current one, unless the
         # failing member is one of its own (its members were read whole; whether more were due is
-        # unknowable when the damage hides the next name, and the decoder or `check_sample` refuses an
+        # unknowable when the damage hides the next name, and `read_sample` refuses an
         # incomplete sample), up to the first header whose checksum fails, which is then the error.
         if current and not _belongs(current, name, header, where):
             pending.append(current)

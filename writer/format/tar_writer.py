@@ -1,4 +1,5 @@
-"""The tar layer of the shard format: fixed USTAR headers to write, and a safe member reader."""
+"""The tar layer of the shard format: fixed USTAR headers to write, and the member-name rules that the
+reader (`segshards.writer.format.tar_reader`) applies too."""
 
 import io
 import posixpath
