@@ -325,6 +325,23 @@ def test_repository_paths_exist() -> None:
     assert missing == []
 
 
+def test_every_module_is_placed_in_the_architecture() -> None:
+    """docs/ARCHITECTURE.md's table names every module of the writer's layers, the loaders and train."""
+    table = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    folders = [
+        ROOT / "writer",
+        *sorted(p for p in (ROOT / "writer").iterdir() if (p / "__init__.py").is_file()),
+    ]
+    folders += [ROOT / "loaders", ROOT / "train"]
+    unplaced = []
+    for folder in folders:
+        rows = [line for line in table.splitlines() if line.startswith(f"| `{folder.relative_to(ROOT)}/` |")]
+        named = set(re.findall(r"`(\w+)`", rows[-1].split("|")[2])) if rows else set()  # the modules table
+        modules = {p.stem for p in folder.glob("*.py") if p.stem != "__init__"} - {"__main__"}
+        unplaced += [f"{folder.relative_to(ROOT)}/{m}.py" for m in sorted(modules - named)]
+    assert unplaced == []
+
+
 def anchor(heading: str) -> str:
     """GitHub's anchor of a Markdown heading."""
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
