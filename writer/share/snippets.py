@@ -225,8 +225,9 @@ def snippets(manifest: dict[str, Any], loc: str, key: str) -> list[str]:
             f'image, mask = row["{image}"], row["{mask}"]',
         ),
         f"wids, random access by sample number through the split's index `{index_name(split)}` "
-        f"(shard URLs relative to it). wids reads copies of the shards; the folder `segshards-{key}` holds "
-        "this content's only, so a set rebuilt at the same place is copied anew (delete old folders when done). "
+        f"(shard URLs relative to it). wids reads copies of the shards, local ones too; the cache folder "
+        f"`segshards-{key}` holds this content's only, so a set rebuilt at the same place is copied anew (delete "
+        "old folders when done). "
         "It writes one line about the index to stderr, which no option turns off:",
         "",
         *code(*wids_block(loc, split, schema, key)),
