@@ -109,7 +109,10 @@ def summary_lines(result: AuditResult, elapsed_s: float) -> list[str]:
     )
     lines.append(f"near-duplicate groups: {c['groups']:,} ({c['images_in_groups']:,} images){threshold}")
     for kind in KINDS:
-        lines.append(f"  {KIND_WORDS[kind]}: {c[kind]['groups']:,} groups ({c[kind]['images']:,} images)")
+        groups = c[kind]["groups"]
+        lines.append(
+            f"  {KIND_WORDS[kind]}: {groups:,} group{'s' * (groups != 1)} ({c[kind]['images']:,} images)"
+        )
     for rank, group in enumerate(result.groups[:SHOWN], 1):
         lines.append(_group_line(result, group, rank))
     if len(result.groups) > SHOWN:

@@ -81,12 +81,14 @@ def popcount(x: np.ndarray) -> np.ndarray:
 
 def pair_distance(codes: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Distance of each pair (a[i], b[i]) of images with `codes` (N, 2, 6): over the alignments (one's whole
-    view against each view of the other, both ways), the least of max(pHash bits, dHash bits)."""
+    view against each view of the other, both ways, and each view against the same view), the least of
+    max(pHash bits, dHash bits)."""
     best = np.full(len(a), 64, np.int32)
-    for v in range(len(VIEWS)):
+    aligned = [(0, v) for v in range(len(VIEWS))] + [(v, v) for v in range(1, len(VIEWS))]
+    for u, v in aligned:
         for x, y in ((a, b), (b, a)):
-            p = popcount(codes[x, 0, 0] ^ codes[y, 0, v])
-            d = popcount(codes[x, 1, 0] ^ codes[y, 1, v])
+            p = popcount(codes[x, 0, u] ^ codes[y, 0, v])
+            d = popcount(codes[x, 1, u] ^ codes[y, 1, v])
             best = np.minimum(best, np.maximum(p, d))
     return best
 
@@ -100,28 +102,35 @@ def _band(codes: np.ndarray, band: int) -> np.ndarray:
 
 def _probes(values: np.ndarray) -> np.ndarray:
     """(N, 17): each value as it is and with each of its 16 bits flipped."""
-    flips = np.concatenate([[0], 1 << np.arange(BAND_BITS)]).astype(np.uint32)
+    flips = np.concatenate([[0], 1 << np.arange(BAND_BITS)]).astype(values.dtype)
     return values[:, None] ^ flips[None, :]
 
 
-def _band_candidates(codes: np.ndarray, band: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(query image, indexed image) pairs whose whole view and some view share this band within one bit."""
-    views = _band(codes, band)  # (N, 6)
-    flat = views.ravel()
-    order = np.argsort(flat, kind="stable")
-    keys, owners = flat[order], (order // views.shape[1]).astype(np.int64)
-    queries = _probes(views[:, 0])  # (N, 17)
+def _lookups(keys: np.ndarray, queries: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(query row, index into sorted `keys`) of every key equal to a query; `queries` is (n, probes)."""
     rows = max(1, QUERY_CHUNK // queries.shape[1])
     for start in range(0, len(queries), rows):
         chunk = queries[start : start + rows]
         lo = np.searchsorted(keys, chunk.ravel(), "left")
-        hi = np.searchsorted(keys, chunk.ravel(), "right")
-        hits = hi - lo
-        if not hits.any():
-            continue
-        who = np.repeat(np.arange(len(chunk)).repeat(chunk.shape[1]) + start, hits)
-        at = np.repeat(lo - np.cumsum(hits) + hits, hits) + np.arange(hits.sum())
+        hits = np.searchsorted(keys, chunk.ravel(), "right") - lo
+        if hits.any():
+            who = np.repeat(np.arange(len(chunk)).repeat(chunk.shape[1]) + start, hits)
+            yield who, np.repeat(lo - np.cumsum(hits) + hits, hits) + np.arange(hits.sum())
+
+
+def _band_candidates(codes: np.ndarray, band: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Pairs of images where, in this band, one's whole view is within one bit of any view of the other
+    (crops, both ways), or a view other than the whole is the same in both (an overlay outside it)."""
+    views = _band(codes, band).astype(np.int64)  # (N, 6)
+    n, k = views.shape
+    order = np.argsort(views.ravel(), kind="stable")
+    keys, owners = views.ravel()[order], order // k
+    for who, at in _lookups(keys, _probes(views[:, 0])):
         yield who, owners[at]
+    tagged = (views[:, 1:] + (np.arange(1, k) << BAND_BITS)).ravel()  # (view, value): same view only
+    order = np.argsort(tagged, kind="stable")
+    for who, at in _lookups(tagged[order], tagged[:, None]):
+        yield who // (k - 1), order[at] // (k - 1)
 
 
 def near_pairs(codes: np.ndarray, threshold: int = THRESHOLD) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -141,8 +150,8 @@ def near_pairs(codes: np.ndarray, threshold: int = THRESHOLD) -> tuple[np.ndarra
     rep_codes = codes[reps]
     for band in range(BANDS):
         for q, o in _band_candidates(rep_codes, band):
-            keep = q < o
-            q, o = q[keep], o[keep]
+            keep = q != o
+            q, o = np.minimum(q[keep], o[keep]), np.maximum(q[keep], o[keep])
             if not len(q):
                 continue
             pair = np.unique(q * len(reps) + o)
