@@ -40,6 +40,30 @@ def build_parser(recipe_name: str | None, *, list_recipes: bool = False) -> argp
     )
     parser.add_argument("--version", action="version", version=f"segshards {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
+    add_build_parser(sub, recipe_name, list_recipes=list_recipes)
+    v = sub.add_parser("verify", help="check a shard set against its manifest")
+    v.add_argument("folder", help="set folder, s3://bucket/prefix or http(s):// URL")
+    i = sub.add_parser(
+        "info",
+        help="what a set holds: splits, classes, schema, size, location",
+        description="Print a set's splits, classes, sample schema, size and location, read from its manifest.",
+    )
+    i.add_argument("set", metavar="SET", help="set folder, s3://bucket/prefix or http(s):// URL")
+    i.add_argument("--json", action="store_true", help="print the facts as one JSON object")
+    add_audit_parser(sub)
+    u = sub.add_parser("publish", help="upload a finished set to s3://bucket/prefix, manifest last")
+    u.add_argument("folder", help="set folder")
+    u.add_argument("dest", help="s3://bucket/prefix (endpoint and credentials from the AWS environment)")
+    u.add_argument("--jobs", type=int, default=8, help="concurrent uploads")
+    add_preview_parser(sub)
+    for name, summary in plugin_summaries().items():
+        if name not in COMMAND_NAMES:  # a plugin cannot replace a built-in command
+            sub.add_parser(name, help=summary, add_help=False)
+    return parser
+
+
+def add_build_parser(sub: Any, recipe_name: str | None, *, list_recipes: bool) -> None:
+    """`build` and its options, the recipe's own among them once the recipe is known (its defaults shown)."""
     names = recipe_names()
     b = sub.add_parser(
         "build",
@@ -86,20 +110,10 @@ def build_parser(recipe_name: str | None, *, list_recipes: bool = False) -> argp
         default=None,
         help="progress bar on stderr (default: only when stderr is a terminal)",
     )
-    v = sub.add_parser("verify", help="check a shard set against its manifest")
-    v.add_argument("folder", help="set folder, s3://bucket/prefix or http(s):// URL")
-    i = sub.add_parser(
-        "info",
-        help="what a set holds: splits, classes, schema, size, location",
-        description="Print a set's splits, classes, sample schema, size and location, read from its manifest.",
-    )
-    i.add_argument("set", metavar="SET", help="set folder, s3://bucket/prefix or https:// URL")
-    i.add_argument("--json", action="store_true", help="print the facts as one JSON object")
-    add_audit_parser(sub)
-    u = sub.add_parser("publish", help="upload a finished set to s3://bucket/prefix, manifest last")
-    u.add_argument("folder", help="set folder")
-    u.add_argument("dest", help="s3://bucket/prefix (endpoint and credentials from the AWS environment)")
-    u.add_argument("--jobs", type=int, default=8, help="concurrent uploads")
+
+
+def add_preview_parser(sub: Any) -> None:
+    """`preview` and its options."""
     p = sub.add_parser(
         "preview",
         help="contact sheet of samples: image | mask | overlay, with a legend of class colours",
@@ -128,10 +142,6 @@ def build_parser(recipe_name: str | None, *, list_recipes: bool = False) -> argp
         metavar="PX",
         help="pixels per panel; each sample's image is scaled to fit (default: %(default)s)",
     )
-    for name, summary in plugin_summaries().items():
-        if name not in COMMAND_NAMES:  # a plugin cannot replace a built-in command
-            sub.add_parser(name, help=summary, add_help=False)
-    return parser
 
 
 def recipe_list(names: list[str]) -> str:
