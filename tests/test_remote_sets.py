@@ -18,6 +18,8 @@ from segshards.writer.cli.main import main
 from tests.mnist_fixtures import SMALL, build_once, error_lines
 from tests.moto_fixture import S3, s3_fixture  # noqa: F401  (fixture)
 
+WEB_NOTE = " (over http(s) only the files the manifest lists are read: a web server lists no folder)"
+
 
 class QuietHandler(SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
@@ -111,7 +113,7 @@ def ok(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
 
 def test_verify_over_http(served: str, grid: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = ok(capsys, "verify", served)
-    assert out == f"{served}: ok, 5 shards, 420 samples, keys unique\n"
+    assert out == f"{served}: ok, 5 shards, 420 samples, keys unique{WEB_NOTE}\n"
     data = bytearray((grid / "train-000001.tar").read_bytes())
     data[700] ^= 0xFF  # a byte of the shard's first member changed
     (grid / "train-000001.tar").write_bytes(bytes(data))
@@ -172,7 +174,10 @@ def test_info_of_a_missing_bucket_says_so(s3: S3, capsys: pytest.CaptureFixture[
 def test_verify_preview_and_info_over_https(
     served_tls: str, grid: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert ok(capsys, "verify", served_tls) == f"{served_tls}: ok, 5 shards, 420 samples, keys unique\n"
+    assert (
+        ok(capsys, "verify", served_tls)
+        == f"{served_tls}: ok, 5 shards, 420 samples, keys unique{WEB_NOTE}\n"
+    )
     ok(capsys, "preview", str(grid), "-o", str(tmp_path / "local.png"), "--count", "4")
     ok(capsys, "preview", served_tls, "-o", str(tmp_path / "https.png"), "--count", "4")
     assert (tmp_path / "https.png").read_bytes() == (tmp_path / "local.png").read_bytes()

@@ -243,7 +243,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if problems:
         print(f"{args.folder}: {len(problems)} problem(s)", file=sys.stderr)
         return 1
-    print(f"{args.folder}: ok, {shards} shards, {samples:,} samples, keys unique")
+    unlisted = " (over http(s) only the files the manifest lists are read: a web server lists no folder)"
+    web = args.folder.startswith(("http://", "https://"))
+    print(f"{args.folder}: ok, {shards} shards, {samples:,} samples, keys unique{unlisted if web else ''}")
     return 0
 
 
