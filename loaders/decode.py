@@ -12,12 +12,14 @@ pixel is kept and the padding is excluded from losses and metrics that honour `i
 """
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 import torch
 
+from segshards.loaders.photo import is_photo, read_photo
 from segshards.writer.errors import ShardFormatError
 from segshards.writer.format.images import decode_image
 from segshards.writer.format.limits import DecodeLimits, check_batch, default_limits
@@ -50,7 +52,9 @@ Field = tuple[str, int, str, tuple[int, ...]]  # name, byte offset in the batch 
 
 
 def letterbox(image: np.ndarray, mask: np.ndarray, out_image: np.ndarray, out_mask: np.ndarray) -> None:
-    """Fit `image` (H, W[, 3]) and `mask` (H, W) into `out_image` (C, h, w) and `out_mask` (h, w), centred."""
+    """Fit `image` (H, W) grey or (H, W, 3|4) BGR(A) and `mask` (H, W) into `out_image` (C, h, w) RGB and
+    `out_mask` (h, w), centred. The image is resized as decoded and its channels reversed once small:
+    making a full-size reversed view contiguous for cv2 cost more than the JPEG decode."""
     h, w = mask.shape
     oh, ow = out_mask.shape
     scale = min(oh / h, ow / w)
@@ -58,7 +62,7 @@ def letterbox(image: np.ndarray, mask: np.ndarray, out_image: np.ndarray, out_ma
     top, left = (oh - nh) // 2, (ow - nw) // 2
     if (nh, nw) != (h, w):
         image = cv2.resize(
-            np.ascontiguousarray(image),
+            image,
             (nw, nh),
             interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
         )
@@ -70,14 +74,25 @@ def letterbox(image: np.ndarray, mask: np.ndarray, out_image: np.ndarray, out_ma
 
 
 def place(image: np.ndarray, out: np.ndarray) -> None:
-    """Copy (H, W) or (H, W, C) pixels into a (C, H, W) slot."""
+    """Copy (H, W) grey or (H, W, 3|4) BGR(A) pixels into a (C, H, W) RGB slot."""
     if image.ndim == 2:
         if out.shape[0] == 1:
             out[0] = image
         else:
             out[:] = image  # a grey image in a colour batch
     else:
-        out[:] = image.transpose(2, 0, 1)
+        out[:] = as_rgb(image).transpose(2, 0, 1)
+
+
+@dataclass
+class Slots:
+    """A batch's buffer, its layout, and numpy views of its arrays (filled in place)."""
+
+    buffer: torch.Tensor
+    fields: list[Field]
+    images: np.ndarray  # (N, C, H, W)
+    masks: np.ndarray  # (N, H, W)
+    targets: list[tuple[np.ndarray, Target]]
 
 
 class BatchAssembler:
@@ -103,47 +118,23 @@ class BatchAssembler:
         self.size, self.with_meta, self.allocate = size, with_meta, allocate
 
     def decode(self, sample: Sample) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-        """(image, mask, parsed metadata) of one sample, once it passes the format's `read_sample`: the
-        same rules `segshards verify` applies, so what verify refuses, the loader refuses."""
+        """(image as decoded: grey, BGR or BGRA; mask; parsed metadata) of one sample, once it passes the
+        format's `read_sample`: the rules `segshards verify` applies, so what verify refuses, the loader
+        refuses."""
         url = str(sample.get("__url__", "?"))
         stored = read_sample(sample, self.layout, url, limits=self.limits, check_key=CHECK_KEYS)
-        return as_rgb(stored.image), stored.mask, stored.meta
+        return stored.image, stored.mask, stored.meta
 
     def __call__(self, samples: list[Sample], on_error: Callable[[ShardFormatError], None]) -> dict[str, Any]:
         """The packed batch of `samples` (see `unpack`); a sample that fails to decode goes to `on_error`
         (which may raise)."""
         n, i = len(samples), 0
-        buffer: torch.Tensor | None = None
-        fields: list[Field] = []
-        images: np.ndarray = np.empty((0, 0, 0, 0), np.uint8)  # numpy views of `buffer`, filled in place
-        masks: np.ndarray = np.empty((0, 0, 0), np.uint8)
-        targets: list[tuple[np.ndarray, Target]] = []
+        slots: Slots | None = None
         keys: list[str] = []
         metas: list[dict[str, Any]] = []
         for sample in samples:
             try:
-                image, mask, meta = self.decode(sample)
-                if buffer is None:
-                    row = (image.size // mask.size + 1) * int(
-                        np.prod(self.size or mask.shape)
-                    )  # image + mask
-                    check_batch(n, row, where(sample), self.limits)
-                    buffer, fields = self._allocate(n, image)
-                    views = {name: array for name, array in unpack_arrays(buffer.numpy(), fields, n)}
-                    images, masks = views["image"], views["mask"]
-                    targets = [(views[t.name], t) for t in self.targets]
-                if (
-                    self.size is None
-                    and image.ndim == 2
-                    and mask.shape == masks.shape[1:]
-                    and images.shape[1] == 1
-                ):
-                    images[i, 0] = image  # the common case: grey images of the batch's size
-                    masks[i] = mask
-                else:
-                    self._fill_other(images[i], masks[i], image, mask, sample)
-                for array, target in targets:
-                    array[i] = target_value(target, meta, sample)
+                slots, meta = self._fill(sample, i, n, slots)
             except ShardFormatError as exc:
                 on_error(exc)
                 continue
@@ -152,29 +143,68 @@ class BatchAssembler:
                 metas.append(meta or {})
             i += 1
         batch: dict[str, Any] = {"key": keys}
-        if buffer is not None:
-            batch.update({BUFFER: buffer, FIELDS: (n, fields), COUNT: i})
+        if slots is not None:
+            batch.update({BUFFER: slots.buffer, FIELDS: (n, slots.fields), COUNT: i})
         if self.with_meta:
             batch["meta"] = metas
         return batch
 
-    def _allocate(self, n: int, image: np.ndarray) -> tuple[torch.Tensor, list[Field]]:
-        """One uint8 buffer for the whole batch and the layout of its arrays (8-byte aligned, targets first)."""
-        channels = 1 if image.ndim == 2 else image.shape[2]
-        h, w = self.size or image.shape[:2]
+    def _fill(self, sample: Sample, i: int, n: int, slots: "Slots | None") -> tuple["Slots", dict[str, Any]]:
+        """Decode one sample into row `i` of the batch (allocated by its first good sample); its metadata.
+        JPEGs to be letterboxed take the photo path (`segshards.loaders.photo`): a scaled decode written
+        straight into the row."""
+        if self.size is not None and is_photo(sample, self.layout):
+            slots = slots or self._slots(n, 3, sample)
+            url = str(sample.get("__url__", "?"))
+            meta = read_photo(
+                sample,
+                self.layout,
+                url,
+                slots.images[i],
+                slots.masks[i],
+                limits=self.limits,
+                check_key=CHECK_KEYS,
+            )
+        else:
+            image, mask, meta = self.decode(sample)
+            channels = 1 if image.ndim == 2 else min(3, image.shape[2])
+            slots = slots or self._slots(n, channels, sample, mask.shape)
+            images, masks = slots.images, slots.masks
+            if (
+                self.size is None
+                and image.ndim == 2
+                and mask.shape == masks.shape[1:]
+                and images.shape[1] == 1
+            ):
+                images[i, 0] = image  # the common case: grey images of the batch's size
+                masks[i] = mask
+            else:
+                self._fill_other(images[i], masks[i], image, mask, sample)
+        for array, target in slots.targets:
+            array[i] = target_value(target, meta, sample)
+        return slots, meta
+
+    def _slots(self, n: int, channels: int, sample: Sample, shape: tuple[int, ...] = ()) -> "Slots":
+        """One uint8 buffer for the whole batch and the layout of its arrays (8-byte aligned, targets first),
+        within the batch limit."""
+        h, w = self.size or shape
+        check_batch(n, (channels + 1) * h * w, where(sample), self.limits)  # image + mask
         shapes = [(t.name, t.dtype, t.shape) for t in self.targets]
         shapes += [("image", "uint8", (channels, h, w)), ("mask", "uint8", (h, w))]
         fields, offset = [], 0
-        for name, dtype, shape in shapes:
-            fields.append((name, offset, dtype, shape))
-            offset += -(-n * int(np.prod(shape)) * np.dtype(dtype).itemsize // 8) * 8
-        return self.allocate(offset), fields
+        for name, dtype, row in shapes:
+            fields.append((name, offset, dtype, row))
+            offset += -(-n * int(np.prod(row)) * np.dtype(dtype).itemsize // 8) * 8
+        buffer = self.allocate(offset)
+        views = dict(unpack_arrays(buffer.numpy(), fields, n))
+        targets = [(views[t.name], t) for t in self.targets]
+        return Slots(buffer, fields, views["image"], views["mask"], targets)
 
     def _fill_other(
         self, out_image: np.ndarray, out_mask: np.ndarray, image: np.ndarray, mask: np.ndarray, sample: Sample
     ) -> None:
         """Colour images, grey ones in a colour batch, and resizing."""
-        channels = 1 if image.ndim == 2 else image.shape[2]
+        channels = 1 if image.ndim == 2 else min(3, image.shape[2])
         if channels != out_image.shape[0] and channels != 1:
             raise ShardFormatError(
                 f"{where(sample)}: {channels}-channel image in a batch of {out_image.shape[0]}-channel"

@@ -1,0 +1,211 @@
+"""Photographs on the reading side: segshards' loader against a stock webdataset pipeline, the cv2 decode
+bound, LitData and MosaicML, on the same coco-semantic photographs letterboxed to 320x320, batch 32.
+
+The set is built once (into bench-out/) from COCO-like copies of the `coco-tiny` photographs (see
+`bench.coco_bench.derive`: re-encoded JPEGs with distinct pixels). Every contender reads the same JPEG and
+PNG bytes (the peers' own formats are written from the members of our shards) and does the same work: cv2
+decode, letterbox (INTER_AREA / INTER_NEAREST, centred, image padded 0, mask 255), batches of 32 stacked
+into tensors. One process each, interleaved rounds, best round kept; then our loader with 1 and 2 workers.
+
+`python -m bench photo_bench [--images N] [--rounds R] [--small] [--skip-peers]`
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import webdataset as wds
+
+from bench.coco_bench import CACHE, default_source, derive
+from bench.commands import segshards
+from bench.photo_peers import peer_runs
+from segshards.loaders import make_loader
+from segshards.writer.format.manifest import MANIFEST, read_manifest, shard_entries
+
+SIZE = (320, 320)
+BATCH = 32
+SHARD_SIZE = 500
+Pair = tuple[bytes, bytes]  # (JPEG bytes, mask PNG bytes)
+
+
+def build_set(source: Path, n: int) -> Path:
+    """The coco-semantic set of `n` train photographs, built once into bench-out/."""
+    folder = (CACHE / f"photo-{n}").resolve()
+    if (folder / MANIFEST).is_file() and read_manifest(folder)["splits"]["train"]["count"] == n:
+        return folder
+    data = derive(source, CACHE / f"coco-{n}", n).resolve()
+    shutil.rmtree(folder, ignore_errors=True)
+    cmd = segshards(
+        "build", "coco-semantic", "--annotations", str(data / "instances.json"), "--images",
+        str(data / "images"), "--train", str(n), "--val", "0", "--test", "0", "--shard-size",
+        str(SHARD_SIZE), "--out", str(folder),
+    )  # fmt: skip
+    print(f"[photo] building {n} photographs into {folder} ...", flush=True)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return folder
+
+
+def shard_urls(folder: Path) -> list[str]:
+    return [str(folder / e["name"]) for e in shard_entries(read_manifest(folder), "train")]
+
+
+def members(urls: list[str]) -> list[Pair]:
+    """The (JPEG, mask PNG) bytes of every sample, in shard order."""
+    pairs: list[Pair] = []
+    for url in urls:
+        with tarfile.open(url) as tar:
+            by_key: dict[str, dict[str, bytes]] = {}
+            for info in tar:
+                key, _, ext = info.name.partition(".")
+                handle = tar.extractfile(info)
+                assert handle is not None
+                by_key.setdefault(key, {})[ext] = handle.read()
+        pairs += [(m["jpg"], m["mask.png"]) for _, m in sorted(by_key.items())]
+    return pairs
+
+
+def letterbox(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What a user writes: fit inside SIZE keeping the aspect ratio, centred, image padded 0, mask 255."""
+    h, w = mask.shape
+    oh, ow = SIZE
+    scale = min(oh / h, ow / w)
+    nh, nw = round(h * scale), round(w * scale)
+    top, left = (oh - nh) // 2, (ow - nw) // 2
+    out_image = np.zeros((oh, ow, 3), np.uint8)
+    out_mask = np.full((oh, ow), 255, np.uint8)
+    out_image[top : top + nh, left : left + nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+    out_mask[top : top + nh, left : left + nw] = cv2.resize(mask, (nw, nh), interpolation=cv2.INTER_NEAREST)
+    return out_image, out_mask
+
+
+def decode_pair(jpeg: bytes, png: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """cv2 decode of one pair: RGB image, one-channel mask."""
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR_RGB)
+    mask = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    return image, mask
+
+
+def batches(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Letterbox each decoded pair and stack BATCH of them into (N, 3, H, W) and (N, H, W) tensors."""
+    images, masks = [], []
+    for image, mask in pairs:
+        a, b = letterbox(image, mask)
+        images.append(a)
+        masks.append(b)
+        if len(images) == BATCH:
+            yield torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2), torch.from_numpy(np.stack(masks))
+            images, masks = [], []
+    if images:
+        yield torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2), torch.from_numpy(np.stack(masks))
+
+
+def count(stream: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> int:
+    return sum(len(images) for images, _ in stream)
+
+
+def stock(urls: list[str]) -> int:
+    """The stock webdataset pipeline of issue 20, then the user's letterbox and stacking."""
+    dataset = (
+        wds.WebDataset(urls, shardshuffle=False, empty_check=False)
+        .decode(wds.imagehandler("l8", ["png"]), wds.imagehandler("rgb8"))
+        .to_tuple("jpg", "mask.png")
+    )
+    return count(batches(dataset))
+
+
+def plain(pairs: Iterable[Pair]) -> int:
+    """The same work over the bytes in memory (or as a peer hands them on): decode, letterbox, stack."""
+    return count(batches(decode_pair(a, b) for a, b in pairs))
+
+
+def bound(pairs: list[Pair]) -> int:
+    """cv2 decode alone of the same members, from memory (full JPEG decode plus the mask)."""
+    for jpeg, png in pairs:
+        decode_pair(jpeg, png)
+    return len(pairs)
+
+
+def ours(folder: Path, workers: int) -> int:
+    """segshards' loader: shuffled, letterboxed to SIZE, every sample checked as `verify` checks it."""
+    loader = make_loader(folder, "train", BATCH, num_workers=workers, size=SIZE)
+    return sum(len(batch["key"]) for batch in loader)
+
+
+def measure(runs: dict[str, Callable[[], int]], rounds: int) -> dict[str, list[float]]:
+    """Photos/s of each run, rounds interleaved so that the machine's other load falls on all alike."""
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            n = run()
+            rates[name].append(n / (time.perf_counter() - started))
+    return rates
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench photo_bench")
+    parser.add_argument(
+        "--images", type=int, default=2500, help="photographs in the set (>= 2,000 for figures)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (the best counts)")
+    parser.add_argument("--small", action="store_true", help="a quick run: 320 photographs, 1 round")
+    parser.add_argument("--skip-peers", action="store_true", help="leave LitData and MosaicML out")
+    parser.add_argument("--source", type=Path, default=None, help="coco-tiny folder")
+    args, _ = parser.parse_known_args(argv)
+    n, rounds = (320, 1) if args.small else (args.images, args.rounds)
+    source = args.source or default_source()
+    if source is None or not (source / "instances.json").is_file():
+        print("[photo] no coco-tiny folder (set $SEGSHARDS_COCO_TINY or --source): skipped")
+        return 0
+    cv2.setNumThreads(1)  # one process, one core, for every contender
+    torch.set_num_threads(1)
+    folder = build_set(source, n)
+    urls = shard_urls(folder)
+    pairs = members(urls)
+    runs: dict[str, Callable[[], int]] = {
+        "stock": lambda: stock(urls),
+        "plain": lambda: plain(pairs),
+        "bound": lambda: bound(pairs),
+        "ours": lambda: ours(folder, 0),
+    }
+    if not args.skip_peers:
+        runs.update(peer_runs(pairs, CACHE / f"photo-peers-{n}", plain))
+    runs["ours 1 worker"] = lambda: ours(folder, 1)
+    runs["ours 2 workers"] = lambda: ours(folder, 2)
+    print(f"[photo] {n} photographs in {len(urls)} shards, letterboxed to {SIZE[1]}x{SIZE[0]}, batch {BATCH}, "
+          f"{os.cpu_count()} cores, best of {rounds} interleaved rounds", flush=True)  # fmt: skip
+    report(measure(runs, rounds))
+    return 0
+
+
+def report(rates: dict[str, list[float]]) -> None:
+    """The table (best photos/s, range) and the ratios the targets of issue 20 name."""
+    best = {name: max(values) for name, values in rates.items()}
+    for name, values in rates.items():
+        print(f"[photo] {name:16s} {best[name]:8.1f} photos/s ({min(values):7.1f}-{max(values):7.1f})")
+    ours_ = best["ours"]
+    checks = [
+        ("ours / stock", ours_ / best["stock"], 2.2),
+        ("ours / cv2 decode bound", ours_ / best["bound"], 1.0),
+    ]
+    peers = [best[p] for p in ("litdata", "mosaicml") if p in best]
+    if peers:
+        checks.append(("ours / faster peer", ours_ / max(peers), 1.6))
+    checks.append(("2 workers / 1 worker", best["ours 2 workers"] / best["ours 1 worker"], 1.8))
+    checks.append(("ours / plain loop in memory", ours_ / best["plain"], 0.0))
+    for label, ratio, target in checks:
+        goal = f"target >= {target}x: {'ok' if ratio >= target else 'BELOW'}" if target else ""
+        print(f"[photo] {label:28s} {ratio:5.2f}x  {goal}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
