@@ -11,6 +11,7 @@ SECTIONS = [
     "mask_folder_bench",
     "publish_bench",
     "dedup_bench",
+    "audit_bench",
     "gpu_feed",
 ]
 

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from bench.derived_photos import Derived, coco_tiny_images, derived
-from segshards.writer.format.images import decode_image
 from segshards.writer.share import near_duplicates as nd
 
 PHOTOS = coco_tiny_images()
@@ -29,7 +28,7 @@ class Measured:
 def measured() -> Measured:
     assert PHOTOS is not None
     items = list(derived(PHOTOS))
-    codes = np.stack([nd.image_codes(decode_image(d.data, "jpg", d.name)) for d in items])
+    codes = np.stack([nd.payload_codes(d.data, "jpg", d.name) for d in items])
     a, b, _ = nd.near_pairs(codes)
     return Measured(items, codes, nd.components(len(items), a, b))
 

@@ -15,14 +15,20 @@ import numpy as np
 from joblib import cpu_count
 
 from segshards.writer.errors import ConfigError, SegshardsError, ShardFormatError, StorageError
-from segshards.writer.format.images import decode_image
 from segshards.writer.format.keys import is_key
 from segshards.writer.format.manifest import shard_entries, split_names
 from segshards.writer.format.sample import Layout, image_member
 from segshards.writer.format.schema import SampleSchema, schema_of
 from segshards.writer.format.tar_reader import iter_samples
 from segshards.writer.process_pool import map_in_order
-from segshards.writer.share.near_duplicates import MAX_THRESHOLD, THRESHOLD, VIEWS, Group, groups, image_codes
+from segshards.writer.share.near_duplicates import (
+    MAX_THRESHOLD,
+    THRESHOLD,
+    VIEWS,
+    Group,
+    groups,
+    payload_codes,
+)
 from segshards.writer.share.near_duplicates import near_pairs as perceptual_pairs
 from segshards.writer.storage.urls import join_url, open_url, read_set_manifest
 
@@ -180,7 +186,7 @@ def _hash_sample(
             ext = image_member(sample, Layout(task.image), at)
             payload = sample[ext]
             assert isinstance(payload, bytes)
-            codes.append(image_codes(decode_image(payload, ext, at)))
+            codes.append(payload_codes(payload, ext, at))
         except ShardFormatError as exc:
             return str(exc)
     keys.append(bytes.fromhex(key))
