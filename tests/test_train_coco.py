@@ -6,12 +6,15 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from segshards.train.checkpoint import CHECKPOINT, load_checkpoint
 from segshards.train.cli import eval_main, train_main
+from segshards.train.dataset import read_set
 from segshards.writer.cli.main import main as writer_main
+from segshards.writer.format.palette import IGNORE_GREY, MIN_DELTA_E, delta_e94, lab
 
 REPO = Path(__file__).resolve().parents[1]
 # The project keeps coco-tiny in a `shared/` folder beside the checkout (or beside the worktrees' folder).
@@ -86,6 +89,35 @@ def test_size_overrides_the_schema(coco: Path, tmp_path: Path) -> None:
     ]
     assert train_main([*argv, "--threads", "1", "--no-progress"]) == 0
     assert json.loads((run / "metrics.json").read_text())["config"]["size"] == [64, 96]
+
+
+def test_eval_on_a_set_of_other_classes_says_what_differs(
+    coco: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    argv = ["--data", str(coco), "--out", str(run), "--size", "64", "64", "--widths", "8,16", "--stem", "1"]
+    assert train_main([*argv, "--threads", "1", "--no-progress"]) == 0
+    other = tmp_path / "people-and-dogs"
+    build = ["build", "coco-semantic", "--annotations", str(COCO_TINY / "instances.json"), "--jobs", "1"]
+    build += ["--images", str(COCO_TINY / "images"), "--out", str(other), "--categories", "person,dog"]
+    assert writer_main([*build, "--train", "4", "--val", "2", "--test", "2", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert eval_main([str(run), "--data", str(other), "--no-progress"]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        f"segshards eval: error: --data {other}: its schema does not fit the run's model:",
+        "  classes: the run has 81 [background, person, bicycle, car, motorcycle, airplane, ...], "
+        "this set has 3 [background, person, dog]",
+    ]
+
+
+def test_figures_draw_coco_classes_in_distinct_colours_away_from_the_ignore_grey(coco: Path) -> None:
+    info = read_set(str(coco))  # what train and eval draw predictions.png with
+    classes = info.schema.classes
+    colours = lab(info.palette[1 : len(classes)])  # the 80 object classes (0, background, is not tinted)
+    smallest = min(float(np.delete(delta_e94(c, colours), i).min()) for i, c in enumerate(colours))
+    assert smallest > 9
+    assert delta_e94(lab(np.array([IGNORE_GREY]))[0], colours).min() >= MIN_DELTA_E
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from segshards.train.checkpoint import CHECKPOINT, load_checkpoint
 from segshards.train.config import TrainConfig, default_precision, default_workers, resolve_device
 from segshards.train.dataset import SetInfo, read_set
 from segshards.train.errors import ConfigError, SegshardsError
-from segshards.train.tasks import task_for
+from segshards.train.tasks import task_differences, task_for
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -47,7 +47,12 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="shard-set folder or http(s)/s3 URL holding manifest.json")
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, metrics.json, curves.png ...")
     p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="samples per step; every batch is full, so each epoch leaves out the last, short batch of each "
+        "loader worker (a note says how many samples)",
+    )
     p.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule (AdamW)")
     p.add_argument("--weight-decay", type=float)
     p.add_argument(
@@ -85,8 +90,17 @@ def train_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="stop after N steps of this invocation, checkpointed (continue with --resume)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress(p)
     return p
+
+
+def add_progress(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars on stderr (default: only when stderr is a terminal)",
+    )
 
 
 # What `schema.training` may suggest, with its type, and the fallback when a recipe suggests nothing.
@@ -144,7 +158,7 @@ def resolve_config(args: argparse.Namespace, info: SetInfo, saved: dict[str, Any
         base["precision"] = default_precision(base["device"])
     if base["workers"] is None:
         base["workers"] = default_workers(base["device"])
-    base.update(recipe=info.recipe, data=args.data, out=args.out, progress=not args.no_progress)
+    base.update(recipe=info.recipe, data=args.data, out=args.out, progress=args.progress)
     return TrainConfig.from_dict(base)
 
 
@@ -163,10 +177,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         print(f"segshards train: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(
-            f"segshards train: interrupted; `--resume` continues from the last checkpoint in {args.out}",
-            file=sys.stderr,
-        )
+        print(f"segshards train: interrupted; {after_interrupt(Path(args.out))}", file=sys.stderr)
         return 130
     if not result.finished:
         print(f"{args.out}: stopped after {len(result.step_losses)} steps; continue with --resume")
@@ -174,6 +185,17 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     assert result.metrics is not None
     print(f"{args.out}: {summary(result.metrics, 'val')} ({time.perf_counter() - started:.0f} s)")
     return 0
+
+
+def after_interrupt(out: Path) -> str:
+    """What a user can do after Ctrl-C: resume from the checkpoint if one was written, else start over."""
+    checkpoint = out / CHECKPOINT
+    if checkpoint.exists():
+        return f"the same command with --resume continues from the last checkpoint, {checkpoint}"
+    return (
+        f"stopped before the first checkpoint, so there is nothing to resume ({checkpoint} does not exist); "
+        "run the same command again to start over (--checkpoint-every N also saves every N steps)"
+    )
 
 
 def summary(report: dict[str, Any], split: str) -> str:
@@ -195,7 +217,7 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int)
     p.add_argument("--threads", type=int)
-    p.add_argument("--no-progress", action="store_true")
+    add_progress(p)
     return p
 
 
@@ -215,8 +237,12 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
                 f"--data {data}: holds a {info.recipe!r} set, the run was trained on {saved['recipe']!r}"
             )
         task = task_for(info.schema, palette=info.palette)
-        if task.describe() != saved["task"]:
-            raise ConfigError(f"--data {data}: its schema does not fit the run's model ({saved['task']})")
+        differences = task_differences(saved["task"], task.describe())
+        if differences:
+            raise ConfigError(
+                f"--data {data}: its schema does not fit the run's model:\n"
+                + "\n".join(f"  {line}" for line in differences)
+            )
         if not info.has_split(args.split):
             raise ConfigError(
                 f"--split {args.split}: {data} has no samples in it ({', '.join(info.split_counts)})"
@@ -231,7 +257,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
                 "precision": default_precision(device),
                 "workers": workers,
                 "threads": args.threads,
-                "progress": not args.no_progress,
+                "progress": args.progress,
             }
         )
         if args.threads is not None:

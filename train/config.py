@@ -35,7 +35,7 @@ class TrainConfig:
     workers: int
     threads: int | None
     checkpoint_every: int | None  # optimizer steps between mid-epoch checkpoints; None: epoch ends only
-    progress: bool = True
+    progress: bool | None = None  # progress bars on stderr; None: only when stderr is a terminal
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON/pickle-free types (tuples as lists), for the checkpoint and metrics.json."""

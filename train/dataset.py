@@ -19,7 +19,7 @@ class SetInfo:
     recipe: str  # for reports and for checking that `eval` scores the set a run was trained on
     schema: SampleSchema
     split_counts: dict[str, int]  # samples per split, as the manifest records them
-    palette: np.ndarray  # (256, 3) uint8 RGB class colours: the set's own, else the preview's
+    palette: np.ndarray  # (256, 3) uint8 RGB class colours to draw in (`manifest_palette`)
 
     def has_split(self, split: str) -> bool:
         """True when the manifest lists `split` with at least one sample."""

@@ -37,7 +37,7 @@ def evaluate(
     seen = 0
     known = [x for x in (loader.shards.total, max_samples) if x is not None]
     bar = progress(
-        total=min(known) if known else None, desc=desc, leave=False, disable=not config.progress or not desc
+        total=min(known) if known else None, desc=desc, leave=False, show=config.progress if desc else False
     )
     with torch.random.fork_rng(devices=[]), bar:
         for batch in isolated(DevicePrefetcher(loader, config.device, transform=prepare)):
@@ -120,10 +120,15 @@ def configure_torch(config: TrainConfig) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def progress(**options: Any) -> tqdm:
-    """A samples/s progress bar; redrawn at most every 30 s when stderr is a file or pipe (logs, make)."""
+def progress(*, show: bool | None, **options: Any) -> tqdm:
+    """A samples/s progress bar on stderr. `show` None (the default of `--progress`) draws it only when
+    stderr is a terminal, as `segshards build` does: a redirected log gets the epoch lines, no bars.
+    Forced into a file or pipe (`--progress`) it is redrawn at most every 30 s."""
     interval = 0.5 if sys.stderr.isatty() else 30.0
-    return tqdm(unit="sample", unit_scale=True, mininterval=interval, dynamic_ncols=True, **options)
+    disable = None if show is None else not show  # tqdm: None = off unless its file is a terminal
+    return tqdm(
+        unit="sample", unit_scale=True, mininterval=interval, dynamic_ncols=True, disable=disable, **options
+    )
 
 
 def autocast(config: TrainConfig) -> AbstractContextManager[Any]:

@@ -58,6 +58,7 @@ class TrainState:
     epoch: int = 0  # the epoch in progress, 0-based (== config.epochs once done)
     step: int = 0  # optimizer steps so far
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per finished epoch
+    losses: list[float] = field(default_factory=list)  # the loss of every step of the run, for curves.png
     epoch_loss: float = 0.0  # sum of loss x samples over the epoch in progress
     epoch_samples: int = 0
     train_samples: int = 0
@@ -77,6 +78,7 @@ class TrainState:
             "epoch": self.epoch,
             "step": self.step,
             "history": self.history,
+            "losses": self.losses,
             "epoch_loss": self.epoch_loss,
             "epoch_samples": self.epoch_samples,
             "train_samples": self.train_samples,
@@ -92,6 +94,7 @@ class TrainState:
         self.data.load_state_dict(saved["loader"])
         set_rng_state(saved["rng"])
         self.epoch, self.step, self.history = saved["epoch"], saved["step"], saved["history"]
+        self.losses = list(saved.get("losses", []))  # absent from checkpoints of older versions
         self.epoch_loss, self.epoch_samples = saved["epoch_loss"], saved["epoch_samples"]
         self.train_samples, self.wall_s = saved["train_samples"], saved["wall_s"]
         self.data.data_wait_s, self.data.iterating_s = saved["data_wait_s"], saved["iterating_s"]
@@ -122,6 +125,9 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | 
     loader = train_loader(config)
     if len(loader) == 0:
         raise ConfigError(f"--data {config.data}: train split smaller than one batch of {config.batch_size}")
+    note = left_out_note(config, loader)
+    if note:
+        tqdm.write(note)
 
     # Model and optimizer; seeded so that two runs of one config start from the same weights.
     torch.manual_seed(config.seed)
@@ -159,7 +165,7 @@ def train_one_epoch(
         total=len(data) * config.batch_size,
         initial=data.state_dict()["batches"] * config.batch_size,
         desc=f"{config.recipe} epoch {state.epoch + 1}/{config.epochs}",
-        disable=not config.progress,
+        show=config.progress,
     )
     with bar:
         for batch in isolated(data):
@@ -176,6 +182,7 @@ def train_one_epoch(
             state.epoch_samples += n
             state.train_samples += n
             losses.append(value)
+            state.losses.append(value)
             bar.update(n)
             bar.set_postfix(loss=f"{value:.4f}", refresh=False)
             if config.checkpoint_every and state.step % config.checkpoint_every == 0:
@@ -231,7 +238,7 @@ def finish(state: TrainState, task: Task, config: TrainConfig, info: SetInfo) ->
         training=training,
         splits=splits,
     )
-    plot_curves(state.history, task.primary, out / "curves.png", title=config.recipe)
+    plot_curves(state.history, task.primary, out / "curves.png", title=config.recipe, losses=state.losses)
     shown = "val" if info.has_split("val") else "train"
     plot_predictions(
         state.model,
@@ -292,6 +299,35 @@ def train_loader(config: TrainConfig) -> Any:
         epoch_batches=spe // config.batch_size if spe else None,
         drop_last=True,
         size=config.size,
+    )
+
+
+def left_out_note(config: TrainConfig, loader: Any) -> str | None:
+    """Said once, at the start: the train samples an epoch leaves out. Training batches are all full
+    (drop_last), so each loader worker's last, short batch is not trained on; the shuffle changes which
+    samples that is from one epoch to the next."""
+    trained = len(loader) * config.batch_size
+    spe = config.samples_per_epoch
+    if spe is not None:
+        if trained == spe:
+            return None
+        return (
+            f"{config.recipe}: note: --samples-per-epoch {spe:,} is trained as {len(loader):,} full batches "
+            f"of {config.batch_size}: {trained:,} samples an epoch"
+        )
+    total = loader.shards.total
+    if total is None or trained >= total:
+        return None
+    streams = loader.config.workers
+    which = (
+        "its last, short batch is"
+        if streams == 1
+        else f"the last, short batch of each of its {streams} workers is"
+    )
+    return (
+        f"{config.recipe}: note: epoch 1 trains on {trained:,} of the {total:,} train samples: the loader "
+        f"hands out full batches only (--batch-size {config.batch_size}), so {which} left out "
+        "(other samples each epoch, as the shuffle changes)"
     )
 
 

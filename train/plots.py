@@ -4,6 +4,7 @@ Figures are drawn on `matplotlib.figure.Figure` (Agg canvas, no pyplot global st
 """
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from matplotlib.patches import Circle, Patch
 from matplotlib.ticker import MaxNLocator
 
 from segshards.train.metrics import circle_iou
-from segshards.writer.format.palette import default_palette, overlay
+from segshards.writer.format.palette import IGNORE_GREY, default_palette, overlay
 from segshards.writer.storage.atomic import atomic_write
 
 PALETTE_RGB = default_palette()[:, ::-1].copy()  # the preview's class colours, as RGB
@@ -26,20 +27,27 @@ def save_figure(figure: Figure, path: Path) -> None:
     atomic_write(path, buffer.getvalue())
 
 
-def plot_curves(history: list[dict[str, Any]], primary: tuple[str, ...], path: Path, *, title: str) -> None:
-    """Train and val loss per epoch (left) and the task's val metrics per epoch (right)."""
+def plot_curves(
+    history: list[dict[str, Any]],
+    primary: tuple[str, ...],
+    path: Path,
+    *,
+    title: str,
+    losses: Sequence[float] = (),
+) -> None:
+    """Training loss per step (raw and smoothed) with the epoch means and val loss at each epoch's last step
+    (left), and the task's val metrics per epoch, the last values in the legend (right): a one-epoch run
+    still shows how its loss went."""
     figure = Figure(figsize=(10, 4), layout="constrained")
     loss_axes, metric_axes = figure.subplots(1, 2)
+    plot_losses(loss_axes, history, losses)
+    loss_axes.set(title=f"{title}: loss")
     epochs = [h["epoch"] for h in history]
-    loss_axes.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
     val = [h.get("val") or {} for h in history]
-    if any("loss" in v for v in val):
-        loss_axes.plot(epochs, [v.get("loss", np.nan) for v in val], "o-", label="val")
-    loss_axes.set(xlabel="epoch", ylabel="loss", yscale="log", title=f"{title}: loss")
-    loss_axes.legend()
     for name in primary:
-        values = [v.get(name) for v in val]
-        metric_axes.plot(epochs, [np.nan if x is None else x for x in values], "o-", label=f"val {name}")
+        values = [np.nan if v.get(name) is None else v[name] for v in val]
+        last = f" (last {values[-1]:.4f})" if values and not np.isnan(values[-1]) else ""
+        metric_axes.plot(epochs, values, "o-", label=f"val {name}{last}")
     metric_axes.set(xlabel="epoch", title=f"{title}: validation metrics")
     if any(name in v for v in val for name in primary):
         metric_axes.legend()
@@ -47,10 +55,44 @@ def plot_curves(history: list[dict[str, Any]], primary: tuple[str, ...], path: P
         metric_axes.text(0.5, 0.5, "no val split", ha="center", va="center", transform=metric_axes.transAxes)
     metric_axes.grid(alpha=0.3)
     metric_axes.set_ylim(-0.02, 1.02)
-    for axes in (loss_axes, metric_axes):
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axes.set_xlim(0.5, max(epochs, default=1) + 0.5)  # one epoch: one point, still on a readable axis
+    metric_axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    metric_axes.set_xlim(0.5, max(epochs, default=1) + 0.5)  # one epoch: one point, still on a readable axis
     save_figure(figure, path)
+
+
+def plot_losses(axes: Any, history: list[dict[str, Any]], losses: Sequence[float]) -> None:
+    """Loss against optimizer steps: each step's (faint), smoothed, and per epoch (train mean, val)."""
+    ends = [h["step"] for h in history]  # the step count at the end of each epoch
+    if len(losses):
+        steps = np.arange(1, len(losses) + 1)
+        axes.plot(steps, losses, color="tab:blue", alpha=0.25, linewidth=0.8, label="train, each step")
+        axes.plot(steps, smoothed(losses), color="tab:blue", label="train, smoothed")
+    axes.plot(ends, [h["train_loss"] for h in history], "o", color="tab:blue", label="train, epoch mean")
+    val = [h.get("val") or {} for h in history]
+    if any("loss" in v for v in val):
+        axes.plot(ends, [v.get("loss", np.nan) for v in val], "o-", color="tab:orange", label="val")
+    for end in ends[:-1]:
+        axes.axvline(end, color="grey", alpha=0.3, linewidth=0.8)  # epoch boundaries
+    shown = [v for v in [*losses, *(h["train_loss"] for h in history)] if v > 0]
+    wide = bool(shown) and max(shown) > 5 * min(shown)  # a log scale only where it spreads the curve out
+    axes.set(xlabel="step (grey lines: epoch ends)" if len(ends) > 1 else "step", ylabel="loss")
+    axes.set_yscale("log" if wide else "linear")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlim(0, max([len(losses), *ends], default=1) + 1)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+
+
+def smoothed(values: Sequence[float], *, weight: float | None = None) -> np.ndarray:
+    """An exponential moving average, bias-corrected (the first points are not pulled towards 0); by
+    default it spans about a twentieth of the run."""
+    x = np.asarray(values, dtype=np.float64)
+    beta = weight if weight is not None else 1.0 - 1.0 / max(1.0, len(x) / 20)
+    out, average = np.empty_like(x), 0.0
+    for i, value in enumerate(x):
+        average = beta * average + (1 - beta) * value
+        out[i] = average / (1 - beta ** (i + 1)) if beta < 1 else value
+    return out
 
 
 def as_picture(image: torch.Tensor) -> np.ndarray:
@@ -59,9 +101,8 @@ def as_picture(image: torch.Tensor) -> np.ndarray:
     return array[0] if array.shape[0] == 1 else np.ascontiguousarray(array.transpose(1, 2, 0))
 
 
-# Ignore and letterbox padding, in truth and prediction; the VOC palette's channels are multiples of 32 for
-# the first 256 classes, so this grey is never a class's colour.
-GREY = np.array([150, 150, 150], dtype=np.uint8)
+# Ignore and letterbox padding, in truth and prediction: a grey no class colour comes near (see the palette).
+GREY = np.array(IGNORE_GREY, dtype=np.uint8)
 
 
 def rgb(colour: np.ndarray) -> tuple[float, float, float]:

@@ -171,3 +171,25 @@ def task_for(schema: SampleSchema, *, palette: np.ndarray | None = None) -> Task
         palette=palette,
         primary=metrics or ("miou",),
     )
+
+
+def task_differences(run: dict[str, Any], data: dict[str, Any]) -> list[str]:
+    """One line per field of `Task.describe()` that differs between a run's model and a set, for `eval`."""
+    lines = []
+    for key in sorted(set(run) | set(data)):
+        ours, theirs = run.get(key), data.get(key)
+        if ours != theirs:
+            line = f"{key}: the run has {shown(ours)}, this set has {shown(theirs)}"
+            if isinstance(ours, list) and isinstance(theirs, list) and len(ours) == len(theirs):
+                i = next(i for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b)
+                line += f" (first differs at #{i}: {ours[i]} | {theirs[i]})"
+            lines.append(line)
+    return lines
+
+
+def shown(value: Any, *, limit: int = 6) -> str:
+    """A describe() value in a line: lists as their length and first entries."""
+    if isinstance(value, list):
+        names = ", ".join(map(str, value[:limit])) + (", ..." if len(value) > limit else "")
+        return f"{len(value)} [{names}]"
+    return "none" if value is None else str(value)
