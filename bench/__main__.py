@@ -8,6 +8,7 @@ SECTIONS = [
     "writer_bench",
     "loader_bench",
     "coco_bench",
+    "photo_bench",
     "mask_folder_bench",
     "publish_bench",
     "dedup_bench",
