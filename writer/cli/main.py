@@ -25,6 +25,7 @@ from segshards.writer.share.audit_command import add_audit_parser, audit_command
 from segshards.writer.share.info import info_lines, set_info
 from segshards.writer.share.preview import SIZE, write_preview
 from segshards.writer.share.publish import PublishConfig, credentials_problem, publish
+from segshards.writer.share.stats_command import add_stats_parser, stats_command
 from segshards.writer.share.verify import verify_location
 from segshards.writer.storage.store import is_remote, open_store
 
@@ -51,6 +52,7 @@ def build_parser(recipe_name: str | None, *, list_recipes: bool = False) -> argp
     i.add_argument("set", metavar="SET", help="set folder, s3://bucket/prefix or http(s):// URL")
     i.add_argument("--json", action="store_true", help="print the facts as one JSON object")
     add_audit_parser(sub)
+    add_stats_parser(sub)
     u = sub.add_parser("publish", help="upload a finished set to s3://bucket/prefix, manifest last")
     u.add_argument("folder", help="set folder")
     u.add_argument("dest", help="s3://bucket/prefix (endpoint and credentials from the AWS environment)")
@@ -289,6 +291,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "publish": cmd_publish,
     "preview": cmd_preview,
     "audit": audit_command,
+    "stats": stats_command,
 }
 
 
