@@ -30,7 +30,10 @@ def test_build_to_s3_matches_local_build(s3: S3, local_set: Path, capsys: pytest
     code = main(["build", "mnist-grid", "--out", s3.url("grid"), *SMALL, "--jobs", "2"])
     captured = capsys.readouterr()
     assert (code, error_lines(captured.err)) == (0, [])
-    assert captured.out == f"{s3.url('grid')}: train 300, val 60, test 60 samples; 0 duplicates rejected\n"
+    summary = (
+        f"{s3.url('grid')}: train 300, val 60, test 60 samples; 0 duplicates rejected; 5 shards written\n"
+    )
+    assert captured.out == summary
     objects = s3.objects("grid")
     assert remote_set(s3, "grid") == folder_bytes(local_set)  # shards, card, manifest: identical bytes
     assert ".segshards-build.json" not in objects
@@ -83,10 +86,7 @@ def test_build_to_s3_refuses_other_content(s3: S3, capsys: pytest.CaptureFixture
     assert main(["build", "mnist-grid", "--out", s3.url("set"), *SMALL]) == 1
     assert error_lines(capsys.readouterr().err) == [
         f"segshards: error: --out {s3.url('set')}: holds a mnist-circle set built with other settings "
-        "(manifest.json: counts.test (unset) there, 60 asked; counts.train (unset) there, 300 asked; "
-        'counts.val (unset) there, 60 asked; recipe "mnist-circle" there, "mnist-grid" asked; '
-        "seed (unset) there, 0 asked; shard_size (unset) there, 100 asked; "
-        'source (unset) there, "bundled:data/mnist" asked); choose another prefix or delete it'
+        '(manifest.json: recipe "mnist-circle" there, "mnist-grid" asked); choose another prefix or delete it'
     ]
 
 
