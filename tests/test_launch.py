@@ -126,3 +126,15 @@ def test_planned_shards_only_when_every_count_is_given() -> None:
     assert planned_shards(["build", "mnist-grid", "--train", "250"]) is None
     assert planned_shards(argv[:-2]) is None  # the default shard size is the recipe's
     assert planned_shards([*argv, "--shard-size", "zero"]) is None
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(grid_set: Path) -> None:
+    """`segshards info --json SET | head -1`: the pipe closes while the command still writes."""
+    done = subprocess.run(
+        f"{sys.executable} -m segshards info --json {grid_set} | head -c 1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (done.stdout, done.stderr) == ("{", "")

@@ -5,6 +5,7 @@ this process's own imports and preparation instead of following them. The option
 as far as needed to know whether workers will be wanted; the real parser checks them all afterwards.
 """
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -63,4 +64,13 @@ def run() -> None:
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)
         status = 130
+    except BrokenPipeError:  # the reader left (`segshards info --json SET | head`): no traceback
+        quiet_stdout()
+        status = 1
     sys.exit(status)
+
+
+def quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush does not raise on the closed pipe again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
