@@ -41,12 +41,12 @@ from segshards.loaders.stages import (
     shuffle_buffer,
     take_share,
 )
-from segshards.loaders.storage import RetryPolicy
 from segshards.loaders.transport import WorkerRing, plain_buffer, shared_buffer
 from segshards.loaders.worker_pool import PositionBoard, worker_slot
 from segshards.writer.errors import ShardFormatError
 from segshards.writer.format.limits import DecodeLimits
 from segshards.writer.format.tar_writer import Sample
+from segshards.writer.storage.retry import RetryPolicy
 
 MAX_PER_ITEM = 64
 

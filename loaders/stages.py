@@ -14,11 +14,12 @@ from typing import IO, Literal, TypeVar
 import numpy as np
 
 from segshards.loaders.integrity import CheckedStream, Verify, read_checked
-from segshards.loaders.storage import RetryPolicy, open_url
 from segshards.writer.errors import SegshardsError, ShardFormatError
 from segshards.writer.format.limits import DecodeLimits
 from segshards.writer.format.tar_reader import iter_samples
 from segshards.writer.format.tar_writer import Sample
+from segshards.writer.storage.retry import RetryPolicy
+from segshards.writer.storage.urls import open_url
 
 T = TypeVar("T")
 OnError = Literal["raise", "skip"]

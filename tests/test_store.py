@@ -14,7 +14,7 @@ import pytest
 import segshards.loaders.errors as loader_errors
 import segshards.loaders.storage as loader_storage
 from segshards.writer.build.job import claim_output
-from segshards.writer.errors import ConfigError, OutputError, StorageError, StoreError
+from segshards.writer.errors import ConfigError, OutputError, StorageError
 from segshards.writer.format.manifest import MARKER
 from segshards.writer.storage.lock import LOCK
 from segshards.writer.storage.retry import (
@@ -145,7 +145,7 @@ def test_writer_and_loaders_share_the_s3_client_and_the_retry_policy(s3: S3) -> 
     assert store.fs.retries == 1  # s3fs's own loop is off: `with_retries` is the only one
     assert loader_storage.RetryPolicy is RetryPolicy and loader_storage.classify is classify
     assert loader_storage.retried is retried  # the loaders' URL reads and the store: one helper
-    assert StoreError is StorageError is loader_errors.StorageError  # one error class, under both names
+    assert StorageError is loader_errors.StorageError  # one error class for the writer and the loaders
 
 
 def test_default_policy_is_bounded_and_configurable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -45,8 +45,5 @@ def _storage_error(message: str, missing: bool) -> StorageError:
     return StorageError(message, missing=missing)
 
 
-StoreError = StorageError  # the writer's former name of the same error
-
-
 class ClusterError(SegshardsError):
     """The dask cluster cannot be reached or could not finish the shard tasks."""

@@ -16,7 +16,7 @@ from segshards.writer.build.checks import check_supply
 from segshards.writer.build.job import BACKENDS, BuildConfig, build
 from segshards.writer.cli.jobs import INTERRUPTED, capped_jobs
 from segshards.writer.cli.suggest import check_recipe, parse_with_hints
-from segshards.writer.errors import SegshardsError, StoreError
+from segshards.writer.errors import SegshardsError, StorageError
 from segshards.writer.format.manifest import RUN_LOG, SPLITS
 from segshards.writer.process_pool import stop_workers
 from segshards.writer.recipes.contract import Recipe
@@ -263,10 +263,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_publish(args: argparse.Namespace) -> int:
     try:
         report = publish(PublishConfig(folder=Path(args.folder), dest=args.dest, jobs=args.jobs))
-    except StoreError as exc:
+    except StorageError as exc:
         if (problem := credentials_problem(exc, args.dest)) is not None:
-            raise StoreError(problem) from exc
-        raise StoreError(
+            raise StorageError(problem) from exc
+        raise StorageError(
             f"{exc}; run the same command again to resume (finished objects are kept, the manifest goes last)"
         ) from exc
     rate = report.bytes_uploaded / report.elapsed_s / 1e6 if report.elapsed_s else 0.0

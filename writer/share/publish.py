@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segshards.writer.errors import ConfigError, OutputError, ShardFormatError, StoreError
+from segshards.writer.errors import ConfigError, OutputError, ShardFormatError, StorageError
 from segshards.writer.format.keys import file_digest
 from segshards.writer.format.manifest import MANIFEST, MARKER, RUN_LOG, parse_manifest, split_names
 from segshards.writer.format.wids_index import entry_problem, index_entries
@@ -175,7 +175,7 @@ def publish(config: PublishConfig) -> PublishReport:
     return report
 
 
-def credentials_problem(exc: StoreError, dest: str) -> str | None:
+def credentials_problem(exc: StorageError, dest: str) -> str | None:
     """The message for a publish that failed on its credentials (missing, or refused by the endpoint),
     naming the destination and the endpoint; None for any other failure (which a rerun resumes)."""
     cause = exc.__cause__
