@@ -1,5 +1,5 @@
 """One sample: what a recipe renders (`Rendered`), the members it is stored as, and what makes a stored
-sample valid (`check_sample`), the one rule the writer, `verify` and the loaders share."""
+sample valid (`read_sample`), the one definition the writer, `verify` and the loaders share."""
 
 import json
 from collections.abc import Iterator
