@@ -111,7 +111,7 @@ class ShardLoader:
         self.position = EpochPosition.start(0, config.workers)
         self.stats = Stats()  # what on_error="skip" left out in the current (or last) epoch
         self._run = 0  # iterations started: only the latest may advance the position
-        self._before_last: EpochPosition | None = None  # the position before the last batch yielded
+        self._last: tuple[int, int] | None = None  # (worker, next_worker before it) of the last batch yielded
         self._held = False  # a reader ahead holds that batch and has not handed it on (`hold_last`)
 
     @property
@@ -154,11 +154,11 @@ class ShardLoader:
                 batches = receive(message, rings, released, pin=self.pin_memory)
                 for i, batch in enumerate(batches):
                     self._check_current(run)
-                    before = position.copy()
+                    last = (message.worker, position.next_worker)
                     position.deliver(message.worker, mid_item=i + 1 < len(batches))
                     if batch["key"]:  # an empty batch: every sample of its group failed (skip mode)
                         position.batches += 1
-                        self._before_last = before
+                        self._last = last
                         yield unpack(batch)
             self._check_current(run)
             completed = True
@@ -169,8 +169,8 @@ class ShardLoader:
             # early stops them now (they may be blocked mid-item), and fresh ones replay the position.
             if not completed and self._run == run:
                 self.pool.stop(iterator)
-                if self._held and self._before_last is not None:
-                    self.position = self._before_last  # never handed on: the next iteration yields it
+                if self._held and self._last is not None:
+                    self.position.undeliver(*self._last)  # never handed on: the next iteration yields it
                 self._forget_held()
         self._finish_epoch()
 
@@ -196,10 +196,10 @@ class ShardLoader:
     def hold_last(self, held: bool) -> None:
         """Say whether a consumer reading ahead (DevicePrefetcher) holds the last batch yielded without
         having handed it on; while it does, `state_dict()` reports the position before that batch."""
-        self._held = held and self._before_last is not None
+        self._held = held and self._last is not None
 
     def _forget_held(self) -> None:
-        self._before_last, self._held = None, False
+        self._last, self._held = None, False
 
     def forever(self) -> Iterator[dict[str, Any]]:
         """Batches without end, epoch after epoch: with `resampled=True`, the infinite stream of shard draws
@@ -252,7 +252,10 @@ class ShardLoader:
     def state_dict(self) -> dict[str, Any]:
         """The position after the batches handed on so far (yielded, less one a reader ahead still holds):
         save it with a training checkpoint."""
-        position = self._before_last if self._held and self._before_last is not None else self.position
+        position = self.position
+        if self._held and self._last is not None:
+            position = position.copy()
+            position.undeliver(*self._last)
         return {"version": STATE_VERSION, **position.state_dict(), "settings": self.fingerprint()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

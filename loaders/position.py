@@ -48,6 +48,13 @@ class EpochPosition:
         self.workers[worker].delivered += 1
         self.next_worker = worker if mid_item else self.next_after(worker)
 
+    def undeliver(self, worker: int, next_worker: int) -> None:
+        """Take back the last yielded batch, `worker`'s, delivered when `next_worker` was due: the position
+        a consumer holding that batch unread has reached (see `ShardLoader.hold_last`)."""
+        self.workers[worker].delivered -= 1
+        self.batches -= 1
+        self.next_worker = next_worker
+
     def end(self, worker: int) -> None:
         """`worker` delivered its end-of-stream message: the round-robin passes over it from now on."""
         self.workers[worker].ended = True

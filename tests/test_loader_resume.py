@@ -10,9 +10,14 @@ import torch
 
 from segshards.loaders import DevicePrefetcher, make_loader, to_float
 
+BATCH_8_BYTES = 8 * (4 * 8 + 2 * 56 * 56)  # a batch of 8 grid samples: digits, image, mask
 
-def readme_loader(folder: Path, workers: int) -> Any:
-    return make_loader(folder, "train", batch_size=8, num_workers=workers, seed=0)
+
+def readme_loader(folder: Path, workers: int, per_item: int = 1) -> Any:
+    """The README's loader; `per_item` batches travel together from a worker (resumed mid-item too)."""
+    return make_loader(
+        folder, "train", batch_size=8, num_workers=workers, seed=0, transfer_bytes=per_item * BATCH_8_BYTES
+    )
 
 
 def readme_epochs(loader: Any, epochs: range, *, save_after: int | None = None) -> tuple[list, dict | None]:
@@ -29,15 +34,17 @@ def readme_epochs(loader: Any, epochs: range, *, save_after: int | None = None) 
     return seen, None
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_state_saved_inside_the_readme_loop_resumes_every_batch(grid_set: Path, workers: int) -> None:
-    whole, _ = readme_epochs(readme_loader(grid_set, workers), range(2))
+@pytest.mark.parametrize(("workers", "per_item"), [(0, 1), (2, 1), (2, 3)])
+def test_state_saved_inside_the_readme_loop_resumes_every_batch(
+    grid_set: Path, workers: int, per_item: int
+) -> None:
+    whole, _ = readme_epochs(readme_loader(grid_set, workers, per_item), range(2))
     per_epoch = len(readme_loader(grid_set, workers))
     assert len(whole) == 2 * per_epoch
     for cut in (1, 7, per_epoch - 1, per_epoch + 3):
-        first, state = readme_epochs(readme_loader(grid_set, workers), range(2), save_after=cut)
+        first, state = readme_epochs(readme_loader(grid_set, workers, per_item), range(2), save_after=cut)
         assert state is not None
-        resumed = readme_loader(grid_set, workers)  # a new process: a fresh loader, the saved state
+        resumed = readme_loader(grid_set, workers, per_item)  # a new process: fresh loader, saved state
         resumed.load_state_dict(state)
         rest, _ = readme_epochs(resumed, range(state["epoch"], 2))
         assert len(first) + len(rest) == len(whole), f"cut after {cut}: {len(first)} + {len(rest)} batches"

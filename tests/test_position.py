@@ -67,3 +67,16 @@ def test_row_round_trip_and_copy_is_independent() -> None:
     q = p.copy()
     q.deliver(1, mid_item=False)
     assert p.workers[1].delivered == 0 and q.workers[1].delivered == 1
+
+
+def test_undeliver_takes_back_the_last_batch_exactly() -> None:
+    position = EpochPosition.start(0, 3)
+    position.deliver(0, mid_item=False)
+    position.batches += 1
+    before = position.state_dict()
+    last = (1, position.next_worker)
+    position.deliver(1, mid_item=True)
+    position.batches += 1
+    assert position.state_dict() != before
+    position.undeliver(*last)
+    assert position.state_dict() == before
