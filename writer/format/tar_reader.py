@@ -286,6 +286,7 @@ def iter_samples(
     On damage, every sample read whole before it is yielded (the last one too, unless the damaged member
     is one of its own), then the error is raised.
     """
+    # Long by measurement: the per-member body stays inline (see above); its rare paths are functions.
     if max_member_bytes is None:
         max_member_bytes = default_limits().max_member_bytes
     chunks = _open(stream, where, max_bytes)
