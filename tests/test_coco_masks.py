@@ -10,8 +10,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from segshards.writer.sources.coco_annotations import Annotation
-from segshards.writer.sources.photos import BadRecord
 from segshards.writer.sources.coco_masks import Instance, annotation_rle, compose, one_runs, string_counts
+from segshards.writer.sources.photos import BadRecord
 from tests.coco_fixtures import disc, fixture_images, fixture_json, list_rle, random_polygon, rect, string_rle
 
 
