@@ -104,14 +104,31 @@ def index_of(manifest: dict[str, Any], split: str) -> dict[str, Any]:
 def render_card(manifest: dict[str, Any], manifest_bytes: bytes, *, location: str | Path) -> str:
     """The README.md of a set at `location`: deterministic, from the manifest, its exact bytes and the
     location its snippets read from (`segshards publish` renders it again for the destination)."""
-    recipe = manifest["recipe"]
-    splits = split_names(manifest)
     schema = schema_of(manifest)
-    hash_info = manifest.get("hash", {})
-    ignore = f", {schema.ignore} = ignore" if schema.ignore is not None else ""
     key = content_key(manifest_bytes)
     lines = [
         *front_matter(manifest, key),
+        *overview(manifest, schema),
+        *how_built(manifest),
+        *splits_and_classes(manifest, schema),
+        *source_section(manifest),
+        "## Loading",
+        "",
+        f"This set is at `{location_of(location)}`; if you moved it, change that location in the snippets.",
+        "",
+        *snippets(manifest, location_of(location), key),
+        "",
+        *checksums(manifest, manifest_bytes),
+    ]
+    return "\n".join(lines)
+
+
+def overview(manifest: dict[str, Any], schema: SampleSchema) -> list[str]:
+    """Title, what the set is, its sample layout and its class table."""
+    recipe = manifest["recipe"]
+    hash_info = manifest.get("hash", {})
+    ignore = f", {schema.ignore} = ignore" if schema.ignore is not None else ""
+    return [
         f"# {recipe}: image segmentation shards",
         "",
         description(recipe),
@@ -129,9 +146,15 @@ def render_card(manifest: dict[str, Any], manifest_bytes: bytes, *, location: st
         "",
         MASK_NOTE,
         "",
+    ]
+
+
+def how_built(manifest: dict[str, Any]) -> list[str]:
+    """Recipe, seed, dedup count, the recipe's notes and the recorded configuration."""
+    return [
         "## How it was built",
         "",
-        f"- recipe: `{recipe}`",
+        f"- recipe: `{manifest['recipe']}`",
         f"- seed: {manifest.get('seed')}",
         f"- duplicates rejected while planning: {manifest.get('duplicates_rejected', 0):,}",
         *(f"- {note}" for note in manifest.get("source", {}).get("notes", [])),  # the recipe's own facts
@@ -143,6 +166,12 @@ def render_card(manifest: dict[str, Any], manifest_bytes: bytes, *, location: st
         "",
         "Rebuild it byte for byte with `segshards build` and the same recipe, options, seed and source.",
         "",
+    ]
+
+
+def splits_and_classes(manifest: dict[str, Any], schema: SampleSchema) -> list[str]:
+    """The split table and the class histogram."""
+    return [
         "## Splits",
         "",
         "| split | samples | shards | wids index |",
@@ -150,13 +179,19 @@ def render_card(manifest: dict[str, Any], manifest_bytes: bytes, *, location: st
         *(
             f"| {s} | {manifest['splits'][s]['count']:,} | {len(manifest['splits'][s]['shards'])} | "
             f"{index_of(manifest, s).get('name', '-')} |"
-            for s in splits
+            for s in split_names(manifest)
         ),
         "",
         "## Class histogram",
         "",
         *histogram(manifest, schema),
         "",
+    ]
+
+
+def source_section(manifest: dict[str, Any]) -> list[str]:
+    """The licence and the source files with their checksums."""
+    return [
         "## Source and licence",
         "",
         licence(manifest),
@@ -168,12 +203,13 @@ def render_card(manifest: dict[str, Any], manifest_bytes: bytes, *, location: st
             for f in manifest.get("source", {}).get("files", [])
         ),
         "",
-        "## Loading",
-        "",
-        f"This set is at `{location_of(location)}`; if you moved it, change that location in the snippets.",
-        "",
-        *snippets(manifest, location_of(location), key),
-        "",
+    ]
+
+
+def checksums(manifest: dict[str, Any], manifest_bytes: bytes) -> list[str]:
+    """The manifest's digest, and every shard and index with its size and sha256."""
+    splits = split_names(manifest)
+    return [
         "## Checksums",
         "",
         f"`{MANIFEST}` sha256: `{hashlib.sha256(manifest_bytes).hexdigest()}`. `segshards verify` checks every "
@@ -193,4 +229,3 @@ def render_card(manifest: dict[str, Any], manifest_bytes: bytes, *, location: st
         ),
         "",
     ]
-    return "\n".join(lines)
