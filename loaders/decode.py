@@ -8,7 +8,9 @@ Images come out as uint8 (N, C, H, W): C=1 for grey PNGs, C=3 RGB for JPEGs and 
 Variable-size images (COCO) need `size=(H, W)`. The policy is letterbox: the image is scaled to fit inside
 (H, W) keeping its aspect ratio (cv2 INTER_AREA when shrinking, INTER_LINEAR when enlarging), the mask with
 INTER_NEAREST, both centred; the border is 0 in the image and 255 (ignore) in the mask, so every labelled
-pixel is kept and the padding is excluded from losses and metrics that honour `ignore_index=255`.
+pixel is kept and the padding is excluded from losses and metrics that honour `ignore_index=255`. JPEGs
+take the photo path (`segshards.loaders.photo`): decoded at the smallest libjpeg-turbo scale that covers
+their box, straight into the batch; the same box, the same rules, pixels within interpolation error.
 """
 
 from collections.abc import Callable, Iterator
