@@ -288,3 +288,15 @@ def test_a_truncated_shard_counts_what_it_lost(
     report = json.loads((tmp_path / "r.json").read_text())["sets"][0]
     assert report["images"]["train"] + report["unreadable"] == 9 and report["unreadable"] >= 8
     assert "truncated" in report["problems"][0] or "manifest" in report["problems"][0]
+
+
+def test_a_missing_shard_counts_its_samples(
+    two_sets: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    damaged = tmp_path / "missing"
+    shutil.copytree(two_sets[0], damaged)
+    (damaged / "val-000000.tar").unlink()
+    audit(capsys, str(damaged), "--json", str(tmp_path / "r.json"), "--jobs", "1")
+    report = json.loads((tmp_path / "r.json").read_text())["sets"][0]
+    assert report["images"] == {"train": 9, "val": 0, "test": 1} and report["unreadable"] == 1
+    assert len(report["problems"]) == 1 and "val-000000.tar" in report["problems"][0]

@@ -61,7 +61,8 @@ def to_json(result: AuditResult) -> dict[str, Any]:
         "threshold": result.config.threshold,
         "mode": result.config.mode,
         "hash": f"pHash and dHash (64 bits each) of {len(VIEWS)} views per image; a pair is near when both "
-        "differ by at most `threshold` bits for one alignment",
+        "differ by at most `threshold` bits for one alignment; a group's max_distance is the largest distance "
+        "of the links that join it (pixel-identical images: 0)",
         "sets": [
             {
                 "set": s.name,
