@@ -131,10 +131,9 @@ def paste(image: np.ndarray, mask: np.ndarray, out_image: np.ndarray, out_mask: 
     out_image.fill(0)
     out_mask.fill(IGNORE)
     slot = out_image[:, top : top + nh, left : left + nw]
-    blue, green, red = cv2.split(image)
-    slot[0], slot[1], slot[2] = red, green, blue
+    cv2.split(image, [slot[2], slot[1], slot[0]])  # written in place: BGR pixels to R, G, B planes
     target = out_mask[top : top + nh, left : left + nw]
     if mask.shape == (nh, nw):
         target[:] = mask
     else:
-        target[:] = cv2.resize(mask, (nw, nh), interpolation=cv2.INTER_NEAREST)
+        cv2.resize(mask, (nw, nh), dst=target, interpolation=cv2.INTER_NEAREST)

@@ -2,6 +2,7 @@
 then resize (within the documented tolerance), masks exact, and the sample rules it keeps."""
 
 import struct
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -195,13 +196,31 @@ def test_a_scaled_decode_does_not_rehash_the_full_pixels() -> None:
     through_photo_path({**good, "__key__": "0" * 32}, (320, 320))
 
 
+def shard_samples(folder: Path) -> dict[str, dict[str, Any]]:
+    """Every sample of a set's shards, by key, as raw members."""
+    samples: dict[str, dict[str, Any]] = {}
+    for shard in sorted(folder.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for info in tar:
+                key, _, ext = info.name.partition(".")
+                handle = tar.extractfile(info)
+                assert handle is not None
+                samples.setdefault(key, {"__key__": key, "__url__": str(shard)})[ext] = handle.read()
+    return samples
+
+
 def test_the_loader_letterboxes_a_coco_set_through_the_photo_path(tmp_path: Path) -> None:
     fixture = write_coco(tmp_path / "src")
     argv = ["build", "coco-semantic", *fixture.args(), "--out", str(tmp_path / "set"), "--jobs", "1"]
     assert main([*argv, "--train", "6", "--val", "0", "--test", "0"]) == 0
+    raw = shard_samples(tmp_path / "set")
     loader = make_loader(tmp_path / "set", "train", 4, shuffle=False, size=(24, 32), verify="before")
     seen = 0
     for batch in loader:
         assert batch["image"].shape[1:] == (3, 24, 32) and batch["mask"].shape[1:] == (24, 32)
-        seen += len(batch["key"])
+        for key, image, mask in zip(batch["key"], batch["image"], batch["mask"], strict=True):
+            expected_image, expected_mask = through_photo_path(raw[key], (24, 32))
+            np.testing.assert_array_equal(image.numpy(), expected_image)
+            np.testing.assert_array_equal(mask.numpy(), expected_mask)
+            seen += 1
     assert seen == 6
