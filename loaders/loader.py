@@ -22,6 +22,22 @@ A consumer that reads one batch ahead of what it hands on (`DevicePrefetcher`) s
 while it holds the last batch, `state_dict()` is the position before that batch, so the state a training
 loop saves inside `for batch in DevicePrefetcher(loader, ...)` resumes at the batch it has not trained on,
 and an iteration closed while it holds one leaves the loader before that batch.
+
+Options of `make_loader`. rank/world_size default to torch.distributed's when it is initialised.
+`size=(H, W)` letterboxes images (see `segshards.loaders.decode`); for a set whose images vary in size it
+defaults to the size its schema suggests for training (`schema.training.size`), so every batch has one
+shape. `on_error="skip"` counts and reports corrupt shards and samples (`loader.stats`, a
+SkippedDataWarning at the end of the epoch) instead of raising. Each shard's byte count is checked
+against the manifest, and its sha256 as `verify` says: "stream" (the default) hashes the bytes as they are
+read, so the check ends with the shard, after its samples were handed on (a mismatch then raises a
+ShardFormatError naming the URL, or in skip mode is counted: samples of that shard may already be in
+batches); "before" reads and checks the whole shard (at most the manifest's byte count, held in memory)
+before any of its samples, so a shard that fails delivers none; "off" skips the sha256. Shard URLs
+without a manifest have no byte counts or hashes: nothing to check. `limits` (a
+`segshards.writer.format.limits.DecodeLimits`; default: the defaults and SEGSHARDS_MAX_* environment
+variables) bound members, images and batches. pin_memory defaults to torch.cuda.is_available(). A worker
+sends its batches to the main process in items of about `transfer_bytes` (several small batches per item;
+`prefetch_factor` items per worker in flight).
 """
 
 import hashlib
@@ -97,7 +113,7 @@ class ShardLoader:
     """An iterable of batch dicts over one split of a shard set (build it with `make_loader`)."""
 
     def __init__(
-        self, shards: ShardSet, config: LoaderConfig, *, pin_memory: bool, prefetch_factor: int
+        self, shards: ShardSet, config: LoaderConfig, *, pin_memory: bool | None, prefetch_factor: int
     ) -> None:
         validate(config, shards)
         self.shards, self.config = shards, config
@@ -107,7 +123,7 @@ class ShardLoader:
             self.dataset.board = PositionBoard(EpochPosition.row_size(config.workers))
             self.dataset.released = release_counters(config.workers)
         self.pool = WorkerPool(self.dataset, workers=config.num_workers, prefetch_factor=prefetch_factor)
-        self.pin_memory = pin_memory
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.position = EpochPosition.start(0, config.workers)
         self.stats = Stats()  # what on_error="skip" left out in the current (or last) epoch
         self._run = 0  # iterations started: only the latest may advance the position
@@ -276,12 +292,15 @@ class ShardLoader:
         self._forget_held()
 
 
-def default_size(schema: SampleSchema | None) -> tuple[int, int] | None:
-    """The (H, W) a set of variable-size images is letterboxed to by default: its schema's training size."""
+def letterbox_size(size: tuple[int, int] | None, schema: SampleSchema | None) -> tuple[int, int] | None:
+    """The (H, W) images are letterboxed to: `size` as given, else for a set of variable-size images the
+    training size its schema suggests, else None (as stored)."""
+    if size is not None:
+        return (size[0], size[1])
     if schema is None or schema.size is not None:
         return None
-    size = schema.training.get("size")
-    return (int(size[0]), int(size[1])) if isinstance(size, list) and len(size) == 2 else None
+    hint = schema.training.get("size")
+    return (int(hint[0]), int(hint[1])) if isinstance(hint, list) and len(hint) == 2 else None
 
 
 def make_loader(
@@ -312,31 +331,15 @@ def make_loader(
     """A loader of `split` from `source`: a shard-set folder (local path, http(s):// or s3:// URL of the folder
     holding manifest.json) or brace-expanded shard URLs (`.../train-{000000..000009}.tar`).
 
-    Batches are dicts: `image` uint8 (N, C, H, W), `mask` uint8 (N, H, W), `key` list[str], plus one
-    tensor (N, *shape) per target of the set's schema (e.g. mnist-circle `label` int64 (N,) and `circle`
-    float32 (N, 3) as (cx, cy, r)); `meta` list[dict] with `with_meta=True`. Shard URLs without a
-    manifest yield targets only when `schema` is given (a SampleSchema, or the set whose manifest has it).
+    Batches are dicts: `image` uint8 (N, C, H, W), `mask` uint8 (N, H, W), `key` list[str], one tensor
+    (N, *shape) per target of the set's schema (mnist-circle: `label` int64 (N,), `circle` float32 (N, 3)),
+    `meta` list[dict] with `with_meta=True`; shard URLs without a manifest yield targets given `schema`.
 
-    rank/world_size default to torch.distributed's when it is initialised. `size=(H, W)` letterboxes
-    images (see `segshards.loaders.decode`); for a set whose images vary in size it defaults to the size
-    its schema suggests for training (`schema.training.size`), so every batch has one shape. `on_error="skip"` counts and reports corrupt shards and
-    samples (`loader.stats`, a SkippedDataWarning at the end of the epoch) instead of raising.
-    Each shard's byte count is checked against the manifest, and its sha256 as `verify` says: "stream"
-    (the default) hashes the bytes as they are read, so the check ends with the shard, after its samples
-    were handed on (a mismatch then raises a ShardFormatError naming the URL, or in skip mode is counted:
-    samples of that shard may already be in batches); "before" reads and checks the whole shard (at most
-    the manifest's byte count, held in memory) before any of its samples, so a shard that fails delivers
-    none; "off" skips the sha256. Shard URLs without a manifest have no byte counts or hashes: nothing to
-    check. `limits` (a `segshards.writer.format.limits.DecodeLimits`; default: the defaults and SEGSHARDS_MAX_*
-    environment variables) bound members, images and batches.
-    pin_memory defaults to torch.cuda.is_available(). A worker sends its batches to the main process in
-    items of about `transfer_bytes` (several small batches per item; `prefetch_factor` items per worker
-    in flight).
+    The other options (ranks, letterboxing, bad data, integrity, limits, transport): see "Options" above.
     """
     rank, world_size = distributed_defaults(rank, world_size)
     retry = retry or RetryPolicy()
     shards = resolve(source, split, schema=schema, retry=retry)
-    size = size if size is not None else default_size(shards.schema)
     if resampled and epoch_batches is None and shards.total is not None:
         epoch_batches = max(1, math.ceil(shards.total / (world_size * batch_size)))
     config = LoaderConfig(
@@ -350,7 +353,7 @@ def make_loader(
         epoch_batches=epoch_batches,
         drop_last=drop_last,
         shuffle_buffer=shuffle_buffer,
-        size=tuple(size) if size is not None else None,  # type: ignore[arg-type]
+        size=letterbox_size(size, shards.schema),
         on_error=on_error,
         with_meta=with_meta,
         retry=retry,
@@ -359,8 +362,7 @@ def make_loader(
         verify=verify,
         limits=limits if limits is not None else default_limits(),
     )
-    pin = torch.cuda.is_available() if pin_memory is None else pin_memory
-    return ShardLoader(shards, config, pin_memory=pin, prefetch_factor=prefetch_factor)
+    return ShardLoader(shards, config, pin_memory=pin_memory, prefetch_factor=prefetch_factor)
 
 
 __all__ = ["LoaderConfig", "ShardLoader", "make_loader"]

@@ -14,7 +14,7 @@ from segshards.train.checkpoint import CHECKPOINT, load_checkpoint
 from segshards.train.config import TrainConfig, default_precision, default_workers, resolve_device
 from segshards.train.dataset import SetInfo, read_set
 from segshards.train.errors import ConfigError, SegshardsError
-from segshards.train.tasks import task_differences, task_for
+from segshards.train.tasks import Task, task_differences, task_for
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -221,6 +221,27 @@ def eval_parser() -> argparse.ArgumentParser:
     return p
 
 
+def fitting_task(info: SetInfo, saved: dict[str, Any], split: str) -> Task:
+    """The task of the set `eval` scores, once the set is shown to fit the run: the same recipe, a schema
+    the model fits (else one line per field that differs), samples in `split`."""
+    if info.recipe != saved["recipe"]:
+        raise ConfigError(
+            f"--data {info.data}: holds a {info.recipe!r} set, the run was trained on {saved['recipe']!r}"
+        )
+    task = task_for(info.schema, palette=info.palette)
+    differences = task_differences(saved["task"], task.describe())
+    if differences:
+        raise ConfigError(
+            f"--data {info.data}: its schema does not fit the run's model:\n"
+            + "\n".join(f"  {line}" for line in differences)
+        )
+    if not info.has_split(split):
+        raise ConfigError(
+            f"--split {split}: {info.data} has no samples in it ({', '.join(info.split_counts)})"
+        )
+    return task
+
+
 def eval_main(argv: Sequence[str] | None = None) -> int:
     """`segshards eval`: scores RUN_DIR/checkpoint.pt on a split, merges it into metrics.json."""
     from segshards.train.evaluate import evaluate, place, plot_predictions
@@ -232,21 +253,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
         saved = load_checkpoint(run / CHECKPOINT)
         data = args.data or saved["config"]["data"]
         info = read_set(data)
-        if info.recipe != saved["recipe"]:
-            raise ConfigError(
-                f"--data {data}: holds a {info.recipe!r} set, the run was trained on {saved['recipe']!r}"
-            )
-        task = task_for(info.schema, palette=info.palette)
-        differences = task_differences(saved["task"], task.describe())
-        if differences:
-            raise ConfigError(
-                f"--data {data}: its schema does not fit the run's model:\n"
-                + "\n".join(f"  {line}" for line in differences)
-            )
-        if not info.has_split(args.split):
-            raise ConfigError(
-                f"--split {args.split}: {data} has no samples in it ({', '.join(info.split_counts)})"
-            )
+        task = fitting_task(info, saved, args.split)
         device = resolve_device(args.device)
         workers = default_workers(device) if args.workers is None else args.workers
         config = TrainConfig.from_dict(
