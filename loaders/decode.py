@@ -21,8 +21,9 @@ import cv2
 import numpy as np
 import torch
 
+from segshards.loaders.augment import Augmenting
 from segshards.loaders.photo import is_photo, read_photo
-from segshards.writer.errors import ShardFormatError
+from segshards.writer.errors import ConfigError, ShardFormatError
 from segshards.writer.format.images import decode_image
 from segshards.writer.format.limits import DecodeLimits, check_batch, default_limits
 from segshards.writer.format.sample import Layout, read_sample
@@ -113,11 +114,15 @@ class BatchAssembler:
         with_meta: bool,
         allocate: Callable[[int], torch.Tensor],
         limits: DecodeLimits | None = None,
+        augmenting: Augmenting | None = None,
     ) -> None:
         self.limits = limits or default_limits()
         self.targets: tuple[Target, ...] = schema.targets if schema else ()
         self.layout = Layout(schema.image, schema.mask, schema.meta) if schema else Layout(None)
         self.size, self.with_meta, self.allocate = size, with_meta, allocate
+        if augmenting is not None and size is None:
+            raise ConfigError("augment needs size=(H, W): the crop's size")
+        self.augmenting = augmenting
 
     def decode(self, sample: Sample) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """(image as decoded: grey, BGR or BGRA; mask; parsed metadata) of one sample, once it passes the
@@ -166,7 +171,10 @@ class BatchAssembler:
                 slots.masks[i],
                 limits=self.limits,
                 check_key=CHECK_KEYS,
+                augmenting=self.augmenting,
             )
+        elif self.augmenting is not None:
+            raise ShardFormatError(f"{where(sample)}: only JPEG photographs are augmented (Augment)")
         else:
             image, mask, meta = self.decode(sample)
             channels = 1 if image.ndim == 2 else min(3, image.shape[2])

@@ -27,6 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from segshards.loaders.augment import Augmenting, decode_denominator, draw, paste_augmented
 from segshards.writer.errors import ShardFormatError
 from segshards.writer.format.images import decode_image, quiet_stderr
 from segshards.writer.format.keys import is_key, pixel_key
@@ -35,8 +36,13 @@ from segshards.writer.format.sample import Layout, image_member, parse_meta
 from segshards.writer.format.schema import IGNORE
 
 JPEG_MEMBERS = ("jpg", "jpeg")
-# (denominator, cv2 flag), largest reduction first. EXIF orientation is applied as `decode_image` applies it.
-SCALES = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
+# cv2's flag for each libjpeg-turbo reduction; EXIF orientation is applied as `decode_image` applies it.
+FLAGS = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
 Box = tuple[int, int, int, int]  # top, left, height, width of the picture inside its slot
 
 
@@ -52,12 +58,12 @@ def scaled_size(size: int, denominator: int) -> int:
     return -(-size // denominator)
 
 
-def decode_scale(h: int, w: int, nh: int, nw: int) -> tuple[int, int]:
-    """(denominator, cv2 flag) of the smallest decode of an (h, w) JPEG that still covers (nh, nw)."""
-    for denominator, flag in SCALES:
+def decode_scale(h: int, w: int, nh: int, nw: int) -> int:
+    """The largest reduction (8, 4, 2, else 1) at which an (h, w) JPEG still covers (nh, nw)."""
+    for denominator in (8, 4, 2):
         if scaled_size(h, denominator) >= nh and scaled_size(w, denominator) >= nw:
-            return denominator, flag
-    return 1, cv2.IMREAD_COLOR
+            return denominator
+    return 1
 
 
 def is_photo(sample: dict[str, Any], layout: Layout) -> bool:
@@ -74,9 +80,11 @@ def read_photo(
     *,
     limits: DecodeLimits | None,
     check_key: bool,
+    augmenting: Augmenting | None = None,
 ) -> dict[str, Any]:
     """Check one JPEG sample and letterbox it into `out_image` (3, H, W) RGB and `out_mask` (H, W), image
-    padded 0 and mask IGNORE; returns its metadata. Bad input is one ShardFormatError naming `where:key`."""
+    padded 0 and mask IGNORE (with `augmenting`: its seeded resize, flip and crop instead); returns its
+    metadata. Bad input is one ShardFormatError naming `where:key`."""
     key = str(sample["__key__"])
     at = f"{where}:{key}"
     if not is_key(key):
@@ -95,16 +103,25 @@ def read_photo(
     h, w = mask.shape
     if (h, w) not in ((header.height, header.width), (header.width, header.height)):  # EXIF may rotate
         raise ShardFormatError(f"{at}: mask is {w}x{h}, its image {header.width}x{header.height}")
-    top, left, nh, nw = fit(h, w, *out_mask.shape)
-    denominator, flag = decode_scale(h, w, nh, nw)
-    image = decode_jpeg(payload, flag, at)
+    if augmenting is None:
+        top, left, nh, nw = fit(h, w, *out_mask.shape)
+        denominator = decode_scale(h, w, nh, nw)
+    else:
+        d = draw(augmenting.augment, augmenting.seed, augmenting.epoch, key, (h, w), out_mask.shape)
+        denominator = decode_denominator(d, (h, w))
+    image = decode_jpeg(payload, FLAGS[denominator], at)
     if image.shape[:2] != (scaled_size(h, denominator), scaled_size(w, denominator)):
         raise ShardFormatError(
             f"{at}: mask is {w}x{h}, its image {header.height}x{header.width} once rotated"
         )
     if check_key and denominator == 1 and pixel_key(image) != key:
         raise ShardFormatError(f"{at}: key does not match the hash of its image pixels")
-    paste(image, mask, out_image, out_mask, (top, left, nh, nw))
+    if augmenting is None:
+        paste(image, mask, out_image, out_mask, (top, left, nh, nw))
+    else:
+        paste_augmented(
+            image, mask, out_image, out_mask, d=d, denominator=denominator, augment=augmenting.augment
+        )
     return meta
 
 

@@ -93,7 +93,7 @@ def test_the_smallest_decode_that_covers_the_slot(
     h: int, w: int, slot: tuple[int, int], denominator: int
 ) -> None:
     _, _, nh, nw = fit(h, w, *slot)
-    assert decode_scale(h, w, nh, nw)[0] == denominator
+    assert decode_scale(h, w, nh, nw) == denominator
 
 
 def test_fit_centres_and_keeps_the_aspect_ratio() -> None:
