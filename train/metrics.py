@@ -25,7 +25,9 @@ import math
 
 import torch
 
-IGNORE_INDEX = 255
+from segshards.writer.format.schema import IGNORE
+
+IGNORE_INDEX = IGNORE  # the format's ignore id, as metrics name it (ignore_index, as torch does)
 
 
 def confusion_matrix(

@@ -16,6 +16,7 @@ from matplotlib.ticker import MaxNLocator
 
 from segshards.train.metrics import circle_iou
 from segshards.writer.format.palette import IGNORE_GREY, default_palette, overlay
+from segshards.writer.format.schema import IGNORE
 from segshards.writer.storage.atomic import atomic_write
 
 PALETTE_RGB = default_palette()[:, ::-1].copy()  # the preview's class colours, as RGB
@@ -143,7 +144,7 @@ def plot_segmentation(
     *,
     title: str,
     class_names: list[str],
-    ignore: int | None = 255,
+    ignore: int | None = IGNORE,
     palette: np.ndarray | None = None,
     count: int = 4,
 ) -> None:
