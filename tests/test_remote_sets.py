@@ -183,3 +183,17 @@ def test_verify_preview_and_info_over_https(
     assert (tmp_path / "https.png").read_bytes() == (tmp_path / "local.png").read_bytes()
     local = ok(capsys, "info", str(grid)).splitlines()
     assert ok(capsys, "info", served_tls).splitlines() == [f"location  {served_tls}", *local[1:]]
+
+
+def test_an_untrusted_certificate_is_one_line_at_once_not_retried(
+    served_tls: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.delenv("SSL_CERT_FILE")  # the default trust store does not know the test's certificate
+    caplog.set_level("WARNING", logger="segshards.storage")
+    assert main(["info", served_tls]) == 1
+    [line] = error_lines(capsys.readouterr().err)
+    assert served_tls in line and "certificate" in line.lower()
+    assert [r for r in caplog.records if "retry" in r.getMessage().lower()] == []

@@ -18,6 +18,7 @@ import os
 import random
 import re
 import socket
+import ssl
 import time
 import urllib.error
 from collections.abc import Callable
@@ -91,6 +92,10 @@ def safe_reason(exc: BaseException) -> str:
 def classify(exc: BaseException) -> Failure | None:
     """What kind of failure `exc` is for a storage call; None for exceptions that are not about storage."""
     name = type(exc).__name__
+    if isinstance(exc, ssl.SSLCertVerificationError) or name == "ClientConnectorCertificateError":
+        return "other"  # a certificate that does not verify will not verify on a retry either
+    if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, ssl.SSLCertVerificationError):
+        return "other"
     if isinstance(exc, urllib.error.HTTPError):
         if exc.code in (404, 410):
             return "missing"
