@@ -1,0 +1,184 @@
+"""`segshards.build(fn, inputs, out)`: a set built from a function of your own, by the CLI's machinery.
+
+One call gives what a CLI build gives: the planner's global dedup, shards byte-identical for any `jobs`,
+the manifest with schema and checksums, resume after a crash, the card; `verify`, the loaders and `train`
+read the result as any set. The recipe is `segshards.writer.recipes.function`; this module checks the
+arguments, resolves them into a `BuildConfig` and reports the outcome.
+"""
+
+import hashlib
+import pickle
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+from joblib.externals.loky.backend.reduction import dumps as worker_dumps
+
+from segshards.writer.build.job import BuildConfig
+from segshards.writer.build.job import build as build_set
+from segshards.writer.errors import ConfigError
+from segshards.writer.format.manifest import SPLITS
+from segshards.writer.format.schema import IGNORE, Target
+from segshards.writer.recipes.contract import ON_ERROR
+from segshards.writer.recipes.function import FunctionRecipe, FunctionSpec, forget, select
+from segshards.writer.recipes.walk import tally
+from segshards.writer.storage.store import is_remote, open_store
+
+Inputs = Mapping[str, Sequence[Any]] | Sequence[Any]
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a call built: samples and duplicates rejected per split, inputs skipped per reason, where."""
+
+    location: str
+    counts: dict[str, int]
+    duplicates: dict[str, int]
+    skipped: dict[str, int]
+    manifest: dict[str, Any]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def split_inputs(inputs: Inputs) -> dict[str, Sequence[Any]]:
+    """`inputs` as split -> sequence: a dict of splits, or one sequence taken as `train`."""
+    if isinstance(inputs, Mapping):
+        unknown = sorted(str(s) for s in inputs if s not in SPLITS)
+        if unknown:
+            raise ConfigError(f"inputs: unknown split {unknown[0]!r} (splits: {', '.join(SPLITS)})")
+        found = dict(inputs)
+    else:
+        found = {"train": inputs}
+    for split, values in found.items():
+        if isinstance(values, str | bytes) or not isinstance(values, Sequence):
+            raise ConfigError(
+                f"inputs[{split!r}]: a {type(values).__name__}, expected a sequence (list, tuple)"
+            )
+    return found
+
+
+def check_classes(classes: Sequence[str]) -> tuple[str, ...]:
+    """Class names, background first: 1..255 of them (255 is the ignore id)."""
+    names = tuple(classes) if not isinstance(classes, str) else ()
+    if not names or len(names) >= IGNORE or not all(isinstance(c, str) and c for c in names):
+        raise ConfigError(
+            f"classes: {classes!r}: expected 1 to {IGNORE - 1} non-empty names, background first"
+        )
+    return names
+
+
+def check_picklable(fn: Callable[[Any], Any], inputs: Mapping[str, Sequence[Any]]) -> None:
+    """Refuse, in one line, a function or inputs that cannot travel to worker processes (pickled as loky
+    pickles them: with cloudpickle where it is installed, so lambdas and a notebook's functions travel)."""
+    for what, value in (("fn", fn), ("inputs", inputs)):
+        try:
+            worker_dumps(value)
+        except Exception as exc:
+            raise ConfigError(
+                f"{what}: cannot be pickled for worker processes ({type(exc).__name__}: {str(exc)[:120]}); "
+                "use a module-level function and plain data, or jobs=1"
+            ) from None
+
+
+def inputs_digest(inputs: Mapping[str, Sequence[Any]]) -> str:
+    """sha256 of the pickled inputs (as workers pickle them where plain pickle cannot): how the manifest
+    names them."""
+    try:
+        data = pickle.dumps({s: list(v) for s, v in inputs.items()}, protocol=4)
+    except Exception:
+        data = bytes(worker_dumps(inputs, protocol=4))
+    return hashlib.sha256(data).hexdigest()
+
+
+def qualified_name(fn: Callable[[Any], Any]) -> str:
+    return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+
+
+def scratch_folder(backend: str) -> str | None:
+    """Where the walk keeps made samples for rendering; None with dask, whose workers may be elsewhere."""
+    return None if backend == "dask" else tempfile.mkdtemp(prefix="segshards-fn-")
+
+
+def build(
+    fn: Callable[[Any], Any],
+    inputs: Inputs,
+    out: Path | str,
+    *,
+    classes: Sequence[str],
+    targets: Sequence[str | Target] = (),
+    jobs: int = 0,
+    seed: int = 0,
+    shard_size: int | None = None,
+    on_error: str = "raise",
+    backend: str = "loky",
+    scheduler: str | None = None,
+    progress: bool | None = False,
+) -> BuildResult:
+    """Build a segshards set at `out` (a folder or s3:// URL) with one sample per input: `fn(input)`.
+
+    `fn` returns {"image": uint8 (H, W) or (H, W, 3) RGB, "mask": uint8 (H, W) class ids (255 ignore),
+    "meta": JSON dict (optional), "image_bytes": a JPEG/PNG stored as it is (optional)}, or None to skip
+    the input. `inputs`: split -> sequence, or one sequence (train). `targets` names meta fields the
+    loaders turn into batch tensors. `on_error="skip"` leaves out inputs whose fn raises, counted per
+    exception type. A second call with the same arguments reuses the complete shards of a crashed one.
+    """
+    split = split_inputs(inputs)
+    names = check_classes(classes)
+    if on_error not in ON_ERROR:
+        raise ConfigError(f"on_error {on_error!r}: must be one of {', '.join(ON_ERROR)}")
+    if not callable(fn):
+        raise ConfigError(f"fn: a {type(fn).__name__}, expected a callable")
+    n_jobs = max(jobs or joblib.cpu_count(), 1)
+    if n_jobs > 1 or backend == "dask":
+        check_picklable(fn, split)
+    recipe = FunctionRecipe()
+    options = {
+        "function": qualified_name(fn),
+        "inputs": {s: len(v) for s, v in split.items()},
+        "inputs_sha256": inputs_digest(split),
+        "classes": list(names),
+        "targets": [t if isinstance(t, str) else t.to_json() for t in targets],
+        "on_error": on_error,
+    }
+    config = BuildConfig(
+        recipe=recipe.name,
+        out=out if is_remote(out) else Path(out),
+        counts={s: (None if s in split else 0) for s in SPLITS},
+        seed=seed,
+        shard_size=shard_size or recipe.shard_size,
+        jobs=jobs,
+        backend=backend,
+        options=options,
+        scheduler=scheduler,
+        progress=progress,
+    )
+    open_store(config.out)  # an unsupported location fails before any work
+    scratch = scratch_folder(backend)
+    spec = FunctionSpec(
+        fn, split, names, tuple(targets), on_error, n_jobs, scratch, uuid.uuid4().hex, options
+    )
+    try:
+        manifest = build_set(recipe, spec, config)
+        return result_of(manifest, spec, config)
+    finally:
+        forget(spec)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def result_of(manifest: dict[str, Any], spec: FunctionSpec, config: BuildConfig) -> BuildResult:
+    splits = manifest["splits"]
+    return BuildResult(
+        location=open_store(config.out).url,
+        counts={s: splits[s]["count"] for s in splits},
+        duplicates={s: splits[s]["duplicates_rejected"] for s in splits},
+        skipped=tally(select(spec).skipped).counts,
+        manifest=manifest,
+    )
