@@ -7,6 +7,7 @@ from segshards.loaders.device import CudaPrefetcher, DevicePrefetcher, to_device
 from segshards.loaders.errors import ResumeError, SkippedDataWarning, StorageError
 from segshards.loaders.loader import LoaderConfig, ShardLoader, make_loader
 from segshards.loaders.storage import RetryPolicy, register_gopen
+from segshards.loaders.streams import Stream
 
 register_gopen()
 
@@ -19,6 +20,7 @@ __all__ = [
     "ShardLoader",
     "SkippedDataWarning",
     "StorageError",
+    "Stream",
     "make_loader",
     "to_device",
     "to_float",

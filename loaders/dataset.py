@@ -102,8 +102,21 @@ class ShardStream(IterableDataset):
         order = shard_order(len(self.shards.urls), seed=c.seed, epoch=epoch, shuffle=c.shuffle)
         return take_share(take_share(order, c.rank, c.world_size), worker, c.workers)
 
-    def worker_groups(self, worker: int, stats: Stats) -> Iterator[list[Sample]]:
-        """The raw sample groups (future batches) of a logical worker, in order."""
+    def worker_samples(self, worker: int, epoch: int) -> int:
+        """Samples a logical worker reads in `epoch` (not resampled; needs the manifest's counts)."""
+        counts = self.shards.counts
+        assert counts is not None
+        return sum(counts[i] for i in self.worker_shards(worker, epoch))
+
+    def new_stats(self) -> Stats:
+        """An empty record of what skip mode left out (a mix's also counts by stream)."""
+        return Stats()
+
+    def after_assembly(self, group: list[Sample], batch: dict) -> None:
+        """A hook for a batch once decoded (a mix rewrites masks into its classes): nothing for one set."""
+
+    def samples(self, worker: int, stats: Stats) -> Iterator[Sample]:
+        """The raw samples of a logical worker, in order, before its shuffle buffer."""
         c, epoch = self.config, self.position.epoch
         n = len(self.shards.urls)
         if c.resampled:
@@ -111,7 +124,7 @@ class ShardStream(IterableDataset):
             order: Iterator[int] | list[int] = resampled(n, rng)
         else:
             order = self.worker_shards(worker, epoch)
-        samples = read_shards(
+        return read_shards(
             self.shards.urls,
             order,
             counts=self.shards.counts,
@@ -124,6 +137,11 @@ class ShardStream(IterableDataset):
             verify=c.verify,
             limits=c.limits,
         )
+
+    def worker_groups(self, worker: int, stats: Stats) -> Iterator[list[Sample]]:
+        """The raw sample groups (future batches) of a logical worker, in order."""
+        c, epoch = self.config, self.position.epoch
+        samples = self.samples(worker, stats)
         if c.shuffle:
             rng_buffer = random.Random(derive_seed(c.seed, epoch, c.rank, worker, SHUFFLE_BUFFER))
             samples = shuffle_buffer(samples, c.shuffle_buffer, rng_buffer)
@@ -140,7 +158,7 @@ class ShardStream(IterableDataset):
     def worker_items(self, worker: int, *, in_worker: bool) -> Iterator[Message]:
         """Chunks of `worker`'s decoded batches after the ones it already delivered, then its WorkerEnd."""
         c = self.config
-        stats = Stats()
+        stats = self.new_stats()
         ring = (
             WorkerRing(self.released, worker, c.ring_slots)
             if in_worker and self.released is not None
@@ -168,6 +186,7 @@ class ShardStream(IterableDataset):
             if ring is not None and not chunk.parcels:
                 ring.begin_item()
             batch = assembler(group, on_error)
+            self.after_assembly(group, batch)
             if per_item is None and BUFFER in batch:
                 per_item = batches_per_item(batch[BUFFER].numel(), c.transfer_bytes)
             chunk.parcels.append(Parcel(batch))

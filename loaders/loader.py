@@ -43,7 +43,7 @@ sends its batches to the main process in items of about `transfer_bytes` (severa
 import hashlib
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +54,12 @@ from segshards.loaders.decode import unpack
 from segshards.loaders.errors import ResumeError, SkippedDataWarning
 from segshards.loaders.integrity import VERIFY_MODES, Verify
 from segshards.loaders.messages import WorkerEnd
+from segshards.loaders.mix import MixPlan, MixStream, resolve_sources
 from segshards.loaders.position import EpochPosition
-from segshards.loaders.source import ShardSet, resolve
+from segshards.loaders.source import ShardSet
 from segshards.loaders.stages import OnError, Stats
 from segshards.loaders.storage import RetryPolicy
+from segshards.loaders.streams import Stream
 from segshards.loaders.transport import receive, release_counters
 from segshards.loaders.worker_pool import PositionBoard, WorkerPool, original_error
 from segshards.writer.errors import ConfigError, SegshardsError
@@ -113,11 +115,19 @@ class ShardLoader:
     """An iterable of batch dicts over one split of a shard set (build it with `make_loader`)."""
 
     def __init__(
-        self, shards: ShardSet, config: LoaderConfig, *, pin_memory: bool | None, prefetch_factor: int
+        self,
+        shards: ShardSet,
+        config: LoaderConfig,
+        *,
+        pin_memory: bool | None,
+        prefetch_factor: int,
+        mix: MixPlan | None = None,
     ) -> None:
         validate(config, shards)
-        self.shards, self.config = shards, config
-        self.dataset = ShardStream(shards, config)
+        if mix is not None and config.resampled:
+            raise ConfigError("resampled: not available for a mix (its epochs are exact; see make_loader)")
+        self.shards, self.config, self.mix = shards, config, mix
+        self.dataset = ShardStream(shards, config) if mix is None else MixStream(shards, config, mix)
         if config.num_workers:
             # Workers persist across iterations: each iteration's position reaches them through the board.
             self.dataset.board = PositionBoard(EpochPosition.row_size(config.workers))
@@ -125,7 +135,7 @@ class ShardLoader:
         self.pool = WorkerPool(self.dataset, workers=config.num_workers, prefetch_factor=prefetch_factor)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.position = EpochPosition.start(0, config.workers)
-        self.stats = Stats()  # what on_error="skip" left out in the current (or last) epoch
+        self.stats: Stats = self.dataset.new_stats()  # what on_error="skip" left out this (or last) epoch
         self._run = 0  # iterations started: only the latest may advance the position
         self._last: tuple[int, int] | None = None  # (worker, next_worker before it) of the last batch yielded
         self._held = False  # a reader ahead holds that batch and has not handed it on (`hold_last`)
@@ -144,7 +154,7 @@ class ShardLoader:
         run = self._run
         position = self.position
         if not position.started:
-            self.stats = Stats()
+            self.stats = self.dataset.new_stats()
         self.dataset.position = position.copy()
         self._forget_held()
         board, released = self.dataset.board, self.dataset.released
@@ -239,10 +249,9 @@ class ShardLoader:
             return c.epoch_batches
         if self.shards.counts is None:
             raise TypeError(f"{self.shards.source}: epoch length unknown without a manifest")
-        counts = self.shards.counts
         total = 0
         for worker in range(c.workers):
-            n = sum(counts[i] for i in self.dataset.worker_shards(worker, self.epoch))
+            n = self.dataset.worker_samples(worker, self.epoch)
             total += n // c.batch_size if c.drop_last else math.ceil(n / c.batch_size)
         return total
 
@@ -250,6 +259,8 @@ class ShardLoader:
         """The settings a saved position only makes sense with."""
         c = self.config
         names = "\n".join(self.shards.names()) + repr(self.shards.counts)
+        if self.mix is not None:
+            names += repr(self.mix.describe())
         return {
             "num_workers": c.workers,
             "rank": c.rank,
@@ -304,7 +315,7 @@ def letterbox_size(size: tuple[int, int] | None, schema: SampleSchema | None) ->
 
 
 def make_loader(
-    source: str | Path,
+    source: str | Path | Sequence[Stream],
     split: str,
     batch_size: int,
     num_workers: int = 0,
@@ -327,9 +338,13 @@ def make_loader(
     transfer_bytes: int = 8 << 20,
     verify: Verify = "stream",
     limits: DecodeLimits | None = None,
+    epoch_size: int | None = None,
+    classes: Sequence[str] | None = None,
 ) -> ShardLoader:
     """A loader of `split` from `source`: a shard-set folder (local path, http(s):// or s3:// URL of the folder
-    holding manifest.json) or brace-expanded shard URLs (`.../train-{000000..000009}.tar`).
+    holding manifest.json) or brace-expanded shard URLs (`.../train-{000000..000009}.tar`), or a mix: a list
+    of `Stream`s (`epoch_size` for their `proportion`s, `classes` for the mix's classes; see
+    `segshards.loaders.mix`).
 
     Batches are dicts: `image` uint8 (N, C, H, W), `mask` uint8 (N, H, W), `key` list[str], one tensor
     (N, *shape) per target of the set's schema (mnist-circle: `label` int64 (N,), `circle` float32 (N, 3)),
@@ -339,7 +354,9 @@ def make_loader(
     """
     rank, world_size = distributed_defaults(rank, world_size)
     retry = retry or RetryPolicy()
-    shards = resolve(source, split, schema=schema, retry=retry)
+    shards, mix = resolve_sources(
+        source, split, schema=schema, retry=retry, epoch_size=epoch_size, classes=classes
+    )
     if resampled and epoch_batches is None and shards.total is not None:
         epoch_batches = max(1, math.ceil(shards.total / (world_size * batch_size)))
     config = LoaderConfig(
@@ -362,7 +379,7 @@ def make_loader(
         verify=verify,
         limits=limits if limits is not None else default_limits(),
     )
-    return ShardLoader(shards, config, pin_memory=pin_memory, prefetch_factor=prefetch_factor)
+    return ShardLoader(shards, config, pin_memory=pin_memory, prefetch_factor=prefetch_factor, mix=mix)
 
 
-__all__ = ["LoaderConfig", "ShardLoader", "make_loader"]
+__all__ = ["LoaderConfig", "ShardLoader", "Stream", "make_loader"]
