@@ -135,7 +135,10 @@ def test_groups_kinds_json_and_sheet(
     assert report["counts"]["leak"] == {"groups": 2, "images": 5}
     assert report["counts"]["overlap"] == {"groups": 2, "images": 5}
     assert report["counts"]["within_split"] == {"groups": 1, "images": 2}
-    assert [s["images"] for s in report["sets"]] == [{"train": 9, "val": 1, "test": 1}, {"train": 4}]
+    assert [s["images"] for s in report["sets"]] == [
+        {"train": 9, "val": 1, "test": 1},
+        {"train": 4, "val": 0, "test": 0},
+    ]
     assert all(0 <= g["max_distance"] <= report["threshold"] == 14 for g in report["groups"])
     assert "near-duplicate groups: 4 (9 images)" in out and "leaks across splits: 2 groups (5 images)" in out
     sheet = cv2.imread(str(tmp_path / "sheet.png"))

@@ -150,7 +150,7 @@ def open_set(name: str, config: AuditConfig) -> AuditedSet:
         ]
         for split in splits
     }
-    return AuditedSet(name, url, schema, perceptual, splits, tasks)
+    return AuditedSet(name, url, schema, perceptual, splits, tasks, images=dict.fromkeys(splits, 0))
 
 
 def hash_shard(task: ShardTask) -> ShardHashes:
