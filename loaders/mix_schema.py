@@ -89,9 +89,8 @@ def mix_schema(
     names = tuple(classes) if classes is not None else tuple(schemas[0].classes)
     if not names:
         raise ConfigError("classes: empty; give the mix's class names")
-    luts = [
-        class_lut(s, schema, names, str(sets[0].source)) for s, schema in zip(streams, schemas, strict=True)
-    ]
+    first = "the mix" if classes is not None else str(sets[0].source)
+    luts = [class_lut(s, schema, names, first) for s, schema in zip(streams, schemas, strict=True)]
     sizes = {schema.size for schema in schemas}
     size = schemas[0].size if len(sizes) == 1 else None
     return replace(schemas[0], classes=names, size=size), luts
