@@ -29,6 +29,7 @@ from segshards.writer.recipes.function import FunctionRecipe, FunctionSpec, forg
 from segshards.writer.recipes.walk import tally
 from segshards.writer.storage.store import is_remote, open_store
 
+SHARDS_OF_A_SMALL_SET, MIN_SHARD = 16, 16
 Inputs = Mapping[str, Sequence[Any]] | Sequence[Any]
 
 
@@ -101,6 +102,14 @@ def qualified_name(fn: Callable[[Any], Any]) -> str:
     return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', type(fn).__qualname__)}"
 
 
+def default_shard_size(inputs: Mapping[str, Sequence[Any]], most: int) -> int:
+    """Samples per shard when the call names none: a small set is cut into about 16 shards (at least 16
+    samples each) so that rendering keeps the cores busy; a large one into shards of `most`. It depends
+    on the inputs only, never on `jobs`: the bytes stay the same for any number of processes."""
+    total = sum(len(v) for v in inputs.values())
+    return min(max(-(-total // SHARDS_OF_A_SMALL_SET), MIN_SHARD), most)
+
+
 def scratch_folder(backend: str) -> str | None:
     """Where the walk keeps made samples for rendering; None with dask, whose workers may be elsewhere."""
     return None if backend == "dask" else tempfile.mkdtemp(prefix="segshards-fn-")
@@ -152,7 +161,7 @@ def build(
         out=out if is_remote(out) else Path(out),
         counts={s: (None if s in split else 0) for s in SPLITS},
         seed=seed,
-        shard_size=shard_size or recipe.shard_size,
+        shard_size=default_shard_size(split, recipe.shard_size) if shard_size is None else shard_size,
         jobs=jobs,
         backend=backend,
         options=options,

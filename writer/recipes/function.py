@@ -76,7 +76,7 @@ class Run:
 
 
 def where(split: str, index: int, value: Any) -> str:
-    return f"fn({shown(value)}), {split} input {index}"
+    return f"{split} input {index} ({shown(value)})"
 
 
 def walk_run(run: Run) -> list[Offered | BadRecord | None]:
