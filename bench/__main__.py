@@ -7,9 +7,11 @@ import sys
 SECTIONS = [
     "writer_bench",
     "loader_bench",
+    "mix_bench",
     "coco_bench",
     "photo_bench",
     "mask_folder_bench",
+    "python_build_bench",
     "publish_bench",
     "dedup_bench",
     "audit_bench",
