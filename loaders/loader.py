@@ -314,6 +314,16 @@ def letterbox_size(size: tuple[int, int] | None, schema: SampleSchema | None) ->
     return (int(hint[0]), int(hint[1])) if isinstance(hint, list) and len(hint) == 2 else None
 
 
+def resampled_batches(
+    epoch_batches: int | None, resampled: bool, total: int | None, per_step: int
+) -> int | None:
+    """Batches per rank and epoch: as given, else in resampled mode the split's size over `per_step`
+    (world_size * batch_size) samples."""
+    if resampled and epoch_batches is None and total is not None:
+        return max(1, math.ceil(total / per_step))
+    return epoch_batches
+
+
 def make_loader(
     source: str | Path | Sequence[Stream],
     split: str,
@@ -342,23 +352,17 @@ def make_loader(
     classes: Sequence[str] | None = None,
 ) -> ShardLoader:
     """A loader of `split` from `source`: a shard-set folder (local path, http(s):// or s3:// URL of the folder
-    holding manifest.json) or brace-expanded shard URLs (`.../train-{000000..000009}.tar`), or a mix: a list
-    of `Stream`s (`epoch_size` for their `proportion`s, `classes` for the mix's classes; see
-    `segshards.loaders.mix`).
-
+    holding manifest.json), brace-expanded shard URLs (`.../train-{000000..000009}.tar`), or a mix: a list of
+    `Stream`s, with `epoch_size` and `classes` (see `segshards.loaders.mix`).
     Batches are dicts: `image` uint8 (N, C, H, W), `mask` uint8 (N, H, W), `key` list[str], one tensor
     (N, *shape) per target of the set's schema (mnist-circle: `label` int64 (N,), `circle` float32 (N, 3)),
     `meta` list[dict] with `with_meta=True`; shard URLs without a manifest yield targets given `schema`.
-
     The other options (ranks, letterboxing, bad data, integrity, limits, transport): see "Options" above.
     """
     rank, world_size = distributed_defaults(rank, world_size)
     retry = retry or RetryPolicy()
-    shards, mix = resolve_sources(
-        source, split, schema=schema, retry=retry, epoch_size=epoch_size, classes=classes
-    )
-    if resampled and epoch_batches is None and shards.total is not None:
-        epoch_batches = max(1, math.ceil(shards.total / (world_size * batch_size)))
+    shards, mix = resolve_sources(source, split, schema, retry, epoch_size, classes)
+    epoch_batches = resampled_batches(epoch_batches, resampled, shards.total, world_size * batch_size)
     config = LoaderConfig(
         batch_size=batch_size,
         num_workers=num_workers,

@@ -215,7 +215,6 @@ def combined(sets: Sequence[ShardSet], schema: SampleSchema) -> ShardSet:
 def resolve_sources(
     source: "str | Path | Sequence[Stream]",
     split: str,
-    *,
     schema: SampleSchema | str | Path | None,
     retry: RetryPolicy,
     epoch_size: int | None,
