@@ -201,20 +201,17 @@ class Components:
         return up
 
     def union(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Join the groups of each pair (a[i], b[i]); True where a pair joined two groups."""
-        parent = self.parent
-        merged = np.zeros(len(a), bool)
-        for i, (x, y) in enumerate(zip(a.tolist(), b.tolist(), strict=True)):
-            while parent[x] != x:
-                parent[x] = parent[parent[x]]  # path halving
-                x = parent[x]
-            while parent[y] != y:
-                parent[y] = parent[parent[y]]
-                y = parent[y]
-            if x != y:
-                parent[max(x, y)] = min(x, y)
-                merged[i] = True
-        return merged
+        """Join the groups of each pair (a[i], b[i]), vectorised (roots hooked under the smallest until
+        every pair shares one); True for one pair of each two groups that were apart (the links kept)."""
+        ra, rb = self.roots(a), self.roots(b)
+        key = np.minimum(ra, rb) * len(self.parent) + np.maximum(ra, rb)
+        kept = np.zeros(len(a), bool)
+        kept[np.unique(key, return_index=True)[1]] = True
+        kept &= ra != rb
+        while (apart := ra != rb).any():
+            np.minimum.at(self.parent, np.maximum(ra[apart], rb[apart]), np.minimum(ra[apart], rb[apart]))
+            ra, rb = self.roots(a), self.roots(b)
+        return kept
 
 
 def near_pairs(codes: np.ndarray, threshold: int = THRESHOLD) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -249,22 +246,24 @@ def _verified(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The candidate pairs (q[i], o[i]) within `threshold` that join two groups not linked yet, linked.
 
-    Two rounds: first one candidate per pair of groups, then, of the rest, those whose groups are still
-    apart (a bucket of k copies costs ~k verifications, not k^2; a pair of groups whose first candidate
-    failed gets all its others verified at once)."""
+    Three rounds, each over the candidates whose groups are still apart: one per image asking (every
+    copy in a bucket asks the bucket's first image first), one per pair of groups, then all the rest (a
+    pair of groups whose first candidate failed): a bucket of k copies costs ~k verifications, not k^2."""
     found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for last in (False, True):
+    for round_ in ("per image", "per pair of groups", "all"):
         rq, ro = linked.roots(q), linked.roots(o)
         apart = rq != ro
         q, o, rq, ro = q[apart], o[apart], rq[apart], ro[apart]
         if not len(q):
             break
-        if last:
-            chosen = np.arange(len(q))
-        else:
+        if round_ == "per image":
+            chosen = np.unique(q, return_index=True)[1]
+        elif round_ == "per pair of groups":
             chosen = np.unique(
                 np.minimum(rq, ro) * len(linked.parent) + np.maximum(rq, ro), return_index=True
             )[1]
+        else:
+            chosen = np.arange(len(q))
         dist = pair_distance(codes, q[chosen], o[chosen])
         near = dist <= threshold
         a, b = q[chosen[near]], o[chosen[near]]
