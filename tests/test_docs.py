@@ -35,6 +35,9 @@ README_MAX_LINES = 300
 MNIST_SETS = ("mnist-foreground", "mnist-circle", "mnist-grid")
 S3_SET = ("team-bucket", "mnist-grid")  # the bucket and prefix the remote examples read
 BLOCK_TIMEOUT_S = 180
+COCO_TINY = next(
+    (p / "shared/data/coco-tiny" for p in ROOT.parents if (p / "shared/data/coco-tiny").is_dir()), None
+)
 ENTRY_POINT_GROUPS = {"segshards.recipes", "segshards.commands"}  # dotted names that are not modules
 NARRATION = re.compile(r"this session|the brief|previous (run|session)|the lead\b", re.I)
 
@@ -139,6 +142,8 @@ def test_python_block_runs(
     block: Block, shards: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     (tmp_path / "shards").symlink_to(shards)
+    if COCO_TINY is not None:  # the photographs the README's `segshards.build` example cuts tiles from
+        (tmp_path / "coco-tiny").symlink_to(COCO_TINY)
     run_block(block, tmp_path, block_env(block, request, shards))
 
 
