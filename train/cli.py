@@ -12,7 +12,7 @@ import torch
 from segshards.loaders import make_loader
 from segshards.train.checkpoint import CHECKPOINT, load_checkpoint
 from segshards.train.config import TrainConfig, default_precision, default_workers, resolve_device
-from segshards.train.dataset import SetInfo, read_set
+from segshards.train.dataset import SetInfo, parse_mix, read_set
 from segshards.train.errors import ConfigError, SegshardsError
 from segshards.train.tasks import Task, task_differences, task_for
 
@@ -44,7 +44,13 @@ def train_parser() -> argparse.ArgumentParser:
         "(or, with --resume, the checkpoint's settings).",
     )
     p.add_argument("recipe", nargs="?", help="recipe (default: the one in the set's manifest)")
-    p.add_argument("--data", required=True, help="shard-set folder or http(s)/s3 URL holding manifest.json")
+    p.add_argument(
+        "--data",
+        required=True,
+        action="append",
+        help="shard-set folder or http(s)/s3 URL holding manifest.json; more than once to train on a mix, "
+        "each SOURCE[:R] taking R times its train split per epoch (the first set gives val and the classes)",
+    )
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, metrics.json, curves.png ...")
     p.add_argument("--epochs", type=int)
     p.add_argument(
@@ -147,7 +153,7 @@ def schema_defaults(info: SetInfo) -> dict[str, Any]:
 def resolve_config(args: argparse.Namespace, info: SetInfo, saved: dict[str, Any] | None) -> TrainConfig:
     """Options given > the checkpoint's settings (with --resume) > the set's schema (`schema.training`)."""
     if args.recipe and args.recipe != info.recipe:
-        raise ConfigError(f"recipe {args.recipe!r} given, but {args.data} holds a {info.recipe!r} set")
+        raise ConfigError(f"recipe {args.recipe!r} given, but {info.data} holds a {info.recipe!r} set")
     base = dict(saved) if saved is not None else schema_defaults(info) | RUN_DEFAULTS
     given = {k: v for k, v in vars(args).items() if v is not None}
     base.update({key: given[key] for key in OPTIONS if key in given})
@@ -158,7 +164,14 @@ def resolve_config(args: argparse.Namespace, info: SetInfo, saved: dict[str, Any
         base["precision"] = default_precision(base["device"])
     if base["workers"] is None:
         base["workers"] = default_workers(base["device"])
-    base.update(recipe=info.recipe, data=args.data, out=args.out, progress=args.progress)
+    data, mix = parse_mix(args.data)
+    if mix is not None and args.samples_per_epoch:
+        raise ConfigError("--samples-per-epoch: not with a mix (--data given twice): weight the sets with :R")
+    if mix is not None:
+        base["samples_per_epoch"] = (
+            None  # a mix's epoch is what its streams take (the schema's hint is one set's)
+        )
+    base.update(recipe=info.recipe, data=data, mix=mix, out=args.out, progress=args.progress)
     return TrainConfig.from_dict(base)
 
 
@@ -170,7 +183,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     try:
         checkpoint = Path(args.out) / CHECKPOINT
         saved = load_checkpoint(checkpoint)["config"] if args.resume and checkpoint.exists() else None
-        config = resolve_config(args, read_set(args.data), saved)
+        config = resolve_config(args, read_set(parse_mix(args.data)[0]), saved)
         started = time.perf_counter()
         result = train(config, resume=args.resume, stop_after_steps=args.stop_after_steps)
     except SegshardsError as exc:

@@ -1,10 +1,13 @@
 """What a training run reads from a set's manifest before any sample: recipe, schema, split sizes, palette."""
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from segshards.loaders import RetryPolicy
+from segshards.loaders import RetryPolicy, Stream
 from segshards.loaders.source import read_set_manifest
 from segshards.train.errors import ConfigError
 from segshards.writer.format.palette import manifest_palette
@@ -35,6 +38,30 @@ class SetInfo:
                 f"--data {self.data}: manifest schema.training.size {str(size)[:40]} is not [H, W]"
             )
         return size[0], size[1]
+
+
+WEIGHT = re.compile(r"^(?P<source>.+):(?P<repeat>\d+(\.\d*)?|\.\d+)$")
+
+
+def parse_mix(values: Sequence[str]) -> tuple[str, list[dict[str, Any]] | None]:
+    """`--data A [--data B:0.3 ...]`: the first set (val, eval, the model's schema) and, for more than one,
+    the mix: each `SOURCE[:R]` read as `Stream(SOURCE, repeat=R)` (R samples per sample of its train split
+    per epoch; without R, every sample once)."""
+    streams: list[dict[str, Any]] = []
+    for value in values:
+        match = WEIGHT.match(value)
+        stream: dict[str, Any] = {"source": match["source"] if match else value}
+        if match:
+            stream["repeat"] = float(match["repeat"])
+        streams.append(stream)
+    if len(streams) == 1 and "repeat" not in streams[0]:
+        return streams[0]["source"], None
+    return streams[0]["source"], streams
+
+
+def mix_streams(mix: Sequence[dict[str, Any]]) -> list[Stream]:
+    """The loader's Streams of a run's recorded mix."""
+    return [Stream(s["source"], repeat=s.get("repeat")) for s in mix]
 
 
 def read_set(data: str) -> SetInfo:

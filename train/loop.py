@@ -17,7 +17,7 @@ from tqdm import tqdm
 from segshards.loaders import DevicePrefetcher, make_loader
 from segshards.train.checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from segshards.train.config import RUNTIME_FIELDS, TrainConfig, validate
-from segshards.train.dataset import SetInfo, read_set
+from segshards.train.dataset import SetInfo, mix_streams, read_set
 from segshards.train.errors import CheckpointError, ConfigError
 from segshards.train.evaluate import (
     autocast,
@@ -227,6 +227,8 @@ def finish(state: TrainState, task: Task, config: TrainConfig, info: SetInfo) ->
         "data_wait_fraction": None if data.wait_fraction is None else round(data.wait_fraction, 4),
         "parameters": sum(p.numel() for p in state.model.parameters()),
     }
+    if config.mix:
+        training["mix"] = mix_report(state.data.loader)
     splits = {}
     if info.has_split("val"):
         splits["val"] = evaluate(state.model, task, split_loader(config, "val"), config, desc="val (all)")
@@ -256,7 +258,15 @@ def checkpoint(state: TrainState, task: Task, config: TrainConfig) -> None:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     extra = {"config": config.as_dict(), "recipe": config.recipe, "task": task.describe()}
+    if config.mix:
+        extra["mix"] = mix_report(state.data.loader)
     save_checkpoint(out / CHECKPOINT, state.state_dict() | extra)
+
+
+def mix_report(loader: Any) -> list[dict[str, Any]]:
+    """Each stream of a mix: source, weight, samples per epoch, and what this epoch read of it so far."""
+    read = getattr(loader.stats, "streams", [{}] * len(loader.mix.streams))
+    return [plan | {"read": dict(counts)} for plan, counts in zip(loader.mix.describe(), read, strict=True)]
 
 
 def check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
@@ -289,7 +299,7 @@ def train_loader(config: TrainConfig) -> Any:
     resampled mode), otherwise one shuffled pass over the whole split per epoch."""
     spe = config.samples_per_epoch
     return make_loader(
-        config.data,
+        mix_streams(config.mix) if config.mix else config.data,
         "train",
         config.batch_size,
         num_workers=config.workers,
@@ -315,7 +325,7 @@ def left_out_note(config: TrainConfig, loader: Any) -> str | None:
             f"{config.recipe}: note: --samples-per-epoch {spe:,} is trained as {len(loader):,} full batches "
             f"of {config.batch_size}: {trained:,} samples an epoch"
         )
-    total = loader.shards.total
+    total = sum(loader.mix.wanted) if loader.mix is not None else loader.shards.total
     if total is None or trained >= total:
         return None
     streams = loader.config.workers
