@@ -36,6 +36,12 @@ def count_or_all(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a number or 'all'") from None
 
 
+DATA_HELP = (
+    "shard-set folder or http(s)/s3 URL holding manifest.json; more than once to train on a mix, each "
+    "SOURCE[:R] taking R times its train split per epoch (the first set gives val and the classes)"
+)
+
+
 def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="segshards train",
@@ -44,13 +50,7 @@ def train_parser() -> argparse.ArgumentParser:
         "(or, with --resume, the checkpoint's settings).",
     )
     p.add_argument("recipe", nargs="?", help="recipe (default: the one in the set's manifest)")
-    p.add_argument(
-        "--data",
-        required=True,
-        action="append",
-        help="shard-set folder or http(s)/s3 URL holding manifest.json; more than once to train on a mix, "
-        "each SOURCE[:R] taking R times its train split per epoch (the first set gives val and the classes)",
-    )
+    p.add_argument("--data", required=True, action="append", help=DATA_HELP)
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, metrics.json, curves.png ...")
     p.add_argument("--epochs", type=int)
     p.add_argument(
