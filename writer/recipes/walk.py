@@ -4,7 +4,7 @@ A walk checks source items along a seeded order, in worker processes and in this
 outcomes come back in order, so the walk is deterministic whoever checked what), and fills the splits in
 order as the planner will: a problem raises or is skipped and counted, a sound item is offered to the
 planner with its key, and duplicates are found by the planner's own rule (`keys.accept`) on the same keys
-in the same order, so the planner rejects exactly those. What rendering needs of the offered items is
+in the same order, so the planner rejects exactly those. What rendering needs of the chosen items is
 written once (`share_prepared`) for worker processes, which map large byte strings instead of loading them.
 """
 
