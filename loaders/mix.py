@@ -155,9 +155,10 @@ class MixStream(ShardStream):
                 verify=c.verify,
                 limits=c.limits,
             )
-            for sample, n in zip(shard_samples, times[unit].tolist(), strict=False):
+            wanted = times[unit].tolist()
+            for k, sample in enumerate(shard_samples):  # to the end: the shard's count and sha256 are checked
                 sample["__stream__"] = stream
-                for _ in range(n):
+                for _ in range(wanted[k] if k < len(wanted) else 0):
                     yield sample
             if stats.shards_failed != before and isinstance(stats, MixStats):
                 stats.streams[stream]["shards_failed"] += stats.shards_failed - before

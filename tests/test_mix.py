@@ -1,6 +1,7 @@
 """make_loader over a mix of sets: exact per-stream counts, seeded order, resume, ranks x workers, schemas."""
 
 import json
+import shutil
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,8 +11,9 @@ import numpy as np
 import pytest
 
 from segshards.loaders import DevicePrefetcher, Stream, make_loader
+from segshards.loaders.mix import interleave
 from segshards.writer.cli.main import main as writer_main
-from segshards.writer.errors import ConfigError
+from segshards.writer.errors import ConfigError, ShardFormatError
 from tests.test_mask_folder import COCO_TINY, voc_tree
 
 MASK_FOLDER_CLASSES = ("0", "1", "2")  # voc_tree's classes
@@ -59,10 +61,22 @@ def test_order_is_fixed_by_seed_and_epoch(grid_set: Path) -> None:
     assert first != epoch(0, seed=4)
 
 
-def test_unshuffled_mix_spreads_streams_evenly(grid_set: Path) -> None:
-    loader = make_loader([Stream(grid_set, choose=40), Stream(grid_set, choose=10)], "val", 10, shuffle=False)
-    sizes = [len(b) for b in keys_of(loader)]
-    assert sizes == [10] * 5
+def test_streams_interleave_evenly_unshuffled_and_by_a_seeded_permutation() -> None:
+    assert interleave([4, 2], None).tolist() == [0, 1, 0, 0, 1, 0]
+    assert interleave([0, 3], None).tolist() == [1, 1, 1]
+    shuffled = interleave([5, 3, 2], np.random.default_rng(0))
+    assert sorted(shuffled.tolist()) == [0] * 5 + [1] * 3 + [2] * 2
+    assert shuffled.tolist() == interleave([5, 3, 2], np.random.default_rng(0)).tolist()
+
+
+def test_a_shard_with_more_samples_than_its_manifest_says_is_refused(grid_set: Path, tmp_path: Path) -> None:
+    folder = Path(shutil.copytree(grid_set, tmp_path / "grid"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["splits"]["train"]["shards"][0]["count"] -= 1  # the shard holds one more than this says
+    manifest["splits"]["train"]["count"] -= 1
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ShardFormatError, match="60 samples, the manifest says 59"):
+        list(make_loader([Stream(folder, repeat=1.0)], "train", 8))
 
 
 def interrupted(make: Any, k: int, *, through_prefetcher: bool) -> tuple[list[list[str]], dict]:
