@@ -289,3 +289,30 @@ def test_tiles_cut_from_coco_tiny_photos(tmp_path: Path) -> None:
         result.counts["val"] == 8 and result.counts["train"] + result.duplicates["train"] == len(inputs) - 8
     )
     assert main(["verify", str(tmp_path / "c")]) == 0
+
+
+def test_dask_workers_call_fn_again_and_write_the_same_bytes(tmp_path: Path) -> None:
+    pytest.importorskip("distributed")
+    from tests.test_dask_backend import Cluster
+
+    def stripes(i: int) -> dict[str, Any]:  # nested: travels by value to workers that cannot import tests
+        image = np.zeros((16, 16, 3), np.uint8)
+        image[:, : i % 16] = (i * 7 % 256, 40, 90)
+        return {"image": image, "mask": (image[:, :, 0] > 0).astype(np.uint8), "meta": {"i": i}}
+
+    inputs = {"train": list(range(30)), "val": list(range(30, 40))}
+    cluster = Cluster(1, tmp_path)
+    try:
+        segshards.build(
+            stripes, inputs, tmp_path / "dask", classes=CLASSES, backend="dask", scheduler=cluster.address
+        )
+    finally:
+        cluster.close()
+    result = segshards.build(stripes, inputs, tmp_path / "local", classes=CLASSES, jobs=1)
+    assert set_files(tmp_path / "dask") == set_files(tmp_path / "local")
+    # i = 0, 16 and 32 draw no stripe: the same pixels, the first (train 0) kept
+    assert result.duplicates == {"train": 1, "val": 1, "test": 0} and result.counts == {
+        "train": 29,
+        "val": 9,
+        "test": 0,
+    }
