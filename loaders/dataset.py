@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
+from segshards.loaders.augment import Augment, Augmenting
 from segshards.loaders.decode import BUFFER, BatchAssembler
 from segshards.loaders.integrity import Verify
 from segshards.loaders.messages import Chunk, Message, Parcel, WorkerEnd
@@ -41,6 +42,7 @@ from segshards.loaders.stages import (
     shuffle_buffer,
     take_share,
 )
+from segshards.loaders.transform import Transform, Transforming
 from segshards.loaders.transport import WorkerRing, plain_buffer, shared_buffer
 from segshards.loaders.worker_pool import PositionBoard, worker_slot
 from segshards.writer.errors import ShardFormatError
@@ -73,6 +75,8 @@ class LoaderConfig:
     ring_slots: int = 4  # reused shared-memory slots per worker (see segshards.loaders.transport)
     verify: Verify = "stream"  # the shards' sha256 against the manifest (segshards.loaders.integrity)
     limits: DecodeLimits | None = None  # None: default_limits() (segshards.writer.format.limits)
+    augment: Augment | None = None  # seeded per (seed, epoch, key): segshards.loaders.augment
+    transform: Transform | None = None  # the user's, seeded likewise: segshards.loaders.transform
 
     @property
     def workers(self) -> int:
@@ -170,6 +174,8 @@ class ShardStream(IterableDataset):
             with_meta=c.with_meta,
             allocate=ring.allocate if ring else shared_buffer if in_worker else plain_buffer,
             limits=c.limits,
+            augmenting=Augmenting(c.augment, c.seed, self.position.epoch) if c.augment else None,
+            transforming=Transforming(c.transform, c.seed, self.position.epoch) if c.transform else None,
         )
 
         def on_error(exc: ShardFormatError) -> None:

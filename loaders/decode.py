@@ -23,6 +23,7 @@ import torch
 
 from segshards.loaders.augment import Augmenting
 from segshards.loaders.photo import is_photo, read_photo
+from segshards.loaders.transform import Transforming, apply_transform
 from segshards.writer.errors import ConfigError, ShardFormatError
 from segshards.writer.format.images import decode_image
 from segshards.writer.format.limits import DecodeLimits, check_batch, default_limits
@@ -115,6 +116,7 @@ class BatchAssembler:
         allocate: Callable[[int], torch.Tensor],
         limits: DecodeLimits | None = None,
         augmenting: Augmenting | None = None,
+        transforming: Transforming | None = None,
     ) -> None:
         self.limits = limits or default_limits()
         self.targets: tuple[Target, ...] = schema.targets if schema else ()
@@ -122,7 +124,7 @@ class BatchAssembler:
         self.size, self.with_meta, self.allocate = size, with_meta, allocate
         if augmenting is not None and size is None:
             raise ConfigError("augment needs size=(H, W): the crop's size")
-        self.augmenting = augmenting
+        self.augmenting, self.transforming = augmenting, transforming
 
     def decode(self, sample: Sample) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """(image as decoded: grey, BGR or BGRA; mask; parsed metadata) of one sample, once it passes the
@@ -190,6 +192,9 @@ class BatchAssembler:
                 masks[i] = mask
             else:
                 self._fill_other(images[i], masks[i], image, mask, sample)
+        if self.transforming is not None:
+            key = str(sample["__key__"])
+            apply_transform(self.transforming, key, slots.images[i], slots.masks[i], where(sample))
         for array, target in slots.targets:
             array[i] = target_value(target, meta, sample)
         return slots, meta

@@ -23,6 +23,10 @@ while it holds the last batch, `state_dict()` is the position before that batch,
 loop saves inside `for batch in DevicePrefetcher(loader, ...)` resumes at the batch it has not trained on,
 and an iteration closed while it holds one leaves the loader before that batch.
 
+Batches are dicts: `image` uint8 (N, C, H, W), `mask` uint8 (N, H, W), `key` list[str], one tensor (N, *shape)
+per target of the set's schema (mnist-circle: `label` int64 (N,), `circle` float32 (N, 3)), `meta`
+list[dict] with `with_meta=True`; shard URLs without a manifest yield targets given `schema`.
+
 Options of `make_loader`. rank/world_size default to torch.distributed's when it is initialised.
 `size=(H, W)` letterboxes images (see `segshards.loaders.decode`); for a set whose images vary in size it
 defaults to the size its schema suggests for training (`schema.training.size`), so every batch has one
@@ -37,7 +41,10 @@ without a manifest have no byte counts or hashes: nothing to check. `limits` (a
 `segshards.writer.format.limits.DecodeLimits`; default: the defaults and SEGSHARDS_MAX_* environment
 variables) bound members, images and batches. pin_memory defaults to torch.cuda.is_available(). A worker
 sends its batches to the main process in items of about `transfer_bytes` (several small batches per item;
-`prefetch_factor` items per worker in flight).
+`prefetch_factor` items per worker in flight). `augment=Augment()` replaces the letterbox of JPEG photographs
+by torchvision's segmentation train transform, seeded per (seed, epoch, key) (`segshards.loaders.augment`);
+`transform=fn` runs the user's callable on each decoded pair in the workers, seeded likewise
+(`segshards.loaders.transform`).
 """
 
 import hashlib
@@ -49,6 +56,7 @@ from typing import Any
 
 import torch
 
+from segshards.loaders.augment import Augment
 from segshards.loaders.dataset import LoaderConfig, ShardStream
 from segshards.loaders.decode import unpack
 from segshards.loaders.errors import ResumeError, SkippedDataWarning
@@ -60,6 +68,7 @@ from segshards.loaders.source import ShardSet
 from segshards.loaders.stages import OnError, Stats
 from segshards.loaders.storage import RetryPolicy
 from segshards.loaders.streams import Stream
+from segshards.loaders.transform import Transform
 from segshards.loaders.transport import receive, release_counters
 from segshards.loaders.worker_pool import PositionBoard, WorkerPool, original_error
 from segshards.writer.errors import ConfigError, SegshardsError
@@ -103,6 +112,9 @@ def validate(config: LoaderConfig, shards: ShardSet) -> None:
             c.limits is None or isinstance(c.limits, DecodeLimits),
             f"limits {c.limits!r}: must be a DecodeLimits",
         ),
+        (c.augment is None or isinstance(c.augment, Augment), f"augment {c.augment!r}: must be an Augment"),
+        (c.augment is None or c.size is not None, "augment: needs size=(H, W) (the crop's size)"),
+        (c.transform is None or callable(c.transform), f"transform {c.transform!r}: must be callable"),
     ]
     for ok, message in checks:
         if not ok:
@@ -350,15 +362,12 @@ def make_loader(
     limits: DecodeLimits | None = None,
     epoch_size: int | None = None,
     classes: Sequence[str] | None = None,
+    augment: Augment | None = None,
+    transform: Transform | None = None,
 ) -> ShardLoader:
-    """A loader of `split` from `source`: a shard-set folder (local path, http(s):// or s3:// URL of the folder
-    holding manifest.json), brace-expanded shard URLs (`.../train-{000000..000009}.tar`), or a mix: a list of
-    `Stream`s, with `epoch_size` and `classes` (see `segshards.loaders.mix`).
-    Batches are dicts: `image` uint8 (N, C, H, W), `mask` uint8 (N, H, W), `key` list[str], one tensor
-    (N, *shape) per target of the set's schema (mnist-circle: `label` int64 (N,), `circle` float32 (N, 3)),
-    `meta` list[dict] with `with_meta=True`; shard URLs without a manifest yield targets given `schema`.
-    The other options (ranks, letterboxing, bad data, integrity, limits, transport): see "Options" above.
-    """
+    """A loader of `split` from `source`: a shard-set folder (local path, http(s):// or s3:// URL of its
+    manifest.json's folder), brace-expanded shard URLs, or a mix: a list of `Stream`s, with `epoch_size` and
+    `classes` (`segshards.loaders.mix`). Batches and the other options: see "Options" above."""
     rank, world_size = distributed_defaults(rank, world_size)
     retry = retry or RetryPolicy()
     shards, mix = resolve_sources(source, split, schema, retry, epoch_size, classes)
@@ -382,6 +391,8 @@ def make_loader(
         ring_slots=prefetch_factor + 2,
         verify=verify,
         limits=limits if limits is not None else default_limits(),
+        augment=augment,
+        transform=transform,
     )
     return ShardLoader(shards, config, pin_memory=pin_memory, prefetch_factor=prefetch_factor, mix=mix)
 
