@@ -17,7 +17,7 @@ import segshards
 from segshards.loaders import make_loader
 from segshards.writer.build import from_function
 from segshards.writer.cli.main import main
-from segshards.writer.errors import ConfigError, SourceError
+from segshards.writer.errors import ConfigError, OutputError, SourceError
 from segshards.writer.format.keys import pixel_key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,9 +87,13 @@ def test_without_scratch_fn_runs_again_in_rendering_and_makes_the_same_bytes(
     assert set_files(tmp_path / "again") == set_files(blobs[0])
 
 
-def test_verify_and_the_loader_read_the_set_with_its_targets(blobs: tuple[Path, Any]) -> None:
+def test_verify_preview_and_the_loader_read_the_set_with_its_targets(
+    blobs: tuple[Path, Any], tmp_path: Path
+) -> None:
     out, _ = blobs
     assert main(["verify", str(out)]) == 0
+    assert main(["preview", str(out), "-o", str(tmp_path / "p.png"), "--count", "4"]) == 0
+    assert (tmp_path / "p.png").stat().st_size > 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["function"] == f"{__name__}:blob"
     assert manifest["schema"]["targets"] == [
@@ -316,3 +320,15 @@ def test_dask_workers_call_fn_again_and_write_the_same_bytes(tmp_path: Path) -> 
         "val": 9,
         "test": 0,
     }
+
+
+def test_a_folder_holding_another_set_is_refused_before_fn_runs(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    segshards.build(blob, [1, 2], out, classes=CLASSES, jobs=1)
+    with pytest.raises(
+        OutputError, match=r"holds a function set built with other settings \(manifest.json: function "
+    ):
+        segshards.build(flaky, [5], out, classes=CLASSES, jobs=1)  # flaky(5) raises: fn never ran
+    assert (
+        segshards.build(blob, [1, 2], out, classes=CLASSES, jobs=2).counts["train"] == 2
+    )  # the same: reused

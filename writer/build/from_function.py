@@ -19,10 +19,10 @@ from typing import Any
 import joblib
 from joblib.externals.loky.backend.reduction import dumps as worker_dumps
 
-from segshards.writer.build.job import BuildConfig
+from segshards.writer.build.job import BuildConfig, refuse_other_settings
 from segshards.writer.build.job import build as build_set
 from segshards.writer.errors import ConfigError
-from segshards.writer.format.manifest import SPLITS
+from segshards.writer.format.manifest import MANIFEST, MARKER, SPLITS
 from segshards.writer.format.schema import IGNORE, Target
 from segshards.writer.recipes.contract import ON_ERROR
 from segshards.writer.recipes.function import FunctionRecipe, FunctionSpec, forget, select
@@ -168,7 +168,11 @@ def build(
         scheduler=scheduler,
         progress=progress,
     )
-    open_store(config.out)  # an unsupported location fails before any work
+    store = open_store(config.out)  # an unsupported location fails before any work
+    # Another set there is refused before the walk runs fn over every input (the claim refuses it again).
+    refuse_other_settings(
+        store, config.public(), [n for n in (MANIFEST, MARKER) if store.head(n) is not None]
+    )
     scratch = scratch_folder(backend)
     spec = FunctionSpec(
         fn, split, names, tuple(targets), on_error, n_jobs, scratch, uuid.uuid4().hex, options

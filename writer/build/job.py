@@ -6,7 +6,7 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,21 +17,30 @@ from tqdm import tqdm
 
 from segshards.writer import __version__
 from segshards.writer.build.checks import check_supply, settings_diff
-from segshards.writer.share.card import CARD, render_card
 from segshards.writer.build.dask_backend import check_scheduler, run_on_dask
+from segshards.writer.build.plan import SplitPlan, plan_tasks
+from segshards.writer.build.pool import run_with_parent, start_build_workers
+from segshards.writer.build.remote import run_remote_task
+from segshards.writer.build.shards import ShardResult, ShardTask, run_shard_task
 from segshards.writer.errors import ConfigError, OutputError, SegshardsError, SupplyError
 from segshards.writer.format.keys import HASH_ALGORITHM, PIXEL_HASH_OF
-from segshards.writer.build.pool import run_with_parent, start_build_workers
-from segshards.writer.storage.lock import LOCK
-from segshards.writer.format.manifest import MARKER, RUN_LOG, WORK_DIR, FORMAT, FORMAT_VERSION, MANIFEST, SAMPLE_LAYOUT, dumps
-from segshards.writer.build.plan import SplitPlan, plan_tasks
-from segshards.writer.format.manifest import SPLITS
-from segshards.writer.recipes.contract import Recipe, SourceInfo
-from segshards.writer.build.remote import run_remote_task
+from segshards.writer.format.manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    MARKER,
+    RUN_LOG,
+    SAMPLE_LAYOUT,
+    SPLITS,
+    WORK_DIR,
+    dumps,
+)
 from segshards.writer.format.schema import SampleSchema
-from segshards.writer.build.shards import ShardResult, ShardTask, run_shard_task
-from segshards.writer.storage.store import Store, is_remote, open_store
 from segshards.writer.format.wids_index import write_indexes
+from segshards.writer.recipes.contract import Recipe, SourceInfo
+from segshards.writer.share.card import CARD, render_card
+from segshards.writer.storage.lock import LOCK
+from segshards.writer.storage.store import Store, is_remote, open_store
 
 BACKENDS = ("loky", "threading", "dask")
 
@@ -95,12 +104,8 @@ def read_config(store: Store, name: str) -> Any:
     return document.get("config")
 
 
-def claim_output(store: Store, public: dict[str, Any]) -> frozenset[str]:
-    """Make the folder or prefix ours for this config: refuse another set or foreign content, mark the build
-    in progress; returns the names of the objects already there."""
-    store.prepare(label="--out ")
-    store.lock()  # one build per folder from here on (`build` releases it)
-    names = frozenset(store.names()) - {LOCK}  # our own lock is not content
+def refuse_other_settings(store: Store, public: dict[str, Any], names: Collection[str]) -> None:
+    """Refuse a location whose manifest or build marker (among `names`) records other settings."""
     for name in (MANIFEST, MARKER):
         if name in names:
             found = read_config(store, name)
@@ -110,6 +115,15 @@ def claim_output(store: Store, public: dict[str, Any]) -> frozenset[str]:
                     f"--out {store.url}: holds a {what} set built with other settings ({name}: "
                     f"{settings_diff(found, public)}); choose another {store.noun} or delete it"
                 )
+
+
+def claim_output(store: Store, public: dict[str, Any]) -> frozenset[str]:
+    """Make the folder or prefix ours for this config: refuse another set or foreign content, mark the build
+    in progress; returns the names of the objects already there."""
+    store.prepare(label="--out ")
+    store.lock()  # one build per folder from here on (`build` releases it)
+    names = frozenset(store.names()) - {LOCK}  # our own lock is not content
+    refuse_other_settings(store, public, names)
     visible = store.entries()
     if visible and MANIFEST not in names and MARKER not in names:
         raise OutputError(f"--out {store.url}: not empty and holds no segshards set ({visible[0]} ...)")
