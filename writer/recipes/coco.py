@@ -3,7 +3,6 @@
 import argparse
 import contextlib
 import functools
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,8 +12,8 @@ import numpy as np
 import xxhash
 from joblib import cpu_count
 
-from segshards.writer.errors import ConfigError, SourceError
-from segshards.writer.format.keys import file_digest, pixel_digest
+from segshards.writer.errors import ConfigError, SourceError, StorageError
+from segshards.writer.format.keys import pixel_digest
 from segshards.writer.format.palette import voc_palette
 from segshards.writer.format.schema import IGNORE, PHOTOGRAPH_TRAINING, SampleSchema
 from segshards.writer.recipes.contract import (
@@ -39,6 +38,7 @@ from segshards.writer.recipes.walk import (
     short_supply,
     tally,
 )
+from segshards.writer.sources import locations
 from segshards.writer.sources.coco_annotations import Annotation, CocoIndex, ImageRecord, load_index
 from segshards.writer.sources.coco_masks import OVERLAPS, Instance, annotation_rle, compose
 from segshards.writer.sources.photos import BadRecord, decode_photo
@@ -97,9 +97,14 @@ def spec_index(spec: CocoSpec) -> CocoIndex:
 
 def read_image(folder: str, record: ImageRecord, where: str) -> bytes:
     """The image file's bytes, or a BadRecord for a missing or unreadable file."""
-    path = Path(folder) / record.file_name
     try:
-        return path.read_bytes()
+        return locations.read(locations.join(folder, record.file_name))
+    except StorageError as exc:
+        if not exc.missing:
+            raise  # a store that refuses or cannot be reached stops the build: one line naming the URL
+        raise BadRecord(
+            "missing-image", f"{where}: image {record.id}: file {record.file_name} not found"
+        ) from None
     except FileNotFoundError:
         raise BadRecord(
             "missing-image", f"{where}: image {record.id}: file {record.file_name} not found"
@@ -206,15 +211,14 @@ def prepared(spec: CocoSpec) -> Prepared:
 
 
 @functools.lru_cache(maxsize=4)
-def annotation_sha256(path: str, size: int, mtime_ns: int) -> str:
-    return file_digest(Path(path))
+def annotation_sha256(path: str, size: int, version: str) -> str:
+    return locations.sha256(path)
 
 
 def file_sha256(path: str) -> str:
-    """sha256 of the annotation file, cached while its size and mtime stay the same."""
+    """sha256 of the annotation file, cached while its size and mtime (a remote one's ETag) stay the same."""
     try:
-        st = os.stat(path)
-        return annotation_sha256(path, st.st_size, st.st_mtime_ns)
+        return annotation_sha256(path, *locations.stat(path))
     except FileNotFoundError:
         raise SourceError(f"{path}: annotation file not found") from None
     except OSError as exc:
@@ -285,13 +289,15 @@ class CocoSemanticRecipe(RecipeBase):
             for s in SPLITS
         )
         names = tuple(n.strip() for n in options.categories.split(",")) if options.categories else None
-        images = Path(options.images).resolve()
-        if not images.is_dir():
-            raise ConfigError(f"--images {options.images}: not a folder")
-        annotations = str(Path(options.annotations).resolve())
+        images = locations.resolved(options.images)
+        if not locations.is_http(images) and not locations.is_folder(images, "--images"):
+            raise ConfigError(
+                f"--images {options.images}: not a folder"
+            )  # https: files are named, not listed
+        annotations = locations.resolved(options.annotations)
         return CocoSpec(
             annotations=annotations,
-            images=str(images),
+            images=images,
             categories=names,
             overlap=options.overlap,
             on_error=options.on_error,
@@ -304,9 +310,9 @@ class CocoSemanticRecipe(RecipeBase):
     def spec_config(self, options: argparse.Namespace) -> dict[str, Any]:
         spec = self.make_spec(options)
         return {
-            "annotations": Path(spec.annotations).name,
+            "annotations": locations.base_name(spec.annotations),
             "annotations_sha256": spec.sha256,
-            "images": Path(spec.images).name,
+            "images": locations.base_name(spec.images),
             "categories": list(spec.categories) if spec.categories else "all",
             "overlap": spec.overlap,
             "on_error": spec.on_error,
@@ -314,8 +320,8 @@ class CocoSemanticRecipe(RecipeBase):
 
     def describe(self, spec: CocoSpec) -> SourceInfo:
         index, sel = spec_index(spec), select(spec)
-        path = Path(spec.annotations)
-        files = [{"name": path.name, "bytes": path.stat().st_size, "sha256": spec.sha256}]
+        path = spec.annotations
+        files = [{"name": locations.base_name(path), "bytes": locations.stat(path)[0], "sha256": spec.sha256}]
         classes = [{"class": c.class_id, "category_id": c.category_id, "name": c.name} for c in index.classes]
         extra = {
             "classes": classes,

@@ -13,7 +13,6 @@ import numpy as np
 from joblib import cpu_count
 
 from segshards.writer.errors import ConfigError, SourceError
-from segshards.writer.format.keys import file_digest
 from segshards.writer.format.palette import voc_palette
 from segshards.writer.format.schema import IGNORE, PHOTOGRAPH_TRAINING, SampleSchema
 from segshards.writer.recipes.contract import (
@@ -42,6 +41,7 @@ from segshards.writer.recipes.walk import (
     share_prepared,
     tally,
 )
+from segshards.writer.sources import locations
 from segshards.writer.sources.class_map import UNMATCHED, ClassMap, read_classes
 
 PREPARED = "mask-folder"  # the name of the file `share` writes for worker processes
@@ -94,21 +94,21 @@ class MaskFolderRecipe(RecipeBase):
         add_on_error(parser, "pair")
 
     def make_spec(self, options: argparse.Namespace) -> MaskFolderSpec:
-        images, masks = Path(options.images).resolve(), Path(options.masks).resolve()
+        images, masks = locations.resolved(options.images), locations.resolved(options.masks)
         if not options.mask_suffix:
             raise ConfigError("--mask-suffix: must not be empty")
-        classes_file = Path(options.classes).resolve() if options.classes else None
-        if classes_file is not None and not classes_file.is_file():
+        classes_file = locations.resolved(options.classes) if options.classes else None
+        if classes_file is not None and not locations.is_file(classes_file):
             raise ConfigError(f"--classes {options.classes}: no such file")
-        lists = Path(options.split_lists).resolve() if options.split_lists else None
+        lists = locations.resolved(options.split_lists) if options.split_lists else None
         cmap = ClassMap(read_classes(classes_file) if classes_file else None, options.unmatched)
         return MaskFolderSpec(
-            images=str(images),
-            masks=str(masks),
+            images=images,
+            masks=masks,
             mask_suffix=options.mask_suffix,
             cmap=cmap,
-            classes_file=str(classes_file) if classes_file else None,
-            split_lists=str(lists) if lists else None,
+            classes_file=classes_file,
+            split_lists=lists,
             counts=tuple(getattr(options, s, None) for s in SPLITS),
             seed=options.seed,
             on_error=options.on_error,
@@ -119,12 +119,12 @@ class MaskFolderRecipe(RecipeBase):
     def spec_config(self, options: argparse.Namespace) -> dict[str, Any]:
         spec = self.make_spec(options)
         return {
-            "images": Path(spec.images).name,
-            "masks": Path(spec.masks).name,
+            "images": locations.base_name(spec.images),
+            "masks": locations.base_name(spec.masks),
             "mask_suffix": spec.mask_suffix,
-            "classes": Path(spec.classes_file).name if spec.classes_file else None,
-            "classes_sha256": file_digest(Path(spec.classes_file)) if spec.classes_file else None,
-            "split_lists": Path(spec.split_lists).name if spec.split_lists else None,
+            "classes": locations.base_name(spec.classes_file) if spec.classes_file else None,
+            "classes_sha256": locations.sha256(spec.classes_file) if spec.classes_file else None,
+            "split_lists": locations.base_name(spec.split_lists) if spec.split_lists else None,
             "unmatched": spec.cmap.unmatched,
             "on_error": spec.on_error,
         }
@@ -193,7 +193,7 @@ class MaskFolderRecipe(RecipeBase):
         pair, checked = source_of(spec, int(item[0]))
         facts: PairFacts = checked.facts
         unmatched = facts.unmatched
-        path = Path(spec.images) / pair.image
+        path = locations.join(spec.images, pair.image)
         data = read_bytes(path, "unreadable-image")
         if hashlib.sha256(data).digest() != checked.file:
             raise SourceError(f"{path}: changed while the set was being built")
@@ -202,7 +202,9 @@ class MaskFolderRecipe(RecipeBase):
         else:
             mask, unmatched, _ = index_mask(spec, pair, facts.size)
         if mask is None or mask.shape != facts.size:
-            raise SourceError(f"{Path(spec.masks) / pair.mask}: changed while the set was being built")
+            raise SourceError(
+                f"{locations.join(spec.masks, pair.mask)}: changed while the set was being built"
+            )
         meta = {
             "stem": pair.stem,
             "image": pair.image,
@@ -267,15 +269,15 @@ def source_files(spec: MaskFolderSpec, sel: FolderSelection) -> list[dict[str, A
     """The classes file and split lists with their checksums, and per folder the files read: their count,
     bytes and the sha256 of the sorted `path sha256` lines."""
     files = [
-        {"name": p.name, "bytes": p.stat().st_size, "sha256": file_digest(p)}
-        for p in [*([Path(spec.classes_file)] if spec.classes_file else []), *sel.list_files]
+        {"name": locations.base_name(p), "bytes": locations.stat(p)[0], "sha256": locations.sha256(p)}
+        for p in [*([spec.classes_file] if spec.classes_file else []), *sel.list_files]
     ]
     used = sorted(i for s in SPLITS for i in sel.offered[s])
     for k, (folder, attr) in enumerate(((spec.images, "image"), (spec.masks, "mask"))):
         lines = "".join(f"{getattr(sel.pairs[i], attr)} {file_sha256(sel.checked[i], k)}\n" for i in used)
-        total = sum((Path(folder) / getattr(sel.pairs[i], attr)).stat().st_size for i in used)
+        total = locations.total_size(folder, [getattr(sel.pairs[i], attr) for i in used])
         files.append({
-            "name": f"{Path(folder).name}/ ({len(used):,} files)",
+            "name": f"{locations.base_name(folder)}/ ({len(used):,} files)",
             "bytes": total,
             "sha256": hashlib.sha256(lines.encode()).hexdigest(),
         })  # fmt: skip

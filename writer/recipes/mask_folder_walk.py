@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from segshards.writer.errors import SupplyError
+from segshards.writer.errors import StorageError, SupplyError
 from segshards.writer.format.images import encode_png
 from segshards.writer.format.keys import pixel_digest
 from segshards.writer.format.sample import class_counts
@@ -29,6 +29,7 @@ from segshards.writer.recipes.walk import (
     outcomes,
     short_supply,
 )
+from segshards.writer.sources import locations
 from segshards.writer.sources.class_map import ClassMap, read_mask
 from segshards.writer.sources.mask_pairs import BadPair, Pair, pair_files, read_split_lists
 from segshards.writer.sources.photos import BadRecord, decode_photo
@@ -77,13 +78,18 @@ class FolderSelection(Selection):
     pairs: list[Pair] = field(default_factory=list)  # every pair the folders hold, by stem
     counts: dict[str, int | None] = field(default_factory=dict)
     unlisted: int = 0
-    list_files: list[Path] = field(default_factory=list)
+    list_files: list[str] = field(default_factory=list)
 
 
-def fingerprint(paths: Iterable[Path]) -> str:
-    """sha256 of the name, size and mtime of every file under `paths`: a changed source misses the caches."""
+def fingerprint(paths: Iterable[str]) -> str:
+    """sha256 of the name, size and mtime (a remote file's ETag) of every file under `paths`: a changed
+    source misses the caches."""
     h = hashlib.sha256()
-    for path in paths:
+    for location in paths:
+        if locations.is_remote(location):
+            h.update(remote_fingerprint(location).encode())
+            continue
+        path = Path(location)
         if path.is_file():
             st = path.stat()
             h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -95,30 +101,48 @@ def fingerprint(paths: Iterable[Path]) -> str:
     return h.hexdigest()
 
 
-def read_bytes(path: Path, reason: str) -> bytes:
+def remote_fingerprint(location: str) -> str:
+    """The name, size and version of a remote file, or of every file under a remote s3:// folder."""
+    if locations.is_http(location):  # a classes file, or a folder of split lists (never listed)
+        files = [location, *(locations.join(location, f"{s}.txt") for s in SPLITS)]
+        found = [(f, *locations.stat(f)) for f in files if locations.is_file(f)]
+        return "".join(f"{f}\0{size}\0{version}\n" for f, size, version in found)
+    if locations.is_file(location):
+        size, version = locations.stat(location)
+        return f"{location}\0{size}\0{version}\n"
+    return "".join(f"{location}/{n}\0{s}\0{v}\n" for n, (s, v) in locations.listing(location).items())
+
+
+def read_bytes(path: str, reason: str) -> bytes:
+    """A source file's bytes; a missing or unreadable one is the pair's problem (`reason`), while a
+    remote store that refuses or cannot be reached stops the build (its StorageError names the URL)."""
     try:
-        return path.read_bytes()
+        return locations.read(path)
+    except StorageError as exc:
+        if not exc.missing:
+            raise
+        raise BadPair(reason, f"{path}: cannot read (not found)") from None
     except OSError as exc:
         raise BadPair(reason, f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 def index_mask(spec: MaskFolderSpec, pair: Pair, size: tuple[int, int]) -> tuple[np.ndarray, int, str]:
     """The pair's mask as class indices, its unmatched pixels and its file's sha256."""
-    path = Path(spec.masks) / pair.mask
+    path = locations.join(spec.masks, pair.mask)
     data = read_bytes(path, "unreadable-mask")
-    raw = read_mask(data, str(path))
+    raw = read_mask(data, path)
     if raw.shape[:2] != size:
         raise BadPair("size-mismatch", f"{path}: mask is {raw.shape[1]}x{raw.shape[0]}, its image "
                       f"{pair.image} is {size[1]}x{size[0]}")  # fmt: skip
-    mask, unmatched = spec.cmap.apply(raw, str(path))
+    mask, unmatched = spec.cmap.apply(raw, path)
     return mask, unmatched, hashlib.sha256(data).hexdigest()
 
 
 def check_pair(spec: MaskFolderSpec, pair: Pair) -> Checked:
     """The pair's key, file digest, facts and class-index PNG; BadRecord for its first problem."""
-    path = Path(spec.images) / pair.image
+    path = locations.join(spec.images, pair.image)
     data = read_bytes(path, "unreadable-image")
-    pixels, ext = decode_photo(data, str(path), kinds=("jpg", "png"), frame="its mask")
+    pixels, ext = decode_photo(data, path, kinds=("jpg", "png"), frame="its mask")
     size = (pixels.shape[0], pixels.shape[1])
     mask, unmatched, mask_sha = index_mask(spec, pair, size)
     facts = PairFacts(ext, size, present(mask), unmatched, mask_sha)
@@ -155,7 +179,7 @@ def walked(
 def select(spec: MaskFolderSpec) -> FolderSelection:
     """Pair the files, then check pairs along each split's order until its count is met. Each file is
     read and decoded once here; rendering reads the image again (not decoding it) and reuses the mask."""
-    by_stem, problems = pair_files(Path(spec.images), Path(spec.masks), spec.mask_suffix)
+    by_stem, problems = pair_files(spec.images, spec.masks, spec.mask_suffix)
     sel = FolderSelection(pairs=list(by_stem.values()))
     walk = Walk(sel, on_error=spec.on_error, name=lambda i: sel.pairs[i].stem, budget=MASK_CACHE_BYTES)
     if spec.split_lists:
@@ -185,7 +209,7 @@ def select_listed(
 ) -> None:
     """The splits of --split-lists: each list's stems in an order of its own, cut to its count."""
     assert spec.split_lists is not None
-    lists, twice, sel.list_files = read_split_lists(Path(spec.split_lists))
+    lists, twice, sel.list_files = read_split_lists(spec.split_lists)
     index = {p.stem: i for i, p in enumerate(sel.pairs)}
     listed = {stem: where for entries in lists.values() for stem, where in entries}
     sel.unlisted = sum(1 for stem in [*stems, *problems] if stem not in listed and stem not in twice)

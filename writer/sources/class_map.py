@@ -6,7 +6,6 @@ import json
 import re
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -39,11 +38,11 @@ class ClassDef:
 # ---- classes files -----------------------------------------------------------------------------------
 
 
-def read_classes(path: Path) -> tuple[ClassDef, ...]:
+def read_classes(path: str) -> tuple[ClassDef, ...]:
     """The classes of CVAT's labelmap.txt (`name:r,g,b:parts:actions`) or of a JSON list; ConfigError
     names the file and line of the first problem."""
     text = read_text(path, "--classes")
-    if path.suffix.lower() == ".json" or text.lstrip().startswith("["):
+    if path.lower().endswith(".json") or text.lstrip().startswith("["):
         entries = [(n, parse_json_class(raw, f"{path}:{n}")) for n, raw in json_entries(text, path)]
     else:
         lines = enumerate(text.splitlines(), 1)
@@ -75,7 +74,7 @@ def parse_colour(parts: Any, where: str) -> tuple[int, int, int]:
     return values[0], values[1], values[2]
 
 
-def json_entries(text: str, path: Path) -> list[tuple[int, Any]]:
+def json_entries(text: str, path: str) -> list[tuple[int, Any]]:
     """(line, element) of each element of the JSON list in `text`."""
     try:
         items = json.loads(text)
@@ -107,7 +106,7 @@ def parse_json_class(raw: Any, where: str) -> ClassDef:
     return ClassDef(raw["name"].strip(), colour, value, raw.get("ignore", False))
 
 
-def check_classes(entries: list[tuple[str, ClassDef]], path: Path) -> tuple[ClassDef, ...]:
+def check_classes(entries: list[tuple[str, ClassDef]], path: str) -> tuple[ClassDef, ...]:
     """The entries, if names, colours and values are unique and given for every class or for none."""
     classes = [c for _, c in entries if not c.ignore]
     if not classes:

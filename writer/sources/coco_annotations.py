@@ -3,12 +3,13 @@
 import functools
 import json
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any, NamedTuple
 
 import orjson
 
 from segshards.writer.errors import ConfigError, SourceError
+from segshards.writer.sources import locations
 from segshards.writer.sources.photos import BadRecord
 
 
@@ -99,10 +100,10 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def read_json(path: Path) -> Any:
-    """The parsed JSON of `path`, or a SourceError naming the file and what is wrong."""
+def read_json(path: str) -> Any:
+    """The parsed JSON of `path` (a local file or a URL), or a SourceError naming it and what is wrong."""
     try:
-        data = path.read_bytes()
+        data = locations.read(path)
     except FileNotFoundError:
         raise SourceError(f"{path}: annotation file not found") from None
     except OSError as exc:
@@ -241,9 +242,8 @@ def load_index(path: str, names: tuple[str, ...] | None, on_error: str, version:
     """Parse and check an instances file (cached per process; `version`, e.g. the file's sha256, keys the
     cache so that a rewritten file is read again). Structural problems raise, or with `on_error="skip"`
     mark their image bad (or drop an annotation that names no known image)."""
-    source = Path(path)
-    name = source.name
-    data = read_json(source)
+    name = locations.base_name(path)
+    data = read_json(path)
     raw_images, raw_annotations = top_list(data, "images", name), top_list(data, "annotations", name)
     categories = parse_categories(top_list(data, "categories", name), name)
     classes = select_classes(categories, names, name)
