@@ -17,7 +17,9 @@ from segshards.train.loop import train
 from segshards.train.tasks import CircleTask, SegmentationTask, task_for
 from segshards.writer.cli.main import main as writer_main
 from segshards.writer.format.schema import SampleSchema, Target
+from tests.coco_fixtures import write_coco
 
+AUGMENT = {"scale": [0.5, 2.0], "flip": 0.5, "image_fill": 0, "mask_fill": 255}
 SMALL = ["--train", "512", "--val", "128", "--test", "128", "--shard-size", "128"]
 
 
@@ -31,7 +33,11 @@ def build(root: Path, recipe: str) -> Path:
 def sets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The three MNIST recipes, 512/128/128 samples in shards of 128."""
     root = tmp_path_factory.mktemp("train-sets")
-    return {recipe: build(root, recipe) for recipe in ("mnist-foreground", "mnist-circle", "mnist-grid")}
+    out = {recipe: build(root, recipe) for recipe in ("mnist-foreground", "mnist-circle", "mnist-grid")}
+    fixture = write_coco(root / "coco-src")  # 7 small photographs: 6 train, 1 val
+    argv = ["build", "coco-semantic", *fixture.args(), "--out", str(root / "coco"), "--jobs", "1"]
+    assert writer_main([*argv, "--train", "6", "--val", "1", "--test", "0", "--shard-size", "2"]) == 0
+    return out | {"coco-semantic": root / "coco"}
 
 
 @pytest.fixture(autouse=True)
@@ -87,6 +93,13 @@ def test_short_training_beats_background_everywhere(sets: dict[str, Path], tmp_p
         ("mnist-circle", {"widths": (8, 16)}, 5),
         # resampled stream of 3 steps per epoch; stop just after an epoch boundary
         ("mnist-foreground", {"samples_per_epoch": 192, "widths": (8, 16)}, 4),
+        # photographs augmented (seeded per sample and epoch), 2 loader workers; stop mid-epoch 2 of 3 steps
+        ("coco-semantic", {"size": (32, 32), "batch_size": 2, "widths": (8, 16), "augment": AUGMENT}, 4),
+        (
+            "coco-semantic",
+            {"size": (32, 32), "batch_size": 2, "widths": (8, 16), "workers": 2, "augment": AUGMENT},
+            4,
+        ),
     ],
 )
 def test_resume_gives_the_same_next_step_loss(
@@ -206,3 +219,28 @@ def test_task_comes_from_the_schema_roles(targets: tuple[Target, ...], kind: typ
         assert task.describe()["classes"] == ["a", "b", "c"]
     else:
         assert task.describe()["classes"] == ["bg", "x", "y"] and task.primary == ("miou",)
+
+
+def test_photo_sets_train_augmented_by_default_and_the_run_records_it(
+    sets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def run(name: str, data: Path, *extra: str) -> Any:
+        argv = ["--data", str(data), "--out", str(tmp_path / name), "--epochs", "1", "--threads", "1"]
+        argv += ["--widths", "8,16", "--stem", "1", "--no-progress", *extra]
+        assert train_main(argv) == 0
+        return json.loads((tmp_path / name / "metrics.json").read_text())["config"]["augment"]
+
+    photos = ["--size", "32", "32", "--batch-size", "2"]
+    assert run("coco", sets["coco-semantic"], *photos) == AUGMENT
+    assert run("coco-plain", sets["coco-semantic"], *photos, "--no-augment") is None
+    assert run("mnist", sets["mnist-foreground"], "--samples-per-epoch", "64") is None
+    resume = [
+        "--data",
+        str(sets["coco-semantic"]),
+        "--out",
+        str(tmp_path / "coco"),
+        "--resume",
+        "--no-progress",
+    ]
+    assert train_main([*resume, "--no-augment"]) == 1
+    assert "saved with augment={'scale'" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from segshards.loaders import make_loader
+from segshards.train.augmentation import default_augment
 from segshards.train.checkpoint import CHECKPOINT, load_checkpoint
 from segshards.train.config import TrainConfig, default_precision, default_workers, resolve_device
 from segshards.train.dataset import SetInfo, parse_mix, read_set
@@ -90,6 +91,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="also checkpoint every STEPS steps")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--no-augment", action="store_true", help="photo sets: letterbox only, no Augment")
     p.add_argument(
         "--stop-after-steps",
         type=int,
@@ -147,7 +149,7 @@ def schema_defaults(info: SetInfo) -> dict[str, Any]:
         out["widths"] = task_for(info.schema).default_widths
     elif not all(isinstance(w, int) and not isinstance(w, bool) for w in out["widths"]):
         raise ConfigError(f"--data {info.data}: manifest schema.training.widths must be integers")
-    return out | {"size": info.training_size()}
+    return out | {"size": info.training_size(), "augment": default_augment(info)}
 
 
 def resolve_config(args: argparse.Namespace, info: SetInfo, saved: dict[str, Any] | None) -> TrainConfig:
@@ -172,6 +174,8 @@ def resolve_config(args: argparse.Namespace, info: SetInfo, saved: dict[str, Any
             None  # a mix's epoch is what its streams take (the schema's hint is one set's)
         )
     base.update(recipe=info.recipe, data=data, mix=mix, out=args.out, progress=args.progress)
+    if args.no_augment:
+        base["augment"] = None
     return TrainConfig.from_dict(base)
 
 

@@ -37,6 +37,7 @@ class TrainConfig:
     checkpoint_every: int | None  # optimizer steps between mid-epoch checkpoints; None: epoch ends only
     progress: bool | None = None  # progress bars on stderr; None: only when stderr is a terminal
     mix: list[dict[str, Any]] | None = None  # --data given more than once: [{source, repeat?}], `data` first
+    augment: dict[str, Any] | None = None  # Augment options (segshards.train.augmentation); None: letterbox
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON/pickle-free types (tuples as lists), for the checkpoint and metrics.json."""

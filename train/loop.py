@@ -15,6 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from segshards.loaders import DevicePrefetcher, make_loader
+from segshards.train.augmentation import to_augment
 from segshards.train.checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from segshards.train.config import RUNTIME_FIELDS, TrainConfig, validate
 from segshards.train.dataset import SetInfo, mix_streams, read_set
@@ -309,6 +310,7 @@ def train_loader(config: TrainConfig) -> Any:
         epoch_batches=spe // config.batch_size if spe else None,
         drop_last=True,
         size=config.size,
+        augment=to_augment(config.augment),
     )
 
 
