@@ -94,7 +94,8 @@ class MaskFolderRecipe(RecipeBase):
         add_on_error(parser, "pair")
 
     def make_spec(self, options: argparse.Namespace) -> MaskFolderSpec:
-        images, masks = locations.resolved(options.images), locations.resolved(options.masks)
+        images = locations.listable(locations.resolved(options.images), "--images")
+        masks = locations.listable(locations.resolved(options.masks), "--masks")
         if not options.mask_suffix:
             raise ConfigError("--mask-suffix: must not be empty")
         classes_file = locations.resolved(options.classes) if options.classes else None

@@ -92,13 +92,18 @@ def is_file(location: str) -> bool:
     return Path(location).is_file()
 
 
-def is_folder(location: str, option: str) -> bool:
-    """True when `location` is a folder (an S3 prefix holding objects); https:// cannot be listed."""
-    scheme = scheme_of(location)
-    if scheme in ("http", "https"):
+def listable(location: str, option: str) -> str:
+    """`location`, refused in one line when it is an http(s) folder, which a server cannot list."""
+    if is_http(location):
         raise ConfigError(
             f"{option} {location}: an http(s) server cannot be listed; put the folder on S3 or a local disk"
         )
+    return location
+
+
+def is_folder(location: str, option: str) -> bool:
+    """True when `location` is a folder (an S3 prefix holding objects); https:// cannot be listed."""
+    scheme = scheme_of(listable(location, option))
     if scheme == "s3":
         return bool(_s3(lambda fs, key: fs.isdir(key), location))
     return Path(location).is_dir()
