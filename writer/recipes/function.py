@@ -26,7 +26,7 @@ from segshards.writer.format.keys import pixel_digest
 from segshards.writer.format.schema import IGNORE, SampleSchema, Target
 from segshards.writer.process_pool import map_in_order
 from segshards.writer.recipes.contract import SPLITS, Candidates, RecipeBase, Rendered, SourceInfo
-from segshards.writer.recipes.function_sample import Made, make, shown
+from segshards.writer.recipes.function_sample import Input, Made, make
 from segshards.writer.recipes.walk import tally
 from segshards.writer.sources.photos import BadRecord
 
@@ -75,10 +75,6 @@ class Run:
     number: int
 
 
-def where(split: str, index: int, value: Any) -> str:
-    return f"{split} input {index} ({shown(value)})"
-
-
 def walk_run(run: Run) -> list[Offered | BadRecord | None]:
     """Each input of `run` through fn: a sample (written to the run's scratch file), a problem, or None."""
     out: list[Offered | BadRecord | None] = []
@@ -87,7 +83,7 @@ def walk_run(run: Run) -> list[Offered | BadRecord | None]:
         for i, value in enumerate(run.values):
             index = run.start + i
             try:
-                made = make(run.fn, value, run.classes, where(run.split, index, value))
+                made = make(run.fn, value, run.classes, Input(run.split, index, value))
             except BadRecord as problem:
                 out.append(problem)
                 continue
@@ -165,7 +161,9 @@ def take(
             sel.duplicates[run.split] = sel.duplicates.get(run.split, 0) + (outcome.key in seen)
             seen.add(outcome.key)
             continue
-        problem = outcome or BadRecord("returned-none", where(run.split, run.start + i, run.values[i]))
+        problem = outcome or BadRecord(
+            "returned-none", f"{Input(run.split, run.start + i, run.values[i])}: fn returned None"
+        )
         if outcome is not None and spec.on_error == "raise":
             raise problem
         sel.skipped.append((f"{run.split}[{run.start + i}]", problem))
@@ -292,9 +290,9 @@ def remade(spec: FunctionSpec, split: str, index: int) -> Rendered:
     """The sample of one input, from fn again (no scratch where this worker runs)."""
     assert spec.fn is not None and spec.inputs is not None
     value = spec.inputs[split][index]
-    made = make(spec.fn, value, len(spec.classes), where(split, index, value))
+    made = make(spec.fn, value, len(spec.classes), Input(split, index, value))
     if made is None:
-        raise ConfigError(f"{where(split, index, value)}: returned None this time, a sample before")
+        raise ConfigError(f"{Input(split, index, value)}: fn returned None this time, a sample before")
     if made.image_bytes is not None:
         return Rendered(NO_PIXELS, made.mask, made.meta, made.ext, made.image_bytes)
     return Rendered(made.pixels, made.mask, made.meta)

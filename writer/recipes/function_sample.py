@@ -33,6 +33,18 @@ def shown(value: Any) -> str:
 
 
 @dataclass(frozen=True)
+class Input:
+    """One input, as messages name it; its repr is made only when a message is."""
+
+    split: str
+    index: int
+    value: Any
+
+    def __str__(self) -> str:
+        return f"{self.split} input {self.index} ({shown(self.value)})"
+
+
+@dataclass(frozen=True)
 class Made:
     """One input's sample: pixels as stored and keyed (grey or BGR), the mask, the meta, and the image
     member: `ext` with its bytes when `fn` gave them (stored as they are), else a PNG of `pixels`."""
@@ -44,7 +56,7 @@ class Made:
     image_bytes: bytes | None = None
 
 
-def call(fn: Callable[[Any], Any], value: Any, where: str) -> Any:
+def call(fn: Callable[[Any], Any], value: Any, where: Input) -> Any:
     """fn(value); an exception becomes a BadRecord named by its type (the reason `on_error="skip"` counts)."""
     try:
         return fn(value)
@@ -53,7 +65,7 @@ def call(fn: Callable[[Any], Any], value: Any, where: str) -> Any:
         raise BadRecord(reason, f"{where}: fn raised {reason}: {str(exc)[:200]}") from None
 
 
-def as_array(value: Any, name: str, where: str) -> np.ndarray:
+def as_array(value: Any, name: str, where: Input) -> np.ndarray:
     """A uint8 array of `value` (a numpy array or anything with `__array_interface__`, e.g. a PIL image)."""
     if not isinstance(value, np.ndarray) and not hasattr(value, "__array_interface__"):
         raise ConfigError(f"{where}: {name} is a {type(value).__name__}, expected a uint8 numpy array")
@@ -63,7 +75,7 @@ def as_array(value: Any, name: str, where: str) -> np.ndarray:
     return array
 
 
-def image_of(result: dict[str, Any], where: str) -> tuple[np.ndarray, str, bytes | None]:
+def image_of(result: dict[str, Any], where: Input) -> tuple[np.ndarray, str, bytes | None]:
     """(pixels as stored, member extension, bytes to store as they are or None) of fn's output."""
     data = result.get("image_bytes")
     if data is not None:
@@ -74,7 +86,7 @@ def image_of(result: dict[str, Any], where: str) -> tuple[np.ndarray, str, bytes
         if ext is None:
             raise ConfigError(f"{where}: image_bytes is neither a JPEG nor a PNG")
         try:
-            return decode_image(data, ext, where), ext, data  # the pixels verify will hash
+            return decode_image(data, ext, str(where)), ext, data  # the pixels verify will hash
         except ShardFormatError as exc:
             raise ConfigError(str(exc)) from None
     if "image" not in result:
@@ -87,7 +99,7 @@ def image_of(result: dict[str, Any], where: str) -> tuple[np.ndarray, str, bytes
     raise ConfigError(f"{where}: image has shape {image.shape}, expected (H, W) grey or (H, W, 3) RGB")
 
 
-def mask_of(result: dict[str, Any], size: tuple[int, ...], classes: int, where: str) -> np.ndarray:
+def mask_of(result: dict[str, Any], size: tuple[int, ...], classes: int, where: Input) -> np.ndarray:
     """fn's mask, once it is (H, W) uint8 of the image's size holding class ids below `classes` or 255."""
     if "mask" not in result:
         raise ConfigError(f"{where}: fn returned no 'mask'")
@@ -105,7 +117,7 @@ def mask_of(result: dict[str, Any], size: tuple[int, ...], classes: int, where: 
     return np.ascontiguousarray(mask)
 
 
-def meta_of(result: dict[str, Any], where: str) -> dict[str, Any]:
+def meta_of(result: dict[str, Any], where: Input) -> dict[str, Any]:
     """fn's `meta`: a JSON-serialisable dict (default empty)."""
     meta = result.get("meta", {})
     if not isinstance(meta, dict):
@@ -117,7 +129,7 @@ def meta_of(result: dict[str, Any], where: str) -> dict[str, Any]:
     return meta
 
 
-def make(fn: Callable[[Any], Any], value: Any, classes: int, where: str) -> Made | None:
+def make(fn: Callable[[Any], Any], value: Any, classes: int, where: Input) -> Made | None:
     """The sample of one input (None: fn skipped it). BadRecord when fn raised; ConfigError, naming the
     input, when its output breaks a rule."""
     result = call(fn, value, where)
