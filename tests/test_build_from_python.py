@@ -3,8 +3,12 @@ same bytes for any `jobs`, global dedup, skips and one-line errors before any sh
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -187,8 +191,6 @@ def test_bad_output_is_one_line_naming_the_input_before_any_shard(
 
 
 def test_what_cannot_reach_workers_is_refused_and_lambdas_travel(tmp_path: Path) -> None:
-    import threading
-
     lock = threading.Lock()
     with pytest.raises(ConfigError, match=r"^fn: cannot be pickled for worker processes \(TypeError"):
         segshards.build(lambda i: blob(i) if lock else None, [1], tmp_path / "p", classes=CLASSES, jobs=2)
@@ -225,9 +227,12 @@ def test_a_second_call_after_a_kill_reuses_the_shards_written(tmp_path: Path) ->
     code = (
         "import sys, segshards; from tests.test_build_from_python import slow_build; slow_build(sys.argv[-1])"
     )
-    left = kill_after_first_shard_of(code, out)
+    left, pid = kill_after_first_shard_of(code, out)
     assert left and "manifest.json" not in left
+    scratch = Path(tempfile.gettempdir()).glob(f"segshards-fn-{pid}-*")
+    assert list(scratch), "the killed build left its scratch folder"
     slow_build(str(out))
+    assert not list(Path(tempfile.gettempdir()).glob(f"segshards-fn-{pid}-*")), "the next build removes it"
     log = json.loads((out / "build-log.json").read_text())
     assert log["shards_reused"] >= 1 and log["shards_reused"] + log["shards_written"] == 60
     slow_build(str(tmp_path / "clean"))
@@ -248,21 +253,19 @@ def slow_build(out: str) -> None:
     segshards.build(big_blob, list(range(240)), out, classes=CLASSES, jobs=2, shard_size=4)
 
 
-def kill_after_first_shard_of(code: str, out: Path) -> list[str]:
-    """`kill_after_first_shard`, for a Python program instead of a command line."""
+def kill_after_first_shard_of(code: str, out: Path) -> tuple[list[str], int]:
+    """`kill_after_first_shard` (tests/mnist_fixtures.py) for a Python program instead of a command line:
+    the visible files left, and the pid of the killed process."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-c", code, str(out)], cwd=ROOT, env=env)
     try:
-        return watch_and_kill(proc, out)
+        return watch_and_kill(proc, out), proc.pid
     finally:
         proc.kill()
         proc.wait()
 
 
 def watch_and_kill(proc: subprocess.Popen[bytes], out: Path) -> list[str]:
-    import signal
-    import time
-
     deadline = time.monotonic() + 60
     while proc.poll() is None and not list(out.glob("*.tar")) and time.monotonic() < deadline:
         time.sleep(0.002)

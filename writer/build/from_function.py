@@ -7,6 +7,7 @@ arguments, resolves them into a `BuildConfig` and reports the outcome.
 """
 
 import hashlib
+import os
 import pickle
 import shutil
 import tempfile
@@ -30,6 +31,7 @@ from segshards.writer.recipes.walk import tally
 from segshards.writer.storage.store import is_remote, open_store
 
 SHARDS_OF_A_SMALL_SET, MIN_SHARD = 16, 16
+SCRATCH_PREFIX = "segshards-fn-"
 Inputs = Mapping[str, Sequence[Any]] | Sequence[Any]
 
 
@@ -111,8 +113,30 @@ def default_shard_size(inputs: Mapping[str, Sequence[Any]], most: int) -> int:
 
 
 def scratch_folder(backend: str) -> str | None:
-    """Where the walk keeps made samples for rendering; None with dask, whose workers may be elsewhere."""
-    return None if backend == "dask" else tempfile.mkdtemp(prefix="segshards-fn-")
+    """Where the walk keeps made samples for rendering (in the system's temp folder, named for this
+    process); None with dask, whose workers may be elsewhere."""
+    if backend == "dask":
+        return None
+    clear_orphans(Path(tempfile.gettempdir()))
+    return tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
+
+
+def clear_orphans(temp: Path) -> None:
+    """Remove the scratch folders of builds whose process is gone: killed, it could not remove its own."""
+    for folder in temp.glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = folder.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def build(
