@@ -6,6 +6,8 @@ The set is built once (into bench-out/) from COCO-like copies of the `coco-tiny`
 PNG bytes (the peers' own formats are written from the members of our shards) and does the same work: cv2
 decode, letterbox (INTER_AREA / INTER_NEAREST, centred, image padded 0, mask 255), batches of 32 stacked
 into tensors. One process each, interleaved rounds, best round kept; then our loader with 1 and 2 workers.
+Augmented: the stock pipeline running torchvision's segmentation reference train transform (full decode,
+resize the whole image, flip, pad, crop) against our loader with `Augment()` (fused with the decode).
 
 `python -m bench photo_bench [--images N] [--rounds R] [--small] [--skip-peers]`
 """
@@ -29,7 +31,7 @@ import webdataset as wds
 from bench.coco_bench import CACHE, default_source, derive
 from bench.commands import segshards
 from bench.photo_peers import peer_runs
-from segshards.loaders import make_loader
+from segshards.loaders import Augment, make_loader
 from segshards.writer.format.manifest import MANIFEST, read_manifest, shard_entries
 
 SIZE = (320, 320)
@@ -123,6 +125,50 @@ def stock(urls: list[str]) -> int:
     return count(batches(dataset))
 
 
+def reference_transform(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """torchvision's segmentation reference train transform as a user writes it with cv2: the whole image
+    resized (short side 0.5-2x SIZE, bilinear; mask nearest), flipped half the time, padded (0 / 255)
+    where smaller than SIZE, a random SIZE crop."""
+    h, w = mask.shape
+    oh, ow = SIZE
+    short = int(rng.integers(min(SIZE) // 2, 2 * min(SIZE) + 1))
+    rh, rw = max(1, round(h * short / min(h, w))), max(1, round(w * short / min(h, w)))
+    image = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_LINEAR)
+    mask = cv2.resize(mask, (rw, rh), interpolation=cv2.INTER_NEAREST)
+    if rng.random() < 0.5:
+        image, mask = image[:, ::-1], mask[:, ::-1]
+    if rh < oh or rw < ow:
+        pad = ((0, max(0, oh - rh)), (0, max(0, ow - rw)))
+        image = np.pad(image, (*pad, (0, 0)))
+        mask = np.pad(mask, pad, constant_values=255)
+    top = int(rng.integers(0, image.shape[0] - oh + 1))
+    left = int(rng.integers(0, image.shape[1] - ow + 1))
+    return image[top : top + oh, left : left + ow], mask[top : top + oh, left : left + ow]
+
+
+def stock_augmented(urls: list[str]) -> int:
+    """The stock webdataset pipeline running the reference transform (full decode, resize the whole
+    image, flip, pad, crop), stacked into tensors."""
+    dataset = (
+        wds.WebDataset(urls, shardshuffle=False, empty_check=False)
+        .decode(wds.imagehandler("l8", ["png"]), wds.imagehandler("rgb8"))
+        .to_tuple("jpg", "mask.png")
+    )
+    rng = np.random.default_rng(0)
+    images, masks, n = [], [], 0
+    for image, mask in dataset:
+        a, b = reference_transform(image, mask, rng)
+        images.append(a)
+        masks.append(b)
+        if len(images) == BATCH:
+            n += len(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2))
+            torch.from_numpy(np.stack(masks))
+            images, masks = [], []
+    return n + len(images)
+
+
 def plain(pairs: Iterable[Pair]) -> int:
     """The same work over the bytes in memory (or as a peer hands them on): decode, letterbox, stack."""
     return count(batches(decode_pair(a, b) for a, b in pairs))
@@ -135,10 +181,10 @@ def bound(pairs: list[Pair]) -> int:
     return len(pairs)
 
 
-def ours(folder: Path, workers: int) -> int:
-    """segshards' loader: shuffled, letterboxed to SIZE, every sample checked as `verify` checks it; its
-    workers stopped at the end (so that their CPU time is counted)."""
-    loader = make_loader(folder, "train", BATCH, num_workers=workers, size=SIZE)
+def ours(folder: Path, workers: int, augment: Augment | None = None) -> int:
+    """segshards' loader: shuffled, letterboxed to SIZE (or augmented), every sample checked as `verify`
+    checks it; its workers stopped at the end (so that their CPU time is counted)."""
+    loader = make_loader(folder, "train", BATCH, num_workers=workers, size=SIZE, augment=augment)
     n = sum(len(batch["key"]) for batch in loader)
     loader.pool.stop(None)
     return n
@@ -188,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         "plain": lambda: plain(pairs),
         "bound": lambda: bound(pairs),
         "ours": lambda: ours(folder, 0),
+        "stock augmented": lambda: stock_augmented(urls),
+        "ours augmented": lambda: ours(folder, 0, Augment()),
     }
     if not args.skip_peers:
         runs.update(peer_runs(pairs, CACHE / f"photo-peers-{n}", plain))
@@ -210,6 +258,7 @@ def report(rates: dict[str, list[tuple[float, float]]]) -> None:
         print(f"[photo] {name:16s} {wall[name]:9.1f} ({low:7.1f}-{wall[name]:7.1f}) {cpu[name]:10.1f}")
     peer = max((p for p in ("litdata", "mosaicml") if p in wall), key=wall.__getitem__, default=None)
     checks = [("ours / stock", "ours", "stock", 2.2), ("ours / cv2 decode bound", "ours", "bound", 1.0)]
+    checks.append(("augmented: ours / stock", "ours augmented", "stock augmented", 2.0))
     if peer is not None:
         checks.append((f"ours / faster peer ({peer})", "ours", peer, 1.6))
     checks.append(("ours / plain loop in memory", "ours", "plain", 0.0))
