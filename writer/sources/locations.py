@@ -54,6 +54,8 @@ def base_name(location: str) -> str:
 
 def read(location: str) -> bytes:
     """The whole content of one file: OSError for a local one, StorageError for a remote one."""
+    if scheme_of(location) == "s3":  # one GET (an s3fs file would HEAD it first), retried whole
+        return bytes(_s3(lambda fs, key: fs.cat_file(key), location))
     if is_remote(location):
         return read_url(location)
     with open(location, "rb") as f:
