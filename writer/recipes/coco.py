@@ -154,14 +154,15 @@ def check_images(work: Work) -> list[Outcome]:
     """Each image checked whole, annotations first (a bad one means its file is not opened), then its
     file read, decoded and hashed; problems are returned, not raised, so the walk reports them in order."""
     found: list[Outcome] = []
-    for record, annotations in work.images:
-        try:
-            facts = Instances.of(instances(work.class_of, work.name, record, annotations))
-            data = read_image(work.folder, record, work.name)
-            key = pixel_digest(decode_jpeg(data, record, work.name))
-            found.append(Checked(key, xxhash.xxh3_128_digest(data), facts))
-        except BadRecord as problem:
-            found.append(problem)
+    with locations.prefetched([locations.join(work.folder, r.file_name) for r, _ in work.images]):
+        for record, annotations in work.images:
+            try:
+                facts = Instances.of(instances(work.class_of, work.name, record, annotations))
+                data = read_image(work.folder, record, work.name)
+                key = pixel_digest(decode_jpeg(data, record, work.name))
+                found.append(Checked(key, xxhash.xxh3_128_digest(data), facts))
+            except BadRecord as problem:
+                found.append(problem)
     return found
 
 

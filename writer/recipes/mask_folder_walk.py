@@ -153,11 +153,15 @@ def check_pairs(work: tuple[MaskFolderSpec, list[Pair]]) -> list[Outcome]:
     """A run of pairs checked by one walker (a worker process, or this one); problems are returned."""
     spec, pairs = work
     found: list[Outcome] = []
-    for pair in pairs:
-        try:
-            found.append(check_pair(spec, pair))
-        except BadRecord as problem:
-            found.append(problem)
+    files = [locations.join(spec.images, p.image) for p in pairs] + [
+        locations.join(spec.masks, p.mask) for p in pairs
+    ]
+    with locations.prefetched(files):
+        for pair in pairs:
+            try:
+                found.append(check_pair(spec, pair))
+            except BadRecord as problem:
+                found.append(problem)
     return found
 
 

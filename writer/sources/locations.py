@@ -12,9 +12,11 @@ An https:// server cannot be listed: a folder option that needs listing (mask-fo
 split lists, a classes file) are read from https:// as from anywhere else.
 """
 
+import contextlib
 import hashlib
 import os
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +54,31 @@ def base_name(location: str) -> str:
     return location.rstrip("/").rpartition("/")[2] if is_remote(location) else Path(location).name
 
 
+# s3 files fetched ahead by `prefetched`, taken (once) by `read`
+_PREFETCHED: dict[str, bytes] = {}
+
+
+@contextlib.contextmanager
+def prefetched(paths: list[str]) -> Iterator[None]:
+    """Fetch the s3:// files among `paths` at once (concurrent GETs: a walker's run of files costs about
+    one round trip, not one per file) for `read` to take from memory. A file that fails here is simply
+    read again by `read`, which retries and reports it as it would have; local paths are left alone."""
+    keys = {s3_path(p): p for p in paths if scheme_of(p) == "s3"}
+    found: dict[str, Any] = {}
+    if len(keys) > 1:
+        with contextlib.suppress(Exception):  # `read` meets the same failure again and reports it
+            found = s3_filesystem().cat(list(keys), on_error="return")
+    _PREFETCHED.update({keys[k]: bytes(v) for k, v in found.items() if k in keys and isinstance(v, bytes)})
+    try:
+        yield
+    finally:
+        _PREFETCHED.clear()
+
+
 def read(location: str) -> bytes:
     """The whole content of one file: OSError for a local one, StorageError for a remote one."""
+    if location in _PREFETCHED:
+        return _PREFETCHED.pop(location)
     if scheme_of(location) == "s3":  # one GET (an s3fs file would HEAD it first), retried whole
         return bytes(_s3(lambda fs, key: fs.cat_file(key), location))
     if is_remote(location):
