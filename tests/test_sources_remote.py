@@ -2,6 +2,11 @@
 files on disk; a missing object, refused credentials, an unreachable endpoint or an https folder that would
 need listing: one line naming the URL."""
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,25 @@ def upload_tree(s3_client: Any, bucket_url: str, root: Path) -> str:
         if path.is_file():
             s3_client.upload_file(str(path), bucket, f"src/{path.relative_to(root).as_posix()}")
     return f"{bucket_url}/src"
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
+        pass
+
+
+@contextmanager
+def served(folder: Path) -> Iterator[str]:
+    """`folder` served over HTTP on loopback; yields its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietHandler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 def one_line_error(capsys: pytest.CaptureFixture[str], args: list[str]) -> str:
@@ -85,6 +109,42 @@ def test_mask_folder_from_s3_is_byte_identical_to_disk(
     assert main(args(url, tmp_path / "b")) == 0
     a, b = folder_bytes(tmp_path / "a"), folder_bytes(tmp_path / "b")
     assert any(name.endswith(".tar") for name in a) and a == b
+
+
+def test_https_files_named_by_the_source_are_read_as_on_disk(tmp_path: Path) -> None:
+    """COCO's annotation file and images, a classes file and split lists need no listing: https works."""
+    write_coco(tmp_path / "coco")
+    voc = voc_tree(tmp_path / "voc")
+    lists = "ImageSets/Segmentation"
+    local = [
+        "--annotations",
+        str(tmp_path / "coco/instances.json"),
+        "--images",
+        str(tmp_path / "coco/images"),
+    ]
+    assert main(["build", "coco-semantic", *local, "--out", str(tmp_path / "a"), *COCO_COUNTS]) == 0
+    folders = voc.args("--on-error", "skip", "--jobs", "2")
+    assert (
+        main(
+            [
+                "build",
+                "mask-folder",
+                *folders,
+                "--split-lists",
+                str(voc.root / lists),
+                "--out",
+                str(tmp_path / "c"),
+            ]
+        )
+        == 0
+    )
+    with served(tmp_path) as url:
+        remote = ["--annotations", f"{url}/coco/instances.json", "--images", f"{url}/coco/images"]
+        assert main(["build", "coco-semantic", *remote, "--out", str(tmp_path / "b"), *COCO_COUNTS]) == 0
+        listed = ["--split-lists", f"{url}/voc/{lists}"]
+        assert main(["build", "mask-folder", *folders, *listed, "--out", str(tmp_path / "d")]) == 0
+    assert folder_bytes(tmp_path / "a") == folder_bytes(tmp_path / "b")
+    assert folder_bytes(tmp_path / "c") == folder_bytes(tmp_path / "d")
 
 
 def test_missing_object_names_the_url(
