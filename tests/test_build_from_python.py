@@ -335,3 +335,9 @@ def test_a_folder_holding_another_set_is_refused_before_fn_runs(tmp_path: Path) 
     assert (
         segshards.build(blob, [1, 2], out, classes=CLASSES, jobs=2).counts["train"] == 2
     )  # the same: reused
+
+
+def test_the_card_says_to_call_build_again_not_the_cli(blobs: tuple[Path, Any]) -> None:
+    card = (blobs[0] / "README.md").read_text()
+    assert "segshards.build(tests.test_build_from_python.blob, inputs, out, ...)" in card
+    assert "with `segshards build` and the same recipe" not in card

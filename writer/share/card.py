@@ -15,6 +15,7 @@ from segshards.writer.recipes.registry import get_recipe
 from segshards.writer.share.snippets import MASK_NOTE, content_key, front_matter, location_of, snippets
 
 CARD = "README.md"
+FUNCTION_RECIPE = "function"  # sets made by segshards.build(fn, inputs, out)
 
 
 def licence(manifest: dict[str, Any]) -> str:
@@ -164,9 +165,20 @@ def how_built(manifest: dict[str, Any]) -> list[str]:
         json.dumps(manifest.get("config", {}), sort_keys=True, indent=2),
         "```",
         "",
-        "Rebuild it byte for byte with `segshards build` and the same recipe, options, seed and source.",
+        rebuild_line(manifest),
         "",
     ]
+
+
+def rebuild_line(manifest: dict[str, Any]) -> str:
+    """How the set is made again byte for byte: the CLI for a recipe, the same call for `segshards.build`."""
+    if manifest["recipe"] == FUNCTION_RECIPE:
+        function = str(manifest.get("config", {}).get("function", "fn")).replace(":", ".")  # module:qualname
+        return (
+            f"Rebuild it byte for byte with `segshards.build({function}, inputs, out, ...)` called again with the "
+            "same inputs (their digest is `inputs_sha256` above), classes, targets and seed."
+        )
+    return "Rebuild it byte for byte with `segshards build` and the same recipe, options, seed and source."
 
 
 def splits_and_classes(manifest: dict[str, Any], schema: SampleSchema) -> list[str]:
