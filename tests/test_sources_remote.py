@@ -16,7 +16,7 @@ from segshards.writer.cli.main import main
 from segshards.writer.errors import ConfigError, StorageError
 from segshards.writer.sources import locations
 from tests.coco_fixtures import write_coco
-from tests.mnist_fixtures import folder_bytes
+from tests.mnist_fixtures import comparable, folder_bytes
 from tests.test_mask_folder import cvat_tree, voc_tree
 
 COCO_COUNTS = ["--train", "4", "--val", "2", "--test", "1", "--jobs", "2"]
@@ -203,3 +203,47 @@ def test_local_locations_keep_plain_paths(tmp_path: Path) -> None:
         == locations.base_name(str(tmp_path / "images"))
     )
     assert locations.is_folder(folder, "--images") and not locations.is_file(folder)
+
+
+def test_dask_workers_read_an_s3_source_themselves(
+    tmp_path: Path, s3_env: str, make_bucket: Any, s3_client: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Source and set both on S3: no worker sees a local file of the source, and the bytes are a local build's."""
+    pytest.importorskip("distributed")
+    from tests.test_dask_backend import Cluster
+
+    write_coco(tmp_path / "src")
+    url = upload_tree(s3_client, make_bucket(), tmp_path / "src")
+    out = make_bucket()
+    remote = ["--annotations", f"{url}/instances.json", "--images", f"{url}/images", *COCO_COUNTS[:-2]]
+    own = Cluster(2, tmp_path)  # started after s3_env exported the AWS settings: workers inherit them
+    try:
+        dask = ["--backend", "dask", "--scheduler", own.address, "--shard-size", "2"]
+        assert main(["build", "coco-semantic", *remote, "--out", f"{out}/set", *dask]) == 0
+    finally:
+        own.close()
+    local = ["--annotations", str(tmp_path / "src/instances.json"), "--images", str(tmp_path / "src/images")]
+    assert (
+        main(
+            [
+                "build",
+                "coco-semantic",
+                *local,
+                *COCO_COUNTS[:-2],
+                "--shard-size",
+                "2",
+                "--out",
+                str(tmp_path / "a"),
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    bucket = out.removeprefix("s3://")
+    listed = s3_client.list_objects_v2(Bucket=bucket, Prefix="set/")["Contents"]
+    objects = {
+        o["Key"].removeprefix("set/"): s3_client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+        for o in listed
+    }
+    built = comparable({k: v for k, v in objects.items() if k != "build-log.json"}, f"{out}/set")
+    assert sum(k.endswith(".tar") for k in built) >= 3 and built == folder_bytes(tmp_path / "a")

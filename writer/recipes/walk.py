@@ -12,6 +12,7 @@ import contextlib
 import functools
 import itertools
 import mmap
+import multiprocessing
 import os
 import pickle
 import time
@@ -80,7 +81,9 @@ def outcomes(
     checked on `jobs - 1` worker processes and in this one, a few runs ahead of the consumer."""
     runs = [order[i : i + run] for i in range(0, len(order), run)]
     work = (work_of(r) for r in runs)
-    workers = jobs - 1
+    # A daemonic process (a dask worker walking the source again for itself) may not start children:
+    # it walks alone, to the same outcomes in the same order.
+    workers = 0 if multiprocessing.current_process().daemon else jobs - 1
     task = functools.partial(checked_runs, check)
     with contextlib.closing(map_in_order(task, work, workers=workers, ahead=WALK_AHEAD * workers)) as found:
         for items, results in zip(runs, found, strict=True):
