@@ -164,22 +164,9 @@ def build(
     """
     split = split_inputs(inputs)
     names = check_classes(classes)
-    if on_error not in ON_ERROR:
-        raise ConfigError(f"on_error {on_error!r}: must be one of {', '.join(ON_ERROR)}")
-    if not callable(fn):
-        raise ConfigError(f"fn: a {type(fn).__name__}, expected a callable")
-    n_jobs = max(jobs or joblib.cpu_count(), 1)
-    if n_jobs > 1 or backend == "dask":
-        check_picklable(fn, split)
+    check_call(fn, split, on_error=on_error, jobs=jobs, backend=backend)
     recipe = FunctionRecipe()
-    options = {
-        "function": qualified_name(fn),
-        "inputs": {s: len(v) for s, v in split.items()},
-        "inputs_sha256": inputs_digest(split),
-        "classes": list(names),
-        "targets": [t if isinstance(t, str) else t.to_json() for t in targets],
-        "on_error": on_error,
-    }
+    options = call_options(fn, split, names, targets, on_error)
     config = BuildConfig(
         recipe=recipe.name,
         out=out if is_remote(out) else Path(out),
@@ -192,14 +179,18 @@ def build(
         scheduler=scheduler,
         progress=progress,
     )
-    store = open_store(config.out)  # an unsupported location fails before any work
-    # Another set there is refused before the walk runs fn over every input (the claim refuses it again).
-    refuse_other_settings(
-        store, config.public(), [n for n in (MANIFEST, MARKER) if store.head(n) is not None]
-    )
+    refuse_another_set(config)
     scratch = scratch_folder(backend)
     spec = FunctionSpec(
-        fn, split, names, tuple(targets), on_error, n_jobs, scratch, uuid.uuid4().hex, options
+        fn,
+        split,
+        names,
+        tuple(targets),
+        on_error,
+        max(jobs or joblib.cpu_count(), 1),
+        scratch,
+        uuid.uuid4().hex,
+        options,
     )
     try:
         manifest = build_set(recipe, spec, config)
@@ -208,6 +199,45 @@ def build(
         forget(spec)
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def call_options(
+    fn: Callable[[Any], Any],
+    split: dict[str, Sequence[Any]],
+    names: Sequence[str],
+    targets: Sequence[str | Target],
+    on_error: str,
+) -> dict[str, Any]:
+    """What the manifest records of the call: the function's name, the inputs' counts and digest, the rules."""
+    return {
+        "function": qualified_name(fn),
+        "inputs": {s: len(v) for s, v in split.items()},
+        "inputs_sha256": inputs_digest(split),
+        "classes": list(names),
+        "targets": [t if isinstance(t, str) else t.to_json() for t in targets],
+        "on_error": on_error,
+    }
+
+
+def refuse_another_set(config: BuildConfig) -> None:
+    """Another set at the output is refused before the walk runs fn over every input (the build's claim
+    refuses it again); an unsupported location fails here too, before any work."""
+    store = open_store(config.out)
+    refuse_other_settings(
+        store, config.public(), [n for n in (MANIFEST, MARKER) if store.head(n) is not None]
+    )
+
+
+def check_call(
+    fn: Callable[[Any], Any], split: dict[str, Sequence[Any]], *, on_error: str, jobs: int, backend: str
+) -> None:
+    """The call's own arguments, checked before anything is read or written."""
+    if on_error not in ON_ERROR:
+        raise ConfigError(f"on_error {on_error!r}: must be one of {', '.join(ON_ERROR)}")
+    if not callable(fn):
+        raise ConfigError(f"fn: a {type(fn).__name__}, expected a callable")
+    if max(jobs or joblib.cpu_count(), 1) > 1 or backend == "dask":
+        check_picklable(fn, split)
 
 
 def result_of(manifest: dict[str, Any], spec: FunctionSpec, config: BuildConfig) -> BuildResult:
