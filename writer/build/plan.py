@@ -6,12 +6,12 @@ from typing import Any
 
 import numpy as np
 
+from segshards.writer.build.shards import ShardTask
 from segshards.writer.errors import SupplyError
 from segshards.writer.format.keys import accept
 from segshards.writer.format.manifest import SPLITS
 from segshards.writer.recipes.contract import Recipe
 from segshards.writer.recipes.registry import recipe_ref
-from segshards.writer.build.shards import ShardTask
 
 SPLIT_IDS = {name: i for i, name in enumerate(SPLITS)}
 ATTEMPTS_PER_SAMPLE = 20  # give up on a split after this many candidates per requested sample

@@ -160,5 +160,3 @@ def run_with_parent(tasks: Iterable["ShardTask"], runner: Runner, *, workers: in
     finally:
         feed.stop()
         thread.join()
-
-
