@@ -2,13 +2,8 @@
 built from real photographs (a folder, s3:// and http://), the JSON and the sheet, `--fail-on`, exact mode
 for MNIST, and bad input: one line and exit 2, unreadable samples counted."""
 
-import contextlib
-import functools
-import http.server
 import json
 import shutil
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +14,7 @@ import pytest
 from bench.derived_photos import KINDS, coco_tiny_images, jpeg, originals
 from segshards.writer.cli.main import main
 from segshards.writer.format.tar_reader import iter_samples
+from tests.http_server import serve_folder
 from tests.mnist_fixtures import SMALL, build_once, error_lines
 from tests.moto_fixture import S3, s3_fixture  # noqa: F401  (fixture)
 
@@ -161,33 +157,12 @@ def test_fail_on_exits_0_when_that_kind_is_absent(
     assert "near-duplicate groups: 1 (2 images)" in out  # the crop; the leaks' other sides are not read
 
 
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def serving(folder: Path) -> Iterator[str]:
-    """An HTTP server on loopback serving `folder`; its URL while inside; always stopped."""
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(folder))
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
 def test_a_set_over_http_against_one_on_s3(
     two_sets: tuple[Path, Path], s3: S3, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     assert main(["publish", str(two_sets[1]), s3.url("sets/b")]) == 0
     capsys.readouterr()
-    with serving(two_sets[0]) as url:
+    with serve_folder(two_sets[0]) as url:
         audit(
             capsys,
             url,

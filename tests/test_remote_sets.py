@@ -5,25 +5,17 @@ import datetime
 import ipaddress
 import shutil
 import ssl
-import threading
 from collections.abc import Iterator
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from segshards.writer.cli.main import main
+from tests.http_server import serve_folder
 from tests.mnist_fixtures import SMALL, build_once, error_lines
 from tests.moto_fixture import S3, s3_fixture  # noqa: F401  (fixture)
 
 WEB_NOTE = " (over http(s) only the files the manifest lists are read: a web server lists no folder)"
-
-
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
-        pass
 
 
 @pytest.fixture
@@ -39,15 +31,8 @@ def grid(
 @pytest.fixture
 def served(grid: Path) -> Iterator[str]:
     """The set's folder served over http on loopback; yields its URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietHandler, directory=str(grid)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serve_folder(grid) as url:
+        yield url + "/"
 
 
 @pytest.fixture
@@ -56,18 +41,10 @@ def served_tls(grid: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
     processes trust (SSL_CERT_FILE); yields its URL."""
     cert, key = self_signed(tmp_path)
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietHandler, directory=str(grid)))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"https://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serve_folder(grid, tls=context) as url:
+        yield url
 
 
 def self_signed(folder: Path) -> tuple[Path, Path]:

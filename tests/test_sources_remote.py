@@ -2,11 +2,6 @@
 files on disk; a missing object, refused credentials, an unreachable endpoint or an https folder that would
 need listing: one line naming the URL."""
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +11,7 @@ from segshards.writer.cli.main import main
 from segshards.writer.errors import ConfigError, StorageError
 from segshards.writer.sources import locations
 from tests.coco_fixtures import write_coco
+from tests.http_server import serve_folder
 from tests.mnist_fixtures import comparable, folder_bytes
 from tests.test_mask_folder import cvat_tree, voc_tree
 
@@ -29,25 +25,6 @@ def upload_tree(s3_client: Any, bucket_url: str, root: Path) -> str:
         if path.is_file():
             s3_client.upload_file(str(path), bucket, f"src/{path.relative_to(root).as_posix()}")
     return f"{bucket_url}/src"
-
-
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
-        pass
-
-
-@contextmanager
-def served(folder: Path) -> Iterator[str]:
-    """`folder` served over HTTP on loopback; yields its URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietHandler, directory=str(folder)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def one_line_error(capsys: pytest.CaptureFixture[str], args: list[str]) -> str:
@@ -138,7 +115,7 @@ def test_https_files_named_by_the_source_are_read_as_on_disk(tmp_path: Path) -> 
         )
         == 0
     )
-    with served(tmp_path) as url:
+    with serve_folder(tmp_path) as url:
         remote = ["--annotations", f"{url}/coco/instances.json", "--images", f"{url}/coco/images"]
         assert main(["build", "coco-semantic", *remote, "--out", str(tmp_path / "b"), *COCO_COUNTS]) == 0
         listed = ["--split-lists", f"{url}/voc/{lists}"]
