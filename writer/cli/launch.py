@@ -6,6 +6,7 @@ as far as needed to know whether workers will be wanted; the real parser checks 
 """
 
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -56,6 +57,7 @@ def early_workers(argv: Sequence[str]) -> None:
 
 def run() -> None:
     """Console-script entry point. Ctrl-C at any moment, the imports included, is one line and exit 130."""
+    interrupts = watch_interrupts()
     try:
         early_workers(sys.argv[1:])
         from segshards.writer.cli.main import main  # after the workers start: it imports OpenCV and NumPy
@@ -64,10 +66,29 @@ def run() -> None:
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)
         status = 130
+    except ImportError:
+        if not interrupts:
+            raise
+        # Ctrl-C inside a C extension's own import (NumPy's import of datetime) comes out as an ImportError.
+        print(INTERRUPTED, file=sys.stderr)
+        status = 130
     except BrokenPipeError:  # the reader left (`segshards info --json SET | head`): no traceback
         quiet_stdout()
         status = 1
     sys.exit(status)
+
+
+def watch_interrupts() -> list[int]:
+    """SIGINT raises KeyboardInterrupt as by default, and is also noted in the list returned, so an
+    interrupt that an import turned into another error is still known for what it was."""
+    seen: list[int] = []
+
+    def interrupted(signum: int, frame: object) -> None:
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupted)
+    return seen
 
 
 def quiet_stdout() -> None:
