@@ -69,7 +69,8 @@ def shard_digests(work: Path, case: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_every_shard_is_byte_identical_to_the_recorded_build(case: str, tmp_path: Path) -> None:
-    if case == "coco-tiny" and COCO_TINY_ROOT is None:
+    if case in ("coco-tiny", "mask-folder-voc") and COCO_TINY_ROOT is None:
+        # mask-folder's fixture crops the coco-tiny photographs (synthetic ones without them: other bytes)
         pytest.skip("shared/data/coco-tiny is not beside the checkout")
     expected = json.loads(GOLDEN.read_text())[case]
     assert shard_digests(tmp_path, case) == expected
