@@ -29,7 +29,7 @@ import numpy as np
 
 from segshards.loaders.augment import Augmenting, decode_denominator, draw, paste_augmented
 from segshards.writer.errors import ShardFormatError
-from segshards.writer.format.images import decode_image, quiet_stderr
+from segshards.writer.format.images import cv2_decode, decode_image
 from segshards.writer.format.keys import is_key, pixel_key
 from segshards.writer.format.limits import DecodeLimits, check_image
 from segshards.writer.format.sample import Layout, image_member, parse_meta
@@ -127,15 +127,7 @@ def read_photo(
 
 def decode_jpeg(payload: bytes, flag: int, where: str) -> np.ndarray:
     """BGR pixels of a JPEG at the scale `flag` asks for, or one ShardFormatError naming `where`."""
-    try:
-        with quiet_stderr():
-            array = cv2.imdecode(np.frombuffer(payload, np.uint8), flag)
-    except cv2.error as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "cv2.error"
-        raise ShardFormatError(f"{where}: undecodable jpg image ({reason})") from None
-    if array is None:
-        raise ShardFormatError(f"{where}: undecodable jpg image")
-    return array
+    return cv2_decode(payload, flag, "jpg", where)
 
 
 def paste(image: np.ndarray, mask: np.ndarray, out_image: np.ndarray, out_mask: np.ndarray, box: Box) -> None:

@@ -104,6 +104,12 @@ def decode_image(payload: bytes, ext: str, where: str, limits: DecodeLimits | No
         if pixels is not None:
             return pixels
     flag = cv2.IMREAD_COLOR if header.kind == "jpeg" else cv2.IMREAD_UNCHANGED
+    return cv2_decode(payload, flag, ext, where)
+
+
+def cv2_decode(payload: bytes, flag: int, ext: str, where: str) -> np.ndarray:
+    """OpenCV's decode of checked bytes with `flag` (a scale, a colour mode), its stderr kept quiet, or one
+    ShardFormatError naming `where` (limits are the caller's: checked from the header before this)."""
     try:
         with quiet_stderr():
             array = cv2.imdecode(np.frombuffer(payload, np.uint8), flag)
