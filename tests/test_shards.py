@@ -5,6 +5,7 @@ import platform
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,14 @@ class StoredStub(Stub):
         return Rendered(NO_PIXELS, mask, {}, image_bytes=encode_png(self.image(spec, item)))
 
 
+class VouchedStub(StoredStub):
+    """Also names the stored bytes' pixel key, as a photograph recipe whose walk decoded them does."""
+
+    def render(self, spec: int, item: np.ndarray) -> Rendered:
+        sample = super().render(spec, item)
+        return replace(sample, bytes_key=pixel_key(self.image(spec, item)))
+
+
 NO_PIXELS = np.zeros((0, 0), np.uint8)
 
 
@@ -97,7 +106,7 @@ def task(tmp_path: Path, recipe: type[Stub], spec: int, planned_from: int = 0) -
     return ShardTask(f"{__name__}:{recipe.__qualname__}", spec, str(tmp_path), "train", 3, items, keys)
 
 
-@pytest.mark.parametrize("recipe", [Stub, StoredStub])
+@pytest.mark.parametrize("recipe", [Stub, StoredStub, VouchedStub])
 def test_each_rendered_key_is_checked_against_the_plan(tmp_path: Path, recipe: type[Stub]) -> None:
     result = render_shard(task(tmp_path, recipe, 0))
     assert result.count == 2 and (tmp_path / "train-000003.tar").is_file()
@@ -112,6 +121,19 @@ def test_each_rendered_key_is_checked_against_the_plan(tmp_path: Path, recipe: t
         render_shard(drifted)
     assert str(info.value) == message
     assert list(tmp_path.iterdir()) == []  # the shard was never published
+
+
+def test_a_vouched_key_spares_the_stored_image_a_second_decode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_decode(*args: Any) -> np.ndarray:
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr("segshards.writer.build.shards.decode_image", no_decode)
+    assert render_shard(task(tmp_path, VouchedStub, 0)).count == 2
+    (tmp_path / "train-000003.tar").unlink()
+    with pytest.raises(AssertionError, match="decoded again"):
+        render_shard(task(tmp_path, StoredStub, 0))
 
 
 def test_the_key_check_survives_python_optimise(tmp_path: Path) -> None:

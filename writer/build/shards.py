@@ -101,22 +101,27 @@ def checked_key(sample: Rendered, task: ShardTask, index: int) -> str:
     Determinism is what makes a plan, resumed builds and dedup hold: a recipe that renders another image
     than it planned (a random draw outside the seeded generator, a source file changed since) fails here,
     with one line naming shard and sample. An image stored as given (`image_bytes`, e.g. a photograph's
-    file; `planned_keys` recipes) is decoded by the format's own decoder to be hashed.
+    file; `planned_keys` recipes) is decoded by the format's own decoder to be hashed, unless the recipe
+    vouches for its key (`bytes_key`: its walk decoded those bytes, proven the same by their digest).
     """
     planned = task.keys[index]
     where = f"{Path(task.out_dir) / task.name}: sample {index} ({planned})"
-    pixels = sample.image
-    if sample.image_bytes is not None:
-        try:
-            pixels = decode_image(sample.image_bytes, sample.image_ext, where)
-        except ShardFormatError as exc:
-            raise PlanError(f"{exc}; the recipe stored an image it cannot have planned") from None
-    key = pixel_key(pixels)
+    key = sample.bytes_key or stored_key(sample, where)
     if key != planned:
         raise PlanError(
             f"{where}: rendered image has key {key}, not the planned one (is {task.recipe} deterministic?)"
         )
     return key
+
+
+def stored_key(sample: Rendered, where: str) -> str:
+    """The pixel key of what the sample stores: its pixels, or its image bytes decoded."""
+    if sample.image_bytes is None:
+        return pixel_key(sample.image)
+    try:
+        return pixel_key(decode_image(sample.image_bytes, sample.image_ext, where))
+    except ShardFormatError as exc:
+        raise PlanError(f"{exc}; the recipe stored an image it cannot have planned") from None
 
 
 def render_shard(task: ShardTask) -> ShardResult:

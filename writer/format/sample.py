@@ -20,6 +20,8 @@ class Rendered:
     """One rendered sample: image (H, W[, 3]) uint8, mask (H, W) uint8 class indices, JSON metadata.
 
     `image_bytes`, when set, is stored as it is (e.g. an original JPEG) instead of a PNG of `image`.
+    `bytes_key`, when set, is the pixel key of `image_bytes` that the recipe already knows: its walk
+    decoded these very bytes (their file digest proves it), so the writer need not decode them again.
     """
 
     image: np.ndarray
@@ -27,6 +29,7 @@ class Rendered:
     meta: dict[str, Any]
     image_ext: str = "png"
     image_bytes: bytes | None = None
+    bytes_key: str | None = None
 
 
 def sample_members(sample: Rendered, key: str | None = None) -> tuple[str, list[tuple[str, bytes]]]:

@@ -391,7 +391,7 @@ class CocoSemanticRecipe(RecipeBase):
                 if c.class_id in present
             ],
         }
-        return Rendered(image=NO_PIXELS, mask=mask, meta=meta, image_ext="jpg", image_bytes=data)
+        return Rendered(NO_PIXELS, mask, meta, "jpg", data, bytes_key=seen.key.hex())
 
     def labels(self, meta: dict[str, Any]) -> list[int]:
         return [int(c["class"]) for c in meta["categories"]]

@@ -215,7 +215,7 @@ class MaskFolderRecipe(RecipeBase):
             "classes": list(present(mask)),
             "unmatched_pixels": unmatched,
         }
-        return Rendered(image=NO_PIXELS, mask=mask, meta=meta, image_ext=facts.ext, image_bytes=data)
+        return Rendered(NO_PIXELS, mask, meta, facts.ext, data, bytes_key=checked.key.hex())
 
     def labels(self, meta: dict[str, Any]) -> list[int]:
         return [int(c) for c in meta["classes"]]
