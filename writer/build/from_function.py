@@ -22,6 +22,7 @@ from joblib.externals.loky.backend.reduction import dumps as worker_dumps
 
 from segshards.writer.build.job import BuildConfig, refuse_other_settings
 from segshards.writer.build.job import build as build_set
+from segshards.writer.build.near_dup_codes import check_mode
 from segshards.writer.errors import ConfigError
 from segshards.writer.format.manifest import MANIFEST, MARKER, SPLITS
 from segshards.writer.format.schema import IGNORE, Target
@@ -153,6 +154,7 @@ def build(
     backend: str = "loky",
     scheduler: str | None = None,
     progress: bool | None = False,
+    near_duplicates: str | None = None,
 ) -> BuildResult:
     """Build a segshards set at `out` (a folder or s3:// URL) with one sample per input: `fn(input)`.
 
@@ -160,11 +162,13 @@ def build(
     "meta": JSON dict (optional), "image_bytes": a JPEG/PNG stored as it is (optional)}, or None to skip
     the input. `inputs`: split -> sequence, or one sequence (train). `targets` names meta fields the
     loaders turn into batch tensors. `on_error="skip"` leaves out inputs whose fn raises, counted per
-    exception type. A second call with the same arguments reuses the complete shards of a crashed one.
+    exception type. `near_duplicates`: "off", "report" (the default for colour images: counts in the
+    manifest) or "reject" (leave out images near one already chosen). A second call with the same arguments reuses the complete shards of a crashed one.
     """
     split = split_inputs(inputs)
     names = check_classes(classes)
     check_call(fn, split, on_error=on_error, jobs=jobs, backend=backend)
+    check_mode(near_duplicates, "near_duplicates")
     recipe = FunctionRecipe()
     options = call_options(fn, split, names, targets, on_error)
     config = BuildConfig(
@@ -178,6 +182,7 @@ def build(
         options=options,
         scheduler=scheduler,
         progress=progress,
+        near_duplicates=near_duplicates,
     )
     refuse_another_set(config)
     scratch = scratch_folder(backend)

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Collection, Generator, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,9 @@ from tqdm import tqdm
 from segshards.writer import __version__
 from segshards.writer.build.checks import check_supply, settings_diff
 from segshards.writer.build.dask_backend import check_scheduler, run_on_dask
+from segshards.writer.build.near_dup_codes import check_mode, resolved_mode
+from segshards.writer.build.near_dup_plan import NearFilter
+from segshards.writer.build.near_dup_plan import record as record_near_duplicates
 from segshards.writer.build.plan import SplitPlan, plan_tasks
 from segshards.writer.build.pool import run_with_parent, start_build_workers
 from segshards.writer.build.remote import run_remote_task
@@ -38,6 +41,7 @@ from segshards.writer.format.manifest import (
 from segshards.writer.format.schema import SampleSchema
 from segshards.writer.format.wids_index import write_indexes
 from segshards.writer.recipes.contract import Recipe, SourceInfo
+from segshards.writer.recipes.registry import recipe_ref
 from segshards.writer.share.card import CARD, render_card
 from segshards.writer.storage.lock import LOCK
 from segshards.writer.storage.store import Store, is_remote, open_store
@@ -59,15 +63,20 @@ class BuildConfig:
     options: dict[str, Any]  # recipe options as recorded in the manifest
     scheduler: str | None = None  # dask scheduler address, for backend "dask"
     progress: bool | None = None  # progress bar on stderr; None: only when stderr is a terminal
+    near_duplicates: str | None = None  # off, report, reject; None: the schema's default (`resolved_mode`)
 
     def public(self) -> dict[str, Any]:
         counts = {s: ("all" if n is None else n) for s, n in self.counts.items()}
+        # `reject` changes which samples are chosen, so it is a setting of the set; the other modes only
+        # add counts to the manifest (and leave the recorded settings of earlier sets as they were).
+        rejecting = {"near_duplicates": "reject"} if self.near_duplicates == "reject" else {}
         return {
             "recipe": self.recipe,
             "seed": self.seed,
             "shard_size": self.shard_size,
             "counts": counts,
             **self.options,
+            **rejecting,
         }
 
 
@@ -88,6 +97,7 @@ def validate(config: BuildConfig) -> None:
         check_scheduler(config.scheduler)
     elif config.scheduler is not None:
         raise ConfigError(f"--scheduler {config.scheduler}: only used with --backend dask")
+    check_mode(config.near_duplicates)
     open_store(config.out)  # refuses unsupported URL schemes and malformed bucket names
 
 
@@ -165,16 +175,16 @@ def split_summary(plan: SplitPlan, results: list[ShardResult]) -> dict[str, Any]
     """The manifest entry of one split."""
     pixels: dict[str, int] = {}
     labels: dict[str, int] = {}
+    images: dict[str, int] = {}
     for r in results:
-        for cls, n in r.pixels.items():
-            pixels[str(cls)] = pixels.get(str(cls), 0) + n
-        for cls, n in r.labels.items():
-            labels[str(cls)] = labels.get(str(cls), 0) + n
+        for part, counts in ((pixels, r.pixels), (labels, r.labels), (images, r.images)):
+            for cls, n in counts.items():
+                part[str(cls)] = part.get(str(cls), 0) + n
     return {
         "count": sum(r.count for r in results),
         "shards": [r.entry() for r in results],
         "duplicates_rejected": plan.rejected,
-        "class_histogram": {"pixels": pixels, "labels": labels},
+        "class_histogram": {"pixels": pixels, "labels": labels, "images": images},
     }
 
 
@@ -258,11 +268,13 @@ def render_all(
     *,
     task_spec: Any,
     present: frozenset[str] = frozenset(),
+    near: NearFilter | None = None,
 ) -> list[ShardResult]:
     """Plan and render every shard with a progress bar; results in completion order.
 
     Planning runs lazily in this process while workers render the shards already planned; `plans`
-    receives each split's account and `handed_out` the name of every shard task given to a worker.
+    receives each split's account and `handed_out` the name of every shard task given to a worker;
+    `near` is the planner's near-duplicate check (`--near-duplicates reject`).
     """
     out_dir, runner = task_runner(config, present)
     planned = plan_tasks(
@@ -274,12 +286,13 @@ def render_all(
         task_spec=task_spec,
         out_dir=out_dir,
         plans=plans,
+        near=near,
     )
 
     def tracked() -> Iterator[ShardTask]:
         for task in planned:
             handed_out.append(task.name)
-            yield task
+            yield replace(task, codes=True) if config.near_duplicates == "report" else task
 
     counts = list(config.counts.values())
     total = None if None in counts else sum(n for n in counts if n is not None)
@@ -353,6 +366,7 @@ def build_claimed(recipe: Recipe, spec: Any, config: BuildConfig) -> dict[str, A
     try:
         info = recipe.describe(spec)  # validates source checksums before any work
         schema = recipe.schema(spec)
+        config = replace(config, near_duplicates=resolved_mode(config.near_duplicates, schema))
         check_supply(recipe, spec, config.counts)
         store, present = claim(config)
         work = work_folder(config)
@@ -363,8 +377,11 @@ def build_claimed(recipe: Recipe, spec: Any, config: BuildConfig) -> dict[str, A
         raise
     plans: list[SplitPlan] = []
     handed_out: list[str] = []
+    near = near_filter(recipe, task_spec, config)
     try:
-        results = render_all(recipe, spec, config, plans, handed_out, task_spec=task_spec, present=present)
+        results = render_all(
+            recipe, spec, config, plans, handed_out, task_spec=task_spec, present=present, near=near
+        )
     except SupplyError:
         discard(store, handed_out)  # the request cannot be met: leave nothing of this build visible
         raise
@@ -375,6 +392,7 @@ def build_claimed(recipe: Recipe, spec: Any, config: BuildConfig) -> dict[str, A
     order = {s: i for i, s in enumerate(SPLITS)}
     results.sort(key=lambda r: (order.get(r.split, len(order)), r.split, r.index))
     manifest = make_manifest(recipe, info, schema, config, plans, results)
+    record_near_duplicates(manifest, config.near_duplicates or "off", results, near)
     write_indexes(store.write, manifest)  # one wids index per split, listed in the manifest
     data = dumps(manifest)
     card = render_card(manifest, data, location=store.url)
@@ -383,6 +401,15 @@ def build_claimed(recipe: Recipe, spec: Any, config: BuildConfig) -> dict[str, A
     store.delete(MARKER)
     write_run_log(config, store, results, time.perf_counter() - started)
     return manifest
+
+
+def near_filter(recipe: Recipe, task_spec: Any, config: BuildConfig) -> NearFilter | None:
+    """The planner's check under `--near-duplicates reject`, rendering candidates on the build's own
+    worker processes (none with threads, whose spec need not pickle)."""
+    if config.near_duplicates != "reject":
+        return None
+    workers = 0 if config.backend == "threading" else (config.jobs or joblib.cpu_count()) - 1
+    return NearFilter(recipe_ref(recipe), task_spec, workers=workers)
 
 
 def write_run_log(config: BuildConfig, store: Store, results: list[ShardResult], elapsed: float) -> None:

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from segshards.writer.build.near_dup_plan import NearFilter
 from segshards.writer.build.shards import ShardTask
 from segshards.writer.errors import SupplyError
 from segshards.writer.format.keys import accept
@@ -40,6 +41,7 @@ def plan_split(
     seen: set[bytes],
     chunk: int,
     plan: SplitPlan,
+    near: NearFilter | None = None,
 ) -> Iterator[tuple[np.ndarray, list[str]]]:
     """Accept candidates whose image digest is new to `seen` until `count` (None: all the source has).
 
@@ -52,9 +54,14 @@ def plan_split(
     attempts = 0
     limit = None if count is None else ATTEMPTS_PER_SAMPLE * count + 10_000
     batches = recipe.candidates(spec, split, split_rng(seed, split)) if count != 0 else iter(())
+    if near is not None:  # `--near-duplicates reject`: its own check after the exact one
+        batches = near.pieces(batches)
     for batch in batches:
         need = None if count is None else count - plan.count
-        accepted, rejected = accept(batch.digests, seen, need)
+        if near is None:
+            accepted, rejected = accept(batch.digests, seen, need)
+        else:
+            accepted, rejected = near.accept(batch, seen, need, split)
         plan.count, plan.rejected = plan.count + len(accepted), plan.rejected + rejected
         items.append(batch.items[accepted])
         keys.extend(batch.digests[i].hex() for i in accepted)
@@ -83,6 +90,7 @@ def plan_tasks(
     task_spec: Any,
     out_dir: str,
     plans: list[SplitPlan],
+    near: NearFilter | None = None,
 ) -> Iterator[ShardTask]:
     """Plan every split in fixed order with one global dedup index, yielding each shard's task as soon as
     its samples are chosen; `plans` receives each split's account. `task_spec` is what workers load."""
@@ -90,7 +98,9 @@ def plan_tasks(
     for split in SPLITS:
         plan = SplitPlan(split)
         plans.append(plan)
-        chunks = plan_split(recipe, spec, counts[split], seed=seed, seen=seen, chunk=shard_size, plan=plan)
+        chunks = plan_split(
+            recipe, spec, counts[split], seed=seed, seen=seen, chunk=shard_size, plan=plan, near=near
+        )
         for index, (items, keys) in enumerate(chunks):
             yield ShardTask(recipe_ref(recipe), task_spec, out_dir, split, index, items, tuple(keys))
 

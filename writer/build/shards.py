@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from segshards.writer.build.near_dup_codes import NO_CODES, sample_codes, stored_codes
 from segshards.writer.errors import PlanError, ShardFormatError
 from segshards.writer.format.images import decode_image
 from segshards.writer.format.keys import pixel_key
@@ -42,6 +43,7 @@ class ShardTask:
     index: int
     items: np.ndarray  # (n, k) source record indices, in sample order
     keys: tuple[str, ...]  # the planned key of each sample
+    codes: bool = False  # compute each sample's near-duplicate codes (`--near-duplicates report`)
 
     @property
     def name(self) -> str:
@@ -61,7 +63,9 @@ class ShardResult:
     keys: list[str]
     pixels: dict[int, int] = field(default_factory=dict)
     labels: dict[int, int] = field(default_factory=dict)
+    images: dict[int, int] = field(default_factory=dict)  # class -> samples whose mask holds it
     reused: bool = False
+    codes: np.ndarray | None = None  # (count, 2, 6) near-duplicate codes in sample order, when asked
 
     def entry(self) -> dict[str, Any]:
         return {"name": self.name, "count": self.count, "bytes": self.bytes, "sha256": self.sha256}
@@ -70,15 +74,20 @@ class ShardResult:
 def add_stats(result: ShardResult, masks: Iterable[np.ndarray], labels: list[int]) -> None:
     """Accumulate per-class pixel counts of `masks` and the counts of `labels` into `result`."""
     counts = np.zeros(256, np.int64)
+    holding = np.zeros(256, np.int64)
     for mask in masks:
-        counts += class_counts(mask)
-    add_counts(result, counts, labels)
+        found = class_counts(mask)
+        counts += found
+        holding += found > 0
+    add_counts(result, counts, labels, holding)
 
 
-def add_counts(result: ShardResult, counts: np.ndarray, labels: list[int]) -> None:
-    """Accumulate a (256,) pixel count per class and a list of labels into `result`."""
+def add_counts(result: ShardResult, counts: np.ndarray, labels: list[int], holding: np.ndarray) -> None:
+    """Accumulate a (256,) pixel count per class, a list of labels and a (256,) count of masks holding
+    each class into `result`."""
     for cls in np.flatnonzero(counts):
         result.pixels[int(cls)] = result.pixels.get(int(cls), 0) + int(counts[cls])
+        result.images[int(cls)] = result.images.get(int(cls), 0) + int(holding[cls])
     for label in labels:
         result.labels[label] = result.labels.get(label, 0) + 1
 
@@ -129,21 +138,32 @@ def render_shard(task: ShardTask) -> ShardResult:
     recipe = load_ref(task.recipe)
     result = ShardResult(task.split, task.index, task.name, 0, 0, "", [])
     counts = np.zeros(256, np.int64)
+    holding = np.zeros(256, np.int64)
     labels: list[int] = []
+    codes: list[np.ndarray] = []
     with atomic_stream(Path(task.out_dir) / task.name) as out:
         tar = TarWriter(out)
         for i, sample in enumerate(render_samples(recipe, task)):
             key, parts = sample_members(sample, checked_key(sample, task, i))
             for name, payload in parts:
                 tar.add(name, payload)
-            counts += class_counts(sample.mask)
+            found = class_counts(sample.mask)
+            counts += found
+            holding += found > 0
             labels.extend(recipe.labels(sample.meta))
+            if task.codes:
+                codes.append(sample_codes(sample, f"{Path(task.out_dir) / task.name}: sample {i} ({key})"))
         tar.close()
         out.flush()
         result.bytes, result.sha256 = out.raw.size, out.raw.sha256.hexdigest()
-    add_counts(result, counts, labels)
+    add_counts(result, counts, labels, holding)
     result.count = len(task.items)
+    result.codes = stacked(codes) if task.codes else None
     return result
+
+
+def stacked(codes: list[np.ndarray]) -> np.ndarray:
+    return np.stack(codes) if codes else NO_CODES
 
 
 def scan_shard(task: ShardTask, path: Path) -> ShardResult:
@@ -155,13 +175,18 @@ def scan_shard(task: ShardTask, path: Path) -> ShardResult:
     )
     masks: list[np.ndarray] = []
     labels: list[int] = []
+    codes: list[np.ndarray] = []
     for sample in iter_samples(io.BytesIO(data), str(path)):
         stored = read_sample(sample, Layout(None), str(path))  # a damaged leftover is rendered again
         masks.append(stored.mask)
         labels.extend(recipe.labels(stored.meta))
         result.keys.append(stored.key)
+        if task.codes:
+            ext = stored.image_ext
+            codes.append(stored_codes(sample[ext], ext, stored.image, f"{path}:{stored.key}"))
     add_stats(result, masks, labels)
     result.count = len(result.keys)
+    result.codes = stacked(codes) if task.codes else None
     result.reused = True
     return result
 

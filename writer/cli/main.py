@@ -14,6 +14,7 @@ from typing import Any
 from segshards.writer import __version__
 from segshards.writer.build.checks import check_supply
 from segshards.writer.build.job import BACKENDS, BuildConfig, build
+from segshards.writer.build.near_dup_codes import MODES as NEAR_MODES
 from segshards.writer.cli.jobs import INTERRUPTED, capped_jobs
 from segshards.writer.cli.suggest import check_recipe, parse_with_hints
 from segshards.writer.errors import SegshardsError, StorageError
@@ -103,6 +104,15 @@ def add_build_parser(sub: Any, recipe_name: str | None, *, list_recipes: bool) -
     b.add_argument("--backend", default="loky", choices=BACKENDS, help="joblib backend (default: loky)")
     b.add_argument(
         "--scheduler", default=None, metavar="tcp://HOST:PORT", help="dask scheduler (with --backend dask)"
+    )
+    b.add_argument(
+        "--near-duplicates",
+        choices=NEAR_MODES,
+        default=None,
+        help="perceptual near-duplicates (re-encoded, resized, cropped copies): off; report (count them per "
+        "split and across splits in the manifest and the card, choosing the same samples as off); reject "
+        "(leave out any near an image already chosen, the first in the seeded order winning, in every "
+        "split) (default: report for colour images, off for grey ones such as MNIST)",
     )
     if recipe is not None:
         recipe.add_options(b)
@@ -196,6 +206,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         options=recipe.spec_config(args),
         scheduler=args.scheduler,
         progress=args.progress,
+        near_duplicates=args.near_duplicates,
     )
     try:
         # The recipe sees --jobs as capped: a walk on its own processes (coco-semantic) uses the same pool.

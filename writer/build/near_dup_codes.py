@@ -1,0 +1,178 @@
+"""Near-duplicates at build time: the `--near-duplicates` modes, the perceptual codes of a rendered or a
+stored sample (the very codes `segshards audit` computes from the shard), and an index of accepted codes
+that grows one candidate batch at a time.
+
+The codes and the distance are `segshards.writer.share.near_duplicates`' (a pHash and a dHash of six views
+per image, 14 bits). The index finds the same candidate pairs as its banded search, in both directions,
+since a new image must be compared with images indexed before it: in each band, the new image's whole
+view within one bit of any view of an accepted image, any of its views within one bit of an accepted
+whole view, and each other view equal to the same view; each candidate is verified with the full distance.
+"""
+
+from typing import Any
+
+import numpy as np
+
+from segshards.writer.errors import ConfigError
+from segshards.writer.format.images import MEMBER_KINDS
+from segshards.writer.format.sample import Rendered
+from segshards.writer.format.schema import SampleSchema
+from segshards.writer.share.near_duplicates import (
+    BAND_BITS,
+    BANDS,
+    FLIPS,
+    PER_WORD,
+    THRESHOLD,
+    VIEWS,
+    image_codes,
+    pair_distance,
+    payload_codes,
+)
+
+MODES = ("off", "report", "reject")
+NO_CODES = np.zeros((0, 2, len(VIEWS)), np.uint64)
+
+
+def check_mode(mode: Any, option: str = "--near-duplicates") -> None:
+    """Refuse a mode that is none of MODES (None: the schema's default), naming the option."""
+    if mode is not None and mode not in MODES:
+        shown = mode if option.startswith("--") else repr(mode)
+        raise ConfigError(f"{option} {shown}: must be one of {', '.join(MODES)}")
+
+
+def resolved_mode(mode: str | None, schema: SampleSchema) -> str:
+    """The mode asked for, or the default: `report` for colour images (photographs), `off` for grey ones,
+    whose renderings (MNIST digits) look alike by nature."""
+    if mode is not None:
+        return mode
+    return "report" if schema.channels >= 3 else "off"
+
+
+def sample_codes(sample: Rendered, where: str) -> np.ndarray:
+    """(2, 6) codes of a rendered sample: of its image bytes as stored (decoded as `audit` decodes them),
+    else of its pixels (which its PNG gives back unchanged)."""
+    if sample.image_bytes is not None:
+        return payload_codes(sample.image_bytes, sample.image_ext, where)
+    return image_codes(sample.image)
+
+
+def stored_codes(payload: bytes, ext: str, pixels: np.ndarray, where: str) -> np.ndarray:
+    """(2, 6) codes of a stored image member whose decoded `pixels` are at hand: a JPEG decoded again at
+    the reduced scale `sample_codes` used, any other image from its pixels."""
+    if MEMBER_KINDS.get(ext) == "jpeg":
+        return payload_codes(payload, ext, where)
+    return image_codes(pixels)
+
+
+def band_values(codes: np.ndarray, band: int) -> np.ndarray:
+    """(N, 6) uint32: the `band`-th BAND_BITS of each view's (pHash, dHash) code, as the audit's index cuts them."""
+    word, index = divmod(band, PER_WORD)
+    mask = np.uint64((1 << BAND_BITS) - 1)
+    return ((codes[:, word, :] >> np.uint64(index * BAND_BITS)) & mask).astype(np.uint32)
+
+
+def lookup(keys: np.ndarray, owners: np.ndarray, probes: np.ndarray, who: np.ndarray) -> np.ndarray:
+    """(prober, owner) pairs of every sorted key equal to a probe; `who[i]` is probe i's prober."""
+    lo = np.searchsorted(keys, probes, "left")
+    hits = np.searchsorted(keys, probes, "right") - lo
+    total = int(hits.sum())
+    if not total:
+        return np.zeros((0, 2), np.int64)
+    offsets = np.arange(total) - np.repeat(np.cumsum(hits) - hits, hits)
+    return np.stack([np.repeat(who, hits), owners[np.repeat(lo, hits) + offsets]], axis=1)
+
+
+class Run:
+    """The banded tables of the accepted images `lo..hi`: per band, every view, the whole view, and each
+    other view tagged with its number, each as sorted values with their images."""
+
+    def __init__(self, codes: np.ndarray, lo: int) -> None:
+        self.lo, self.hi = lo, lo + len(codes)
+        ids = np.arange(self.lo, self.hi)
+        views = len(VIEWS)
+        self.tables: list[list[tuple[np.ndarray, np.ndarray]]] = []
+        for band in range(BANDS):
+            values = band_values(codes, band)
+            tagged = values[:, 1:] + (np.arange(1, views, dtype=np.uint32) << BAND_BITS)
+            parts = [
+                (values, np.repeat(ids, views)),
+                (values[:, 0], ids),
+                (tagged, np.repeat(ids, views - 1)),
+            ]
+            self.tables.append([sorted_table(v.ravel(), o) for v, o in parts])
+
+    def candidates(self, query: np.ndarray) -> np.ndarray:
+        """(query row, accepted image) pairs that share a band value as the module docstring says."""
+        found = []
+        rows = np.arange(len(query))
+        views = len(VIEWS)
+        for band, (every, whole, tagged) in enumerate(self.tables):
+            values = band_values(query, band)
+            probe = (values[:, :1] ^ FLIPS[None, :]).ravel()
+            found.append(lookup(*every, probe, np.repeat(rows, len(FLIPS))))
+            probe = (values[:, :, None] ^ FLIPS[None, None, :]).ravel()
+            found.append(lookup(*whole, probe, np.repeat(rows, views * len(FLIPS))))
+            mine = (values[:, 1:] + (np.arange(1, views, dtype=np.uint32) << BAND_BITS)).ravel()
+            found.append(lookup(*tagged, mine, np.repeat(rows, views - 1)))
+        return np.unique(np.concatenate(found), axis=0)
+
+
+def size(run: Run) -> int:
+    return run.hi - run.lo
+
+
+def sorted_table(values: np.ndarray, owners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(values, kind="stable")
+    return values[order], owners[order]
+
+
+class AcceptedCodes:
+    """The codes of the images accepted so far and their banded index: runs whose sizes shrink from the
+    oldest, a run merged with the one before it (built again from the codes) once that one is no larger,
+    as a binary counter carries: each image is indexed O(log N) times, a lookup searches O(log N) runs."""
+
+    def __init__(self, threshold: int = THRESHOLD) -> None:
+        self.threshold = threshold
+        self.codes = np.zeros((1024, 2, len(VIEWS)), np.uint64)
+        self.count = 0
+        self.runs: list[Run] = []
+
+    def near(self, query: np.ndarray) -> np.ndarray:
+        """Whether each (2, 6) code of `query` is within the threshold of an accepted image."""
+        out = np.zeros(len(query), bool)
+        for run in self.runs:
+            pairs = run.candidates(query)
+            if len(pairs):
+                rows = pairs[:, 0]
+                both = np.concatenate([query[rows], self.codes[pairs[:, 1]]])
+                k = len(rows)
+                close = pair_distance(both, np.arange(k), np.arange(k, 2 * k)) <= self.threshold
+                out[rows[close]] = True
+        return out
+
+    def admit(self, query: np.ndarray) -> np.ndarray:
+        """Which of `query`, taken in order, are near no accepted image and no earlier admitted one of
+        `query` (the first in order wins); the admitted are added."""
+        fresh = ~self.near(query)
+        n = len(query)
+        a, b = np.triu_indices(n, 1)
+        close = np.zeros((n, n), bool)
+        if len(a):
+            close[a, b] = pair_distance(query, a, b) <= self.threshold
+        keep = np.zeros(n, bool)
+        for j in np.flatnonzero(fresh).tolist():
+            keep[j] = not (close[:j, j] & keep[:j]).any()
+        self.add(query[keep])
+        return keep
+
+    def add(self, codes: np.ndarray) -> None:
+        if not len(codes):
+            return
+        while self.count + len(codes) > len(self.codes):
+            self.codes = np.concatenate([self.codes, np.zeros_like(self.codes)])
+        self.codes[self.count : self.count + len(codes)] = codes
+        self.runs.append(Run(codes, self.count))
+        self.count += len(codes)
+        while len(self.runs) > 1 and size(self.runs[-2]) <= size(self.runs[-1]):
+            top, below = self.runs.pop(), self.runs.pop()
+            self.runs.append(Run(self.codes[below.lo : top.hi], below.lo))

@@ -1,0 +1,138 @@
+"""`--near-duplicates` in a build: `reject` while planning (a candidate near an accepted image is left out,
+the first in the seeded order winning), and the counts the manifest records per split.
+
+`reject` needs each candidate's codes before it is chosen: the candidates that pass the exact check are
+rendered once more, in pieces on the build's worker processes (`map_in_order`, results in order), their
+codes checked against those of every image accepted so far (`AcceptedCodes`). The plan depends only on
+those codes, computed in this machine's processes, so it is the same for any `--jobs` and backend.
+`report` changes nothing that is chosen: each shard task computes the codes of the samples it writes, and
+the pairs are grouped once every shard is written.
+"""
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from segshards.writer.build.near_dup_codes import NO_CODES, AcceptedCodes, sample_codes
+from segshards.writer.build.shards import ShardResult
+from segshards.writer.format.keys import accept
+from segshards.writer.process_pool import map_in_order
+from segshards.writer.recipes.contract import Candidates
+from segshards.writer.recipes.registry import load_ref
+from segshards.writer.share.near_duplicates import THRESHOLD, groups, near_pairs
+
+PIECE = 256  # candidates checked at a time: shards are cut (and rendered) while planning goes on
+RENDER_PIECE = 16  # candidates a worker renders for their codes per call
+
+
+@dataclass(frozen=True)
+class CodesTask:
+    """Planned items whose codes a worker computes: small and picklable."""
+
+    recipe: str
+    spec: Any
+    items: np.ndarray
+
+
+def codes_of(task: CodesTask) -> np.ndarray:
+    """(n, 2, 6) codes of the task's items, rendered by their recipe."""
+    recipe = load_ref(task.recipe)
+    found = [
+        sample_codes(s, f"{task.recipe}: item {i}")
+        for i, s in enumerate(recipe.render_batch(task.spec, task.items))
+    ]
+    return np.stack(found) if found else NO_CODES
+
+
+class NearFilter:
+    """The planner's `reject` check: one index of accepted codes across all splits, near-duplicates
+    left out and counted per split."""
+
+    def __init__(self, recipe: str, spec: Any, *, workers: int, threshold: int = THRESHOLD) -> None:
+        self.recipe, self.spec, self.workers = recipe, spec, workers
+        self.accepted = AcceptedCodes(threshold)
+        self.rejected: dict[str, int] = {}
+
+    def pieces(self, batches: Iterable[Candidates]) -> Iterator[Candidates]:
+        """The recipe's candidate batches in pieces of at most PIECE, in order."""
+        for batch in batches:
+            for start in range(0, len(batch.digests), PIECE):
+                yield Candidates(batch.items[start : start + PIECE], batch.digests[start : start + PIECE])
+
+    def accept(
+        self, batch: Candidates, seen: set[bytes], need: int | None, split: str
+    ) -> tuple[list[int], int]:
+        """`keys.accept` followed by the near-duplicate check: indices of the batch's candidates kept, at
+        most `need`, and how many were exact duplicates. Until `need` is met, candidates after a near-
+        duplicate are examined in their turn."""
+        kept: list[int] = []
+        exact = 0
+        start = 0
+        while start < len(batch.digests) and (need is None or len(kept) < need):
+            want = None if need is None else need - len(kept)
+            found, rejected = accept(batch.digests[start:], seen, want)
+            exact += rejected
+            chosen = [start + i for i in found]
+            start = chosen[-1] + 1 if want is not None and len(found) == want else len(batch.digests)
+            if chosen:
+                keep = self.accepted.admit(self.codes(batch.items[chosen]))
+                kept.extend(i for i, k in zip(chosen, keep.tolist(), strict=True) if k)
+                self.rejected[split] = self.rejected.get(split, 0) + int((~keep).sum())
+        return kept, exact
+
+    def codes(self, items: np.ndarray) -> np.ndarray:
+        tasks = [
+            CodesTask(self.recipe, self.spec, items[s : s + RENDER_PIECE])
+            for s in range(0, len(items), RENDER_PIECE)
+        ]
+        found = map_in_order(codes_of, tasks, workers=self.workers, ahead=2 * self.workers)
+        return np.concatenate(list(found))
+
+
+def split_counts(splits: list[str], codes: np.ndarray, where: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Per split: `groups` of near-duplicates holding two or more of its images, the `images` in them,
+    and `leaks`: per other split, its images with a near-duplicate there (in the same group)."""
+    out: dict[str, dict[str, Any]] = {s: {"groups": 0, "images": 0, "leaks": {}} for s in splits}
+    a, b, d = near_pairs(codes) if len(codes) else (np.zeros(0, np.int64),) * 3
+    for group in groups(len(codes), a, b, d):
+        members = where[list(group.members)]
+        present = np.bincount(members, minlength=len(splits))
+        for i, split in enumerate(splits):
+            if present[i] >= 2:
+                out[split]["groups"] += 1
+                out[split]["images"] += int(present[i])
+            for j, other in enumerate(splits):
+                if i != j and present[i] and present[j]:
+                    leaks = out[split]["leaks"]
+                    leaks[other] = leaks.get(other, 0) + int(present[i])
+    return out
+
+
+def record(manifest: dict[str, Any], mode: str, results: list[ShardResult], near: NearFilter | None) -> None:
+    """Add the near-duplicate counts to a manifest whose splits are in order: per split (`report`: from
+    the shards' codes; `reject`: none is left by construction, and those left out), and the settings."""
+    splits = list(manifest["splits"])
+    top: dict[str, Any] = {"mode": mode}
+    if mode != "off":
+        top["threshold"] = THRESHOLD
+        if mode == "report":
+            ordered = [r for s in splits for r in results if r.split == s and r.codes is not None]
+            codes = np.concatenate([r.codes for r in ordered]) if ordered else NO_CODES
+            where = (
+                np.concatenate([np.full(len(r.codes), splits.index(r.split)) for r in ordered])
+                if ordered
+                else np.zeros(0, np.int64)
+            )
+            counts = split_counts(splits, codes, where)
+        else:
+            counts = {s: {"groups": 0, "images": 0, "leaks": {}} for s in splits}
+        rejected = near.rejected if near is not None else {}
+        for split in splits:
+            manifest["splits"][split]["near_duplicates"] = {
+                **counts[split],
+                "rejected": rejected.get(split, 0),
+            }
+        top["rejected"] = sum(rejected.values())
+    manifest["near_duplicates"] = top
