@@ -25,6 +25,7 @@ from torch.utils.data import IterableDataset
 
 from segshards.loaders.augment import Augment, Augmenting
 from segshards.loaders.decode import BUFFER, BatchAssembler
+from segshards.loaders.device_decode import BytesAssembler
 from segshards.loaders.integrity import Verify
 from segshards.loaders.messages import Chunk, Message, Parcel, WorkerEnd
 from segshards.loaders.position import EpochPosition
@@ -77,6 +78,7 @@ class LoaderConfig:
     limits: DecodeLimits | None = None  # None: default_limits() (segshards.writer.format.limits)
     augment: Augment | None = None  # seeded per (seed, epoch, key): segshards.loaders.augment
     transform: Transform | None = None  # the user's, seeded likewise: segshards.loaders.transform
+    decode_device: str | None = None  # JPEG bytes handed on, decoded there: segshards.loaders.device_decode
 
     @property
     def workers(self) -> int:
@@ -168,7 +170,7 @@ class ShardStream(IterableDataset):
             if in_worker and self.released is not None
             else None
         )
-        assembler = BatchAssembler(
+        assembler = (BytesAssembler if c.decode_device else BatchAssembler)(
             schema=self.shards.schema,
             size=c.size,
             with_meta=c.with_meta,

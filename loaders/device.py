@@ -3,8 +3,9 @@
 On CUDA, batch k+1 is copied (non-blocking, from pinned memory when the loader pins) on a side stream
 while the training step on batch k runs; the compute stream waits for that copy only when it takes the
 batch. `transform` (e.g. `to_float`) runs on the device right after the copy, on the same side stream:
-float conversion and normalisation happen there, never in the workers. Without CUDA the same code runs
-on the CPU with no stream.
+float conversion and normalisation happen there, never in the workers. The loader itself is advanced on
+that side stream too, so a loader that decodes on the GPU (`make_loader(..., decode_device="cuda")`) decodes
+batch k+1 there while batch k trains. Without CUDA the same code runs on the CPU with no stream.
 """
 
 import time
@@ -59,7 +60,11 @@ class DevicePrefetcher:
     def _fetch(self, iterator: Iterator[Batch]) -> Batch | None:
         started = time.perf_counter()
         try:
-            batch = next(iterator)
+            if self.stream is None:
+                batch = next(iterator)
+            else:
+                with torch.cuda.stream(self.stream):  # a loader's device decode runs beside the step
+                    batch = next(iterator)
         except StopIteration:
             return None
         finally:

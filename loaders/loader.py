@@ -44,7 +44,9 @@ sends its batches to the main process in items of about `transfer_bytes` (severa
 `prefetch_factor` items per worker in flight). `augment=Augment()` replaces the letterbox of JPEG photographs
 by torchvision's segmentation train transform, seeded per (seed, epoch, key) (`segshards.loaders.augment`);
 `transform=fn` runs the user's callable on each decoded pair in the workers, seeded likewise
-(`segshards.loaders.transform`).
+(`segshards.loaders.transform`). `decode_device="cuda"` (or "cpu") has the workers hand on the JPEG bytes
+of photographs (checked, masks decoded) and decodes and letterboxes each batch's images on that device in
+the main process (`segshards.loaders.device_decode`).
 """
 
 import hashlib
@@ -59,6 +61,7 @@ import torch
 from segshards.loaders.augment import Augment
 from segshards.loaders.dataset import LoaderConfig, ShardStream
 from segshards.loaders.decode import unpack
+from segshards.loaders.device_decode import BatchDecoder, check_decode_options, device_of
 from segshards.loaders.errors import ResumeError, SkippedDataWarning
 from segshards.loaders.integrity import VERIFY_MODES, Verify
 from segshards.loaders.messages import WorkerEnd
@@ -119,6 +122,10 @@ def validate(config: LoaderConfig, shards: ShardSet) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    image_member = shards.schema.image if shards.schema is not None else None
+    check_decode_options(
+        c.decode_device, size=c.size, augment=c.augment, transform=c.transform, image_member=image_member
+    )
     if c.resampled and c.epoch_batches is None:
         raise ConfigError(f"{shards.source}: resampled mode without a manifest needs epoch_batches")
 
@@ -146,6 +153,8 @@ class ShardLoader:
             self.dataset.released = release_counters(config.workers)
         self.pool = WorkerPool(self.dataset, workers=config.num_workers, prefetch_factor=prefetch_factor)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        device = device_of(config.decode_device)
+        self.decoder = BatchDecoder(device, config.on_error) if device is not None else None
         self.position = EpochPosition.start(0, config.workers)
         self.stats: Stats = self.dataset.new_stats()  # what on_error="skip" left out this (or last) epoch
         self._run = 0  # iterations started: only the latest may advance the position
@@ -194,10 +203,11 @@ class ShardLoader:
                     self._check_current(run)
                     last = (message.worker, position.next_worker)
                     position.deliver(message.worker, mid_item=i + 1 < len(batches))
-                    if batch["key"]:  # an empty batch: every sample of its group failed (skip mode)
+                    out = unpack(batch) if self.decoder is None else self.decoder(unpack(batch), self.stats)
+                    if out["key"]:  # an empty batch: every sample of its group failed (skip mode)
                         position.batches += 1
                         self._last = last
-                        yield unpack(batch)
+                        yield out
             self._check_current(run)
             completed = True
         except SegshardsError as exc:
@@ -364,10 +374,10 @@ def make_loader(
     classes: Sequence[str] | None = None,
     augment: Augment | None = None,
     transform: Transform | None = None,
+    decode_device: str | None = None,
 ) -> ShardLoader:
-    """A loader of `split` from `source`: a shard-set folder (local path, http(s):// or s3:// URL of its
-    manifest.json's folder), brace-expanded shard URLs, or a mix: a list of `Stream`s, with `epoch_size` and
-    `classes` (`segshards.loaders.mix`). Batches and the other options: see "Options" above."""
+    """A loader of `split` from `source`: a set's folder (a path, or an http(s):// or s3:// URL), shard URLs,
+    or a mix (a list of `Stream`s with `epoch_size`, `classes`). Batches and options: see "Options" above."""
     rank, world_size = distributed_defaults(rank, world_size)
     retry = retry or RetryPolicy()
     shards, mix = resolve_sources(source, split, schema, retry, epoch_size, classes)
@@ -393,6 +403,7 @@ def make_loader(
         limits=limits if limits is not None else default_limits(),
         augment=augment,
         transform=transform,
+        decode_device=decode_device,
     )
     return ShardLoader(shards, config, pin_memory=pin_memory, prefetch_factor=prefetch_factor, mix=mix)
 
