@@ -28,17 +28,23 @@ def check_scheduler(address: str | None) -> str:
     return address
 
 
-def run_on_dask(fn: Callable[[Any], Any], tasks: Iterable[Any], scheduler: str) -> Iterator[Any]:
-    """Yield `fn(task)` for each task, computed on the cluster at `scheduler`, in completion order."""
+def connect(scheduler: str) -> Any:
+    """A `distributed.Client` of the cluster at `scheduler` (not made the process's default client)."""
     try:
         from distributed import Client
-        from distributed.scheduler import KilledWorker
     except ImportError:
         raise ConfigError("--backend dask needs dask.distributed: pip install 'segshards[dask]'") from None
     try:
-        client = Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        return Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
     except (OSError, TimeoutError) as exc:
         raise ClusterError(f"--scheduler {scheduler}: cannot connect ({' '.join(str(exc).split())})") from exc
+
+
+def run_on_dask(fn: Callable[[Any], Any], tasks: Iterable[Any], scheduler: str) -> Iterator[Any]:
+    """Yield `fn(task)` for each task, computed on the cluster at `scheduler`, in completion order."""
+    client = connect(scheduler)
+    from distributed.scheduler import KilledWorker
+
     with client, joblib.parallel_config(backend="dask", client=client):
         parallel = joblib.Parallel(n_jobs=-1, return_as="generator_unordered")
         try:
