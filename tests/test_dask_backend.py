@@ -1,6 +1,7 @@
 """`--backend dask`: a real scheduler and two workers on loopback produce the bytes of a local build,
 also when a worker is killed in the middle of the build."""
 
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 
 import segshards.writer.build.dask_backend
 import segshards.writer.build.job
+import segshards.writer.build.partition_plan
 from segshards.writer.cli.main import main
 from tests.mnist_fixtures import comparable, error_lines, folder_bytes, tiny_source
 from tests.moto_fixture import S3, free_port, s3_fixture, wait_listening  # noqa: F401
@@ -76,6 +78,13 @@ class Cluster:
         victim.wait()
         return processing[busy]
 
+    def kill_worker_process(self, pid: int) -> None:
+        """SIGKILL the worker whose process is `pid`, with its nanny."""
+        nanny = psutil.Process(pid).ppid()
+        victim = next(p for p in self.workers if p.pid == nanny)
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait()
+
     def alive_workers(self) -> int:
         with distributed.Client(self.address, timeout=10) as client:
             deadline = time.monotonic() + 10
@@ -127,6 +136,14 @@ def test_dask_build_matches_local_build(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     args = [*grid_args(source), "--shard-size", "100"]
+    planned = segshards.writer.build.job.plan_tasks_partitioned
+    partitioned: list[str] = []
+
+    def spy(*a: Any, **kw: Any) -> Iterator[Any]:
+        partitioned.append(kw["scheduler"])
+        return planned(*a, **kw)
+
+    monkeypatch.setattr(segshards.writer.build.job, "plan_tasks_partitioned", spy)
     monkeypatch.chdir(tmp_path)  # a relative --out: the workers, started elsewhere, must still find it
     assert (
         main(["build", *args, "--out", "dask-out", "--backend", "dask", "--scheduler", cluster.address]) == 0
@@ -136,6 +153,7 @@ def test_dask_build_matches_local_build(
     assert captured.out.startswith("dask-out: train 600, val 40, test 40 samples; ")
     assert folder_bytes(tmp_path / "dask-out") == folder_bytes(local_build(tmp_path, args))
     assert not (tmp_path / "dask-out" / ".segshards-work").exists()
+    assert partitioned == [cluster.address], "the dedup index was partitioned over the workers"
 
 
 def test_worker_killed_mid_build_still_gives_identical_bytes(
@@ -161,6 +179,42 @@ def test_worker_killed_mid_build_still_gives_identical_bytes(
     finally:
         own.close()
     capsys.readouterr()
+    assert folder_bytes(out) == folder_bytes(local_build(tmp_path, args))
+
+
+def test_worker_killed_mid_plan_rebuilds_its_partitions_and_gives_identical_bytes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker holding partition 0 dies between two rounds of planning: the plan is made again on the
+    worker left, from the seed, and the set (duplicates rejected across partitions) is a local build's."""
+    source = tiny_source(tmp_path / "dups", duplicates=[("train", 0, "train", 1), ("train", 2, "train", 3)])
+    own = Cluster(2, tmp_path)
+    try:
+        probe = segshards.writer.build.partition_plan.PartitionedIndex.probe
+        rounds: list[int] = []
+
+        def kill_on_third_round(index: Any, words: Any) -> Any:
+            rounds.append(len(words))
+            if len(rounds) == 3:
+                pid = index.actors[0].stats().result()[2]
+                own.kill_worker_process(pid)
+            return probe(index, words)
+
+        monkeypatch.setattr(
+            segshards.writer.build.partition_plan.PartitionedIndex, "probe", kill_on_third_round
+        )
+        monkeypatch.setattr(segshards.writer.build.partition_plan, "ROUND", 2048)  # train: several rounds
+        args = [*grid_args(source, 12_000), "--shard-size", "500"]
+        out = tmp_path / "dask-out"
+        assert main(["build", *args, "--out", str(out), "--backend", "dask", "--scheduler", own.address]) == 0
+        assert own.alive_workers() == 1
+    finally:
+        own.close()
+    err = capsys.readouterr().err
+    assert "segshards: warning: a worker holding part of the plan was lost" in err
+    assert len(rounds) > 6, "the plan was made again after the third round"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["duplicates_rejected"] > 0
     assert folder_bytes(out) == folder_bytes(local_build(tmp_path, args))
 
 

@@ -21,6 +21,7 @@ from segshards.writer.build.dask_backend import check_scheduler, run_on_dask
 from segshards.writer.build.near_dup_codes import check_mode, resolved_mode
 from segshards.writer.build.near_dup_plan import NearFilter
 from segshards.writer.build.near_dup_plan import record as record_near_duplicates
+from segshards.writer.build.partition_plan import plan_tasks_partitioned
 from segshards.writer.build.plan import SplitPlan, plan_tasks
 from segshards.writer.build.pool import run_with_parent, start_build_workers
 from segshards.writer.build.remote import run_remote_task
@@ -277,7 +278,11 @@ def render_all(
     `near` is the planner's near-duplicate check (`--near-duplicates reject`).
     """
     out_dir, runner = task_runner(config, present)
-    planned = plan_tasks(
+    partitioned = config.backend == "dask" and near is None  # the dedup index spread over the workers
+    planner = (
+        functools.partial(plan_tasks_partitioned, scheduler=config.scheduler) if partitioned else plan_tasks
+    )
+    planned = planner(
         recipe,
         spec,
         config.counts,
