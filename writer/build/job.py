@@ -18,7 +18,7 @@ from tqdm import tqdm
 from segshards.writer import __version__
 from segshards.writer.build.checks import check_supply, settings_diff
 from segshards.writer.build.dask_backend import check_scheduler, run_on_dask
-from segshards.writer.build.near_dup_codes import check_mode, resolved_mode
+from segshards.writer.build.near_dup_codes import check_mode, resolved_mode, with_walk_check
 from segshards.writer.build.near_dup_plan import NearFilter
 from segshards.writer.build.near_dup_plan import record as record_near_duplicates
 from segshards.writer.build.partition_plan import plan_tasks_partitioned
@@ -369,6 +369,7 @@ def build_claimed(recipe: Recipe, spec: Any, config: BuildConfig) -> dict[str, A
     warm_workers(config)
     work = None
     try:
+        spec = with_walk_check(spec, config.near_duplicates)  # a photo walk leaves near-duplicates out
         info = recipe.describe(spec)  # validates source checksums before any work
         schema = recipe.schema(spec)
         config = replace(config, near_duplicates=resolved_mode(config.near_duplicates, schema))

@@ -9,6 +9,9 @@ view within one bit of any view of an accepted image, any of its views within on
 whole view, and each other view equal to the same view; each candidate is verified with the full distance.
 """
 
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -176,3 +179,28 @@ class AcceptedCodes:
         while len(self.runs) > 1 and size(self.runs[-2]) <= size(self.runs[-1]):
             top, below = self.runs.pop(), self.runs.pop()
             self.runs.append(Run(self.codes[below.lo : top.hi], below.lo))
+
+
+@dataclass(frozen=True)
+class WalkCheck:
+    """What a photo walk needs under `reject`, set in its spec (`near`): the codes of each image it decodes
+    (in its worker processes) and, where it fills the splits, a check that admits an image's codes unless
+    they are near those admitted before. Stateless, so a spec holding it still pickles and caches by value."""
+
+    threshold: int = THRESHOLD
+
+    def codes(self, pixels: np.ndarray) -> np.ndarray:
+        return image_codes(pixels)
+
+    def index(self) -> Callable[[np.ndarray], bool]:
+        accepted = AcceptedCodes(self.threshold)
+        return lambda codes: bool(accepted.admit(codes[None])[0])
+
+
+def with_walk_check(spec: Any, mode: str | None) -> Any:
+    """`spec` with a `WalkCheck` under `reject` when its recipe's walk takes one (a `near` field)."""
+    if mode != "reject" or not dataclasses.is_dataclass(spec) or isinstance(spec, type):
+        return spec
+    if "near" not in {f.name for f in dataclasses.fields(spec)} or getattr(spec, "near", None) is not None:
+        return spec
+    return dataclasses.replace(spec, near=WalkCheck())

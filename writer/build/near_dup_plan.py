@@ -1,9 +1,12 @@
 """`--near-duplicates` in a build: `reject` while planning (a candidate near an accepted image is left out,
 the first in the seeded order winning), and the counts the manifest records per split.
 
-`reject` needs each candidate's codes before it is chosen: the candidates that pass the exact check are
-rendered once more, in pieces on the build's worker processes (`map_in_order`, results in order), their
-codes checked against those of every image accepted so far (`AcceptedCodes`). The plan depends only on
+`reject` needs each candidate's codes before it is chosen. A photo walk (coco-semantic, mask-folder), which
+decodes every image it checks, computes them there from the pixels (`WalkCheck`, set in its spec), leaves
+near-duplicates out of each split's count as it fills the splits, and hands the codes to the planner with
+the candidates; for other recipes, the candidates that pass the exact check are rendered once more, in
+pieces on the build's worker processes (`map_in_order`, results in order). Either way the codes are checked
+against those of every image accepted so far (`AcceptedCodes`), in the same order, to the same choices. The plan depends only on
 those codes, computed in this machine's processes, so it is the same for any `--jobs` and backend.
 `report` changes nothing that is chosen: each shard task computes the codes of the samples it writes, and
 the pairs are grouped once every shard is written.
@@ -59,7 +62,9 @@ class NearFilter:
         """The recipe's candidate batches in pieces of at most PIECE, in order."""
         for batch in batches:
             for start in range(0, len(batch.digests), PIECE):
-                yield Candidates(batch.items[start : start + PIECE], batch.digests[start : start + PIECE])
+                part = slice(start, start + PIECE)
+                codes = batch.codes[part] if batch.codes is not None else None
+                yield Candidates(batch.items[part], batch.digests[part], codes)
 
     def accept(
         self, batch: Candidates, seen: set[bytes], need: int | None, split: str
@@ -77,7 +82,8 @@ class NearFilter:
             chosen = [start + i for i in found]
             start = chosen[-1] + 1 if want is not None and len(found) == want else len(batch.digests)
             if chosen:
-                keep = self.accepted.admit(self.codes(batch.items[chosen]))
+                codes = batch.codes[chosen] if batch.codes is not None else self.codes(batch.items[chosen])
+                keep = self.accepted.admit(codes)
                 kept.extend(i for i, k in zip(chosen, keep.tolist(), strict=True) if k)
                 self.rejected[split] = self.rejected.get(split, 0) + int((~keep).sum())
         return kept, exact

@@ -15,6 +15,7 @@ from segshards.writer import __version__
 from segshards.writer.build.checks import check_supply
 from segshards.writer.build.job import BACKENDS, BuildConfig, build
 from segshards.writer.build.near_dup_codes import MODES as NEAR_MODES
+from segshards.writer.build.near_dup_codes import with_walk_check
 from segshards.writer.cli.jobs import INTERRUPTED, capped_jobs
 from segshards.writer.cli.suggest import check_recipe, parse_with_hints
 from segshards.writer.errors import SegshardsError, StorageError
@@ -211,6 +212,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     try:
         # The recipe sees --jobs as capped: a walk on its own processes (coco-semantic) uses the same pool.
         spec = recipe.make_spec(argparse.Namespace(**{**vars(args), "jobs": jobs}))
+        spec = with_walk_check(spec, args.near_duplicates)  # before anything walks the source
         # Every count the source cannot give, in one message, before the build claims the folder.
         check_supply(recipe, spec, counts, defaulted=[s for s in SPLITS if getattr(args, s) is None])
         manifest = build(recipe, spec, config)

@@ -64,6 +64,7 @@ class CocoSpec:
     sha256: str  # of the annotation file: keys the per-process caches
     jobs: int = 1  # processes that check images while walking (--jobs; 0 = all cores)
     prepared: str | None = None  # what workers render from (see `share`)
+    near: Any = None  # set by the build under --near-duplicates reject: `codes(pixels)` and `index()`
 
 
 class Instances(NamedTuple):
@@ -148,6 +149,7 @@ class Work(NamedTuple):
     name: str  # the annotation file's, for messages
     class_of: dict[int, int]
     images: list[tuple[ImageRecord, list[Annotation]]]
+    near: Any = None  # the spec's: each image's near-duplicate codes are computed from its pixels
 
 
 def check_images(work: Work) -> list[Outcome]:
@@ -159,8 +161,9 @@ def check_images(work: Work) -> list[Outcome]:
             try:
                 facts = Instances.of(instances(work.class_of, work.name, record, annotations))
                 data = read_image(work.folder, record, work.name)
-                key = pixel_digest(decode_jpeg(data, record, work.name))
-                found.append(Checked(key, xxhash.xxh3_128_digest(data), facts))
+                pixels = decode_jpeg(data, record, work.name)
+                codes = work.near.codes(pixels) if work.near is not None else None
+                found.append(Checked(pixel_digest(pixels), xxhash.xxh3_128_digest(data), facts, None, codes))
             except BadRecord as problem:
                 found.append(problem)
     return found
@@ -179,12 +182,11 @@ def select(spec: CocoSpec) -> Selection:
     class_of = index.class_of()
 
     def work_of(run: list[int]) -> Work:
-        return Work(
-            spec.images, index.name, class_of, [(index.images[i], index.annotations.get(i, [])) for i in run]
-        )
+        images = [(index.images[i], index.annotations.get(i, [])) for i in run]
+        return Work(spec.images, index.name, class_of, images, spec.near)
 
     sel = Selection()
-    walk = Walk(sel, on_error=spec.on_error, name=int)
+    walk = Walk(sel, on_error=spec.on_error, name=int, near=spec.near.index() if spec.near else None)
     order = permutation(index.eligible(), spec.seed)
     with contextlib.closing(outcomes(order, work_of, check_images, jobs=spec.jobs, run=WALK_RUN)) as stream:
         for split, count in zip(SPLITS, spec.counts, strict=True):
@@ -351,7 +353,8 @@ class CocoSemanticRecipe(RecipeBase):
         sel = select(spec)
         ids = sel.offered[split]
         digests = [sel.checked[i].key for i in ids]
-        yield Candidates(items=np.array(ids, np.int64).reshape(-1, 1), digests=digests)
+        codes = np.array([sel.checked[i].codes for i in ids]) if spec.near is not None else None
+        yield Candidates(np.array(ids, np.int64).reshape(-1, 1), digests, codes)
 
     def share(self, spec: CocoSpec, folder: Path, *, local: bool) -> CocoSpec:
         """Write what rendering needs of the chosen images (records, digests, checked RLEs), so that

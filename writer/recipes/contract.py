@@ -78,6 +78,7 @@ class Candidates:
 
     items: np.ndarray
     digests: list[bytes]
+    codes: np.ndarray | None = None  # (B, 2, 6) near-duplicate codes, where a photo walk computed them
 
 
 @dataclass(frozen=True)

@@ -181,9 +181,8 @@ class MaskFolderRecipe(RecipeBase):
         # The walk fixed each split's order (seeded by --seed), so the planner's `rng` is not used.
         sel = select(spec)
         ids = sel.offered[split]
-        yield Candidates(
-            items=np.array(ids, np.int64).reshape(-1, 1), digests=[sel.checked[i].key for i in ids]
-        )
+        codes = np.array([sel.checked[i].codes for i in ids]) if spec.near is not None else None
+        yield Candidates(np.array(ids, np.int64).reshape(-1, 1), [sel.checked[i].key for i in ids], codes)
 
     def share(self, spec: MaskFolderSpec, folder: Path, *, local: bool) -> MaskFolderSpec:
         return replace(spec, prepared=share_prepared(folder, PREPARED, prepared(spec)))

@@ -8,7 +8,7 @@ import os
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -57,6 +57,7 @@ class MaskFolderSpec:
     jobs: int  # processes that check pairs while walking (--jobs, capped; 0 = all cores)
     fingerprint: str
     prepared: str | None = None
+    near: Any = None  # set by the build under --near-duplicates reject: `codes(pixels)` and `index()`
 
 
 class PairFacts(NamedTuple):
@@ -146,7 +147,8 @@ def check_pair(spec: MaskFolderSpec, pair: Pair) -> Checked:
     size = (pixels.shape[0], pixels.shape[1])
     mask, unmatched, mask_sha = index_mask(spec, pair, size)
     facts = PairFacts(ext, size, present(mask), unmatched, mask_sha)
-    return Checked(pixel_digest(pixels), hashlib.sha256(data).digest(), facts, encode_png(mask))
+    codes = spec.near.codes(pixels) if spec.near is not None else None
+    return Checked(pixel_digest(pixels), hashlib.sha256(data).digest(), facts, encode_png(mask), codes)
 
 
 def check_pairs(work: tuple[MaskFolderSpec, list[Pair]]) -> list[Outcome]:
@@ -185,7 +187,10 @@ def select(spec: MaskFolderSpec) -> FolderSelection:
     read and decoded once here; rendering reads the image again (not decoding it) and reuses the mask."""
     by_stem, problems = pair_files(spec.images, spec.masks, spec.mask_suffix)
     sel = FolderSelection(pairs=list(by_stem.values()))
-    walk = Walk(sel, on_error=spec.on_error, name=lambda i: sel.pairs[i].stem, budget=MASK_CACHE_BYTES)
+    near = spec.near.index() if spec.near is not None else None
+    walk = Walk(
+        sel, on_error=spec.on_error, name=lambda i: sel.pairs[i].stem, budget=MASK_CACHE_BYTES, near=near
+    )
     if spec.split_lists:
         select_listed(spec, sel, walk, problems, by_stem.keys())
         return sel

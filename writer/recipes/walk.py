@@ -39,6 +39,7 @@ class Checked(NamedTuple):
     file: bytes
     facts: Any
     blob: bytes | None = None
+    codes: Any = None  # the image's near-duplicate codes, when the spec asks (`--near-duplicates reject`)
 
 
 Outcome: TypeAlias = Checked | BadRecord
@@ -93,8 +94,17 @@ def outcomes(
 class Walk:
     """Fills the splits in order from a stream of outcomes, as the planner will."""
 
-    def __init__(self, sel: Selection, *, on_error: str, name: Callable[[int], Hashable], budget: int = 0):
+    def __init__(
+        self,
+        sel: Selection,
+        *,
+        on_error: str,
+        name: Callable[[int], Hashable],
+        budget: int = 0,
+        near: Callable[[Any], bool] | None = None,
+    ):
         self.sel, self.on_error, self.name = sel, on_error, name
+        self.near = near  # False for the codes of a near-duplicate of an item chosen before (then indexed)
         self.seen: set[bytes] = set()  # the planner's dedup index, rebuilt by its own rule
         self.first: dict[bytes, int] = {}  # key -> first item of those pixels, for the duplicates report
         self.budget, self.held = budget, 0  # bytes of blobs the selection may hold, and held
@@ -121,7 +131,8 @@ class Walk:
             sel.checked[item] = outcome
             if accept([outcome.key], self.seen, None)[0]:
                 self.first[outcome.key] = item
-                chosen.append(item)
+                if self.near is None or self.near(outcome.codes):  # else offered, for the planner to reject
+                    chosen.append(item)
             else:
                 dups.append((item, self.first[outcome.key]))
         return count is None or len(chosen) >= count
