@@ -14,6 +14,7 @@ SECTIONS = [
     "python_build_bench",
     "publish_bench",
     "dedup_bench",
+    "partition_bench",
     "audit_bench",
     "gpu_feed",
 ]

@@ -9,6 +9,7 @@ hashed there, not in the coordinator. Both are plain classes: `distributed` make
 """
 
 import os
+import resource
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,9 +122,10 @@ class IndexPartition:
         self.pending = words
         return first_occurrence(hi, lo) & ~self.index.contains(hi, lo)
 
-    def stats(self) -> tuple[int, int, int]:
-        """(digests recorded, their bytes, this worker's process id)."""
-        return len(self.index), self.index.nbytes, os.getpid()
+    def stats(self) -> tuple[int, int, int, int]:
+        """(digests recorded, their bytes, this worker's process id, its peak resident bytes)."""
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+        return len(self.index), self.index.nbytes, os.getpid(), peak
 
 
 @dataclass(frozen=True)

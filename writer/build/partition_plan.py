@@ -17,7 +17,7 @@ being handed out again.
 import contextlib
 import hashlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,8 +110,8 @@ class PartitionedIndex:
         chosen[accepted] = True
         self.keep = [chosen[rows] for rows in self.routed]
 
-    def stats(self) -> list[tuple[int, int, int]]:
-        """(digests, bytes, worker pid) of each partition, once the last accepted are recorded."""
+    def stats(self) -> list[tuple[int, int, int, int]]:
+        """(digests, bytes, worker pid, its peak RSS) of each partition, the last accepted recorded."""
         empty = np.zeros((0, 2), np.uint64)
         self.probe(empty)
         self.keep = []
@@ -229,8 +229,10 @@ def plan_once(
     shard_size: int,
     partitions: int,
     plans: dict[str, SplitPlan],
+    report: Callable[[list[tuple[int, int, int, int]]], None] | None = None,
 ) -> Iterator[tuple[str, int, np.ndarray, list[str]]]:
-    """Plan every split in fixed order on fresh partitions: (split, shard index, items, keys) per shard."""
+    """Plan every split in fixed order on fresh partitions: (split, shard index, items, keys) per shard;
+    `report` receives the partitions' `stats` at the end."""
     index = PartitionedIndex(start_actors(client, IndexPartition, partitions))
     for split in SPLITS:
         plan = plans[split]
@@ -239,6 +241,8 @@ def plan_once(
         run = SplitRun(counts[split], plan, drawer, name=recipe.name)
         for number, (items, keys) in enumerate(split_chunks(index, run, shard_size)):
             yield split, number, items, keys
+    if report is not None:
+        report(index.stats())
 
 
 def plan_tasks_partitioned(
@@ -254,10 +258,11 @@ def plan_tasks_partitioned(
     scheduler: str | None,
     partitions: int | None = None,
     near: None = None,
+    report: Callable[[list[tuple[int, int, int, int]]], None] | None = None,
 ) -> Iterator[ShardTask]:
     """`plan_tasks` with the dedup index partitioned over the cluster at `scheduler` (its decisions, its
     tasks, in its order); `partitions` defaults to PARTITIONS_PER_WORKER per worker. No near-duplicate
-    check (`near` is always None here): that build plans centrally."""
+    check (`near` is always None here): that build plans centrally. `report`: see `plan_once`."""
     accounts = {split: SplitPlan(split) for split in SPLITS}
     plans.extend(accounts.values())
     handed: dict[tuple[str, int], bytes] = {}  # a digest of each handed-out task's keys
@@ -266,7 +271,7 @@ def plan_tasks_partitioned(
         for attempt in range(MAX_REPLAYS + 1):
             shards = plan_once(
                 client, recipe, (spec, task_spec), counts, seed=seed, shard_size=shard_size,
-                partitions=count, plans=accounts,
+                partitions=count, plans=accounts, report=report,
             )  # fmt: skip
             try:
                 for split, number, items, keys in shards:
