@@ -206,3 +206,24 @@ def test_a_replayed_shard_with_other_samples_is_refused() -> None:
         PlanError, match="^train shard 0: planned again after a lost worker, with other samples$"
     ):
         check_handed(handed, "train", 0, ["a", "c"])
+
+
+def test_a_workers_own_error_is_not_taken_for_a_lost_worker(
+    local_actors: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A source a worker cannot read fails the build at once, with the worker's error, not after replays."""
+
+    class Unreadable(IndexPartition):
+        def step(self, keep: Any, words: Any) -> Any:
+            raise FileNotFoundError("/data/mnist: no such folder")
+
+    stand_in = partition_plan.start_actors
+    monkeypatch.setattr(
+        partition_plan,
+        "start_actors",
+        lambda client, cls, count, *args: stand_in(
+            client, Unreadable if cls is IndexPartition else cls, count, *args
+        ),
+    )
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        both_plans({"train": 10, "val": 0, "test": 0}, 2)

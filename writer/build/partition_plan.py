@@ -52,7 +52,18 @@ def lost_worker() -> Iterator[None]:
     try:
         yield
     except (RuntimeError, OSError, TimeoutError) as exc:
+        if not is_lost(exc):
+            raise  # the recipe's own error on a worker, e.g. a source it cannot read: not retried
         raise IndexLost(" ".join(str(exc).split()) or type(exc).__name__) from exc
+
+
+def is_lost(exc: BaseException) -> bool:
+    """Whether `exc` is what distributed raises for a call to an actor whose worker is gone (or a call
+    that never returned)."""
+    text = str(exc)
+    if isinstance(exc, TimeoutError) or type(exc).__name__ == "CommClosedError":
+        return True
+    return "Worker holding Actor was lost" in text or "Unable to contact Actor's worker" in text
 
 
 def send(actor: Any, method: str, *args: Any) -> Any:
