@@ -5,6 +5,9 @@
   and the process's resident-memory growth;
 - a compact alternative: the digests as a sorted numpy array of 16-byte records (what one partition of a
   distributed index would hold), with the cost of sorting it and looking digests up;
+- one partition of the distributed index as `--backend dask` builds it (`segshards.writer.build.partition`:
+  sorted runs of uint64 halves, probed then committed per round): bytes per sample, resident-memory
+  growth and CPU seconds per million digests, in this process;
 - the whole central plan of an mnist-grid build (`plan_all`): what it keeps and its peak, traced.
 """
 
@@ -19,6 +22,7 @@ import numpy as np
 import psutil
 import xxhash
 
+from segshards.writer.build.partition import IndexPartition, digest_words
 from segshards.writer.build.plan import plan_all
 from segshards.writer.recipes.digits import BUNDLED_MNIST, DigitsSpec, load_digits
 from segshards.writer.recipes.registry import get_recipe
@@ -56,6 +60,27 @@ def numpy_index(n: int) -> tuple[float, float]:
     return index.nbytes / n, (time.perf_counter() - started) / (n / 1e6)
 
 
+def partition_index(n: int, round_size: int = 1 << 14) -> tuple[float, float, float]:
+    """One index partition fed `n` distinct digests in rounds, each probed then committed whole: bytes
+    per sample in its arrays, resident-memory growth per sample, CPU seconds per million (process time)."""
+    gc.collect()
+    rss0 = psutil.Process().memory_info().rss
+    part = IndexPartition()
+    keep = None
+    cpu = 0.0
+    for batch in digest_batches(n, batch=round_size):
+        words = digest_words(batch)
+        started = time.process_time()
+        part.step(keep, words)
+        cpu += time.process_time() - started
+        keep = np.ones(len(words), bool)
+    part.step(keep, np.zeros((0, 2), np.uint64))
+    held, nbytes = part.stats()[:2]
+    assert held == n
+    rss = psutil.Process().memory_info().rss - rss0
+    return nbytes / n, rss / n, cpu / (n / 1e6)
+
+
 def plan_memory(n: int) -> tuple[float, float, float]:
     """Per sample of an n-sample mnist-grid train split: bytes the central plan keeps and its peak while
     planning (both traced: requested sizes, before pymalloc's rounding), and seconds per million."""
@@ -91,6 +116,11 @@ def main(argv: list[str] | None = None) -> None:
     per, secs = numpy_index(n)
     print(
         f"  sorted numpy array of 16-byte records, {n:,}: {per:.1f} B/sample; sort + lookups {secs:.2f} s per M"
+    )
+    per, rss, secs = partition_index(n)
+    print(
+        f"  one partition of the dask index (sorted uint64 runs), {n:,}: {per:.1f} B/sample in arrays, "
+        f"RSS growth {rss:.1f} B/sample; probe + commit {secs:.2f} CPU s per M"
     )
     held, peak, secs = plan_memory(args.plan_samples)
     print(
