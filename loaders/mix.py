@@ -13,6 +13,7 @@ exactly the epoch's multiset, and a saved position (batches per worker) replays 
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -128,12 +129,17 @@ class MixStream(ShardStream):
         readers = [
             self.stream_samples(s, [u for u in units if u[0] == s], times, stats) for s in range(len(counts))
         ]
-        per_stream = stats.streams if isinstance(stats, MixStats) else [{} for _ in counts]
+        # Per sample only a list lookup and a next(): stream counts are the plan's, less what ran short.
+        short = [0] * len(counts)
         for s in interleave(counts, rng).tolist():
             sample = next(readers[s], None)
-            if sample is not None:  # None: a damaged shard (skip mode) ended that stream early
-                per_stream[s]["samples"] = per_stream[s].get("samples", 0) + 1
-                yield sample
+            if sample is None:  # a damaged shard (skip mode) ended that stream early
+                short[s] += 1
+                continue
+            yield sample
+        if isinstance(stats, MixStats):
+            for s, n in enumerate(counts):
+                stats.streams[s]["samples"] += n - short[s]
 
     def stream_samples(
         self, stream: int, units: list[Unit], times: dict[Unit, np.ndarray], stats: Stats
@@ -155,13 +161,23 @@ class MixStream(ShardStream):
                 verify=c.verify,
                 limits=c.limits,
             )
-            wanted = times[unit].tolist()
-            for k, sample in enumerate(shard_samples):  # to the end: the shard's count and sha256 are checked
-                sample["__stream__"] = stream
-                for _ in range(wanted[k] if k < len(wanted) else 0):
-                    yield sample
+            yield from self.repeated(shard_samples, times[unit], stream)
             if stats.shards_failed != before and isinstance(stats, MixStats):
                 stats.streams[stream]["shards_failed"] += stats.shards_failed - before
+
+    def repeated(self, shard_samples: Iterator[Sample], times: np.ndarray, stream: int) -> Iterator[Sample]:
+        """A shard's samples, each `times[k]` times, read to the end (the shard's count and sha256 are
+        checked there); tagged with their stream only when a mask table needs it (`after_assembly`)."""
+        if not self.remap and len(times) and times.min() == 1 and times.max() == 1:
+            yield from islice(shard_samples, len(times))  # every sample once: no per-sample work at all
+            for _ in shard_samples:  # more than the manifest says: dropped, and the read ends in its error
+                pass
+            return
+        wanted = times.tolist()
+        for k, sample in enumerate(shard_samples):
+            sample["__stream__"] = stream
+            for _ in range(wanted[k] if k < len(wanted) else 0):
+                yield sample
 
     def after_assembly(self, group: list[Sample], batch: dict) -> None:
         """Rewrite each row's mask into the mix's classes (rows are the group's samples that decoded)."""

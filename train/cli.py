@@ -9,11 +9,12 @@ from typing import Any
 
 import torch
 
-from segshards.loaders import make_loader
+from segshards.loaders import Stream, make_loader
 from segshards.train.augmentation import default_augment
 from segshards.train.checkpoint import CHECKPOINT, load_checkpoint
+from segshards.train.class_weights import saved_weights
 from segshards.train.config import TrainConfig, default_precision, default_workers, resolve_device
-from segshards.train.dataset import SetInfo, parse_mix, read_set
+from segshards.train.dataset import SetInfo, mix_streams, parse_mix, read_set
 from segshards.train.errors import ConfigError, SegshardsError
 from segshards.train.tasks import Task, task_differences, task_for
 
@@ -41,6 +42,10 @@ DATA_HELP = (
     "shard-set folder or http(s)/s3 URL holding manifest.json; more than once to train on a mix, each "
     "SOURCE[:R] taking R times its train split per epoch (the first set gives val and the classes)"
 )
+CLASS_MAP_HELP = (
+    "SOURCE=FILE: read the --data set SOURCE's classes through FILE, a JSON object of its class name -> "
+    "a class name of the mix (the first set's), or null to ignore those pixels (255); once per set"
+)
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -52,6 +57,7 @@ def train_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("recipe", nargs="?", help="recipe (default: the one in the set's manifest)")
     p.add_argument("--data", required=True, action="append", help=DATA_HELP)
+    add_data_options(p)
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, metrics.json, curves.png ...")
     p.add_argument("--epochs", type=int)
     p.add_argument(
@@ -102,6 +108,19 @@ def train_parser() -> argparse.ArgumentParser:
     return p
 
 
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """What a run reads besides --data: class maps of a mix's sets and the loss weight of each class."""
+    parser.add_argument(
+        "--class-map", action="append", default=[], metavar="SOURCE=FILE", help=CLASS_MAP_HELP
+    )
+    parser.add_argument(
+        "--class-weights",
+        choices=("none", "auto"),
+        help="segmentation loss weight per class: none (default: every pixel counts alike), or auto "
+        "(median-frequency balancing of the train split's pixel counts from the manifest)",
+    )
+
+
 def add_progress(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--progress",
@@ -129,10 +148,11 @@ RUN_DEFAULTS: dict[str, Any] = {
     "workers": None,
     "threads": None,
     "checkpoint_every": None,
+    "class_weights": "none",
 }
 OPTIONS = (
     *("epochs", "batch_size", "lr", "weight_decay", "samples_per_epoch", "eval_samples", "widths", "stem"),
-    *("size", "device", "precision", "seed", "workers", "threads", "checkpoint_every"),
+    *("size", "device", "precision", "seed", "workers", "threads", "checkpoint_every", "class_weights"),
 )
 
 
@@ -166,9 +186,11 @@ def resolve_config(args: argparse.Namespace, info: SetInfo, saved: dict[str, Any
         base["precision"] = default_precision(base["device"])
     if base["workers"] is None:
         base["workers"] = default_workers(base["device"])
-    data, mix = parse_mix(args.data)
+    data, mix = parse_mix(args.data, args.class_map)
     if mix is not None and args.samples_per_epoch:
-        raise ConfigError("--samples-per-epoch: not with a mix (--data given twice): weight the sets with :R")
+        raise ConfigError(
+            "--samples-per-epoch: not with a mix (--data given twice, or --class-map): weight the sets with :R"
+        )
     if mix is not None:
         base["samples_per_epoch"] = (
             None  # a mix's epoch is what its streams take (the schema's hint is one set's)
@@ -228,7 +250,13 @@ def summary(report: dict[str, Any], split: str) -> str:
 def eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="segshards eval", description="Evaluate a run's checkpoint on a split.")
     p.add_argument("run", metavar="RUN_DIR", help="a folder written by `segshards train`")
-    p.add_argument("--data", help="shard set (default: the one the run was trained on)")
+    p.add_argument(
+        "--data",
+        action="append",
+        help="shard set; more than once: a mix, every sample of each set's split scored once (default: "
+        "what the run trained on: its set, or its mix with the class maps it recorded)",
+    )
+    p.add_argument("--class-map", action="append", default=[], metavar="SOURCE=FILE", help=CLASS_MAP_HELP)
     p.add_argument("--split", default="test")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
@@ -236,6 +264,32 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     add_progress(p)
     return p
+
+
+def eval_data(args: argparse.Namespace, trained: dict[str, Any]) -> tuple[str, list[dict[str, Any]] | None]:
+    """The set `eval` scores, or the mix (each sample of each set's split once): `--data` as given, else the
+    run's own data; a source the run mixed with a class map keeps it unless `--class-map` gives another."""
+    if args.data:
+        data, mix = parse_mix(args.data, args.class_map)
+    elif args.class_map:
+        raise ConfigError("--class-map: give the --data sets it is for")
+    else:
+        data, mix = trained["data"], trained.get("mix")
+    weighted = next((s for s in mix or () if "repeat" in s), None)
+    if args.data and weighted is not None:
+        raise ConfigError(
+            f"--data {weighted['source']}:{weighted['repeat']:g}: eval scores every sample of each set "
+            "once; give the source without :R"
+        )
+    recorded = {s["source"]: s["class_map"] for s in trained.get("mix") or () if s.get("class_map")}
+    streams = [
+        {"source": s["source"]}
+        | ({"class_map": m} if (m := s.get("class_map", recorded.get(s["source"]))) else {})
+        for s in mix or [{"source": data}]
+    ]
+    if len(streams) == 1 and "class_map" not in streams[0]:
+        return data, None
+    return data, streams
 
 
 def fitting_task(info: SetInfo, saved: dict[str, Any], split: str) -> Task:
@@ -268,39 +322,32 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     run = Path(args.run)
     try:
         saved = load_checkpoint(run / CHECKPOINT)
-        data = args.data or saved["config"]["data"]
+        data, mix = eval_data(args, saved["config"])
         info = read_set(data)
         task = fitting_task(info, saved, args.split)
-        device = resolve_device(args.device)
-        workers = default_workers(device) if args.workers is None else args.workers
-        config = TrainConfig.from_dict(
-            saved["config"]
-            | {
-                "data": data,
-                "device": device,
-                "precision": default_precision(device),
-                "workers": workers,
-                "threads": args.threads,
-                "progress": args.progress,
-            }
-        )
-        if args.threads is not None:
-            torch.set_num_threads(args.threads)
+        task.set_class_weights(saved_weights(saved, task))  # the loss reported is the one trained on
+        config = eval_config(args, saved["config"], data)
         model = task.build_model(config.widths, config.stem)
         model.load_state_dict(saved["model"])
-        model = place(model, device)
-        loader = make_loader(
-            data, args.split, args.batch_size, num_workers=workers, shuffle=False, size=config.size
-        )
+        model = place(model, config.device)
+        source = mix_streams(mix) if mix else data
         started = time.perf_counter()
-        metrics = evaluate(model, task, loader, config, desc=args.split)
+        metrics = evaluate(
+            model,
+            task,
+            eval_loader(source, args.split, args.batch_size, config.workers, config.size),
+            config,
+            desc=args.split,
+        )
         wall = time.perf_counter() - started
         evaluation = {"data": data, "checkpoint_step": saved["step"], "wall_s": round(wall, 1)}
+        if mix:
+            evaluation["mix"] = mix
         report = update_metrics(run, splits={args.split: metrics | {"evaluation": evaluation}})
         plot_predictions(
             model,
             task,
-            make_loader(data, args.split, 16, shuffle=False, size=config.size),
+            eval_loader(source, args.split, 16, 0, config.size),
             config,
             run / f"predictions-{args.split}.png",
             title=f"{info.recipe}: {args.split}",
@@ -310,6 +357,30 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(f"{run}: {summary(report, args.split)} ({wall:.0f} s)")
     return 0
+
+
+def eval_config(args: argparse.Namespace, trained: dict[str, Any], data: str) -> TrainConfig:
+    """The run's config with this machine's device, workers and threads (torch's thread count set)."""
+    device = resolve_device(args.device)
+    workers = default_workers(device) if args.workers is None else args.workers
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    return TrainConfig.from_dict(
+        trained
+        | {
+            "data": data,
+            "device": device,
+            "precision": default_precision(device),
+            "workers": workers,
+            "threads": args.threads,
+            "progress": args.progress,
+        }
+    )
+
+
+def eval_loader(source: str | list[Stream], split: str, batch_size: int, workers: int, size: Any) -> Any:
+    """The split in order: one set, or a mix's streams, each sample once."""
+    return make_loader(source, split, batch_size, num_workers=workers, shuffle=False, size=size)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,6 +38,7 @@ class TrainConfig:
     progress: bool | None = None  # progress bars on stderr; None: only when stderr is a terminal
     mix: list[dict[str, Any]] | None = None  # --data given more than once: [{source, repeat?}], `data` first
     augment: dict[str, Any] | None = None  # Augment options (segshards.train.augmentation); None: letterbox
+    class_weights: str = "none"  # loss weight per class: "none", or "auto" (segshards.train.class_weights)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON/pickle-free types (tuples as lists), for the checkpoint and metrics.json."""
@@ -76,6 +77,7 @@ def validate(config: TrainConfig) -> None:
         ),
         (c.precision in ("fp32", "bf16"), f"--precision {c.precision!r}: must be fp32 or bf16"),
         (c.seed >= 0, f"--seed {c.seed}: must be >= 0"),
+        (c.class_weights in ("none", "auto"), f"--class-weights {c.class_weights!r}: must be none or auto"),
         (c.workers >= 0, f"--workers {c.workers}: must be >= 0"),
         (c.threads is None or c.threads >= 1, f"--threads {c.threads}: must be >= 1"),
         (

@@ -6,7 +6,7 @@ a resumed run takes exactly the steps the uninterrupted one would have.
 """
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from tqdm import tqdm
 from segshards.loaders import DevicePrefetcher, make_loader
 from segshards.train.augmentation import to_augment
 from segshards.train.checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from segshards.train.class_weights import run_weights, saved_weights, weights_record
 from segshards.train.config import RUNTIME_FIELDS, TrainConfig, validate
 from segshards.train.dataset import SetInfo, mix_streams, read_set
 from segshards.train.errors import CheckpointError, ConfigError
@@ -123,6 +124,11 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | 
     info = read_set(config.data)
     task = task_for(info.schema, palette=info.palette)
     check_size(config, info, task)
+    saved = load_checkpoint(checkpoint_path) if resume and checkpoint_path.exists() else None
+    if saved is not None:
+        check_resumable(saved["config"], config, checkpoint_path)
+    # --class-weights auto: from the train split's pixel counts, or the weights a resumed run started with.
+    task.set_class_weights(saved_weights(saved, task) if saved is not None else run_weights(config))
     loader = train_loader(config)
     if len(loader) == 0:
         raise ConfigError(f"--data {config.data}: train split smaller than one batch of {config.batch_size}")
@@ -140,9 +146,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | 
     state = TrainState(
         model, optimizer, scheduler, DevicePrefetcher(loader, config.device, transform=prepare)
     )
-    if resume and checkpoint_path.exists():
-        saved = load_checkpoint(checkpoint_path)
-        check_resumable(saved["config"], config, checkpoint_path)
+    if saved is not None:
         state.load_state_dict(saved)
 
     result = RunResult(finished=False)
@@ -238,6 +242,7 @@ def finish(state: TrainState, task: Task, config: TrainConfig, info: SetInfo) ->
         recipe=config.recipe,
         primary=list(task.primary),
         config=config.as_dict(),
+        class_weights=weights_record(config.class_weights, task),
         training=training,
         splits=splits,
     )
@@ -258,7 +263,12 @@ def checkpoint(state: TrainState, task: Task, config: TrainConfig) -> None:
     """Write checkpoint.pt atomically (creating the run folder the first time): the state, config and task."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    extra = {"config": config.as_dict(), "recipe": config.recipe, "task": task.describe()}
+    extra = {
+        "config": config.as_dict(),
+        "recipe": config.recipe,
+        "task": task.describe(),
+        "class_weights": weights_record(config.class_weights, task),
+    }
     if config.mix:
         extra["mix"] = mix_report(state.data.loader)
     save_checkpoint(out / CHECKPOINT, state.state_dict() | extra)
@@ -272,8 +282,9 @@ def mix_report(loader: Any) -> list[dict[str, Any]]:
 
 def check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
     """A resumed run must learn the same thing: only runtime fields (data location, device ...) may change."""
+    defaults = {f.name: f.default for f in fields(TrainConfig)}  # for fields older checkpoints lack
     for key, value in config.as_dict().items():
-        if key not in RUNTIME_FIELDS and saved.get(key) != value:
+        if key not in RUNTIME_FIELDS and saved.get(key, defaults[key]) != value:
             raise CheckpointError(
                 f"{path}: saved with {key}={saved.get(key)!r}, this run asks for {value!r}; "
                 "resume with the saved settings, or train into another --out"

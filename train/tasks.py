@@ -31,6 +31,7 @@ class Task:
 
     kind = ""
     default_widths: tuple[int, ...] = ()  # when the schema suggests none
+    class_names: list[str]  # set by each task
 
     def __init__(self, in_channels: int, primary: Sequence[str]) -> None:
         self.in_channels, self.primary = in_channels, tuple(primary)
@@ -51,6 +52,11 @@ class Task:
     def plot(self, raw: Batch, batch: Batch, outputs: Any, path: Path, *, title: str) -> None:
         """predictions.png from a stored (uint8) batch `raw`, its prepared copy `batch` and the outputs."""
         raise NotImplementedError
+
+    def set_class_weights(self, weights: Sequence[float] | np.ndarray | None) -> None:
+        """Per-class loss weights: only segmentation takes them (`SegmentationTask`)."""
+        if weights is not None:
+            raise ConfigError(f"--class-weights auto: only for segmentation sets, not a {self.kind} task")
 
     def describe(self) -> dict[str, Any]:
         """What the checkpoint records of the task, so `eval` can refuse a set the model does not fit."""
@@ -76,6 +82,13 @@ class SegmentationTask(Task):
         super().__init__(in_channels, primary)
         self.class_names, self.background, self.ignore = list(class_names), background, ignore
         self.palette = palette
+        self.class_weights: torch.Tensor | None = None  # (K,) float32 loss weights (--class-weights)
+
+    def set_class_weights(self, weights: Sequence[float] | np.ndarray | None) -> None:
+        """Weight the cross-entropy of each true class (None: unweighted); one weight per class."""
+        if weights is not None and len(weights) != self.num_classes:
+            raise ConfigError(f"class weights: {len(weights)} given for {self.num_classes} classes")
+        self.class_weights = None if weights is None else torch.tensor(list(weights), dtype=torch.float32)
 
     @property
     def num_classes(self) -> int:
@@ -90,7 +103,12 @@ class SegmentationTask(Task):
     def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         # (B, K, H, W) logits, made contiguous: log-softmax over channels is slow on channels-last tensors.
         ignore = NO_IGNORE if self.ignore is None else self.ignore
-        return F.cross_entropy(outputs.float().contiguous(), batch["mask"], ignore_index=ignore)
+        weight = self.class_weights
+        if weight is not None and weight.device != outputs.device:
+            weight = self.class_weights = weight.to(outputs.device)  # moved once, kept there
+        return F.cross_entropy(
+            outputs.float().contiguous(), batch["mask"], weight=weight, ignore_index=ignore
+        )
 
     def metrics(self) -> Metrics:
         ignore = NO_IGNORE if self.ignore is None else self.ignore
