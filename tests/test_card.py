@@ -49,8 +49,13 @@ def test_card_states_the_manifest_facts(small_grid: Path) -> None:
     for split in manifest["splits"].values():
         for e in split["shards"]:
             assert f"| {e['name']} | {e['count']:,} | {e['bytes']:,} | `{e['sha256']}` |" in card
-    pixels = manifest["splits"]["train"]["class_histogram"]["pixels"]
-    assert f"| 0 | background | {pixels['0']:,} |" in card and f"| 10 | 9 | {pixels['10']:,} |" in card
+    train = manifest["splits"]["train"]["class_histogram"]
+    pixels, total = train["pixels"], sum(train["pixels"].values())
+    for value, name in (("0", "background"), ("10", "9")):
+        held = train["images"][value]
+        share = f"{100 * pixels[value] / total:.2f}%"
+        assert f"| {value} | {name} | {share} | {held:,} ({100 * held / 300:.2f}%) |" in card
+    assert train["images"]["0"] == 300  # every grid holds background
     assert (
         "| 0 | background | background |\n| 1 | 0 | class |" in card and "| 255 | ignore | not scored" in card
     )
@@ -122,7 +127,10 @@ def test_coco_card_licence_classes_and_colour_snippet() -> None:
     assert card.startswith('---\nlicense: "cc-by-4.0"\n')
     assert "255 = ignore" in card and "`KEY.jpg` (the image)" in card
     assert "| 0 | background | background |\n| 1 | dog | class |\n| 255 | ignore | not scored" in card
-    assert "| 0 | background | 7 |" in card and "| 1 | dog | 5 |" in card and "| 1 | dog | 2 |" in card
+    # Pixel shares; images holding each class are unknown to a manifest without `images` (earlier sets).
+    assert "| 0 | background | 58.33% | - |" in card and "| 1 | dog | 41.67% | - |" in card
+    assert "| 1 | dog | 2 |" in card  # labels
+    assert "## Near-duplicates" not in card  # nor does it record any
     assert '.decode(wds.imagehandler("l8", ["png"]), wds.imagehandler("rgb8"))' in card
     assert 'to_tuple("jpg", "mask.png", "json")' in card
     assert '"pipe:aws s3 cp s3://bucket/sets/coco/train-000000.tar -"' in card

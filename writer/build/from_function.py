@@ -162,13 +162,12 @@ def build(
     "meta": JSON dict (optional), "image_bytes": a JPEG/PNG stored as it is (optional)}, or None to skip
     the input. `inputs`: split -> sequence, or one sequence (train). `targets` names meta fields the
     loaders turn into batch tensors. `on_error="skip"` leaves out inputs whose fn raises, counted per
-    exception type. `near_duplicates`: "off", "report" (the default for colour images: counts in the
-    manifest) or "reject" (leave out images near one already chosen). A second call with the same arguments reuses the complete shards of a crashed one.
+    exception type; `near_duplicates`: "off", "report" (colour's default), "reject". A second call with
+    the same arguments reuses the complete shards of a crashed one.
     """
     split = split_inputs(inputs)
     names = check_classes(classes)
-    check_call(fn, split, on_error=on_error, jobs=jobs, backend=backend)
-    check_mode(near_duplicates, "near_duplicates")
+    check_call(fn, split, on_error=on_error, jobs=jobs, backend=backend, near_duplicates=near_duplicates)
     recipe = FunctionRecipe()
     options = call_options(fn, split, names, targets, on_error)
     config = BuildConfig(
@@ -186,16 +185,9 @@ def build(
     )
     refuse_another_set(config)
     scratch = scratch_folder(backend)
+    walkers = max(jobs or joblib.cpu_count(), 1)
     spec = FunctionSpec(
-        fn,
-        split,
-        names,
-        tuple(targets),
-        on_error,
-        max(jobs or joblib.cpu_count(), 1),
-        scratch,
-        uuid.uuid4().hex,
-        options,
+        fn, split, names, tuple(targets), on_error, walkers, scratch, uuid.uuid4().hex, options
     )
     try:
         manifest = build_set(recipe, spec, config)
@@ -234,9 +226,16 @@ def refuse_another_set(config: BuildConfig) -> None:
 
 
 def check_call(
-    fn: Callable[[Any], Any], split: dict[str, Sequence[Any]], *, on_error: str, jobs: int, backend: str
+    fn: Callable[[Any], Any],
+    split: dict[str, Sequence[Any]],
+    *,
+    on_error: str,
+    jobs: int,
+    backend: str,
+    near_duplicates: str | None = None,
 ) -> None:
     """The call's own arguments, checked before anything is read or written."""
+    check_mode(near_duplicates, "near_duplicates")
     if on_error not in ON_ERROR:
         raise ConfigError(f"on_error {on_error!r}: must be one of {', '.join(ON_ERROR)}")
     if not callable(fn):

@@ -1,11 +1,11 @@
 """Near-duplicates at build time: the `--near-duplicates` modes, the perceptual codes of a rendered or a
-stored sample (the very codes `segshards audit` computes from the shard), and an index of accepted codes
-that grows one candidate batch at a time.
+stored sample (the very codes `segshards audit` computes from the shard), and an index of the codes of the
+candidates examined, which grows one candidate batch at a time.
 
 The codes and the distance are `segshards.writer.share.near_duplicates`' (a pHash and a dHash of six views
 per image, 14 bits). The index finds the same candidate pairs as its banded search, in both directions,
 since a new image must be compared with images indexed before it: in each band, the new image's whole
-view within one bit of any view of an accepted image, any of its views within one bit of an accepted
+view within one bit of any view of an indexed image, any of its views within one bit of an indexed
 whole view, and each other view equal to the same view; each candidate is verified with the full distance.
 """
 
@@ -86,7 +86,7 @@ def lookup(keys: np.ndarray, owners: np.ndarray, probes: np.ndarray, who: np.nda
 
 
 class Run:
-    """The banded tables of the accepted images `lo..hi`: per band, every view, the whole view, and each
+    """The banded tables of the indexed images `lo..hi`: per band, every view, the whole view, and each
     other view tagged with its number, each as sorted values with their images."""
 
     def __init__(self, codes: np.ndarray, lo: int) -> None:
@@ -105,7 +105,7 @@ class Run:
             self.tables.append([sorted_table(v.ravel(), o) for v, o in parts])
 
     def candidates(self, query: np.ndarray) -> np.ndarray:
-        """(query row, accepted image) pairs that share a band value as the module docstring says."""
+        """(query row, indexed image) pairs that share a band value as the module docstring says."""
         found = []
         rows = np.arange(len(query))
         views = len(VIEWS)
@@ -129,10 +129,11 @@ def sorted_table(values: np.ndarray, owners: np.ndarray) -> tuple[np.ndarray, np
     return values[order], owners[order]
 
 
-class AcceptedCodes:
-    """The codes of the images accepted so far and their banded index: runs whose sizes shrink from the
-    oldest, a run merged with the one before it (built again from the codes) once that one is no larger,
-    as a binary counter carries: each image is indexed O(log N) times, a lookup searches O(log N) runs."""
+class NearIndex:
+    """The codes of every image examined so far, admitted or left out, and their banded index: runs whose
+    sizes shrink from the oldest, a run merged with the one before it (built again from the codes) once
+    that one is no larger, as a binary counter carries: each image is indexed O(log N) times, a lookup
+    searches O(log N) runs."""
 
     def __init__(self, threshold: int = THRESHOLD) -> None:
         self.threshold = threshold
@@ -141,7 +142,7 @@ class AcceptedCodes:
         self.runs: list[Run] = []
 
     def near(self, query: np.ndarray) -> np.ndarray:
-        """Whether each (2, 6) code of `query` is within the threshold of an accepted image."""
+        """Whether each (2, 6) code of `query` is within the threshold of an image examined before."""
         out = np.zeros(len(query), bool)
         for run in self.runs:
             pairs = run.candidates(query)
@@ -154,18 +155,16 @@ class AcceptedCodes:
         return out
 
     def admit(self, query: np.ndarray) -> np.ndarray:
-        """Which of `query`, taken in order, are near no accepted image and no earlier admitted one of
-        `query` (the first in order wins); the admitted are added."""
-        fresh = ~self.near(query)
+        """Which of `query`, taken in order, are near no image examined before them (here or in `query`):
+        the first of each group wins, and a copy of a left-out copy is left out too, as `audit` links
+        them into one group. All of `query` is added."""
         n = len(query)
         a, b = np.triu_indices(n, 1)
         close = np.zeros((n, n), bool)
         if len(a):
             close[a, b] = pair_distance(query, a, b) <= self.threshold
-        keep = np.zeros(n, bool)
-        for j in np.flatnonzero(fresh).tolist():
-            keep[j] = not (close[:j, j] & keep[:j]).any()
-        self.add(query[keep])
+        keep = ~self.near(query) & ~close.any(axis=0)
+        self.add(query)
         return keep
 
     def add(self, codes: np.ndarray) -> None:
@@ -193,8 +192,8 @@ class WalkCheck:
         return image_codes(pixels)
 
     def index(self) -> Callable[[np.ndarray], bool]:
-        accepted = AcceptedCodes(self.threshold)
-        return lambda codes: bool(accepted.admit(codes[None])[0])
+        examined = NearIndex(self.threshold)
+        return lambda codes: bool(examined.admit(codes[None])[0])
 
 
 def with_walk_check(spec: Any, mode: str | None) -> Any:

@@ -1,12 +1,14 @@
-"""`--near-duplicates` in a build: `reject` while planning (a candidate near an accepted image is left out,
+"""`--near-duplicates` in a build: `reject` while planning (a candidate near one examined before it is left out,
 the first in the seeded order winning), and the counts the manifest records per split.
 
 `reject` needs each candidate's codes before it is chosen. A photo walk (coco-semantic, mask-folder), which
 decodes every image it checks, computes them there from the pixels (`WalkCheck`, set in its spec), leaves
 near-duplicates out of each split's count as it fills the splits, and hands the codes to the planner with
 the candidates; for other recipes, the candidates that pass the exact check are rendered once more, in
-pieces on the build's worker processes (`map_in_order`, results in order). Either way the codes are checked
-against those of every image accepted so far (`AcceptedCodes`), in the same order, to the same choices. The plan depends only on
+pieces on the build's worker processes (`map_in_order`, results in order). Either way each candidate's codes are
+checked against those of every candidate examined before it (`NearIndex`), in the same order, to the same
+choices: a candidate near any of them is left out, so the first of each group (as `audit` groups them: a
+copy of a copy too) is the one kept. The plan depends only on
 those codes, computed in this machine's processes, so it is the same for any `--jobs` and backend.
 `report` changes nothing that is chosen: each shard task computes the codes of the samples it writes, and
 the pairs are grouped once every shard is written.
@@ -18,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from segshards.writer.build.near_dup_codes import NO_CODES, AcceptedCodes, sample_codes
+from segshards.writer.build.near_dup_codes import NO_CODES, NearIndex, sample_codes
 from segshards.writer.build.shards import ShardResult
 from segshards.writer.format.keys import accept
 from segshards.writer.process_pool import map_in_order
@@ -50,12 +52,12 @@ def codes_of(task: CodesTask) -> np.ndarray:
 
 
 class NearFilter:
-    """The planner's `reject` check: one index of accepted codes across all splits, near-duplicates
+    """The planner's `reject` check: one index of the codes examined across all splits, near-duplicates
     left out and counted per split."""
 
     def __init__(self, recipe: str, spec: Any, *, workers: int, threshold: int = THRESHOLD) -> None:
         self.recipe, self.spec, self.workers = recipe, spec, workers
-        self.accepted = AcceptedCodes(threshold)
+        self.examined = NearIndex(threshold)
         self.rejected: dict[str, int] = {}
 
     def pieces(self, batches: Iterable[Candidates]) -> Iterator[Candidates]:
@@ -83,7 +85,7 @@ class NearFilter:
             start = chosen[-1] + 1 if want is not None and len(found) == want else len(batch.digests)
             if chosen:
                 codes = batch.codes[chosen] if batch.codes is not None else self.codes(batch.items[chosen])
-                keep = self.accepted.admit(codes)
+                keep = self.examined.admit(codes)
                 kept.extend(i for i, k in zip(chosen, keep.tolist(), strict=True) if k)
                 self.rejected[split] = self.rejected.get(split, 0) + int((~keep).sum())
         return kept, exact

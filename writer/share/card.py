@@ -77,10 +77,52 @@ def class_table(schema: SampleSchema) -> list[str]:
     return lines
 
 
+def share(part: int, whole: int) -> str:
+    """`part` as a percentage of `whole`, never shown as 0% when it is not 0."""
+    if not whole:
+        return "-"
+    if part and part * 10_000 < whole:
+        return "<0.01%"
+    return f"{100 * part / whole:.2f}%"
+
+
+def class_statistics(manifest: dict[str, Any], schema: SampleSchema) -> list[str]:
+    """Per class and split: its share of the mask pixels, and the images whose mask holds it (with their
+    share of the split), from the manifest's `class_histogram` (`images`: sets of earlier versions have
+    none, shown as -)."""
+    splits = split_names(manifest)
+    hist = {s: manifest["splits"][s].get("class_histogram", {}) for s in splits}
+    pixels = {s: hist[s].get("pixels", {}) for s in splits}
+    holding = {s: hist[s].get("images") for s in splits}
+    totals = {s: sum(pixels[s].values()) for s in splits}
+    values = sorted({int(v) for p in pixels.values() for v in p})
+    if not values:
+        return []
+    names = mask_names(schema)
+    head = ["mask value", "name", *(f"{s}: {what}" for s in splits for what in ("pixels", "images"))]
+    lines = ["| " + " | ".join(head) + " |", "|---:|---|" + "---:|" * (2 * len(splits))]
+    for v in values:
+        row = [str(v), names.get(v, "")]
+        for s in splits:
+            count = manifest["splits"][s].get("count", 0)
+            found = holding[s]
+            images = (
+                "-" if found is None else f"{found.get(str(v), 0):,} ({share(found.get(str(v), 0), count)})"
+            )
+            row += [share(pixels[s].get(str(v), 0), totals[s]), images]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
 def histogram(manifest: dict[str, Any], schema: SampleSchema) -> list[str]:
-    """Mask pixels per class, and samples per label where the recipe labels samples."""
-    pixels = count_table(manifest, "pixels", "mask value", mask_names(schema))
-    lines = ["Mask pixels per class and split:", "", *pixels]
+    """Each class's share of the mask pixels and the images holding it, and samples per label where the
+    recipe labels samples."""
+    lines = [
+        "Share of the mask pixels of each split that each class covers, and the images whose mask holds it "
+        "(the manifest's `class_histogram` has the counts):",
+        "",
+        *class_statistics(manifest, schema),
+    ]
     label_names = {
         int(c["class"]): str(c.get("name", "")) for c in manifest.get("source", {}).get("classes", [])
     }
@@ -158,6 +200,7 @@ def how_built(manifest: dict[str, Any]) -> list[str]:
         f"- recipe: `{manifest['recipe']}`",
         f"- seed: {manifest.get('seed')}",
         f"- duplicates rejected while planning: {manifest.get('duplicates_rejected', 0):,}",
+        *near_line(manifest),
         *(f"- {note}" for note in manifest.get("source", {}).get("notes", [])),  # the recipe's own facts
         "- configuration (as recorded in the manifest):",
         "",
@@ -168,6 +211,14 @@ def how_built(manifest: dict[str, Any]) -> list[str]:
         rebuild_line(manifest),
         "",
     ]
+
+
+def near_line(manifest: dict[str, Any]) -> list[str]:
+    found = manifest.get("near_duplicates")
+    if not isinstance(found, dict) or "mode" not in found:
+        return []
+    rejected = f", {found.get('rejected', 0):,} rejected" if found["mode"] == "reject" else ""
+    return [f"- near-duplicates: `{found['mode']}`{rejected} (see Near-duplicates)"]
 
 
 def rebuild_line(manifest: dict[str, Any]) -> str:
@@ -194,11 +245,45 @@ def splits_and_classes(manifest: dict[str, Any], schema: SampleSchema) -> list[s
             for s in split_names(manifest)
         ),
         "",
-        "## Class histogram",
+        "## Class statistics",
         "",
         *histogram(manifest, schema),
         "",
+        *near_duplicates(manifest),
     ]
+
+
+def near_duplicates(manifest: dict[str, Any]) -> list[str]:
+    """What `--near-duplicates` found or left out, per split (nothing for sets built before it)."""
+    found = manifest.get("near_duplicates")
+    if not isinstance(found, dict) or "mode" not in found:
+        return []
+    mode = found["mode"]
+    if mode == "off":
+        return ["## Near-duplicates", "", "Not checked (`--near-duplicates off`).", ""]
+    what = {
+        "report": "counted, none removed",
+        "reject": "each image near one chosen before it (in any split) was left out and replaced",
+    }.get(mode, mode)
+    lines = [
+        "## Near-duplicates",
+        "",
+        f"Perceptual near-duplicates (re-encoded, resized, slightly cropped or labelled copies: pHash and dHash "
+        f"within {found.get('threshold', '?')} bits), `--near-duplicates {mode}`: {what}. A group is a set of "
+        "images linked by near-duplicate pairs; `segshards audit` lists them.",
+        "",
+        "| split | groups in the split | their images | images with a near-duplicate in another split "
+        "| rejected |",
+        "|---|---:|---:|---|---:|",
+    ]
+    for s in split_names(manifest):
+        entry = manifest["splits"][s].get("near_duplicates", {})
+        leaks = ", ".join(f"{n:,} ({other})" for other, n in sorted(entry.get("leaks", {}).items())) or "0"
+        lines.append(
+            f"| {s} | {entry.get('groups', 0):,} | {entry.get('images', 0):,} | {leaks} | "
+            f"{entry.get('rejected', 0):,} |"
+        )
+    return [*lines, ""]
 
 
 def source_section(manifest: dict[str, Any]) -> list[str]:
