@@ -21,6 +21,7 @@ from segshards.writer.errors import ConfigError
 from segshards.writer.share.near_duplicates import image_codes
 from tests.coco_fixtures import write_coco
 from tests.mnist_fixtures import error_lines
+from tests.test_dask_backend import Cluster
 
 PHOTOS = coco_tiny_images()
 needs_photos = pytest.mark.skipif(PHOTOS is None, reason="coco-tiny photographs not found")
@@ -224,3 +225,15 @@ def test_accepted_codes_keep_the_first_of_each_group_in_order() -> None:
     # Two copies of a new photograph in one batch: the first wins.
     index = NearIndex()
     assert index.admit(np.stack([image_codes(copies[0]), image_codes(copies[1])])).tolist() == [True, False]
+
+
+def test_reject_on_dask_gives_the_local_bytes(copies: list[str], tmp_path: Path) -> None:
+    local = build(tmp_path / "local", *copies, *COUNTS, "--jobs", "1", "--near-duplicates", "reject")
+    cluster = Cluster(2, tmp_path)
+    try:
+        args = ["--backend", "dask", "--scheduler", cluster.address, "--near-duplicates", "reject"]
+        remote = build(tmp_path / "dask", *copies, *COUNTS, *args)
+    finally:
+        cluster.close()
+    assert remote == local and local["near_duplicates"]["rejected"] > 0
+    assert files(tmp_path / "dask") == files(tmp_path / "local")
