@@ -8,6 +8,7 @@ for pixel, whatever the worker count or the order samples reach a worker, and af
 """
 
 import hashlib
+import math
 import struct
 from dataclasses import dataclass
 
@@ -72,15 +73,47 @@ def pick(word: int, low: int, high: int) -> int:
     return low + (word * (high - low + 1) >> 64)
 
 
-def span(start: int, count: int, resized: int, full: int, denominator: int) -> tuple[int, int]:
-    """The source pixels [a, b) of the image decoded at 1/denominator that resized pixels
-    [start, start + count) come from (a resize of `full` pixels to `resized`), rounded to whole pixels:
-    the window that is cut out, then resized on its own. Rounding moves its edges by at most half a decoded
-    pixel, which stretches the crop by at most one decoded pixel over its length."""
-    scale = full / resized / denominator
+# How far back a window may start for its first pixel to fall on a whole output pixel: the window is
+# resized at the reference's exact scale, so its start must sit on the output grid. The best start within
+# 16 decoded pixels leaves 0.03 output pixel of shift on average and resizes ~6% more pixels than the kept
+# ones; on coco-tiny-derived photographs the fused pixels then differ from resize-then-crop by 0.6 levels
+# on average (2.4 with the start rounded to a whole decoded pixel, which shifts by up to half of one).
+ALIGN_SEARCH = 16
+
+
+@dataclass(frozen=True)
+class Window:
+    """One axis of the window cut from the decoded image: decoded pixels [start, stop), resized by `scale`
+    (output pixels per decoded pixel), of which the kept output pixels begin at `offset`."""
+
+    start: int
+    stop: int
+    scale: float
+    offset: int
+
+
+def window(first: int, count: int, resized: int, full: int, denominator: int) -> Window:
+    """The decoded pixels that resized pixels [first, first + count) come from, along one axis of an
+    image of `full` pixels resized to `resized` and decoded at 1/denominator.
+
+    Resized pixel c samples decoded coordinate (c + 0.5) / scale - 0.5 (pixel centres; libjpeg-turbo's
+    pixel u covers source pixels [u k, u k + k)); a window from `start` resized at `scale` samples
+    start + (j + 0.5) / scale - 0.5, so c is its pixel j = c - start * scale: the start is picked among
+    the last ALIGN_SEARCH decoded pixels before the first sample to make start * scale nearest a whole
+    number, and the stop one past the last sample's right neighbour (bilinear reads
+    two)."""
+    scale = resized * denominator / full
     size = -(-full // denominator)
-    a = min(size - 1, max(0, round(start * scale)))
-    return a, max(a + 1, min(size, round((start + count) * scale)))
+    last = min(size - 1, max(0, math.floor((first + 0.5) / scale - 0.5)))
+    starts = range(last, max(0, last - ALIGN_SEARCH) - 1, -1)
+    start = min(starts, key=lambda x: off_grid(x * scale))  # the nearest of equals: min keeps the first
+    stop = min(size, math.floor((first + count - 0.5) / scale - 0.5) + 3)
+    return Window(start, stop, scale, round(first - start * scale))
+
+
+def off_grid(value: float) -> float:
+    """Distance from `value` to the nearest whole number."""
+    return abs(value - round(value))
 
 
 def kept(d: Draw, size: tuple[int, int]) -> tuple[int, int]:

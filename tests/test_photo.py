@@ -12,7 +12,7 @@ import pytest
 
 from segshards.loaders import make_loader
 from segshards.loaders.decode import letterbox
-from segshards.loaders.photo import decode_scale, fit, read_photo
+from segshards.loaders.photo import decode_scale, fit, put_mask, put_planes, read_photo, resize
 from segshards.writer.cli.main import main
 from segshards.writer.errors import ShardFormatError
 from segshards.writer.format.images import encode_png
@@ -224,3 +224,34 @@ def test_the_loader_letterboxes_a_coco_set_through_the_photo_path(tmp_path: Path
             np.testing.assert_array_equal(mask.numpy(), expected_mask)
             seen += 1
     assert seen == 6
+
+
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("width", [40, 33])  # the whole slot's width (planes contiguous), or narrower
+def test_planes_are_rgb_and_flipped_in_place(width: int, flip: bool) -> None:
+    image = np.random.default_rng(width).integers(0, 256, (20, width, 3), dtype=np.uint8)
+    out = np.zeros((3, 30, 40), np.uint8)
+    slot = out[:, 5:25, :width]
+    put_planes(image, slot, flip=flip)
+    expected = image[:, ::-1] if flip else image
+    np.testing.assert_array_equal(slot, expected[:, :, ::-1].transpose(2, 0, 1))
+    assert (out[:, :5] == 0).all() and (out[:, 25:] == 0).all() and (out[:, :, width:] == 0).all()
+
+
+@pytest.mark.parametrize("shape", [(428, 640), (427, 640), (60, 90)])
+def test_masks_are_cv2_nearest_whatever_the_factor(shape: tuple[int, int]) -> None:
+    mask = np.random.default_rng(1).integers(0, 9, shape, dtype=np.uint8)
+    target = np.zeros((214, 320), np.uint8)
+    put_mask(mask, target)
+    np.testing.assert_array_equal(target, cv2.resize(mask, (320, 214), interpolation=cv2.INTER_NEAREST))
+
+
+def test_fractional_shrinks_stay_near_inter_area_and_whole_ones_are_it() -> None:
+    image = photo_like(336, 500, 3)
+    two_step = resize(image, 215, 320)  # a factor of 1.56: linear to twice the box, then area by 2
+    area = cv2.resize(image, (320, 215), interpolation=cv2.INTER_AREA)
+    assert two_step.shape == area.shape and np.abs(two_step.astype(np.int16) - area).mean() < 1.0
+    big = photo_like(900, 1200, 4)  # a factor of 3.75: beyond two, INTER_AREA as it is
+    np.testing.assert_array_equal(
+        resize(big, 240, 320), cv2.resize(big, (320, 240), interpolation=cv2.INTER_AREA)
+    )
