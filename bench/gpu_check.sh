@@ -4,8 +4,13 @@
 #   2. the writer on many cores: --jobs 1 against all cores, same set;
 #   3. the three MNIST trainings of `make train` on the GPU (recipe defaults, bf16 autocast, loader
 #      workers), then test-split evaluation: samples/s and the fraction of the loop spent waiting for data;
-#   4. the loader bench's training step fed from shards (data-wait fraction, target < 5%).
+#   4. the loader bench's training step fed from shards (data-wait fraction, target < 5%);
+#   5. photographs: a COCO U-Net (bf16, batch 32, 320x320) fed with CPU decode in the workers against
+#      GPU decode (decode_device="cuda": nvjpeg via torchvision, which the interpreter must have), photos/s
+#      and data-wait fraction by worker count (bench/gpu_photos.py; coco-tiny must be found: shared/ beside
+#      the checkout or $SEGSHARDS_COCO_TINY).
 # Usage: OUT=folder bash bench/gpu_check.sh   (PY=python to choose the interpreter)
+# Without a GPU, `python -m bench gpu_feed --photos --device cpu` runs step 5's code reduced, as a check.
 set -u -o pipefail
 PY=${PY:-python3}
 OUT=${OUT:-gpu-out}
@@ -20,10 +25,11 @@ step() { printf '\n== %s (%s)\n' "$*" "$(date +%T)"; }
 
 step "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+$PY -c "import importlib.util as u; print('torchvision', 'present' if u.find_spec('torchvision') else 'ABSENT: no GPU decode figures')"
 $PY -c "import torch, cv2, numpy; print('torch', torch.__version__, '| cuda', torch.cuda.is_available(), '|', torch.cuda.get_device_name() if torch.cuda.is_available() else '-', '| cv2', cv2.__version__, '| numpy', numpy.__version__, '| cores', __import__('os').cpu_count())"
 
 step "CUDA and training tests"
-$PY -m pytest -q -p no:cacheprovider -o addopts="" tests/test_loaders.py tests/test_train.py 2>&1 | tail -8
+$PY -m pytest -q -p no:cacheprovider -o addopts="" tests/test_loaders.py tests/test_train.py tests/test_decode_device.py 2>&1 | tail -8
 
 step "writer: mnist-grid 100,000 train, --jobs 1 then all cores"
 for jobs in 1 0; do
@@ -71,6 +77,10 @@ for workers in (2, 6):
     print(f"{workers} workers: {rate:,.1f} steps/s ({rate * 256:,.0f} samples/s) over {steps} steps, "
           f"waiting for data {wait:.1%} of step time (target < 5%)")
 EOF
+
+step "photographs: CPU decode vs GPU decode, COCO U-Net bf16, batch 32 (${PHOTOS:-2500} photos)"
+$PY -m bench gpu_feed --photos --images ${PHOTOS:-2500} --workers ${PHOTO_WORKERS:-2,6,12} 2>&1 \
+    | grep -v "^=====" | tee "$OUT/gpu-decode.txt"
 
 step "summary"
 $PY - "$OUT" <<'EOF'

@@ -5,7 +5,9 @@
 - the training step alone on one batch already on the GPU: the ceiling of steps/s;
 - the step fed from shards through `DevicePrefetcher`, by workers and prefetch depth: steps/s and the
   fraction of loop time spent waiting for data, split into the start of each epoch (workers starting,
-  shuffle buffers filling) and the steady state after it.
+  shuffle buffers filling) and the steady state after it;
+then the photo section (`bench.gpu_photos`): a COCO U-Net fed with CPU decode against GPU decode.
+`--photos` runs only that section, and with `--device cpu --small` it runs on a CPU (a check that it works).
 """
 
 import argparse
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from bench.gpu_photos import add_photo_options, photos_main
 from bench.loader_bench import BATCH, SmallNet, ensure_shards, train_step
 from segshards.loaders import DevicePrefetcher, make_loader, to_float
 
@@ -82,7 +85,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=100_000)
     parser.add_argument("--shards", default=None)
     parser.add_argument("--epochs", type=int, default=2)
+    add_photo_options(parser)
     args, _ = parser.parse_known_args(argv)
+    if args.photos or args.device == "cpu":
+        photos_main(args)
+        return
     if not torch.cuda.is_available():
         print("gpu_feed: skipped (no CUDA device)")
         return
@@ -110,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
             f"  fed, {workers:2d} workers, prefetch {prefetch}{'' if pin else ', unpinned'}: {r['steps_per_s']:,.1f} steps/s; waiting "
             f"{r['wait']:.1%} of loop time ({r['start_wait']:.1%} at epoch starts, {r['steady_wait']:.1%} after)"
         )
+    photos_main(args)
 
 
 if __name__ == "__main__":
