@@ -13,7 +13,7 @@ exactly the epoch's multiset, and a saved position (batches per worker) replays 
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +118,9 @@ class MixStream(ShardStream):
         return MixStats(streams=[{"samples": 0, "shards_failed": 0} for _ in self.plan.sets])
 
     def samples(self, worker: int, stats: Stats) -> Iterator[Sample]:
+        """The worker's samples of every stream, interleaved. No Python frame runs per sample beyond the
+        shard reader's, as for one set: the interleaving is `map(next, ...)` over the streams' chains of
+        shard readers (with on_error="skip", where a damaged shard may end a stream early, a loop)."""
         c, epoch = self.config, self.position.epoch
         units, times = self.worker_units(worker, epoch)
         counts = [sum(int(times[u].sum()) for u in units if u[0] == s) for s in range(len(self.plan.sets))]
@@ -129,55 +132,46 @@ class MixStream(ShardStream):
         readers = [
             self.stream_samples(s, [u for u in units if u[0] == s], times, stats) for s in range(len(counts))
         ]
-        # Per sample only a list lookup and a next(): stream counts are the plan's, less what ran short.
+        order = interleave(counts, rng).tolist()
         short = [0] * len(counts)
-        for s in interleave(counts, rng).tolist():
-            sample = next(readers[s], None)
-            if sample is None:  # a damaged shard (skip mode) ended that stream early
-                short[s] += 1
-                continue
-            yield sample
-        if isinstance(stats, MixStats):
-            for s, n in enumerate(counts):
-                stats.streams[s]["samples"] += n - short[s]
+        if c.on_error == "raise":  # a stream cannot end early: a short shard raises at its end
+            mixed: Iterator[Sample] = map(next, map(readers.__getitem__, order))
+        else:
+            mixed = skipping(readers, order, short)
+        return chain(mixed, drained(readers), counted(stats, counts, short))
 
     def stream_samples(
         self, stream: int, units: list[Unit], times: dict[Unit, np.ndarray], stats: Stats
     ) -> Iterator[Sample]:
         """One stream's chosen samples in this worker's units, each as often as the epoch takes it."""
-        c, shards = self.config, self.plan.sets[stream]
-        for unit in units:
-            before = stats.shards_failed
-            shard_samples = read_shards(
-                shards.urls,
-                [unit[1]],
-                counts=shards.counts,
-                retry=c.retry,
-                on_error=c.on_error,
-                stats=stats,
-                give_up_after=len(units) + 10,
-                sizes=shards.sizes,
-                sha256=shards.sha256,
-                verify=c.verify,
-                limits=c.limits,
-            )
-            yield from self.repeated(shard_samples, times[unit], stream)
-            if stats.shards_failed != before and isinstance(stats, MixStats):
-                stats.streams[stream]["shards_failed"] += stats.shards_failed - before
+        return chain.from_iterable(self.unit_samples(stream, u, times[u], stats, len(units)) for u in units)
 
-    def repeated(self, shard_samples: Iterator[Sample], times: np.ndarray, stream: int) -> Iterator[Sample]:
-        """A shard's samples, each `times[k]` times, read to the end (the shard's count and sha256 are
-        checked there); tagged with their stream only when a mask table needs it (`after_assembly`)."""
+    def unit_samples(
+        self, stream: int, unit: Unit, times: np.ndarray, stats: Stats, units: int
+    ) -> Iterator[Sample]:
+        """One shard's chosen samples, each `times[k]` times, then the rest of the shard read (its count
+        and sha256 are checked at its end) and its failures counted for the stream. A shard whose samples
+        are each taken once and need no mask table is read with no Python code per sample."""
+        c, shards = self.config, self.plan.sets[stream]
+        mine = Stats()  # this shard's failure alone: other streams' shards are open meanwhile
+        shard_samples = read_shards(
+            shards.urls,
+            [unit[1]],
+            counts=shards.counts,
+            retry=c.retry,
+            on_error=c.on_error,
+            stats=mine,
+            give_up_after=units + 10,
+            sizes=shards.sizes,
+            sha256=shards.sha256,
+            verify=c.verify,
+            limits=c.limits,
+        )
         if not self.remap and len(times) and times.min() == 1 and times.max() == 1:
-            yield from islice(shard_samples, len(times))  # every sample once: no per-sample work at all
-            for _ in shard_samples:  # more than the manifest says: dropped, and the read ends in its error
-                pass
-            return
-        wanted = times.tolist()
-        for k, sample in enumerate(shard_samples):
-            sample["__stream__"] = stream
-            for _ in range(wanted[k] if k < len(wanted) else 0):
-                yield sample
+            chosen: Iterator[Sample] = islice(shard_samples, len(times))
+        else:
+            chosen = repeated(shard_samples, times.tolist(), stream)
+        return chain(chosen, finished(shard_samples, mine, stats, stream))
 
     def after_assembly(self, group: list[Sample], batch: dict) -> None:
         """Rewrite each row's mask into the mix's classes (rows are the group's samples that decoded)."""
@@ -193,6 +187,53 @@ class MixStream(ShardStream):
             if lut is not None:
                 masks[r] = lut[masks[r]]
             p += 1
+
+
+def repeated(shard_samples: Iterator[Sample], wanted: list[int], stream: int) -> Iterator[Sample]:
+    """A shard's samples, the k-th `wanted[k]` times, tagged with their stream (for `after_assembly`)."""
+    for k, sample in enumerate(islice(shard_samples, len(wanted))):
+        sample["__stream__"] = stream
+        for _ in range(wanted[k]):
+            yield sample
+
+
+def finished(shard_samples: Iterator[Sample], mine: Stats, stats: Stats, stream: int) -> Iterator[Sample]:
+    """Yields nothing: reads the rest of a shard (more samples than the manifest says are dropped, and the
+    read ends in its error), then adds its failure (`mine`) to the worker's stats and its stream's."""
+    for _ in shard_samples:
+        pass
+    stats.merge(mine)
+    if mine.shards_failed and isinstance(stats, MixStats):
+        stats.streams[stream]["shards_failed"] += mine.shards_failed
+    yield from ()
+
+
+def skipping(readers: list[Iterator[Sample]], order: list[int], short: list[int]) -> Iterator[Sample]:
+    """Interleave the streams in `order`, counting in `short` the draws of a stream that ended early (a
+    damaged shard, skip mode)."""
+    for s in order:
+        sample = next(readers[s], None)
+        if sample is None:
+            short[s] += 1
+            continue
+        yield sample
+
+
+def drained(readers: list[Iterator[Sample]]) -> Iterator[Sample]:
+    """Yields nothing: runs each stream's last shard to its end, where its count and sha256 are checked
+    (the interleaving stops drawing from a stream at its last chosen sample)."""
+    for reader in readers:
+        for _ in reader:
+            raise AssertionError("a stream of the mix holds more samples than its plan")
+    yield from ()
+
+
+def counted(stats: Stats, counts: list[int], short: list[int]) -> Iterator[Sample]:
+    """Yields nothing: once the worker's samples are through, adds each stream's count to `stats`."""
+    if isinstance(stats, MixStats):
+        for s, n in enumerate(counts):
+            stats.streams[s]["samples"] += n - short[s]
+    yield from ()
 
 
 def resolve_mix(

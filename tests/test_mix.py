@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from segshards.loaders import DevicePrefetcher, Stream, make_loader
+from segshards.loaders import DevicePrefetcher, SkippedDataWarning, Stream, make_loader
 from segshards.loaders.mix import interleave
 from segshards.writer.cli.main import main as writer_main
 from segshards.writer.errors import ConfigError, ShardFormatError
@@ -77,6 +77,22 @@ def test_a_shard_with_more_samples_than_its_manifest_says_is_refused(grid_set: P
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ShardFormatError, match="60 samples, the manifest says 59"):
         list(make_loader([Stream(folder, repeat=1.0)], "train", 8))
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_each_streams_last_shard_is_checked_to_its_end(grid_set: Path, tmp_path: Path, on_error: str) -> None:
+    folder = Path(shutil.copytree(grid_set, tmp_path / "grid"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["splits"]["train"]["shards"][-1]["sha256"] = "0" * 64  # the last shard read of each stream
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    loader = make_loader([Stream(folder), Stream(folder)], "train", 8, shuffle=False, on_error=on_error)  # type: ignore[arg-type]
+    if on_error == "raise":
+        with pytest.raises(ShardFormatError, match="sha256"):
+            list(loader)
+        return
+    with pytest.warns(SkippedDataWarning):
+        assert sum(len(b["key"]) for b in loader) == 2 * 250  # its samples were read before the check
+    assert [s["shards_failed"] for s in loader.stats.streams] == [1, 1]  # type: ignore[attr-defined]
 
 
 def interrupted(make: Any, k: int, *, through_prefetcher: bool) -> tuple[list[list[str]], dict]:
