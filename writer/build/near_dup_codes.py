@@ -158,12 +158,11 @@ class NearIndex:
         """Which of `query`, taken in order, are near no image examined before them (here or in `query`):
         the first of each group wins, and a copy of a left-out copy is left out too, as `audit` links
         them into one group. All of `query` is added."""
-        n = len(query)
-        a, b = np.triu_indices(n, 1)
-        close = np.zeros((n, n), bool)
-        if len(a):
-            close[a, b] = pair_distance(query, a, b) <= self.threshold
-        keep = ~self.near(query) & ~close.any(axis=0)
+        keep = ~self.near(query)
+        if len(query) > 1:  # within the batch, the pairs the index would find were they added one by one
+            pairs = Run(query, 0).candidates(query)
+            later, earlier = pairs[pairs[:, 1] < pairs[:, 0]].T
+            keep[later[pair_distance(query, later, earlier) <= self.threshold]] = False
         self.add(query)
         return keep
 
