@@ -105,15 +105,13 @@ def window(first: int, count: int, resized: int, full: int, denominator: int) ->
     scale = resized * denominator / full
     size = -(-full // denominator)
     last = min(size - 1, max(0, math.floor((first + 0.5) / scale - 0.5)))
-    starts = range(last, max(0, last - ALIGN_SEARCH) - 1, -1)
-    start = min(starts, key=lambda x: off_grid(x * scale))  # the nearest of equals: min keeps the first
+    start, best = last, 1.0
+    for x in range(last, max(0, last - ALIGN_SEARCH) - 1, -1):  # nearest first: ties keep the nearest
+        off = abs(x * scale - round(x * scale))
+        if off < best:
+            start, best = x, off
     stop = min(size, math.floor((first + count - 0.5) / scale - 0.5) + 3)
     return Window(start, stop, scale, round(first - start * scale))
-
-
-def off_grid(value: float) -> float:
-    """Distance from `value` to the nearest whole number."""
-    return abs(value - round(value))
 
 
 def kept(d: Draw, size: tuple[int, int]) -> tuple[int, int]:
