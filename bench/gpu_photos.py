@@ -5,6 +5,8 @@ A COCO U-Net as `segshards train` builds it for photo sets (the schema's hints: 
 trained in bf16 autocast on batches of 32 photographs letterboxed to 320x320, fed through
 `DevicePrefetcher`; for each decode and worker count it prints photos/s of the loop and the fraction of loop
 time spent waiting for data (after a few warm-up steps), and the loader alone (no training) in photos/s.
+First, on the CPU in one process, a worker's part per photograph with each decode: photos per CPU-second
+(`time.process_time`) of the default (decode and letterbox) and of the device path (checks and mask only).
 The set is `bench.photo_bench`'s (>= 2,000 COCO-derived photographs, built once into bench-out/).
 
 Reached through `python -m bench gpu_feed --photos [--images N] [--steps S] [--workers 2,6,12]`;
@@ -23,9 +25,13 @@ import torch
 from bench.coco_bench import default_source
 from bench.photo_bench import build_set
 from segshards.loaders import DevicePrefetcher, make_loader, to_float
+from segshards.loaders.decode import BatchAssembler
+from segshards.loaders.device_decode import BytesAssembler
 from segshards.train.models import UNet
 from segshards.writer.errors import ConfigError
 from segshards.writer.format.manifest import read_manifest
+from segshards.writer.format.schema import schema_of
+from segshards.writer.format.tar_reader import iter_samples
 
 WIDTHS, STEM = (32, 64, 128, 256), 2  # PHOTOGRAPH_TRAINING's U-Net
 WARMUP = 5  # steps left out of the figures: workers starting, cuDNN choosing its kernels
@@ -53,6 +59,34 @@ def add_photo_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=150, help="timed training steps per run")
     parser.add_argument("--workers", default="2,6,12", help="loader worker counts, comma-separated")
     parser.add_argument("--small", action="store_true", help="a quick run: 96 photographs, small batches")
+
+
+def worker_share(folder: Path, limit: int = 320) -> dict[str, float]:
+    """Photos per CPU-second of what a worker does for each photograph, letterboxed to 320x320 in batches
+    of 32, over the set's first `limit` samples held in memory: the default decode, and the device path's
+    checks and mask (the JPEG handed on undecoded)."""
+    samples: list[dict[str, Any]] = []
+    for shard in sorted(folder.glob("*.tar")):
+        with open(shard, "rb") as stream:
+            samples += [{**s, "__url__": str(shard)} for s in iter_samples(stream, str(shard))]
+        if len(samples) >= limit:
+            break
+    groups = [samples[i : i + 32] for i in range(0, min(limit, len(samples)), 32)]
+    schema, rates = schema_of(read_manifest(folder)), {}
+    for name, kind in (("decode in the worker", BatchAssembler), ("device path's share", BytesAssembler)):
+        assemble = kind(schema=schema, size=(320, 320), with_meta=False, allocate=plain_buffer)
+        started = time.process_time()
+        count = sum(len(assemble(group, raise_error)["key"]) for group in groups)
+        rates[name] = count / (time.process_time() - started)
+    return rates
+
+
+def plain_buffer(nbytes: int) -> torch.Tensor:
+    return torch.empty(nbytes, dtype=torch.uint8)
+
+
+def raise_error(exc: Exception) -> None:
+    raise exc
 
 
 def sync(device: torch.device) -> None:
@@ -136,6 +170,9 @@ def photos_main(args: argparse.Namespace) -> None:
     print(f"[gpu photos] {name}: {n} photographs, {h}x{w}, batch {setup['batch_size']}, U-Net "
           f"{setup['widths']} stem {STEM}, {'bf16' if device.type == 'cuda' else 'float32'}, {steps} steps "
           f"after {setup['warmup']}", flush=True)  # fmt: skip
+    share = worker_share(folder)
+    print("[gpu photos] a worker's CPU per photograph (one process, 320x320): "
+          + ", ".join(f"{name} {rate:,.0f} photos per CPU-s" for name, rate in share.items()), flush=True)  # fmt: skip
     for decode in (None, str(device)):
         label = "CPU decode (workers)" if decode is None else f"decode_device={decode!r}"
         for count in workers:
