@@ -18,6 +18,7 @@ from PIL import Image
 from segshards.loaders import Augment, DevicePrefetcher, SkippedDataWarning, make_loader, to_float
 from segshards.loaders.decode import letterbox
 from segshards.loaders.device_decode import (
+    JPEGS,
     BatchDecoder,
     BytesAssembler,
     Pending,
@@ -98,7 +99,7 @@ def test_the_device_letterbox_is_cv2s_within_one_level() -> None:
 def decode_batch(payloads: list[bytes], size: tuple[int, int]) -> torch.Tensor:
     """Photographs straight into the main process's decode (as the workers hand them on)."""
     batch = {"image": torch.zeros((len(payloads), 0, *size), dtype=torch.uint8), "key": ["k"] * len(payloads)}
-    batch["_jpegs"] = [Pending(p, "x.tar:k", exif_orientation(p)) for p in payloads]
+    batch[JPEGS] = [Pending(p, "x.tar:k", exif_orientation(p)) for p in payloads]
     return BatchDecoder(torch.device("cpu"), "raise")(batch, Stats())["image"]
 
 
@@ -202,16 +203,20 @@ def test_a_corrupt_jpeg_is_the_cpu_paths_error_or_skip(tmp_path: Path, workers: 
         batches(source, decode_device="cpu", **options)
     assert str(our_error.value) == str(cpu_error.value) and bad_key in str(our_error.value)
     assert "\n" not in str(our_error.value)
-    results = []
+    results, masks = [], []
     for decode_device in (None, "cpu"):
         loader = make_loader(source, "train", 4, shuffle=False, size=SIZE, on_error="skip",
                              decode_device=decode_device, **options)  # fmt: skip
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            keys = [key for batch in loader for key in batch["key"]]
+            got = list(loader)
         assert any(issubclass(w.category, SkippedDataWarning) for w in caught)
+        keys = [key for batch in got for key in batch["key"]]
         results.append((keys, loader.stats.samples_skipped, loader.stats.errors))
+        masks.append(torch.cat([batch["mask"] for batch in got]))
+        assert all(len(b["key"]) == len(b["image"]) == len(b["mask"]) for b in got)
     assert results[0] == results[1] and results[1][1] == 1 and bad_key not in results[1][0]
+    assert torch.equal(masks[0], masks[1])  # the rows left are the same samples, the bad one's row gone
 
 
 def test_settings_the_device_path_does_not_take_are_one_line_errors(tmp_path: Path) -> None:
