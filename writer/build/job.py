@@ -19,10 +19,10 @@ from segshards.writer import __version__
 from segshards.writer.build.checks import check_supply, settings_diff
 from segshards.writer.build.dask_backend import check_scheduler, run_on_dask
 from segshards.writer.build.near_dup_codes import check_mode, resolved_mode, with_walk_check
-from segshards.writer.build.near_dup_plan import NearFilter
+from segshards.writer.build.near_dup_plan import NearFilter, add_walk_codes, codes_asked
 from segshards.writer.build.near_dup_plan import record as record_near_duplicates
 from segshards.writer.build.partition_plan import plan_tasks_partitioned
-from segshards.writer.build.plan import SplitPlan, plan_tasks
+from segshards.writer.build.plan import SplitPlan, plan_tasks, split_rng
 from segshards.writer.build.pool import run_with_parent, start_build_workers
 from segshards.writer.build.remote import run_remote_task
 from segshards.writer.build.shards import ShardResult, ShardTask, run_shard_task
@@ -293,11 +293,12 @@ def render_all(
         plans=plans,
         near=near,
     )
+    walked: dict[str, ShardTask] = {}  # report: the tasks whose codes the photo walk computed
 
     def tracked() -> Iterator[ShardTask]:
-        for task in planned:
+        for task in codes_asked(planned, config.near_duplicates, spec, walked):
             handed_out.append(task.name)
-            yield replace(task, codes=True) if config.near_duplicates == "report" else task
+            yield task
 
     counts = list(config.counts.values())
     total = None if None in counts else sum(n for n in counts if n is not None)
@@ -313,6 +314,8 @@ def render_all(
             for result in run:
                 results.append(result)
                 bar.update(result.count)
+    if walked:
+        add_walk_codes(recipe, spec, walked, results, functools.partial(split_rng, config.seed))
     return results
 
 

@@ -186,19 +186,28 @@ class WalkCheck:
     they are near those admitted before. Stateless, so a spec holding it still pickles and caches by value."""
 
     threshold: int = THRESHOLD
+    reject: bool = True  # False (`report`): the codes only, handed to the planner with the candidates
 
     def codes(self, pixels: np.ndarray) -> np.ndarray:
         return image_codes(pixels)
 
-    def index(self) -> Callable[[np.ndarray], bool]:
+    def index(self) -> Callable[[np.ndarray], bool] | None:
+        if not self.reject:
+            return None
         examined = NearIndex(self.threshold)
         return lambda codes: bool(examined.admit(codes[None])[0])
 
 
+def walks_photos(spec: Any) -> bool:
+    """Whether `spec` is a photo walk's, which takes a `WalkCheck` (a `near` field)."""
+    fields = dataclasses.fields(spec) if dataclasses.is_dataclass(spec) and not isinstance(spec, type) else ()
+    return any(f.name == "near" for f in fields)
+
+
 def with_walk_check(spec: Any, mode: str | None) -> Any:
-    """`spec` with a `WalkCheck` under `reject` when its recipe's walk takes one (a `near` field)."""
-    if mode != "reject" or not dataclasses.is_dataclass(spec) or isinstance(spec, type):
+    """`spec` with a `WalkCheck` when its recipe's walk takes one, unless `mode` is off: the walk computes
+    each image's codes from the pixels it decodes (for `report` too, its default: photographs), and leaves
+    near-duplicates out under `reject`."""
+    if not walks_photos(spec) or spec.near is not None or (mode or "report") == "off":
         return spec
-    if "near" not in {f.name for f in dataclasses.fields(spec)} or getattr(spec, "near", None) is not None:
-        return spec
-    return dataclasses.replace(spec, near=WalkCheck())
+    return dataclasses.replace(spec, near=WalkCheck(reject=mode == "reject"))

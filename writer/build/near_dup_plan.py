@@ -10,21 +10,22 @@ checked against those of every candidate examined before it (`NearIndex`), in th
 choices: a candidate near any of them is left out, so the first of each group (as `audit` groups them: a
 copy of a copy too) is the one kept. The plan depends only on
 those codes, computed in this machine's processes, so it is the same for any `--jobs` and backend.
-`report` changes nothing that is chosen: each shard task computes the codes of the samples it writes, and
-the pairs are grouped once every shard is written.
+`report` changes nothing that is chosen: a photo walk's codes come with the candidates, and for other
+recipes each shard task computes the codes of the samples it writes; the pairs are grouped once every
+shard is written.
 """
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from segshards.writer.build.near_dup_codes import NO_CODES, NearIndex, sample_codes
-from segshards.writer.build.shards import ShardResult
+from segshards.writer.build.near_dup_codes import NO_CODES, NearIndex, sample_codes, walks_photos
+from segshards.writer.build.shards import ShardResult, ShardTask
 from segshards.writer.format.keys import accept
 from segshards.writer.process_pool import map_in_order
-from segshards.writer.recipes.contract import Candidates
+from segshards.writer.recipes.contract import Candidates, Recipe
 from segshards.writer.recipes.registry import load_ref
 from segshards.writer.share.near_duplicates import THRESHOLD, groups, near_pairs
 
@@ -97,6 +98,38 @@ class NearFilter:
         ]
         found = map_in_order(codes_of, tasks, workers=self.workers, ahead=2 * self.workers)
         return np.concatenate(list(found))
+
+
+def codes_asked(
+    tasks: Iterable[ShardTask], mode: str | None, spec: Any, walked: dict[str, ShardTask]
+) -> Iterator[ShardTask]:
+    """The shard tasks, each asked for its samples' codes under `report`; for a photo walk, whose codes
+    come with its candidates, none is, and `walked` keeps each task by name for `add_walk_codes`."""
+    from_walk = mode == "report" and walks_photos(spec) and spec.near is not None
+    for task in tasks:
+        if from_walk:
+            walked[task.name] = task
+        yield replace(task, codes=True) if mode == "report" and not from_walk else task
+
+
+def add_walk_codes(
+    recipe: Recipe,
+    spec: Any,
+    tasks: dict[str, ShardTask],
+    results: list[ShardResult],
+    rng_of: Callable[[str], np.random.Generator],
+) -> None:
+    """`report` for a photo walk, which computed each image's codes from the pixels it decoded and hands
+    them over with the candidates: each result's codes, looked up by the items of its task (no shard task
+    decodes an image again for them)."""
+    for split in sorted({r.split for r in results}):
+        found: dict[bytes, np.ndarray] = {}
+        for batch in recipe.candidates(spec, split, rng_of(split)):
+            assert batch.codes is not None, "a photo walk's candidates carry their codes"
+            found.update(zip((row.tobytes() for row in batch.items), batch.codes, strict=True))
+        for result in (r for r in results if r.split == split):
+            rows = tasks[result.name].items
+            result.codes = np.stack([found[row.tobytes()] for row in rows]) if len(rows) else NO_CODES
 
 
 def split_counts(splits: list[str], codes: np.ndarray, where: np.ndarray) -> dict[str, dict[str, Any]]:
