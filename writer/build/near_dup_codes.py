@@ -85,39 +85,50 @@ def lookup(keys: np.ndarray, owners: np.ndarray, probes: np.ndarray, who: np.nda
     return np.stack([np.repeat(who, hits), owners[np.repeat(lo, hits) + offsets]], axis=1)
 
 
+VIEW_TAGS = np.arange(len(VIEWS), dtype=np.uint32) << BAND_BITS  # a view's number above its band value
+BAND_TAGS = np.arange(BANDS, dtype=np.uint32)[:, None, None] << (BAND_BITS + 3)  # and the band's above both
+
+
+def tagged_bands(codes: np.ndarray) -> np.ndarray:
+    """(BANDS, N, 6) uint32: each band value of each view, with its band's number above it (so that one
+    sorted table holds every band)."""
+    return np.stack([band_values(codes, band) for band in range(BANDS)])
+
+
 class Run:
-    """The banded tables of the indexed images `lo..hi`: per band, every view, the whole view, and each
-    other view tagged with its number, each as sorted values with their images."""
+    """The banded tables of the indexed images `lo..hi`, every band in one table (band numbers above the
+    values): every view, the whole view, and each other view tagged with its number, each as sorted
+    values with their images."""
 
     def __init__(self, codes: np.ndarray, lo: int) -> None:
         self.lo, self.hi = lo, lo + len(codes)
         ids = np.arange(self.lo, self.hi)
         views = len(VIEWS)
-        self.tables: list[list[tuple[np.ndarray, np.ndarray]]] = []
-        for band in range(BANDS):
-            values = band_values(codes, band)
-            tagged = values[:, 1:] + (np.arange(1, views, dtype=np.uint32) << BAND_BITS)
-            parts = [
-                (values, np.repeat(ids, views)),
-                (values[:, 0], ids),
-                (tagged, np.repeat(ids, views - 1)),
-            ]
-            self.tables.append([sorted_table(v.ravel(), o) for v, o in parts])
+        values = tagged_bands(codes)  # (BANDS, n, views)
+        parts = [
+            (values + BAND_TAGS, np.tile(np.repeat(ids, views), BANDS)),
+            (values[:, :, 0] + BAND_TAGS[:, :, 0], np.tile(ids, BANDS)),
+            (values[:, :, 1:] + VIEW_TAGS[1:] + BAND_TAGS, np.tile(np.repeat(ids, views - 1), BANDS)),
+        ]
+        self.every, self.whole, self.tagged = (sorted_table(v.ravel(), o) for v, o in parts)
 
-    def candidates(self, query: np.ndarray) -> np.ndarray:
-        """(query row, indexed image) pairs that share a band value as the module docstring says."""
-        found = []
-        rows = np.arange(len(query))
-        views = len(VIEWS)
-        for band, (every, whole, tagged) in enumerate(self.tables):
-            values = band_values(query, band)
-            probe = (values[:, :1] ^ FLIPS[None, :]).ravel()
-            found.append(lookup(*every, probe, np.repeat(rows, len(FLIPS))))
-            probe = (values[:, :, None] ^ FLIPS[None, None, :]).ravel()
-            found.append(lookup(*whole, probe, np.repeat(rows, views * len(FLIPS))))
-            mine = (values[:, 1:] + (np.arange(1, views, dtype=np.uint32) << BAND_BITS)).ravel()
-            found.append(lookup(*tagged, mine, np.repeat(rows, views - 1)))
-        return np.unique(np.concatenate(found), axis=0)
+    def candidates(self, values: np.ndarray) -> list[np.ndarray]:
+        """(query row, indexed image) pairs that share a band value as the module docstring says, for the
+        queries' `tagged_bands` (BANDS, m, views)."""
+        rows = np.arange(values.shape[1], dtype=np.int64)[None, :, None]
+        shape = values.shape
+        flips = FLIPS[None, None, :]
+        probe = (values[:, :, :1] ^ flips) + BAND_TAGS  # whole view, one bit flipped, vs every view
+        found = [lookup(*self.every, probe.ravel(), np.broadcast_to(rows, probe.shape).ravel())]
+        probe = (values[..., None] ^ flips[..., None, :]) + BAND_TAGS[..., None]  # any view vs whole views
+        found.append(
+            lookup(*self.whole, probe.ravel(), np.broadcast_to(rows[..., None], probe.shape).ravel())
+        )
+        mine = values[:, :, 1:] + VIEW_TAGS[1:] + BAND_TAGS  # each other view vs the same view
+        found.append(
+            lookup(*self.tagged, mine.ravel(), np.broadcast_to(rows, (*shape[:2], shape[2] - 1)).ravel())
+        )
+        return found
 
 
 def size(run: Run) -> int:
@@ -143,15 +154,23 @@ class NearIndex:
 
     def near(self, query: np.ndarray) -> np.ndarray:
         """Whether each (2, 6) code of `query` is within the threshold of an image examined before."""
+        values = tagged_bands(query)
+        return self.close(query, [part for run in self.runs for part in run.candidates(values)])
+
+    def close(
+        self, query: np.ndarray, found: list[np.ndarray], among: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Whether each query row has a candidate pair in `found` within the threshold: pairs with an
+        indexed image, or with an earlier query row when `among` (the query itself) is given."""
         out = np.zeros(len(query), bool)
-        for run in self.runs:
-            pairs = run.candidates(query)
-            if len(pairs):
-                rows = pairs[:, 0]
-                both = np.concatenate([query[rows], self.codes[pairs[:, 1]]])
-                k = len(rows)
-                close = pair_distance(both, np.arange(k), np.arange(k, 2 * k)) <= self.threshold
-                out[rows[close]] = True
+        pairs = np.unique(np.concatenate(found), axis=0) if found else np.zeros((0, 2), np.int64)
+        if among is not None:
+            pairs = pairs[pairs[:, 1] < pairs[:, 0]]
+        if len(pairs):
+            rows, k = pairs[:, 0], len(pairs)
+            others = among[pairs[:, 1]] if among is not None else self.codes[pairs[:, 1]]
+            near = pair_distance(np.concatenate([query[rows], others]), np.arange(k), np.arange(k, 2 * k))
+            out[rows[near <= self.threshold]] = True
         return out
 
     def admit(self, query: np.ndarray) -> np.ndarray:
@@ -160,9 +179,7 @@ class NearIndex:
         them into one group. All of `query` is added."""
         keep = ~self.near(query)
         if len(query) > 1:  # within the batch, the pairs the index would find were they added one by one
-            pairs = Run(query, 0).candidates(query)
-            later, earlier = pairs[pairs[:, 1] < pairs[:, 0]].T
-            keep[later[pair_distance(query, later, earlier) <= self.threshold]] = False
+            keep &= ~self.close(query, Run(query, 0).candidates(tagged_bands(query)), among=query)
         self.add(query)
         return keep
 
