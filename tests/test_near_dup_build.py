@@ -253,3 +253,15 @@ def test_reject_on_dask_gives_the_local_bytes(copies: list[str], tmp_path: Path)
         cluster.close()
     assert remote == local and local["near_duplicates"]["rejected"] > 0
     assert files(tmp_path / "dask") == files(tmp_path / "local")
+
+
+def test_reject_that_cannot_fill_a_split_says_how_many_were_near_duplicates(
+    copies: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    counts = ["--train", "12", "--val", "3", "--test", "3"]  # coco-tiny holds 15 distinct photographs
+    assert main(["build", *copies, *counts, "--out", str(tmp_path / "x"), "--near-duplicates", "reject"]) == 1
+    line = error_lines(capsys.readouterr().err)[-1]
+    assert "near-duplicates (--near-duplicates reject), only" in line and line.startswith(
+        "segshards: error: --"
+    )
+    assert not (tmp_path / "x").exists()

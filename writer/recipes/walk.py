@@ -55,6 +55,9 @@ class Selection:
     chosen: dict[str, list[int]] = field(default_factory=dict)
     duplicates: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # (item, earlier twin)
     checked: dict[int, Checked] = field(default_factory=dict)
+    near: dict[str, int] = field(
+        default_factory=dict
+    )  # near-duplicates left out (`--near-duplicates reject`)
     skipped: dict[Hashable, BadRecord] = field(default_factory=dict)
 
     def problem(self, name: Hashable, problem: BadRecord, on_error: str) -> None:
@@ -133,6 +136,8 @@ class Walk:
                 self.first[outcome.key] = item
                 if self.near is None or self.near(outcome.codes):  # else offered, for the planner to reject
                     chosen.append(item)
+                else:
+                    sel.near[split] = sel.near.get(split, 0) + 1
             else:
                 dups.append((item, self.first[outcome.key]))
         return count is None or len(chosen) >= count
@@ -156,9 +161,13 @@ def short_supply(sel: Selection, split: str, count: int, source: str) -> SupplyE
     """The error for a split the source cannot fill: the option, the source and where its items went."""
     earlier = sum(len(v) for s, v in sel.chosen.items() if s != split)
     duplicates = sum(len(v) for v in sel.duplicates.values())
+    near = sum(sel.near.values())
+    left = f"{len(sel.skipped)} skipped and {duplicates} duplicates"
+    if near:
+        left = f"{len(sel.skipped)} skipped, {duplicates} duplicates and {near} near-duplicates (--near-duplicates reject)"
     return SupplyError(
-        f"--{split} {count}: {source}; after {earlier} for earlier splits, {len(sel.skipped)} skipped and "
-        f"{duplicates} duplicates, only {len(sel.chosen[split])} remain for {split}"
+        f"--{split} {count}: {source}; after {earlier} for earlier splits, {left}, "
+        f"only {len(sel.chosen[split])} remain for {split}"
     )
 
 
