@@ -193,8 +193,8 @@ def split_chunks(
         items.append(rnd.items[accepted])
         keys.extend(words_hex(rnd.words[accepted]))
         while len(keys) >= chunk:
-            pending = np.concatenate(items)
-            yield pending[:chunk], keys[:chunk]
+            pending = np.concatenate(items) if len(items) > 1 else items[0]
+            yield pending[:chunk].copy(), keys[:chunk]  # a copy: the task must not keep the whole round
             items, keys = [pending[chunk:]], keys[chunk:]
         if run.done():
             break
