@@ -33,13 +33,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from segshards.loaders.decode import BatchAssembler, Slots, target_value, where
-from segshards.loaders.photo import JPEG_MEMBERS, fit, is_photo
+from segshards.loaders.photo import JPEG_MEMBERS, check_photo, fit, is_photo
 from segshards.loaders.stages import Stats
 from segshards.writer.errors import ConfigError, ShardFormatError
-from segshards.writer.format.images import cv2_decode, decode_image
-from segshards.writer.format.keys import is_key
-from segshards.writer.format.limits import DecodeLimits, check_batch, check_image
-from segshards.writer.format.sample import Layout, image_member, parse_meta
+from segshards.writer.format.images import cv2_decode
+from segshards.writer.format.limits import DecodeLimits, check_batch
+from segshards.writer.format.sample import Layout
 from segshards.writer.format.schema import IGNORE
 from segshards.writer.format.tar_writer import Sample
 
@@ -115,21 +114,7 @@ def hand_on(
 ) -> tuple[Pending, dict[str, Any]]:
     """Check a JPEG sample as the photo path does (no image pixel decoded), letterbox its mask into
     `out_mask` (H, W); its JPEG to decode later and its metadata."""
-    key = str(sample["__key__"])
-    at = f"{url}:{key}"
-    if not is_key(key):
-        raise ShardFormatError(f"{url}: member key {key!r} is not a 32-digit hex hash")
-    ext = image_member(sample, layout, at)
-    payload = sample[ext]
-    header = check_image(payload, at, limits)  # the limits, before any pixel is decoded
-    if header.kind != "jpeg" or ext not in JPEG_MEMBERS:
-        raise ShardFormatError(f"{at}: {ext} member holds a {header.kind} image")
-    if header.sample_bytes != 1:
-        raise ShardFormatError(f"{at}: {ext} image has 16-bit samples; only 8-bit images are stored")
-    mask = decode_image(sample[layout.mask], "png", at, limits)
-    if mask.ndim != 2:
-        raise ShardFormatError(f"{at}: mask has {mask.shape[2]} channels, expected one (class indices)")
-    meta = parse_meta(sample[layout.meta], at)
+    _, at, payload, header, mask, meta = check_photo(sample, layout, url, limits)
     orientation = exif_orientation(payload)
     h, w = mask.shape
     if (h, w) != ((header.width, header.height) if orientation >= 5 else (header.height, header.width)):

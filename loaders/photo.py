@@ -29,7 +29,7 @@ by a whole factor as a strided slice, only the padding filled, and the fractiona
 decode cannot cover made in two cheap steps (see `resize`).
 """
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -38,7 +38,7 @@ from segshards.loaders.augment import Augment, Augmenting, Draw, decode_denomina
 from segshards.writer.errors import ShardFormatError
 from segshards.writer.format.images import cv2_decode, decode_image
 from segshards.writer.format.keys import is_key, pixel_key
-from segshards.writer.format.limits import DecodeLimits, check_image
+from segshards.writer.format.limits import DecodeLimits, ImageHeader, check_image
 from segshards.writer.format.sample import Layout, image_member, parse_meta
 from segshards.writer.format.schema import IGNORE
 
@@ -92,21 +92,7 @@ def read_photo(
     """Check one JPEG sample and letterbox it into `out_image` (3, H, W) RGB and `out_mask` (H, W), image
     padded 0 and mask IGNORE (with `augmenting`: its seeded resize, flip and crop instead); returns its
     metadata. Bad input is one ShardFormatError naming `where:key`."""
-    key = str(sample["__key__"])
-    at = f"{where}:{key}"
-    if not is_key(key):
-        raise ShardFormatError(f"{where}: member key {key!r} is not a 32-digit hex hash")
-    ext = image_member(sample, layout, at)
-    payload = sample[ext]
-    header = check_image(payload, at, limits)  # the limits, before any pixel is decoded
-    if header.kind != "jpeg" or ext not in JPEG_MEMBERS:
-        raise ShardFormatError(f"{at}: {ext} member holds a {header.kind} image")
-    if header.sample_bytes != 1:
-        raise ShardFormatError(f"{at}: {ext} image has 16-bit samples; only 8-bit images are stored")
-    mask = decode_image(sample[layout.mask], "png", at, limits)
-    if mask.ndim != 2:
-        raise ShardFormatError(f"{at}: mask has {mask.shape[2]} channels, expected one (class indices)")
-    meta = parse_meta(sample[layout.meta], at)
+    key, at, payload, header, mask, meta = check_photo(sample, layout, where, limits)
     h, w = mask.shape
     if (h, w) not in ((header.height, header.width), (header.width, header.height)):  # EXIF may rotate
         raise ShardFormatError(f"{at}: mask is {w}x{h}, its image {header.width}x{header.height}")
@@ -130,6 +116,41 @@ def read_photo(
             image, mask, out_image, out_mask, d=d, denominator=denominator, augment=augmenting.augment
         )
     return meta
+
+
+class CheckedPhoto(NamedTuple):
+    """A photo sample's members once checked, its image not decoded: key, `where:key`, the JPEG, its
+    header, the decoded mask and the metadata."""
+
+    key: str
+    at: str
+    payload: bytes
+    header: ImageHeader
+    mask: np.ndarray
+    meta: dict[str, Any]
+
+
+def check_photo(
+    sample: dict[str, Any], layout: Layout, where: str, limits: DecodeLimits | None
+) -> CheckedPhoto:
+    """`read_sample`'s rules for a JPEG sample, up to decoding its image: the key, the members, the limits
+    from the headers, an 8-bit JPEG, a one-channel mask, a JSON object (the mask's size is the caller's
+    to check, against the image's size as it will be decoded)."""
+    key = str(sample["__key__"])
+    at = f"{where}:{key}"
+    if not is_key(key):
+        raise ShardFormatError(f"{where}: member key {key!r} is not a 32-digit hex hash")
+    ext = image_member(sample, layout, at)
+    payload = sample[ext]
+    header = check_image(payload, at, limits)  # the limits, before any pixel is decoded
+    if header.kind != "jpeg" or ext not in JPEG_MEMBERS:
+        raise ShardFormatError(f"{at}: {ext} member holds a {header.kind} image")
+    if header.sample_bytes != 1:
+        raise ShardFormatError(f"{at}: {ext} image has 16-bit samples; only 8-bit images are stored")
+    mask = decode_image(sample[layout.mask], "png", at, limits)
+    if mask.ndim != 2:
+        raise ShardFormatError(f"{at}: mask has {mask.shape[2]} channels, expected one (class indices)")
+    return CheckedPhoto(key, at, payload, header, mask, parse_meta(sample[layout.meta], at))
 
 
 def decode_jpeg(payload: bytes, flag: int, where: str) -> np.ndarray:
