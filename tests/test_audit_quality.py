@@ -120,3 +120,22 @@ def test_one_bit_flip_in_every_band_is_still_found() -> None:
     codes[1] = codes[0] ^ np.uint64(flips)
     a, b, d = nd.near_pairs(codes, threshold=4)
     assert (a.tolist(), b.tolist(), d.tolist()) == ([0], [1], [4])
+
+
+@needs_photos
+def test_the_codes_of_all_views_at_once_are_each_views_own_hashes() -> None:
+    assert PHOTOS is not None
+    images = [cv2.imread(str(p)) for p in sorted(PHOTOS.glob("*.jpg"))] + [
+        np.full((50, 60), 7, np.uint8),
+        np.zeros((40, 40, 4), np.uint8),
+    ]
+    for image in images:
+        grey = (
+            cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY if image.shape[-1] == 4 else cv2.COLOR_BGR2GRAY)
+            if image.ndim == 3
+            else image
+        )
+        thumb = cv2.resize(grey, (nd.THUMB, nd.THUMB), interpolation=cv2.INTER_AREA)
+        views = [thumb[rows, cols] for rows, cols in nd.VIEW_SLICES]
+        expected = [[nd.phash(v) for v in views], [nd.dhash(v) for v in views]]
+        assert nd.image_codes(image).tolist() == np.array(expected, np.uint64).tolist()

@@ -50,6 +50,11 @@ VIEWS = (
     (0.1, 0.1, 1.0, 1.0),
 )
 THUMB = 128  # the grey thumbnail every view is cut from (INTER_AREA once, then per view)
+VIEW_SLICES = tuple(
+    (slice(round(y0 * THUMB), round(y1 * THUMB)), slice(round(x0 * THUMB), round(x1 * THUMB)))
+    for x0, y0, x1, y1 in VIEWS
+)
+BIT_VALUES = np.uint64(1) << np.arange(63, -1, -1, dtype=np.uint64)  # bit i of a code, most significant first
 THRESHOLD = 14  # bits, for the pHash and the dHash alike
 MAX_THRESHOLD = 32  # beyond this, unrelated photographs match (half a 64-bit code is chance)
 BAND_BITS = 21  # three bands in each 64-bit code, six in all (the top bit of each code is left out)
@@ -77,16 +82,30 @@ def dhash(grey: np.ndarray) -> np.uint64:
 
 
 def image_codes(image: np.ndarray) -> np.ndarray:
-    """(2, 6) uint64: the pHash (row 0) and dHash (row 1) of each view of an image (grey, BGR or BGRA)."""
+    """(2, 6) uint64: the pHash (row 0) and dHash (row 1) of each view of an image (grey, BGR or BGRA).
+
+    The same bits as `phash` and `dhash` of each view, with the medians and the bit packing done for all
+    six views at once (half the CPU of twelve separate calls; it runs for every photograph of a build)."""
     if image.ndim == 3:
         code = cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY
         image = cv2.cvtColor(image, code)
     grey = cv2.resize(image, (THUMB, THUMB), interpolation=cv2.INTER_AREA)
-    out = np.empty((2, len(VIEWS)), np.uint64)
-    for i, (x0, y0, x1, y1) in enumerate(VIEWS):
-        view = grey[round(y0 * THUMB) : round(y1 * THUMB), round(x0 * THUMB) : round(x1 * THUMB)]
-        out[0, i], out[1, i] = phash(view), dhash(view)
-    return out
+    views = [grey[rows, cols] for rows, cols in VIEW_SLICES]
+    low = np.stack(
+        [
+            cv2.dct(cv2.resize(v, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32))[:8, :8]
+            for v in views
+        ]
+    )
+    low = low.reshape(len(views), 64)
+    small = np.stack([cv2.resize(v, (9, 8), interpolation=cv2.INTER_AREA) for v in views]).astype(np.int16)
+    bits = np.stack(
+        [
+            low > np.median(low[:, 1:], axis=1)[:, None],
+            (small[:, :, 1:] > small[:, :, :-1]).reshape(len(views), 64),
+        ]
+    )
+    return np.bitwise_or.reduce(np.where(bits, BIT_VALUES, np.uint64(0)), axis=2)
 
 
 REDUCED = {
