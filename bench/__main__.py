@@ -16,6 +16,7 @@ SECTIONS = [
     "dedup_bench",
     "partition_bench",
     "audit_bench",
+    "near_dup_bench",
     "gpu_feed",
 ]
 
