@@ -37,9 +37,6 @@ ROUND = 1 << 16  # candidates routed and settled per round trip to the partition
 PARTITIONS_PER_WORKER = 2
 MAX_REPLAYS = 3  # plans started again after losing a worker, before giving up
 CALL_TIMEOUT_S = 600
-# Recipes whose candidates are read from a walk the coordinator has already run (digests computed there,
-# by the walk's own process pool): a worker would have to run that walk again to draw them.
-DRAWN_IN_COORDINATOR = frozenset({"coco-semantic", "mask-folder", "function"})
 
 
 class IndexLost(Exception):
@@ -225,7 +222,7 @@ def start_drawer(client: Any, recipe: Recipe, specs: tuple[Any, Any], split: str
     """A split's candidate stream: an actor on a worker (reading `specs[1]`, the workers' spec), or drawn
     here (from `specs[0]`) for recipes whose candidates come from the coordinator's own walk."""
     args = (recipe_ref(recipe), split, seed, ROUND)
-    if recipe.name in DRAWN_IN_COORDINATOR:
+    if getattr(recipe, "walked_in_build", False):  # its walk ran here: a worker would have to walk again
         return LocalDrawer(CandidateDrawer(args[0], specs[0], *args[1:]))
     return start_actors(client, CandidateDrawer, 1, args[0], specs[1], *args[1:])[0]
 

@@ -260,6 +260,7 @@ class CocoSemanticRecipe(RecipeBase):
     training = {**PHOTOGRAPH_TRAINING, "metrics": ["miou", "miou_objects", "pixel_accuracy"]}
     shard_size = 1_000  # ~110 MB shards of photographs, and enough of them to keep every core busy
     planned_keys = True  # render() vouches for the planned key (see render): the writer need not hash pixels
+    walked_in_build = True  # candidates come from the walk `describe` ran in the build's process
 
     def default_counts(self) -> dict[str, int | None]:
         return dict(DEFAULT_COUNTS)

@@ -19,7 +19,9 @@ declares:
   classes counted in the manifest's histogram;
 - `shard_size`, its default samples per shard (10,000 small images; ~1,000 photographs), and `planned_keys`:
   True when `render_batch` itself checks that each image is the one planned (e.g. the same file bytes whose
-  pixels were hashed while planning), so the writer stores it without decoding and hashing it again.
+  pixels were hashed while planning), so the writer stores it without decoding and hashing it again;
+- optionally `walked_in_build = True` (`RecipeBase`: False) when `candidates` draws from a walk of the source
+  that the build ran in its own process: the dask planner then draws them there, not on a worker.
 
 `RecipeBase` gives the optional parts a default (no sharing, `render_batch` over `render`). The machinery
 (planning, dedup, shards, manifest, parallel backends) never needs to know which recipe it runs.
@@ -144,6 +146,7 @@ class RecipeBase:
     summary = ""
     shard_size = 10_000
     planned_keys = False
+    walked_in_build = False  # candidates come from a walk run in the build's own process (see above)
 
     def share(self, spec: Any, folder: Path, *, local: bool) -> Any:
         """Workers open the source from `spec` as it is."""

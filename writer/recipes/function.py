@@ -229,6 +229,7 @@ class FunctionRecipe(RecipeBase):
     """Samples made by a function of your own, one per input (`segshards.build`)."""
 
     name = "function"
+    walked_in_build = True  # the walk over every input, run by the build before planning, gives the keys
     summary = "samples made by a Python function over its inputs (segshards.build; not a CLI recipe)"
     shard_size = 1_000
 

@@ -56,6 +56,7 @@ class MaskFolderRecipe(RecipeBase):
     summary = "your images with masks of the same stems (PASCAL VOC, CVAT segmentation masks, index masks)"
     shard_size = 1_000  # photographs: shards of ~100-300 MB, and enough of them to keep every core busy
     planned_keys = True  # render() vouches for the planned key (see render): the writer need not hash pixels
+    walked_in_build = True  # candidates come from the walk `describe` ran in the build's process
     # Photographs of any size train letterboxed to `size`, as coco-semantic's do.
     training = {**PHOTOGRAPH_TRAINING, "metrics": ["miou"]}
 
