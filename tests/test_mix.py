@@ -3,17 +3,17 @@
 import json
 import shutil
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from segshards.loaders import DevicePrefetcher, SkippedDataWarning, Stream, make_loader
+from segshards.loaders import SkippedDataWarning, Stream, make_loader
 from segshards.loaders.mix import interleave
 from segshards.writer.cli.main import main as writer_main
 from segshards.writer.errors import ConfigError, ShardFormatError
+from tests.test_loaders import interrupted
 from tests.test_mask_folder import COCO_TINY, voc_tree
 
 MASK_FOLDER_CLASSES = ("0", "1", "2")  # voc_tree's classes
@@ -93,16 +93,6 @@ def test_each_streams_last_shard_is_checked_to_its_end(grid_set: Path, tmp_path:
     with pytest.warns(SkippedDataWarning):
         assert sum(len(b["key"]) for b in loader) == 2 * 250  # its samples were read before the check
     assert [s["shards_failed"] for s in loader.stats.streams] == [1, 1]  # type: ignore[attr-defined]
-
-
-def interrupted(make: Any, k: int, *, through_prefetcher: bool) -> tuple[list[list[str]], dict]:
-    loader = make()
-    source = DevicePrefetcher(loader, "cpu") if through_prefetcher else loader
-    iterator: Iterator[dict] = iter(source)
-    first = [list(next(iterator)["key"]) for _ in range(k)]
-    state = source.state_dict()
-    iterator.close()  # type: ignore[attr-defined]
-    return first, json.loads(json.dumps(state))
 
 
 @pytest.mark.parametrize("workers", [0, 2])
