@@ -21,7 +21,6 @@ stats and left out of its batch, as on the CPU path.
 
 import importlib
 import importlib.util
-import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,9 +29,9 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from segshards.loaders.decode import BatchAssembler, Slots, target_value, where
+from segshards.loaders.jpeg import exif_orientation
 from segshards.loaders.photo import JPEG_MEMBERS, check_photo, fit, is_photo
 from segshards.loaders.stages import Stats
 from segshards.writer.errors import ConfigError, ShardFormatError
@@ -43,7 +42,6 @@ from segshards.writer.format.schema import IGNORE
 from segshards.writer.format.tar_writer import Sample
 
 JPEGS = "_jpegs"  # the batch's key for its photographs still to decode (a list of `Pending`)
-EXIF_ORIENTATION = 0x0112
 CV2_STORED = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION  # BGR as stored; the turn is applied after
 
 
@@ -94,19 +92,6 @@ def check_decode_options(
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-
-
-def exif_orientation(payload: bytes) -> int:
-    """The EXIF orientation (1-8) OpenCV would apply when decoding `payload`; 1 when it has none or it is
-    unreadable (OpenCV then applies none either)."""
-    if b"Exif" not in payload[:65536]:
-        return 1
-    try:
-        with Image.open(io.BytesIO(payload)) as image:
-            value = int(image.getexif().get(EXIF_ORIENTATION, 1))
-    except Exception:  # unreadable EXIF: OpenCV does not apply it either
-        return 1
-    return value if 1 <= value <= 8 else 1
 
 
 def hand_on(

@@ -35,8 +35,9 @@ import cv2
 import numpy as np
 
 from segshards.loaders.augment import Augment, Augmenting, Draw, decode_denominator, draw, kept, window
+from segshards.loaders.jpeg import decode_bgr, scaled_size
 from segshards.writer.errors import ShardFormatError
-from segshards.writer.format.images import cv2_decode, decode_image
+from segshards.writer.format.images import decode_image
 from segshards.writer.format.keys import is_key, pixel_key
 from segshards.writer.format.limits import DecodeLimits, ImageHeader, check_image
 from segshards.writer.format.sample import Layout, image_member, parse_meta
@@ -58,11 +59,6 @@ def fit(h: int, w: int, oh: int, ow: int) -> Box:
     scale = min(oh / h, ow / w)
     nh, nw = max(1, min(oh, round(h * scale))), max(1, min(ow, round(w * scale)))
     return (oh - nh) // 2, (ow - nw) // 2, nh, nw
-
-
-def scaled_size(size: int, denominator: int) -> int:
-    """libjpeg-turbo's output size at 1/denominator: rounded up."""
-    return -(-size // denominator)
 
 
 def decode_scale(h: int, w: int, nh: int, nw: int) -> int:
@@ -102,7 +98,7 @@ def read_photo(
     else:
         d = draw(augmenting.augment, augmenting.seed, augmenting.epoch, key, (h, w), out_mask.shape)
         denominator = decode_denominator(d, (h, w))
-    image = decode_jpeg(payload, FLAGS[denominator], at)
+    image = decode_bgr(payload, header, denominator, at, FLAGS[denominator])
     if image.shape[:2] != (scaled_size(h, denominator), scaled_size(w, denominator)):
         raise ShardFormatError(
             f"{at}: mask is {w}x{h}, its image {header.height}x{header.width} once rotated"
@@ -151,11 +147,6 @@ def check_photo(
     if mask.ndim != 2:
         raise ShardFormatError(f"{at}: mask has {mask.shape[2]} channels, expected one (class indices)")
     return CheckedPhoto(key, at, payload, header, mask, parse_meta(sample[layout.meta], at))
-
-
-def decode_jpeg(payload: bytes, flag: int, where: str) -> np.ndarray:
-    """BGR pixels of a JPEG at the scale `flag` asks for, or one ShardFormatError naming `where`."""
-    return cv2_decode(payload, flag, "jpg", where)
 
 
 def paste(image: np.ndarray, mask: np.ndarray, out_image: np.ndarray, out_mask: np.ndarray, box: Box) -> None:

@@ -1,0 +1,92 @@
+"""The photo path's JPEG decoder (`segshards.loaders.jpeg`): simplejpeg's pixels are OpenCV's at every
+libjpeg-turbo scale, and what simplejpeg would decode otherwise (EXIF turns, grey, damage) goes through
+OpenCV."""
+
+import io
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from segshards.loaders import jpeg
+from segshards.loaders.jpeg import decode_bgr, exif_orientation, has_exif
+from segshards.writer.errors import ShardFormatError
+from segshards.writer.format.limits import check_image
+from tests.test_photo import COCO_TINY, photo_like
+
+FLAGS = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+
+
+def opencv(payload: bytes, denominator: int) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(payload, np.uint8), FLAGS[denominator])
+
+
+def ours(payload: bytes, denominator: int) -> np.ndarray:
+    return decode_bgr(payload, check_image(payload, "t"), denominator, "s.tar:k", FLAGS[denominator])
+
+
+def encoded(image: np.ndarray, quality: int = 95) -> bytes:
+    return cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
+
+
+def with_exif(image: np.ndarray, orientation: int) -> bytes:
+    """A JPEG of `image` whose EXIF says `orientation`, written by Pillow."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    Image.fromarray(image[:, :, ::-1]).save(out, "JPEG", quality=90, exif=exif.tobytes())
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("denominator", [1, 2, 4, 8])
+def test_simplejpeg_gives_opencvs_pixels_at_every_scale(denominator: int) -> None:
+    photos = sorted(COCO_TINY.glob("images/*.jpg"))
+    payloads = [p.read_bytes() for p in photos] or [encoded(photo_like(427, 640, s)) for s in range(4)]
+    for payload in payloads:
+        assert np.array_equal(ours(payload, denominator), opencv(payload, denominator))
+
+
+def test_the_fast_decoder_is_the_one_used_for_a_plain_photograph(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(jpeg, "cv2_decode", lambda *args: calls.append(1))
+    ours(encoded(photo_like(120, 160, 1)), 2)
+    assert calls == []
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_an_exif_turn_is_applied_as_opencv_applies_it(orientation: int) -> None:
+    payload = with_exif(photo_like(96, 160, 2), orientation)
+    assert has_exif(payload) and exif_orientation(payload) == orientation
+    for denominator in (1, 2):
+        assert np.array_equal(ours(payload, denominator), opencv(payload, denominator))
+
+
+def test_a_grey_jpeg_decodes_to_opencvs_three_channels() -> None:
+    payload = cv2.imencode(".jpg", photo_like(64, 80, 3)[:, :, 0])[1].tobytes()
+    assert not has_exif(payload)
+    assert np.array_equal(ours(payload, 1), opencv(payload, 1))
+
+
+@pytest.mark.parametrize("keep", [20, 2000])  # OpenCV refuses the first and decodes the second
+def test_a_truncated_scan_is_what_opencv_makes_of_it(keep: int) -> None:
+    payload = encoded(photo_like(128, 160, 4), quality=75)
+    cut = payload[: payload.index(b"\xff\xda") + keep]
+    expected = opencv(cut, 1)
+    if expected is None:
+        with pytest.raises(ShardFormatError, match="undecodable jpg image"):
+            ours(cut, 1)
+    else:
+        assert np.array_equal(ours(cut, 1), expected)
+
+
+def test_a_jpeg_without_a_scan_is_one_error_naming_the_sample() -> None:
+    payload = encoded(photo_like(64, 64, 5))
+    cut = payload[: payload.index(b"\xff\xda") + 4]
+    with pytest.raises(ShardFormatError, match=r"^s\.tar:k: undecodable jpg image"):
+        ours(cut, 1)
