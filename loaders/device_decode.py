@@ -12,7 +12,9 @@ bytes (`verify=`).
 In the main process the batch's JPEGs are decoded at full size (nvjpeg through torchvision's `decode_jpeg`
 on CUDA, one call for the batch; OpenCV with `decode_device="cpu"`), turned as their EXIF orientation says,
 then letterboxed as the CPU path does: scaled to fit keeping the aspect ratio (area averaging when
-shrinking, bilinear when enlarging: `torch.nn.functional.interpolate`), centred, padded 0. The CPU path
+shrinking, bilinear when enlarging: `torch.nn.functional.interpolate`), centred, padded 0. With `augment=`,
+the workers make each sample's draw and apply it to the mask as the CPU path does, and the main process
+applies it to the image (`augment_into`). The CPU path
 decodes at a reduced libjpeg-turbo scale instead, so pixels differ by interpolation error only (the
 tolerance is tests/test_decode_device.py's). A JPEG nvjpeg refuses is decoded by OpenCV and copied over;
 one OpenCV refuses too is corrupt: one ShardFormatError, or with `on_error="skip"` counted in the loader's
@@ -30,9 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from segshards.loaders.augment import Augmenting, Draw, decode_denominator, draw
 from segshards.loaders.decode import BatchAssembler, Slots, target_value, where
 from segshards.loaders.jpeg import exif_orientation
-from segshards.loaders.photo import JPEG_MEMBERS, check_photo, fit, is_photo
+from segshards.loaders.photo import JPEG_MEMBERS, check_photo, fit, is_photo, paste_augmented_mask, windows
 from segshards.loaders.stages import Stats
 from segshards.writer.errors import ConfigError, ShardFormatError
 from segshards.writer.format.images import cv2_decode
@@ -47,11 +50,13 @@ CV2_STORED = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION  # BGR as stored; 
 
 @dataclass(frozen=True)
 class Pending:
-    """One photograph handed on undecoded: its JPEG bytes, `url:key` for errors, its EXIF orientation."""
+    """One photograph handed on undecoded: its JPEG bytes, `url:key` for errors, its EXIF orientation and,
+    when augmented, its draw (the same one the CPU path makes: `segshards.loaders.augment.draw`)."""
 
     payload: bytes
     where: str
     orientation: int
+    draw: Draw | None = None
 
 
 def device_of(decode_device: str | None) -> torch.device | None:
@@ -74,7 +79,7 @@ def device_of(decode_device: str | None) -> torch.device | None:
 
 
 def check_decode_options(
-    decode_device: str | None, *, size: Any, augment: Any, transform: Any, image_member: str | None
+    decode_device: str | None, *, size: Any, transform: Any, image_member: str | None
 ) -> None:
     """Refuse what the device path does not do, naming the option."""
     if decode_device is None:
@@ -82,7 +87,6 @@ def check_decode_options(
     device_of(decode_device)
     checks = [
         (size is not None, "decode_device: needs size=(H, W), the letterbox it applies on the device"),
-        (augment is None, "decode_device: augment is not supported on the device yet; leave one of them out"),
         (transform is None, "decode_device: transform runs on decoded pixels in the workers; leave one out"),
         (
             image_member in (None, *JPEG_MEMBERS),
@@ -95,16 +99,27 @@ def check_decode_options(
 
 
 def hand_on(
-    sample: Sample, layout: Layout, url: str, out_mask: np.ndarray, limits: DecodeLimits | None
+    sample: Sample,
+    layout: Layout,
+    url: str,
+    out_mask: np.ndarray,
+    limits: DecodeLimits | None,
+    augmenting: Augmenting | None = None,
 ) -> tuple[Pending, dict[str, Any]]:
     """Check a JPEG sample as the photo path does (no image pixel decoded), letterbox its mask into
-    `out_mask` (H, W); its JPEG to decode later and its metadata."""
-    _, at, payload, header, mask, meta = check_photo(sample, layout, url, limits)
+    `out_mask` (H, W), or with `augmenting` draw its resize, flip and crop and apply them to the mask as
+    the CPU path does; its JPEG to decode later and its metadata."""
+    key, at, payload, header, mask, meta = check_photo(sample, layout, url, limits)
     orientation = exif_orientation(payload)
     h, w = mask.shape
     if (h, w) != ((header.width, header.height) if orientation >= 5 else (header.height, header.width)):
         turned = " once rotated" if orientation >= 5 else ""
         raise ShardFormatError(f"{at}: mask is {w}x{h}, its image {header.width}x{header.height}{turned}")
+    if augmenting is not None:
+        d = draw(augmenting.augment, augmenting.seed, augmenting.epoch, key, (h, w), out_mask.shape)
+        cut = windows(d, (h, w), out_mask.shape, 1)
+        paste_augmented_mask(mask, out_mask, d=d, at=cut, denominator=1, fill=augmenting.augment.mask_fill)
+        return Pending(bytes(payload), at, orientation, d), meta
     top, left, nh, nw = fit(h, w, *out_mask.shape)
     out_mask.fill(IGNORE)
     target = out_mask[top : top + nh, left : left + nw]
@@ -132,7 +147,7 @@ class BytesAssembler(BatchAssembler):
             check_batch(n, 4 * self.size[0] * self.size[1], where(sample), self.limits)  # RGB on the device
             slots = self._slots(n, 0, sample)
         url = str(sample.get("__url__", "?"))
-        pending, meta = hand_on(sample, self.layout, url, slots.masks[i], self.limits)
+        pending, meta = hand_on(sample, self.layout, url, slots.masks[i], self.limits, self.augmenting)
         for array, target in slots.targets:
             array[i] = target_value(target, meta, sample)
         self.pending.append(pending)
@@ -186,6 +201,31 @@ def letterbox_into(image: torch.Tensor, out: torch.Tensor) -> None:
     out[:, top : top + nh, left : left + nw] = image if (nh, nw) == (h, w) else resize(image, nh, nw)
 
 
+def augment_into(image: torch.Tensor, d: Draw, out: torch.Tensor, fill: int) -> None:
+    """Apply draw `d` to (3, h, w) uint8 `image` into `out` (3, H, W) as `segshards.loaders.photo.
+    paste_augmented` does: where the CPU path decodes at 1/k (a draw that shrinks by k or more), the image
+    is first averaged over k x k blocks, as libjpeg-turbo's scaled decode does; then only the kept window
+    is resized bilinearly at the reference's exact scale (pixel centres, as OpenCV's INTER_LINEAR),
+    flipped, and the rest of `out` filled with `fill`."""
+    shape, size = (image.shape[-2], image.shape[-1]), (out.shape[-2], out.shape[-1])
+    k = decode_denominator(d, shape)
+    pixels = image.float()[None]
+    if k > 1:
+        pixels = F.avg_pool2d(pixels, k, ceil_mode=True)
+    rows, cols, keep, (kh, kw) = windows(d, shape, size, k)
+    # One more edge pixel repeated, as OpenCV's border: torch sizes the output floor(n * scale), OpenCV
+    # round(n * scale), and the kept slice may reach that last pixel.
+    part = F.pad(pixels[..., rows.start : rows.stop, cols.start : cols.stop], (0, 1, 0, 1), mode="replicate")
+    resized = F.interpolate(
+        part, scale_factor=(rows.scale, cols.scale), mode="bilinear", align_corners=False,
+        recompute_scale_factor=False,
+    )[0][(slice(None), *keep)]  # fmt: skip
+    assert resized.shape[-2:] == (kh, kw), (resized.shape, (kh, kw))
+    out.fill_(fill)
+    kept_pixels = resized.round_().clamp_(0, 255).to(torch.uint8)
+    out[:, :kh, :kw] = kept_pixels.flip(-1) if d.flip else kept_pixels
+
+
 def cv2_rgb(pending: Pending) -> torch.Tensor:
     """(3, H, W) uint8 RGB as stored (no EXIF turn) by OpenCV, or the CPU path's one-line error."""
     bgr = cv2_decode(pending.payload, CV2_STORED, "jpg", pending.where)
@@ -197,8 +237,8 @@ class BatchDecoder:
     (N, 3, H, W) uint8; a corrupt one raised (`on_error="raise"`) or counted in `stats` and its row left out.
     The batch's other tensors stay where they are (pinned CPU memory; `DevicePrefetcher` moves them)."""
 
-    def __init__(self, device: torch.device, on_error: str) -> None:
-        self.device, self.on_error = device, on_error
+    def __init__(self, device: torch.device, on_error: str, image_fill: int = 0) -> None:
+        self.device, self.on_error, self.image_fill = device, on_error, image_fill
         self.io = importlib.import_module("torchvision.io") if device.type == "cuda" else None
 
     def __call__(self, batch: dict[str, Any], stats: Stats) -> dict[str, Any]:
@@ -216,7 +256,12 @@ class BatchDecoder:
         n, _, h, w = batch["image"].shape
         images = torch.empty((n, 3, h, w), dtype=torch.uint8, device=self.device)
         for row, i in enumerate(keep):
-            letterbox_into(orient(decoded[i], pending[i].orientation), images[row])  # type: ignore[arg-type]
+            image = orient(decoded[i], pending[i].orientation)  # type: ignore[arg-type]
+            d = pending[i].draw
+            if d is None:
+                letterbox_into(image, images[row])
+            else:
+                augment_into(image, d, images[row], self.image_fill)
         batch["image"] = images
         return batch
 

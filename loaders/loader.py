@@ -123,9 +123,7 @@ def validate(config: LoaderConfig, shards: ShardSet) -> None:
         if not ok:
             raise ConfigError(message)
     image_member = shards.schema.image if shards.schema is not None else None
-    check_decode_options(
-        c.decode_device, size=c.size, augment=c.augment, transform=c.transform, image_member=image_member
-    )
+    check_decode_options(c.decode_device, size=c.size, transform=c.transform, image_member=image_member)
     if c.resampled and c.epoch_batches is None:
         raise ConfigError(f"{shards.source}: resampled mode without a manifest needs epoch_batches")
 
@@ -154,7 +152,8 @@ class ShardLoader:
         self.pool = WorkerPool(self.dataset, workers=config.num_workers, prefetch_factor=prefetch_factor)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         device = device_of(config.decode_device)
-        self.decoder = BatchDecoder(device, config.on_error) if device is not None else None
+        fill = config.augment.image_fill if config.augment is not None else 0
+        self.decoder = BatchDecoder(device, config.on_error, fill) if device is not None else None
         self.position = EpochPosition.start(0, config.workers)
         self.stats: Stats = self.dataset.new_stats()  # what on_error="skip" left out this (or last) epoch
         self._run = 0  # iterations started: only the latest may advance the position

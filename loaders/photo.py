@@ -34,7 +34,16 @@ from typing import Any, NamedTuple
 import cv2
 import numpy as np
 
-from segshards.loaders.augment import Augment, Augmenting, Draw, decode_denominator, draw, kept, window
+from segshards.loaders.augment import (
+    Augment,
+    Augmenting,
+    Draw,
+    Window,
+    decode_denominator,
+    draw,
+    kept,
+    window,
+)
 from segshards.loaders.jpeg import decode_bgr, scaled_size
 from segshards.writer.errors import ShardFormatError
 from segshards.writer.format.images import decode_image
@@ -173,6 +182,26 @@ def resize(image: np.ndarray, nh: int, nw: int) -> np.ndarray:
     return cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
 
 
+class Windows(NamedTuple):
+    """Where a draw's kept output comes from: the decoded rows and columns it resizes, the slice of the
+    resized window that is kept, and the kept size (kh, kw)."""
+
+    rows: Window
+    cols: Window
+    keep: tuple[slice, slice]
+    kept: tuple[int, int]
+
+
+def windows(d: Draw, shape: tuple[int, int], size: tuple[int, int], denominator: int) -> Windows:
+    """The windows of draw `d` over an (h, w) image decoded at 1/denominator, for an output of `size`."""
+    h, w = shape
+    kh, kw = kept(d, size)
+    column = d.rw - d.left - kw if d.flip else d.left  # the kept columns, before the flip
+    rows, cols = window(d.top, kh, d.rh, h, denominator), window(column, kw, d.rw, w, denominator)
+    keep = np.s_[rows.offset : rows.offset + kh, cols.offset : cols.offset + kw]
+    return Windows(rows, cols, keep, (kh, kw))
+
+
 def paste_augmented(
     image: np.ndarray,
     mask: np.ndarray,
@@ -188,23 +217,30 @@ def paste_augmented(
     (image bilinear, mask nearest-neighbour on pixel centres: class ids kept), flip, and pad where the
     resized image ends. Resizing a window (~0.25 ms for 320x320) rather than resampling the whole map with
     `warpAffine` (~0.8 ms) is the point; `window` keeps it on the reference's pixel grid."""
-    h, w = mask.shape
-    kh, kw = kept(d, out_mask.shape)
-    column = d.rw - d.left - kw if d.flip else d.left  # the kept columns, before the flip
-    rows, cols = window(d.top, kh, d.rh, h, denominator), window(column, kw, d.rw, w, denominator)
-    keep = np.s_[rows.offset : rows.offset + kh, cols.offset : cols.offset + kw]
+    rows, cols, keep, (kh, kw) = at = windows(d, mask.shape, out_mask.shape, denominator)
     resized = cv2.resize(
         image[rows.start : rows.stop, cols.start : cols.stop], None, fx=cols.scale, fy=rows.scale,
         interpolation=cv2.INTER_LINEAR,
     )[keep]  # fmt: skip
+    assert resized.shape[:2] == (kh, kw), (resized.shape, (kh, kw))
+    pad_outside(out_image, (0, 0, kh, kw), augment.image_fill)
+    put_planes(resized, out_image[:, :kh, :kw], flip=d.flip)
+    paste_augmented_mask(mask, out_mask, d=d, at=at, denominator=denominator, fill=augment.mask_fill)
+
+
+def paste_augmented_mask(
+    mask: np.ndarray, out_mask: np.ndarray, *, d: Draw, at: Windows, denominator: int, fill: int
+) -> None:
+    """The mask's side of `paste_augmented`: the full-size `mask` cut to the windows `at` (given in pixels
+    decoded at 1/denominator), resized nearest-neighbour on pixel centres, flipped, padded with `fill`."""
+    rows, cols, keep, (kh, kw) = at
     k = denominator  # decoded pixel u covers source pixels [u k, u k + k)
     labels = cv2.resize(
         mask[rows.start * k : rows.stop * k, cols.start * k : cols.stop * k], None, fx=cols.scale / k,
         fy=rows.scale / k, interpolation=cv2.INTER_NEAREST_EXACT,
     )[keep]  # fmt: skip
-    assert resized.shape[:2] == labels.shape == (kh, kw), (resized.shape, labels.shape, (kh, kw))
-    pad_around(out_image, out_mask, (0, 0, kh, kw), (augment.image_fill, augment.mask_fill))
-    put_planes(resized, out_image[:, :kh, :kw], flip=d.flip)
+    assert labels.shape == (kh, kw), (labels.shape, (kh, kw))
+    pad_outside(out_mask, (0, 0, kh, kw), fill)
     if d.flip:
         cv2.flip(labels, 1, dst=out_mask[:kh, :kw])
     else:
@@ -241,10 +277,15 @@ def put_mask(mask: np.ndarray, target: np.ndarray, *, flip: bool = False) -> Non
 def pad_around(out_image: np.ndarray, out_mask: np.ndarray, box: Box, fills: tuple[int, int]) -> None:
     """Fill what lies outside `box` in the image slot (3, H, W) and the mask slot (H, W), and nothing
     else: the box is written next, so filling it too would touch every byte twice."""
+    pad_outside(out_image, box, fills[0])
+    pad_outside(out_mask, box, fills[1])
+
+
+def pad_outside(out: np.ndarray, box: Box, value: int) -> None:
+    """Fill what lies outside `box` in the last two axes of `out` with `value`."""
     top, left, nh, nw = box
-    for out, value in ((out_image, fills[0]), (out_mask, fills[1])):
-        rows = out[..., top : top + nh, :]
-        out[..., :top, :] = value
-        out[..., top + nh :, :] = value
-        rows[..., :left] = value
-        rows[..., left + nw :] = value
+    rows = out[..., top : top + nh, :]
+    out[..., :top, :] = value
+    out[..., top + nh :, :] = value
+    rows[..., :left] = value
+    rows[..., left + nw :] = value
