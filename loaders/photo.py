@@ -4,8 +4,10 @@ that still covers the slot, resized once, its mask decoded once and resized near
 Profiled on 640x480-class COCO photographs letterboxed to 320x320, the generic path (full decode, the
 format's sample check, then `letterbox`) spent more time making the RGB view contiguous for cv2 (a copy
 with a negative stride, ~1 ms) than decoding, then resized all of it. Here libjpeg-turbo's DCT scaling
-(`cv2.IMREAD_REDUCED_COLOR_2/4/8`) does most of the shrinking inside the decoder, the channel order is
-reversed on the small result, and every array is written once, into the batch buffer.
+(1/2, 1/4, 1/8, through simplejpeg: `segshards.loaders.jpeg`) does most of the shrinking inside the
+decoder, the channel order is reversed on the small result, and every array is written once, into the
+batch buffer. libjpeg-turbo's other scales (3/8, 5/8, 6/8, 7/8) were measured and left out: they have no
+SIMD inverse DCT, so a 6/8 decode of a 500x336 photograph took longer (1.96 ms) than a full one (1.52 ms).
 
 The rules are `read_sample`'s (key, members, limits from the headers before any pixel is decoded, an 8-bit
 JPEG, a one-channel mask of the image's size, a JSON object), with one exception: a scaled decode does
@@ -21,10 +23,11 @@ up to half an output pixel, so single edge pixels differ by up to ~100 (`tests/t
 every photograph under 3 on average and the median one's 99th percentile at 2 or less).
 Masks are exact: nearest neighbour never makes a class id that was not in the source mask.
 
-Where a photograph's time goes (cProfile, 320 coco-tiny-derived photographs letterboxed to 320x320, one
-process): about two thirds in libjpeg-turbo (a quality-95 JPEG's entropy decoding does not shrink with the scale: the
-half-size decode costs ~80% of the full one), ~6% inflating the mask, ~7% reading and hashing the shard,
-and the rest in the writes below, each made once: RGB planes split straight into the batch, a mask reduced
+Where a photograph's time goes (timed per step, 2,000 coco-tiny-derived photographs letterboxed to
+320x320, one process, 2.18 ms each): 67% in libjpeg-turbo (a quality-95 JPEG's entropy decoding does not
+shrink with the scale: the half-size decode costs ~75% of the full one), 9% checking the members and
+inflating the mask, 9% reading and hashing the shard and packing the batch, and 14% in the writes below,
+each made once: RGB planes split straight into the batch, a mask reduced
 by a whole factor as a strided slice, only the padding filled, and the fractional shrinks that a scaled
 decode cannot cover made in two cheap steps (see `resize`).
 """
@@ -53,7 +56,8 @@ from segshards.writer.format.sample import Layout, image_member, parse_meta
 from segshards.writer.format.schema import IGNORE
 
 JPEG_MEMBERS = ("jpg", "jpeg")
-# cv2's flag for each libjpeg-turbo reduction; EXIF orientation is applied as `decode_image` applies it.
+# OpenCV's flag for each libjpeg-turbo reduction, for the JPEGs `decode_bgr` leaves to OpenCV (EXIF turns
+# them as `decode_image` does).
 FLAGS = {
     1: cv2.IMREAD_COLOR,
     2: cv2.IMREAD_REDUCED_COLOR_2,

@@ -11,16 +11,10 @@ from PIL import Image
 
 from segshards.loaders import jpeg
 from segshards.loaders.jpeg import decode_bgr, exif_orientation, has_exif
+from segshards.loaders.photo import FLAGS
 from segshards.writer.errors import ShardFormatError
 from segshards.writer.format.limits import check_image
 from tests.test_photo import COCO_TINY, photo_like
-
-FLAGS = {
-    1: cv2.IMREAD_COLOR,
-    2: cv2.IMREAD_REDUCED_COLOR_2,
-    4: cv2.IMREAD_REDUCED_COLOR_4,
-    8: cv2.IMREAD_REDUCED_COLOR_8,
-}
 
 
 def opencv(payload: bytes, denominator: int) -> np.ndarray:
