@@ -227,3 +227,11 @@ def test_a_workers_own_error_is_not_taken_for_a_lost_worker(
     )
     with pytest.raises(FileNotFoundError, match="no such folder"):
         both_plans({"train": 10, "val": 0, "test": 0}, 2)
+
+
+def test_actors_go_round_robin_and_anywhere_while_no_worker_is_known() -> None:
+    """Right after a worker is lost the scheduler may know none; distributed refuses `allow_other_workers`
+    without `workers`, which once failed a replanning build."""
+    assert partition_plan.placement([], 3) == {}
+    assert [partition_plan.placement(["a", "b"], i)["workers"] for i in range(3)] == ["a", "b", "a"]
+    assert partition_plan.placement(["a"], 0)["allow_other_workers"] is True

@@ -76,21 +76,22 @@ def wait(futures: list[Any]) -> list[Any]:
 
 
 def start_actors(client: Any, cls: type, count: int, *args: Any) -> list[Any]:
-    """`count` actors of `cls`, spread round-robin over the workers alive now."""
-    workers = sorted(client.scheduler_info()["workers"]) or [None]
+    """`count` actors of `cls`, spread round-robin over the workers alive now; with none alive (one lost,
+    its nanny not back yet), wherever the scheduler places them once a worker comes."""
+    workers = sorted(client.scheduler_info()["workers"])
     with client.as_current():  # actor handles bind to this client, not to a process-wide default one
         futures = [
-            client.submit(
-                cls,
-                *args,
-                actor=True,
-                workers=workers[i % len(workers)],
-                allow_other_workers=True,
-                pure=False,
-            )
-            for i in range(count)
+            client.submit(cls, *args, actor=True, pure=False, **placement(workers, i)) for i in range(count)
         ]
         return wait(futures)
+
+
+def placement(workers: list[str], i: int) -> dict[str, Any]:
+    """The i-th actor's worker, round-robin, others allowed; nothing when no worker is known (distributed
+    refuses `allow_other_workers` without `workers`)."""
+    if not workers:
+        return {}
+    return {"workers": workers[i % len(workers)], "allow_other_workers": True}
 
 
 @dataclass
