@@ -63,7 +63,7 @@ def decode_bgr(
     naming `where`. OpenCV (with `cv2_flag`, the same scale) decodes what simplejpeg would not give as
     OpenCV does: a JPEG its EXIF turns, one not stored as YCbCr (grey, CMYK, Adobe RGB), and any that
     TurboJPEG refuses (damage OpenCV may decode, as the writer did, or name in its own words)."""
-    if plain_ycbcr(payload):
+    if plain_ycbcr(payload) and picks_exactly(header.height, header.width, denominator):
         try:
             return simplejpeg.decode_jpeg(
                 payload,
@@ -74,6 +74,22 @@ def decode_bgr(
         except ValueError:
             pass
     return cv2_decode(payload, cv2_flag, "jpg", where)
+
+
+def picks_exactly(h: int, w: int, denominator: int) -> bool:
+    """Whether simplejpeg, asked for at least the 1/denominator size of an (h, w) JPEG, gives OpenCV's
+    pixels at that scale. It takes the smallest of libjpeg-turbo's n/8 scales that reaches the size, and in
+    an image a few pixels across the next smaller one can round up to the same size (3x3 at 3/8 is 2x2, as
+    at 1/2); and below one MCU (16 pixels) the two builds of libjpeg-turbo differ at 1/4 and 1/8. Such
+    images go through OpenCV, where they cost nothing."""
+    if min(h, w) < 16:
+        return False
+    smaller = 8 // denominator - 1
+    return (
+        smaller == 0
+        or -(-smaller * h // 8) < scaled_size(h, denominator)
+        or -(-smaller * w // 8) < scaled_size(w, denominator)
+    )
 
 
 def plain_ycbcr(payload: bytes) -> bool:

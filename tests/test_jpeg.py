@@ -46,6 +46,13 @@ def test_simplejpeg_gives_opencvs_pixels_at_every_scale(denominator: int) -> Non
         assert np.array_equal(ours(payload, denominator), opencv(payload, denominator))
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (3, 3), (5, 4), (17, 3), (16, 16), (19, 41), (37, 22), (64, 61)])
+def test_tiny_images_decode_at_exactly_opencvs_scale(shape: tuple[int, int]) -> None:
+    payload = encoded(np.random.default_rng(7).integers(0, 256, (*shape, 3), dtype=np.uint8))
+    for denominator in FLAGS:
+        assert np.array_equal(ours(payload, denominator), opencv(payload, denominator)), denominator
+
+
 def test_the_fast_decoder_is_the_one_used_for_a_plain_photograph(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
     monkeypatch.setattr(jpeg, "cv2_decode", lambda *args: calls.append(1))
