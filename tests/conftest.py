@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from segshards.loaders import worker_pool
 from segshards.writer.cli.main import main as writer_main
 
 MOTO_START_TIMEOUT_S = 30.0
@@ -36,6 +37,16 @@ def source_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ.pop("SEGSHARDS_CACHE", None)
     else:
         os.environ["SEGSHARDS_CACHE"] = previous
+
+
+@pytest.fixture(autouse=True)
+def stop_loader_workers() -> Iterator[None]:
+    """After each test, the persistent workers of its loaders are stopped, even of a loader the test's
+    frame keeps alive in a cycle (an exception's traceback holds the frame): left to the garbage collector,
+    torch's iterator joins its workers at a random moment of a later test, inside its deadline."""
+    yield
+    for pool in list(worker_pool._LIVE_POOLS):
+        pool.stop(None)
 
 
 def free_port() -> int:
