@@ -8,7 +8,7 @@
 #   5. photographs: a COCO U-Net (bf16, batch 32, 320x320) fed with CPU decode in the workers against
 #      GPU decode (decode_device="cuda": nvjpeg via torchvision, which the interpreter must have), photos/s
 #      and data-wait fraction by worker count (bench/gpu_photos.py; coco-tiny must be found: shared/ beside
-#      the checkout or $SEGSHARDS_COCO_TINY).
+#      the checkout or $SEGSHARDS_COCO_TINY); then the same with Augment() (on the device with GPU decode).
 # Usage: OUT=folder bash bench/gpu_check.sh   (PY=python to choose the interpreter)
 # Without a GPU, `python -m bench gpu_feed --photos --device cpu` runs step 5's code reduced, as a check.
 set -u -o pipefail
@@ -81,6 +81,10 @@ EOF
 step "photographs: CPU decode vs GPU decode, COCO U-Net bf16, batch 32 (${PHOTOS:-2500} photos)"
 $PY -m bench gpu_feed --photos --images ${PHOTOS:-2500} --workers ${PHOTO_WORKERS:-2,6,12} 2>&1 \
     | grep -v "^=====" | tee "$OUT/gpu-decode.txt"
+
+step "photographs with Augment(): CPU decode vs GPU decode (augment on the device), ${AUG_WORKERS:-6} workers"
+$PY -m bench gpu_feed --photos --augment --images ${PHOTOS:-2500} --workers ${AUG_WORKERS:-6} 2>&1 \
+    | grep -v "^=====" | tee "$OUT/gpu-decode-augment.txt"
 
 step "summary"
 $PY - "$OUT" <<'EOF'

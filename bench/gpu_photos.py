@@ -24,7 +24,7 @@ import torch
 
 from bench.coco_bench import default_source
 from bench.photo_bench import build_set
-from segshards.loaders import DevicePrefetcher, make_loader, to_float
+from segshards.loaders import Augment, DevicePrefetcher, make_loader, to_float
 from segshards.loaders.decode import BatchAssembler
 from segshards.loaders.device_decode import BytesAssembler
 from segshards.train.models import UNet
@@ -59,6 +59,9 @@ def add_photo_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=150, help="timed training steps per run")
     parser.add_argument("--workers", default="2,6,12", help="loader worker counts, comma-separated")
     parser.add_argument("--small", action="store_true", help="a quick run: 96 photographs, small batches")
+    parser.add_argument(
+        "--augment", action="store_true", help="with Augment() (on the device too) instead of the letterbox"
+    )
 
 
 def worker_share(folder: Path, limit: int = 320) -> dict[str, float]:
@@ -119,7 +122,7 @@ def trained(
     classes = read_manifest(folder)["mask"]["num_classes"]
     model = UNet(in_channels=3, num_classes=classes, widths=setup["widths"], stem=STEM).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    shape = {"batch_size": setup["batch_size"], "size": setup["size"]}
+    shape = {"batch_size": setup["batch_size"], "size": setup["size"], "augment": setup.get("augment")}
     loader = make_loader(folder, "train", num_workers=workers, decode_device=decode, drop_last=True, **shape)
     feed = DevicePrefetcher(loader, device, transform=to_float)
     warmup, cuda = setup["warmup"], device.type == "cuda"
@@ -161,15 +164,16 @@ def photos_main(args: argparse.Namespace) -> None:
         return
     small = args.small or device.type == "cpu"
     setup = REDUCED if small else {**FULL, "images": args.images, "steps": args.steps}
+    setup = {**setup, "augment": Augment() if getattr(args, "augment", False) else None}
     n, steps, (h, w) = setup["images"], setup["steps"], setup["size"]
-    shape = {"batch_size": setup["batch_size"], "size": setup["size"]}
+    shape = {"batch_size": setup["batch_size"], "size": setup["size"], "augment": setup["augment"]}
     workers = [2] if small else [int(count) for count in args.workers.split(",")]
     folder = build_set(source, n)
     torch.backends.cudnn.benchmark = True
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (reduced: not figures)"
     print(f"[gpu photos] {name}: {n} photographs, {h}x{w}, batch {setup['batch_size']}, U-Net "
           f"{setup['widths']} stem {STEM}, {'bf16' if device.type == 'cuda' else 'float32'}, {steps} steps "
-          f"after {setup['warmup']}", flush=True)  # fmt: skip
+          f"after {setup['warmup']}{', Augment()' if setup['augment'] else ', letterboxed'}", flush=True)  # fmt: skip
     share = worker_share(folder)
     print("[gpu photos] a worker's CPU per photograph (one process, 320x320): "
           + ", ".join(f"{name} {rate:,.0f} photos per CPU-s" for name, rate in share.items()), flush=True)  # fmt: skip
