@@ -1,7 +1,6 @@
 """A per-case time limit for tests of inputs that once hung: SIGALRM raises in the main thread."""
 
 import contextlib
-import gc
 import signal
 from collections.abc import Iterator
 from types import FrameType
@@ -18,9 +17,6 @@ def deadline(seconds: float) -> Iterator[None]:
     def expire(signum: int, frame: FrameType | None) -> None:
         raise Hung(f"still running after {seconds} s")
 
-    # Earlier tests' garbage is collected before the clock starts: a torch DataLoader iterator left to the
-    # collector joins its worker processes in __del__, which would otherwise be timed (and interrupted) here.
-    gc.collect()
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
