@@ -11,6 +11,7 @@ goes through OpenCV, which applies the turn as `decode_image` does when the writ
 
 import io
 
+import cv2
 import numpy as np
 import simplejpeg
 from PIL import Image
@@ -19,6 +20,14 @@ from segshards.writer.format.images import cv2_decode
 from segshards.writer.format.limits import ImageHeader
 
 EXIF_ORIENTATION = 0x0112
+# OpenCV's flag for each libjpeg-turbo reduction, for the JPEGs `decode_bgr` leaves to OpenCV (EXIF turns
+# them as `decode_image` does).
+FLAGS = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
 
 
 def scaled_size(size: int, denominator: int) -> int:
@@ -56,11 +65,9 @@ def has_exif(payload: bytes) -> bool:
     return False
 
 
-def decode_bgr(
-    payload: bytes, header: ImageHeader, denominator: int, where: str, cv2_flag: int
-) -> np.ndarray:
+def decode_bgr(payload: bytes, header: ImageHeader, denominator: int, where: str) -> np.ndarray:
     """BGR pixels of a JPEG decoded at 1/denominator and turned as its EXIF says, or one ShardFormatError
-    naming `where`. OpenCV (with `cv2_flag`, the same scale) decodes what simplejpeg would not give as
+    naming `where`. OpenCV (at the same scale) decodes what simplejpeg would not give as
     OpenCV does: a JPEG its EXIF turns, one not stored as YCbCr (grey, CMYK, Adobe RGB), and any that
     TurboJPEG refuses (damage OpenCV may decode, as the writer did, or name in its own words)."""
     if plain_ycbcr(payload) and picks_exactly(header.height, header.width, denominator):
@@ -73,7 +80,7 @@ def decode_bgr(
             )
         except ValueError:
             pass
-    return cv2_decode(payload, cv2_flag, "jpg", where)
+    return cv2_decode(payload, FLAGS[denominator], "jpg", where)
 
 
 def picks_exactly(h: int, w: int, denominator: int) -> bool:

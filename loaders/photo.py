@@ -56,14 +56,6 @@ from segshards.writer.format.sample import Layout, image_member, parse_meta
 from segshards.writer.format.schema import IGNORE
 
 JPEG_MEMBERS = ("jpg", "jpeg")
-# OpenCV's flag for each libjpeg-turbo reduction, for the JPEGs `decode_bgr` leaves to OpenCV (EXIF turns
-# them as `decode_image` does).
-FLAGS = {
-    1: cv2.IMREAD_COLOR,
-    2: cv2.IMREAD_REDUCED_COLOR_2,
-    4: cv2.IMREAD_REDUCED_COLOR_4,
-    8: cv2.IMREAD_REDUCED_COLOR_8,
-}
 Box = tuple[int, int, int, int]  # top, left, height, width of the picture inside its slot
 
 
@@ -111,7 +103,7 @@ def read_photo(
     else:
         d = draw(augmenting.augment, augmenting.seed, augmenting.epoch, key, (h, w), out_mask.shape)
         denominator = decode_denominator(d, (h, w))
-    image = decode_bgr(payload, header, denominator, at, FLAGS[denominator])
+    image = decode_bgr(payload, header, denominator, at)
     if image.shape[:2] != (scaled_size(h, denominator), scaled_size(w, denominator)):
         raise ShardFormatError(
             f"{at}: mask is {w}x{h}, its image {header.height}x{header.width} once rotated"

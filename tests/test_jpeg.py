@@ -10,8 +10,7 @@ import pytest
 from PIL import Image
 
 from segshards.loaders import jpeg
-from segshards.loaders.jpeg import decode_bgr, exif_orientation, has_exif
-from segshards.loaders.photo import FLAGS
+from segshards.loaders.jpeg import FLAGS, decode_bgr, exif_orientation, has_exif
 from segshards.writer.errors import ShardFormatError
 from segshards.writer.format.limits import check_image
 from tests.test_photo import COCO_TINY, photo_like
@@ -22,7 +21,7 @@ def opencv(payload: bytes, denominator: int) -> np.ndarray:
 
 
 def ours(payload: bytes, denominator: int) -> np.ndarray:
-    return decode_bgr(payload, check_image(payload, "t"), denominator, "s.tar:k", FLAGS[denominator])
+    return decode_bgr(payload, check_image(payload, "t"), denominator, "s.tar:k")
 
 
 def encoded(image: np.ndarray, quality: int = 95) -> bytes:
