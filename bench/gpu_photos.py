@@ -122,7 +122,7 @@ def trained(
     classes = read_manifest(folder)["mask"]["num_classes"]
     model = UNet(in_channels=3, num_classes=classes, widths=setup["widths"], stem=STEM).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    shape = {"batch_size": setup["batch_size"], "size": setup["size"], "augment": setup.get("augment")}
+    shape = {"batch_size": setup["batch_size"], "size": setup["size"], "augment": setup["augment"]}
     loader = make_loader(folder, "train", num_workers=workers, decode_device=decode, drop_last=True, **shape)
     feed = DevicePrefetcher(loader, device, transform=to_float)
     warmup, cuda = setup["warmup"], device.type == "cuda"
@@ -164,7 +164,7 @@ def photos_main(args: argparse.Namespace) -> None:
         return
     small = args.small or device.type == "cpu"
     setup = REDUCED if small else {**FULL, "images": args.images, "steps": args.steps}
-    setup = {**setup, "augment": Augment() if getattr(args, "augment", False) else None}
+    setup = {**setup, "augment": Augment() if args.augment else None}
     n, steps, (h, w) = setup["images"], setup["steps"], setup["size"]
     shape = {"batch_size": setup["batch_size"], "size": setup["size"], "augment": setup["augment"]}
     workers = [2] if small else [int(count) for count in args.workers.split(",")]
