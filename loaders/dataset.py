@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from itertools import islice
 
 import numpy as np
-import torch
 from torch.utils.data import IterableDataset
 
 from segshards.loaders.augment import Augment, Augmenting
@@ -99,7 +98,8 @@ class ShardStream(IterableDataset):
         super().__init__()
         self.shards, self.config = shards, config
         self.position = EpochPosition.start(0, config.workers)
-        self.released: torch.Tensor | None = None  # release counters shared with the main process
+        self.use_rings = False  # whether worker processes send batches through a ring (set by the loader)
+        self.ring: WorkerRing | None = None  # a worker process's ring, kept from one iteration to the next
         self.board: PositionBoard | None = None  # the position, for persistent worker processes
 
     def worker_shards(self, worker: int, epoch: int) -> list[int]:
@@ -165,11 +165,11 @@ class ShardStream(IterableDataset):
         """Chunks of `worker`'s decoded batches after the ones it already delivered, then its WorkerEnd."""
         c = self.config
         stats = self.new_stats()
-        ring = (
-            WorkerRing(self.released, worker, c.ring_slots)
-            if in_worker and self.released is not None
-            else None
-        )
+        if in_worker and self.use_rings and self.ring is None:
+            self.ring = WorkerRing(c.ring_slots)
+        ring = self.ring if in_worker else None
+        if ring is not None:
+            ring.begin_iteration()
         assembler = (BytesAssembler if c.decode_device else BatchAssembler)(
             schema=self.shards.schema,
             size=c.size,

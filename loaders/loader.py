@@ -64,7 +64,7 @@ from segshards.loaders.decode import unpack
 from segshards.loaders.device_decode import BatchDecoder, check_decode_options, device_of
 from segshards.loaders.errors import ResumeError, SkippedDataWarning
 from segshards.loaders.integrity import VERIFY_MODES, Verify
-from segshards.loaders.messages import WorkerEnd
+from segshards.loaders.messages import RingShare, WorkerEnd
 from segshards.loaders.mix import MixPlan, MixStream, resolve_sources
 from segshards.loaders.position import EpochPosition
 from segshards.loaders.source import ShardSet
@@ -72,7 +72,7 @@ from segshards.loaders.stages import OnError, Stats
 from segshards.loaders.storage import RetryPolicy
 from segshards.loaders.streams import Stream
 from segshards.loaders.transform import Transform
-from segshards.loaders.transport import receive, release_counters
+from segshards.loaders.transport import receive
 from segshards.loaders.worker_pool import PositionBoard, WorkerPool, original_error
 from segshards.writer.errors import ConfigError, SegshardsError
 from segshards.writer.format.limits import DecodeLimits, default_limits
@@ -148,7 +148,7 @@ class ShardLoader:
         if config.num_workers:
             # Workers persist across iterations: each iteration's position reaches them through the board.
             self.dataset.board = PositionBoard(EpochPosition.row_size(config.workers))
-            self.dataset.released = release_counters(config.workers)
+            self.dataset.use_rings = True
         self.pool = WorkerPool(self.dataset, workers=config.num_workers, prefetch_factor=prefetch_factor)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         device = device_of(config.decode_device)
@@ -159,6 +159,8 @@ class ShardLoader:
         self._run = 0  # iterations started: only the latest may advance the position
         self._last: tuple[int, int] | None = None  # (worker, next_worker before it) of the last batch yielded
         self._held = False  # a reader ahead holds that batch and has not handed it on (`hold_last`)
+        self._rings: dict[Any, RingShare] = {}  # the worker processes' rings, by id (kept across epochs)
+        self._open = False  # an iteration has started and not ended (it may be suspended mid-epoch)
 
     @property
     def epoch(self) -> int:
@@ -177,12 +179,16 @@ class ShardLoader:
             self.stats = self.dataset.new_stats()
         self.dataset.position = position.copy()
         self._forget_held()
-        board, released = self.dataset.board, self.dataset.released
-        if board is not None and released is not None:
+        if self._open:
+            # An earlier iteration is open mid-epoch: its workers are busy, and DataLoader's reset would drop
+            # the chunks they have in flight with the ring slots those hold. Fresh workers replay instead.
+            self.pool.stop(None)
+            self._rings.clear()
+        self._open = True
+        board = self.dataset.board
+        if board is not None:
             # The workers are idle (fresh, or done with the last iteration): they read this when resumed.
             board.write(position.to_row())
-            released.zero_()
-        rings: dict[int, torch.Tensor] = {}
         iterator: Iterator[Any] | None = None
         completed = False
         try:
@@ -197,7 +203,7 @@ class ShardLoader:
                     self.stats.merge(message.stats)
                     continue
                 position.workers[message.worker].per_item = message.per_item
-                batches = receive(message, rings, released, pin=self.pin_memory)
+                batches = receive(message, self._rings, pin=self.pin_memory)
                 for i, batch in enumerate(batches):
                     self._check_current(run)
                     last = (message.worker, position.next_worker)
@@ -214,8 +220,11 @@ class ShardLoader:
         finally:
             # An iteration superseded by a newer one leaves the workers (shared with it) alone; one left
             # early stops them now (they may be blocked mid-item), and fresh ones replay the position.
+            if self._run == run:
+                self._open = False
             if not completed and self._run == run:
                 self.pool.stop(iterator)
+                self._rings.clear()  # the workers' rings go with them (batches lent out keep theirs)
                 if self._held and self._last is not None:
                     self.position.undeliver(*self._last)  # never handed on: the next iteration yields it
                 self._forget_held()

@@ -14,11 +14,24 @@ from segshards.loaders.stages import Stats
 
 @dataclass(frozen=True)
 class RingRef:
-    """Where a batch's buffer lies in its worker's ring: slot, byte offset in the slot, byte size."""
+    """Where a batch's buffer lies in its worker's ring: the ring, the slot, the worker's item (chunk) that
+    holds it, byte offset in the slot, byte size."""
 
+    ring: tuple[int, int]
     slot: int
+    item: int
     offset: int
     nbytes: int
+
+
+@dataclass(frozen=True)
+class RingShare:
+    """A worker's ring, sent once: its id, its (slots, slot_bytes) shared buffer and the slots' release
+    marks (shared int64, written by the main process)."""
+
+    id: tuple[int, int]
+    buffer: torch.Tensor
+    marks: torch.Tensor
 
 
 @dataclass
@@ -36,7 +49,7 @@ class Chunk:
     worker: int
     parcels: list[Parcel] = field(default_factory=list)
     per_item: int | None = None  # None until the worker's first decoded batch fixes it
-    ring: torch.Tensor | None = None  # the worker's new ring, sent once with its first chunk
+    ring: RingShare | None = None  # the worker's new ring, sent once with its first chunk
 
 
 @dataclass
