@@ -406,7 +406,7 @@ def make_loader(
         with_meta=with_meta,
         retry=retry,
         transfer_bytes=transfer_bytes,
-        ring_slots=prefetch_factor + 2,
+        ring_slots=prefetch_factor + 3,
         verify=verify,
         limits=limits if limits is not None else default_limits(),
         augment=augment,

@@ -17,7 +17,7 @@ class RingRef:
     """Where a batch's buffer lies in its worker's ring: the ring, the slot, the worker's item (chunk) that
     holds it, byte offset in the slot, byte size."""
 
-    ring: tuple[int, int]
+    ring: str
     slot: int
     item: int
     offset: int
@@ -29,9 +29,10 @@ class RingShare:
     """A worker's ring, sent once: its id, its (slots, slot_bytes) shared buffer and the slots' release
     marks (shared int64, written by the main process)."""
 
-    id: tuple[int, int]
+    id: str
     buffer: torch.Tensor
     marks: torch.Tensor
+    replaces: str | None = None  # the id of the worker's ring this one replaces
 
 
 @dataclass

@@ -17,8 +17,7 @@ holds on to batches), and for its first chunk, it falls back to a fresh shared b
 never writes where a batch the user can still read lies.
 """
 
-import itertools
-import os
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +28,6 @@ from segshards.loaders.decode import BUFFER
 from segshards.loaders.messages import Chunk, RingRef, RingShare
 
 ALIGN = 64
-_RING_NUMBERS = itertools.count()
 
 
 def shared_buffer(nbytes: int) -> torch.Tensor:
@@ -46,7 +44,7 @@ class WorkerRing:
 
     def __init__(self, slots: int) -> None:
         self.slots = slots
-        self.id = (os.getpid(), next(_RING_NUMBERS))  # unique among the rings a main process receives
+        self.id = ""  # unique among the rings a main process receives (random: pids are reused)
         self.buffer: torch.Tensor | None = None  # (slots, slot_bytes) uint8, created after the first chunk
         self.share: RingShare | None = None  # what the main process receives of the ring
         self.marks: np.ndarray | None = None  # per slot: 1 + the last item the main process released from it
@@ -55,7 +53,7 @@ class WorkerRing:
         self.shared = False  # whether this iteration's chunks have carried the ring yet
         self.slot: int | None = None
         self.offset = 0
-        self.refs: dict[int, RingRef] = {}
+        self.refs: dict[int, tuple[torch.Tensor, RingRef]] = {}  # by id() of a view, kept alive here
 
     def begin_iteration(self) -> None:
         """The ring goes out again with the iteration's first chunk after it exists (the main process keeps
@@ -77,33 +75,46 @@ class WorkerRing:
         """A buffer for one batch of the current chunk: a view of its slot, or a fresh shared buffer."""
         if self.slot is not None and self.buffer is not None and self.offset + nbytes <= self.buffer.shape[1]:
             view = self.buffer[self.slot, self.offset : self.offset + nbytes]
-            self.refs[id(view)] = RingRef(self.id, self.slot, self.items, self.offset, nbytes)
+            # The view is kept with its ref: a batch that failed drops its buffer, and a fresh buffer made
+            # next could otherwise take over its id() and be sent as this slot's bytes.
+            self.refs[id(view)] = (view, RingRef(self.id, self.slot, self.items, self.offset, nbytes))
             self.offset += -(-nbytes // ALIGN) * ALIGN
             return view
         return shared_buffer(nbytes)
 
     def seal(self, chunk: Chunk) -> Chunk:
         """Turn slot views into references (the slot is then the chunk's until released); the first chunk
-        makes the ring, sized from its batches, and the first of each iteration carries it."""
+        makes the ring, sized from its batches, and a chunk too large for it a larger one (a resumed epoch
+        may start with a short batch); the first chunk of each iteration carries the ring."""
         for parcel in chunk.parcels:
-            ref = self.refs.get(id(parcel.batch.get(BUFFER)))
-            if ref is not None:
+            buffer = parcel.batch.get(BUFFER)
+            view, ref = self.refs.get(id(buffer), (None, None))
+            if ref is not None and view is buffer:
                 del parcel.batch[BUFFER]
                 parcel.ref = ref
                 self.owner[ref.slot] = self.items
-        if self.buffer is None and chunk.per_item is not None:
-            largest = max((p.batch[BUFFER].numel() for p in chunk.parcels if BUFFER in p.batch), default=0)
-            if largest:
-                slot_bytes = chunk.per_item * -(-largest // ALIGN) * ALIGN
-                # zeros: the pages are touched once, here
-                self.buffer = torch.zeros((self.slots, slot_bytes), dtype=torch.uint8).share_memory_()
-                self.share = RingShare(self.id, self.buffer, torch.zeros(self.slots, dtype=torch.int64))
-                self.share.marks.share_memory_()
-                self.marks = self.share.marks.numpy()
+        self.refs = {}
+        fresh = [p.batch[BUFFER].numel() for p in chunk.parcels if BUFFER in p.batch]
+        if fresh and chunk.per_item is not None:
+            slot_bytes = chunk.per_item * -(-max(fresh) // ALIGN) * ALIGN
+            if self.buffer is None or slot_bytes > self.buffer.shape[1]:
+                self._make(slot_bytes)
         if self.share is not None and not self.shared:
             chunk.ring, self.shared = self.share, True
         self.items += 1
         return chunk
+
+    def _make(self, slot_bytes: int) -> None:
+        """A new ring (its slots all free); the main process drops the one it replaces once lent out."""
+        replaces = self.share.id if self.share is not None else None
+        self.id, self.owner = uuid.uuid4().hex, [-1] * self.slots
+        self.buffer = torch.zeros((self.slots, slot_bytes), dtype=torch.uint8).share_memory_()  # touched once
+        marks = torch.zeros(self.slots, dtype=torch.int64).share_memory_()
+        self.share, self.shared, self.marks = (
+            RingShare(self.id, self.buffer, marks, replaces),
+            False,
+            marks.numpy(),
+        )
 
 
 class _Lent(np.ndarray):
@@ -143,6 +154,8 @@ def receive(chunk: Chunk, rings: dict[Any, RingShare], *, pin: bool) -> list[dic
     pinned memory and the slot released at once)."""
     if chunk.ring is not None:
         rings.setdefault(chunk.ring.id, chunk.ring)  # a ring it has is kept: its pages are mapped
+        if chunk.ring.replaces is not None:
+            rings.pop(chunk.ring.replaces, None)  # no later chunk refers to it; lent batches keep theirs
     batches, lease, copied = [], None, None
     for parcel in chunk.parcels:
         batch, ref = parcel.batch, parcel.ref
