@@ -154,8 +154,6 @@ def receive(chunk: Chunk, rings: dict[Any, RingShare], *, pin: bool) -> list[dic
     pinned memory and the slot released at once)."""
     if chunk.ring is not None:
         rings.setdefault(chunk.ring.id, chunk.ring)  # a ring it has is kept: its pages are mapped
-        if chunk.ring.replaces is not None:
-            rings.pop(chunk.ring.replaces, None)  # no later chunk refers to it; lent batches keep theirs
     batches, lease, copied = [], None, None
     for parcel in chunk.parcels:
         batch, ref = parcel.batch, parcel.ref
@@ -173,6 +171,10 @@ def receive(chunk: Chunk, rings: dict[Any, RingShare], *, pin: bool) -> list[dic
     if copied is not None:
         ring, ref = copied
         ring.marks.numpy()[ref.slot] = ref.item + 1
+    if chunk.ring is not None and chunk.ring.replaces is not None:
+        # Only this chunk's parcels may still refer to the ring replaced (the one that outgrew it made the
+        # new ring); lent batches keep theirs.
+        rings.pop(chunk.ring.replaces, None)
     return batches
 
 

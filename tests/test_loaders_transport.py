@@ -192,3 +192,20 @@ def test_skip_mode_with_workers_gives_each_kept_photo_its_own_pixels(
             got = [pixels_by_key([batch]) for batch in loader]
             assert {k: v for part in got for k, v in part.items()} == reference
     assert keys[2] not in reference and len(reference) == len(keys) - 1
+
+
+def test_a_chunk_that_outgrows_the_ring_is_received_from_the_old_ring_and_the_new() -> None:
+    """A chunk whose first batch still fits the ring and whose second does not: the first travels as a
+    reference to the old ring, the chunk announces the new one, and both batches arrive."""
+    ring = WorkerRing(slots=2)
+    rings: dict[Any, RingShare] = {}
+    receive(item_of(ring, 64, value=1, batches=2), rings, pin=False)  # a ring of 2 x 64-byte batches
+    ring.begin_item()
+    small, large = ring.allocate(64), ring.allocate(200)
+    small.fill_(2)
+    large.fill_(3)
+    parcels = [Parcel({BUFFER: small, "key": ["a"]}), Parcel({BUFFER: large, "key": ["b"]})]
+    chunk = ring.seal(Chunk(0, parcels, per_item=2))
+    assert chunk.parcels[0].ref is not None and chunk.parcels[1].ref is None
+    assert chunk.ring is not None and chunk.ring.replaces == chunk.parcels[0].ref.ring
+    assert values(receive(chunk, rings, pin=False)) == [2, 3] and list(rings) == [chunk.ring.id]
