@@ -17,8 +17,9 @@ holds on to batches), and for its first chunk, it falls back to a fresh shared b
 never writes where a batch the user can still read lies.
 """
 
+import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -130,12 +131,14 @@ class _Lent(np.ndarray):
 @dataclass
 class SlotLease:
     """The batches of one chunk lent out of a ring slot: the slot is marked released when the last tensor
-    over any of them is freed."""
+    over any of them is freed, in the process that received them (a forked child dropping its copies of the
+    parent's batches must not hand the slot back while the parent still reads it)."""
 
     marks: np.ndarray
     slot: int
     item: int
     lent: int = 0
+    pid: int = field(default_factory=os.getpid)
 
     def lend(self, view: torch.Tensor) -> torch.Tensor:
         array = view.numpy().view(_Lent)
@@ -145,7 +148,7 @@ class SlotLease:
 
     def drop(self) -> None:
         self.lent -= 1
-        if self.lent == 0:
+        if self.lent == 0 and os.getpid() == self.pid:
             self.marks[self.slot] = self.item + 1
 
 

@@ -209,3 +209,22 @@ def test_a_chunk_that_outgrows_the_ring_is_received_from_the_old_ring_and_the_ne
     assert chunk.parcels[0].ref is not None and chunk.parcels[1].ref is None
     assert chunk.ring is not None and chunk.ring.replaces == chunk.parcels[0].ref.ring
     assert values(receive(chunk, rings, pin=False)) == [2, 3] and list(rings) == [chunk.ring.id]
+
+
+def test_a_forked_child_dropping_lent_batches_leaves_the_slot_to_the_parent() -> None:
+    """The ring's marks are shared memory: only the process that received a chunk hands its slot back."""
+    import os
+
+    ring = WorkerRing(slots=2)
+    rings: dict[Any, RingShare] = {}
+    receive(item_of(ring, 64, value=1, batches=1), rings, pin=False)
+    held = receive(item_of(ring, 64, value=2, batches=1), rings, pin=False)  # item 1 in slot 1
+    pid = os.fork()
+    if pid == 0:  # the child drops its copy of the batch, then leaves without cleaning up
+        del held
+        gc.collect()
+        os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert ring.marks is not None and ring.marks[1] == 0  # still lent to the parent
+    del held
+    assert ring.marks[1] == 2
