@@ -18,7 +18,11 @@ never writes where a batch the user can still read lies.
 """
 
 import os
+import threading
 import uuid
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,17 +132,20 @@ class _Lent(np.ndarray):
             lease.drop()
 
 
-@dataclass
+@dataclass(eq=False)
 class SlotLease:
     """The batches of one chunk lent out of a ring slot: the slot is marked released when the last tensor
     over any of them is freed, in the process that received them (a forked child dropping its copies of the
-    parent's batches must not hand the slot back while the parent still reads it)."""
+    parent's batches must not hand the slot back while the parent still reads it), unless the process has
+    forked since: the child shares the slot's memory and may still read it, so the slot is never handed
+    back (the worker writes to fresh shared memory instead of it)."""
 
     marks: np.ndarray
     slot: int
     item: int
     lent: int = 0
     pid: int = field(default_factory=os.getpid)
+    retired: bool = False
 
     def lend(self, view: torch.Tensor) -> torch.Tensor:
         array = view.numpy().view(_Lent)
@@ -148,8 +155,33 @@ class SlotLease:
 
     def drop(self) -> None:
         self.lent -= 1
-        if self.lent == 0 and os.getpid() == self.pid:
+        if self.lent == 0 and not self.retired and os.getpid() == self.pid:
             self.marks[self.slot] = self.item + 1
+
+
+_LENT: "weakref.WeakSet[SlotLease]" = weakref.WeakSet()  # leases with batches still lent out
+_TRUSTED = threading.local()  # set while the loader forks its own workers
+
+
+@contextmanager
+def trusted_forks() -> Iterator[None]:
+    """Forks made inside are the loader's own DataLoader workers, which never read the parent's batches:
+    they leave the leases as they are."""
+    _TRUSTED.on = True
+    try:
+        yield
+    finally:
+        _TRUSTED.on = False
+
+
+def _retire_lent() -> None:
+    """After a fork, in the parent: the slots of batches lent out now are never handed back."""
+    if not getattr(_TRUSTED, "on", False):
+        for lease in list(_LENT):
+            lease.retired = True
+
+
+os.register_at_fork(after_in_parent=_retire_lent)
 
 
 def receive(chunk: Chunk, rings: dict[Any, RingShare], *, pin: bool) -> list[dict[str, Any]]:
@@ -166,7 +198,9 @@ def receive(chunk: Chunk, rings: dict[Any, RingShare], *, pin: bool) -> list[dic
             if pin:
                 batch[BUFFER], copied = copy(view, pin=True), (ring, ref)
             else:
-                lease = lease or SlotLease(ring.marks.numpy(), ref.slot, ref.item)
+                if lease is None:
+                    lease = SlotLease(ring.marks.numpy(), ref.slot, ref.item)
+                    _LENT.add(lease)
                 batch[BUFFER] = lease.lend(view)
         elif pin and BUFFER in batch:
             batch[BUFFER] = copy(batch[BUFFER], pin=True)

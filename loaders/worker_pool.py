@@ -15,6 +15,7 @@ import cv2
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from segshards.loaders.transport import trusted_forks
 from segshards.writer.errors import SegshardsError
 
 
@@ -108,7 +109,8 @@ class WorkerPool:
         previous = cv2.getNumThreads()
         cv2.setNumThreads(1)
         try:
-            return iter(self.dataloader)
+            with trusted_forks():  # the workers never read batches lent to this process
+                return iter(self.dataloader)
         finally:
             cv2.setNumThreads(previous)
 
