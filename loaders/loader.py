@@ -64,7 +64,7 @@ from segshards.loaders.decode import unpack
 from segshards.loaders.device_decode import BatchDecoder, check_decode_options, device_of
 from segshards.loaders.errors import ResumeError, SkippedDataWarning
 from segshards.loaders.integrity import VERIFY_MODES, Verify
-from segshards.loaders.messages import RingShare, WorkerEnd
+from segshards.loaders.messages import WorkerEnd
 from segshards.loaders.mix import MixPlan, MixStream, resolve_sources
 from segshards.loaders.position import EpochPosition
 from segshards.loaders.source import ShardSet
@@ -159,7 +159,6 @@ class ShardLoader:
         self._run = 0  # iterations started: only the latest may advance the position
         self._last: tuple[int, int] | None = None  # (worker, next_worker before it) of the last batch yielded
         self._held = False  # a reader ahead holds that batch and has not handed it on (`hold_last`)
-        self._rings: dict[Any, RingShare] = {}  # the worker processes' rings, by id (kept across epochs)
         self._open = False  # an iteration has started and not ended (it may be suspended mid-epoch)
 
     @property
@@ -183,7 +182,6 @@ class ShardLoader:
             # An earlier iteration is open mid-epoch: its workers are busy, and DataLoader's reset would drop
             # the chunks they have in flight with the ring slots those hold. Fresh workers replay instead.
             self.pool.stop(None)
-            self._rings.clear()
         self._open = True
         board = self.dataset.board
         if board is not None:
@@ -203,7 +201,7 @@ class ShardLoader:
                     self.stats.merge(message.stats)
                     continue
                 position.workers[message.worker].per_item = message.per_item
-                batches = receive(message, self._rings, pin=self.pin_memory)
+                batches = receive(message, self.pool.rings, pin=self.pin_memory)
                 for i, batch in enumerate(batches):
                     self._check_current(run)
                     last = (message.worker, position.next_worker)
@@ -222,12 +220,11 @@ class ShardLoader:
             # early stops them now (they may be blocked mid-item), and fresh ones replay the position.
             if self._run == run:
                 self._open = False
-            if not completed and self._run == run:
-                self.pool.stop(iterator)
-                self._rings.clear()  # the workers' rings go with them (batches lent out keep theirs)
-                if self._held and self._last is not None:
-                    self.position.undeliver(*self._last)  # never handed on: the next iteration yields it
-                self._forget_held()
+                if not completed:
+                    self.pool.stop(iterator)
+                    if self._held and self._last is not None:
+                        self.position.undeliver(*self._last)  # never handed on: the next iteration yields it
+                    self._forget_held()
         self._finish_epoch()
 
     def _check_current(self, run: int) -> None:

@@ -26,8 +26,9 @@ class RingRef:
 
 @dataclass(frozen=True)
 class RingShare:
-    """A worker's ring, sent once: its id, its (slots, slot_bytes) shared buffer and the slots' release
-    marks (shared int64, written by the main process)."""
+    """A worker's ring, sent with the first chunk of each iteration (the main process keeps the first it
+    gets): its id, its (slots, slot_bytes) shared buffer and the slots' release marks (shared int64,
+    written by the main process)."""
 
     id: str
     buffer: torch.Tensor
@@ -50,7 +51,7 @@ class Chunk:
     worker: int
     parcels: list[Parcel] = field(default_factory=list)
     per_item: int | None = None  # None until the worker's first decoded batch fixes it
-    ring: RingShare | None = None  # the worker's new ring, sent once with its first chunk
+    ring: RingShare | None = None  # the worker's ring, with the first chunk of each iteration after it exists
 
 
 @dataclass

@@ -49,9 +49,9 @@ class WorkerRing:
 
     def __init__(self, slots: int) -> None:
         self.slots = slots
-        self.id = ""  # unique among the rings a main process receives (random: pids are reused)
         self.buffer: torch.Tensor | None = None  # (slots, slot_bytes) uint8, created after the first chunk
-        self.share: RingShare | None = None  # what the main process receives of the ring
+        self.share: RingShare | None = None  # the ring as the main process receives it (a random id: pids
+        # are reused), made after the first chunk
         self.marks: np.ndarray | None = None  # per slot: 1 + the last item the main process released from it
         self.owner = [-1] * slots  # per slot: the item that last used it (-1: none yet)
         self.items = 0  # chunks sealed so far
@@ -82,7 +82,8 @@ class WorkerRing:
             view = self.buffer[self.slot, self.offset : self.offset + nbytes]
             # The view is kept with its ref: a batch that failed drops its buffer, and a fresh buffer made
             # next could otherwise take over its id() and be sent as this slot's bytes.
-            self.refs[id(view)] = (view, RingRef(self.id, self.slot, self.items, self.offset, nbytes))
+            ring = self.share.id if self.share is not None else ""
+            self.refs[id(view)] = (view, RingRef(ring, self.slot, self.items, self.offset, nbytes))
             self.offset += -(-nbytes // ALIGN) * ALIGN
             return view
         return shared_buffer(nbytes)
@@ -112,14 +113,10 @@ class WorkerRing:
     def _make(self, slot_bytes: int) -> None:
         """A new ring (its slots all free); the main process drops the one it replaces once lent out."""
         replaces = self.share.id if self.share is not None else None
-        self.id, self.owner = uuid.uuid4().hex, [-1] * self.slots
+        self.owner, self.shared = [-1] * self.slots, False
         self.buffer = torch.zeros((self.slots, slot_bytes), dtype=torch.uint8).share_memory_()  # touched once
         marks = torch.zeros(self.slots, dtype=torch.int64).share_memory_()
-        self.share, self.shared, self.marks = (
-            RingShare(self.id, self.buffer, marks, replaces),
-            False,
-            marks.numpy(),
-        )
+        self.share, self.marks = RingShare(uuid.uuid4().hex, self.buffer, marks, replaces), marks.numpy()
 
 
 class _Lent(np.ndarray):
@@ -184,7 +181,7 @@ def _retire_lent() -> None:
 os.register_at_fork(after_in_parent=_retire_lent)
 
 
-def receive(chunk: Chunk, rings: dict[Any, RingShare], *, pin: bool) -> list[dict[str, Any]]:
+def receive(chunk: Chunk, rings: dict[str, RingShare], *, pin: bool) -> list[dict[str, Any]]:
     """The main process's side: the chunk's batches, lent out of the ring (or, with `pin`, copied into
     pinned memory and the slot released at once)."""
     if chunk.ring is not None:

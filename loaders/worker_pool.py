@@ -15,6 +15,7 @@ import cv2
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from segshards.loaders.messages import RingShare
 from segshards.loaders.transport import trusted_forks
 from segshards.writer.errors import SegshardsError
 
@@ -74,6 +75,9 @@ class WorkerPool:
     def __init__(self, dataset: IterableDataset, *, workers: int, prefetch_factor: int) -> None:
         self.dataset, self.workers, self.prefetch_factor = dataset, workers, prefetch_factor
         self._dataloader: DataLoader | None = None  # made when an iteration starts; None once stopped
+        # The workers' shared-memory rings, by id, as the main process received them: they go with the
+        # workers when these are stopped (batches lent out keep their own).
+        self.rings: dict[str, RingShare] = {}
         if workers:
             _LIVE_POOLS.add(self)
 
@@ -90,7 +94,7 @@ class WorkerPool:
             batch_size=None,
             collate_fn=_identity,
             num_workers=self.workers,
-            pin_memory=False,  # the loader pins while copying out of shared memory (see transport)
+            pin_memory=False,  # the loader pins while copying out of its workers' rings (see transport)
             prefetch_factor=self.prefetch_factor if self.workers else None,
             persistent_workers=self.workers > 0,
         )
@@ -129,6 +133,7 @@ class WorkerPool:
         if shutdown is not None:
             shutdown()
         self._dataloader = None
+        self.rings.clear()
 
     def pids(self) -> list[int]:
         """Process ids of the live persistent workers (empty before the first iteration)."""
