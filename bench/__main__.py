@@ -22,9 +22,15 @@ SECTIONS = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser = argparse.ArgumentParser(prog="python -m bench", add_help=False)
     parser.add_argument("sections", nargs="*", default=SECTIONS, help=f"any of {SECTIONS}")
+    parser.add_argument("-h", "--help", action="store_true", help="this help; after a section, its options")
     args, rest = parser.parse_known_args(argv)
+    if args.help:
+        if args.sections is SECTIONS:  # no section named: the sections themselves
+            parser.print_help()
+            return 0
+        rest.append("--help")  # the named section's own options (its parser prints them and exits)
     for name in args.sections:
         try:
             module = importlib.import_module(f"bench.{name}")

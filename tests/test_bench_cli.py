@@ -1,0 +1,19 @@
+"""`python -m bench`: its help, and a section's own options behind `--help`."""
+
+import pytest
+
+from bench.__main__ import SECTIONS, main
+
+
+def test_help_without_a_section_lists_the_sections(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "usage: python -m bench" in out and all(name in out for name in SECTIONS)
+
+
+def test_help_after_a_section_shows_that_sections_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["photo_bench", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--images" in out and "--skip-peers" in out
