@@ -14,6 +14,7 @@ from typing import IO, Literal, TypeVar
 import numpy as np
 
 from segshards.loaders.integrity import CheckedStream, Verify, read_checked
+from segshards.loaders.read_ahead import ReadAhead
 from segshards.writer.errors import SegshardsError, ShardFormatError
 from segshards.writer.format.limits import DecodeLimits
 from segshards.writer.format.tar_reader import iter_samples
@@ -110,12 +111,15 @@ def read_shards(
                     else:
                         checked = CheckedStream(raw, url, size=sizes[index], sha256=digest)
                         stream = checked  # type: ignore[assignment]
-                for sample in iter_samples(stream, url, max_member_bytes=max_member_bytes):
-                    sample["__url__"] = url
-                    seen += 1
-                    yield sample
+                with ReadAhead(stream, ahead=not isinstance(stream, io.BytesIO)) as ahead:
+                    for sample in iter_samples(ahead, url, max_member_bytes=max_member_bytes):  # type: ignore[arg-type]
+                        sample["__url__"] = url
+                        seen += 1
+                        yield sample
+                    if checked is not None:
+                        ahead.drain()
                 if checked is not None:
-                    checked.finish()
+                    checked.finish()  # the thread has ended: it read (and hashed) every byte
             if counts is not None and seen != counts[index]:
                 raise ShardFormatError(f"{url}: {seen} samples, the manifest says {counts[index]}")
             failures = 0
