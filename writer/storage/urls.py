@@ -93,10 +93,12 @@ class RetryingReader:
     """A read-only stream over a remote object that survives transient failures by reopening at its offset."""
 
     def __init__(self, url: str, policy: RetryPolicy) -> None:
-        self.url, self.policy, self.offset = url, policy, 0
+        self.url, self.policy, self.offset, self.closed = url, policy, 0, False
         self._stream: IO[bytes] | None = retried(lambda: _open_at(url, 0), url, policy)
 
     def _read_once(self, size: int) -> bytes:
+        if self.closed:  # a read racing close() (the loader's read-ahead thread) must not reconnect
+            raise ValueError(f"{self.url}: read of a closed stream")
         if self._stream is None:
             self._stream = _open_at(self.url, self.offset)
         try:
@@ -117,6 +119,7 @@ class RetryingReader:
                 stream.close()
 
     def close(self) -> None:
+        self.closed = True
         self._drop()
 
     def __enter__(self) -> "RetryingReader":
