@@ -8,11 +8,14 @@ decode, letterbox (INTER_AREA / INTER_NEAREST, centred, image padded 0, mask 255
 into tensors. One process each, interleaved rounds, best round kept; then our loader with 1 and 2 workers.
 Augmented: the stock pipeline running torchvision's segmentation reference train transform (full decode,
 resize the whole image, flip, pad, crop) against our loader with `Augment()` (fused with the decode).
+Beside them, two rows that bound ours: the decoder floor (the JPEG at the loader's scale and the mask,
+decoded alone) and the fused loop (the loader's steps alone, from memory, with nothing around them).
 
 `python -m bench photo_bench [--images N] [--rounds R] [--small] [--skip-peers]`
 """
 
 import argparse
+import hashlib
 import os
 import resource
 import shutil
@@ -33,7 +36,7 @@ from bench.coco_bench import CACHE, default_source, derive
 from bench.commands import segshards
 from bench.photo_peers import peer_runs
 from segshards.loaders import Augment, make_loader
-from segshards.loaders.photo import decode_scale, fit
+from segshards.loaders.photo import decode_scale, fit, paste
 from segshards.writer.format.images import decode_image
 from segshards.writer.format.manifest import MANIFEST, read_manifest, shard_entries
 
@@ -206,6 +209,24 @@ def floor(pairs: list[Pair]) -> int:
     return len(pairs)
 
 
+def fused(blobs: list[bytes], pairs: list[Pair]) -> int:
+    """Our loader's steps with nothing around them, from memory: each shard's sha256, each JPEG decoded at
+    the scale that covers its box and its mask inflated (the floor's decodes), then the loader's own
+    `paste` (the shrink a scaled decode leaves, the padding, the RGB planes and the mask written into a
+    batch). No tar parsing, checks, shuffle or batching around them: what a loader built of these
+    libraries could reach in one process, and so the share of the gap to the floor that is the steps'."""
+    images, masks = np.zeros((BATCH, 3, *SIZE), np.uint8), np.zeros((BATCH, *SIZE), np.uint8)
+    for blob in blobs:
+        hashlib.sha256(blob).digest()
+    for i, (jpeg, png) in enumerate(pairs):
+        h, w = simplejpeg.decode_jpeg_header(jpeg)[:2]
+        box = fit(h, w, *SIZE)
+        k = decode_scale(h, w, *box[2:])
+        image = simplejpeg.decode_jpeg(jpeg, "BGR", min_height=-(-h // k), min_width=-(-w // k))
+        paste(image, decode_image(png, "mask.png", "fused"), images[i % BATCH], masks[i % BATCH], box)
+    return len(pairs)
+
+
 def ours(folder: Path, workers: int, augment: Augment | None = None) -> int:
     """segshards' loader: shuffled, letterboxed to SIZE (or augmented), every sample checked as `verify`
     checks it; one first epoch, its workers started for it and stopped at the end (so that their CPU time
@@ -285,11 +306,13 @@ def main(argv: list[str] | None = None) -> int:
     folder = build_set(source, n)
     urls = shard_urls(folder)
     pairs = members(urls)
+    blobs = [Path(url).read_bytes() for url in urls]
     runs: dict[str, Callable[[], int]] = {
         "stock": lambda: stock(urls),
         "plain": lambda: plain(pairs),
         "bound": lambda: bound(pairs),
         "decoder floor": lambda: floor(pairs),
+        "fused loop": lambda: fused(blobs, pairs),
         "ours": lambda: ours(folder, 0),
         "stock augmented": lambda: stock_augmented(urls),
         "ours augmented": lambda: ours(folder, 0, Augment()),
@@ -326,12 +349,16 @@ def report(rates: dict[str, list[tuple[float, float]]]) -> None:
         checks.append((f"ours / faster peer ({peer})", "ours", peer, 1.6))
     checks.append(("ours / plain loop in memory", "ours", "plain", 0.0))
     checks.append(("ours / decoder floor", "ours", "decoder floor", 0.0))
+    checks.append(("fused loop / decoder floor", "fused loop", "decoder floor", 0.0))
+    checks.append(("ours / fused loop", "ours", "fused loop", 0.0))
     # What the targets ask of the loader: the floor's own ratio is the most any loader doing this decode
     # in one process can reach.
     checks.append(("ceiling: decoder floor / stock", "decoder floor", "stock", 0.0))
     checks.append(("ceiling: decoder floor / bound", "decoder floor", "bound", 0.0))
     if peer is not None:
         checks.append((f"ceiling: decoder floor / {peer}", "decoder floor", peer, 0.0))
+        checks.append((f"fused loop / {peer}", "fused loop", peer, 0.0))
+    checks.append(("fused loop / stock", "fused loop", "stock", 0.0))
     for label, a, b, target in checks:
         goal = f"target >= {target}x: {'ok' if wall[a] / wall[b] >= target else 'BELOW'}" if target else ""
         print(
