@@ -17,7 +17,19 @@ from segshards.train.errors import ConfigError
 from segshards.train.tasks import SegmentationTask
 from segshards.writer.format.schema import SampleSchema
 
-FAST = ["--epochs", "1", "--batch-size", "32", "--widths", "8,16,32", "--threads", "1", "--no-progress"]
+FAST = [
+    "--epochs",
+    "1",
+    "--samples-per-epoch",
+    "320",
+    "--batch-size",
+    "32",
+    "--widths",
+    "8,16,32",
+    "--threads",
+    "1",
+    "--no-progress",
+]
 GRID_CLASSES = ("background", *map(str, range(10)))
 
 
