@@ -36,7 +36,8 @@ from bench.coco_bench import CACHE, default_source, derive
 from bench.commands import segshards
 from bench.photo_peers import peer_runs
 from segshards.loaders import Augment, make_loader
-from segshards.loaders.photo import decode_scale, fit, paste
+from segshards.loaders.jpeg import scaled_size
+from segshards.loaders.photo import Box, decode_scale, fit, paste
 from segshards.writer.format.images import decode_image
 from segshards.writer.format.manifest import MANIFEST, read_manifest, shard_entries
 
@@ -202,11 +203,18 @@ def floor(pairs: list[Pair]) -> int:
     path); nothing else. A loader that decodes at that scale in one process can at best match it, so its
     ratio to a contender is the ceiling of ours."""
     for jpeg, png in pairs:
-        h, w = simplejpeg.decode_jpeg_header(jpeg)[:2]
-        denominator = decode_scale(h, w, *fit(h, w, *SIZE)[2:])
-        simplejpeg.decode_jpeg(jpeg, "BGR", min_height=-(-h // denominator), min_width=-(-w // denominator))
+        scaled_decode(jpeg)
         decode_image(png, "mask.png", "floor")
     return len(pairs)
+
+
+def scaled_decode(jpeg: bytes) -> tuple[np.ndarray, Box]:
+    """A JPEG decoded by simplejpeg at the smallest libjpeg-turbo scale that covers its letterbox box in
+    SIZE, and that box: the decode of the floor and of the fused loop."""
+    h, w = simplejpeg.decode_jpeg_header(jpeg)[:2]
+    box = fit(h, w, *SIZE)
+    k = decode_scale(h, w, *box[2:])
+    return simplejpeg.decode_jpeg(jpeg, "BGR", min_height=scaled_size(h, k), min_width=scaled_size(w, k)), box
 
 
 def fused(blobs: list[bytes], pairs: list[Pair]) -> int:
@@ -219,10 +227,7 @@ def fused(blobs: list[bytes], pairs: list[Pair]) -> int:
     for blob in blobs:
         hashlib.sha256(blob).digest()
     for i, (jpeg, png) in enumerate(pairs):
-        h, w = simplejpeg.decode_jpeg_header(jpeg)[:2]
-        box = fit(h, w, *SIZE)
-        k = decode_scale(h, w, *box[2:])
-        image = simplejpeg.decode_jpeg(jpeg, "BGR", min_height=-(-h // k), min_width=-(-w // k))
+        image, box = scaled_decode(jpeg)
         paste(image, decode_image(png, "mask.png", "fused"), images[i % BATCH], masks[i % BATCH], box)
     return len(pairs)
 

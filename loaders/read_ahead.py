@@ -59,8 +59,9 @@ class ReadAhead:
         return out
 
     def drain(self) -> None:
-        """Read to the end of the stream (the bytes are dropped), so that the tail after the archive is read
-        and hashed on the thread too."""
+        """Read to the end of the stream (the bytes are dropped): the thread then ends by itself, so that
+        `CheckedStream.finish()`, called after `close()`, never reads (and hashes) beside a network read
+        that `close()` stopped waiting for."""
         while self.read(self.chunk):
             pass
 
