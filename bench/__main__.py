@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sections", nargs="*", default=SECTIONS, help=f"any of {SECTIONS}")
     parser.add_argument("-h", "--help", action="store_true", help="this help; after a section, its options")
     args, rest = parser.parse_known_args(argv)
+    unknown = [name for name in args.sections if name not in SECTIONS]
+    if unknown:  # a misspelt section would otherwise be skipped and the run still succeed
+        parser.error(f"no section {unknown[0]!r}; choose from {', '.join(SECTIONS)}")
     if args.help:
         if args.sections is SECTIONS:  # no section named: the sections themselves
             parser.print_help()
