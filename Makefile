@@ -8,7 +8,7 @@ JOBS    ?= 0
 
 .PHONY: install shards test lint typecheck check bench train clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml loaders/jpeg_window.c
 	$(PY) -m venv $(VENV)
 	# The CPU wheel of torch first (PyPI's Linux torch bundles CUDA, a multi-GB download): a `+cpu` build
 	# exists only in pip's find-links (a wheel on disk, e.g. PIP_FIND_LINKS=/opt/wheels) and PyTorch's CPU

@@ -7,7 +7,8 @@ PNG bytes (the peers' own formats are written from the members of our shards) an
 decode, letterbox (INTER_AREA / INTER_NEAREST, centred, image padded 0, mask 255), batches of 32 stacked
 into tensors. One process each, interleaved rounds, best round kept; then our loader with 1 and 2 workers.
 Augmented: the stock pipeline running torchvision's segmentation reference train transform (full decode,
-resize the whole image, flip, pad, crop) against our loader with `Augment()` (fused with the decode).
+resize the whole image, flip, pad, crop) against our loader with `Augment()` (fused with the decode: only
+the kept window of each JPEG decoded), and the same with each JPEG decoded whole.
 Beside them, two rows that bound ours: the decoder floor (the JPEG at the loader's scale and the mask,
 decoded alone) and the fused loop (the loader's steps alone, from memory, with nothing around them).
 
@@ -36,7 +37,8 @@ from bench.coco_bench import CACHE, default_source, derive
 from bench.commands import segshards
 from bench.photo_peers import peer_runs
 from segshards.loaders import Augment, make_loader
-from segshards.loaders.jpeg import scaled_size
+from segshards.loaders import jpeg as jpeg_module
+from segshards.loaders.jpeg import scaled_size, window_decoder_built
 from segshards.loaders.photo import Box, decode_scale, fit, paste
 from segshards.writer.format.images import decode_image
 from segshards.writer.format.manifest import MANIFEST, read_manifest, shard_entries
@@ -242,6 +244,16 @@ def ours(folder: Path, workers: int, augment: Augment | None = None) -> int:
     return n
 
 
+def ours_whole_decode(folder: Path) -> int:
+    """Ours augmented with the window decode off, each JPEG decoded whole (as where the binding was not
+    built): beside "ours augmented", what decoding only the kept window buys."""
+    saved, jpeg_module._jpeg_window = jpeg_module._jpeg_window, None
+    try:
+        return ours(folder, 0, Augment())
+    finally:
+        jpeg_module._jpeg_window = saved
+
+
 class Warm:
     """Our loader's later epochs: `workers` persistent workers started, and one epoch read, before it is
     timed (what a training run sees from its second epoch on). Starting the workers (a fork each, their
@@ -322,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         "stock augmented": lambda: stock_augmented(urls),
         "ours augmented": lambda: ours(folder, 0, Augment()),
     }
+    if window_decoder_built():
+        runs["ours aug, whole"] = lambda: ours_whole_decode(folder)
     if not args.skip_peers:
         runs.update(peer_runs(pairs, CACHE / f"photo-peers-{n}", plain))
     runs["ours 1 worker"] = Warm(folder, 1)
@@ -352,6 +366,8 @@ def report(rates: dict[str, list[tuple[float, float]]]) -> None:
     checks.append(("augmented: ours / stock", "ours augmented", "stock augmented", 2.0))
     if peer is not None:
         checks.append((f"ours / faster peer ({peer})", "ours", peer, 1.6))
+    if "ours aug, whole" in wall:
+        checks.append(("augmented: window / whole decode", "ours augmented", "ours aug, whole", 0.0))
     checks.append(("ours / plain loop in memory", "ours", "plain", 0.0))
     checks.append(("ours / decoder floor", "ours", "decoder floor", 0.0))
     checks.append(("fused loop / decoder floor", "fused loop", "decoder floor", 0.0))
