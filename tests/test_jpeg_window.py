@@ -5,6 +5,7 @@ refusals, never a crash; the loader gives the same augmented batches with it and
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 from segshards.loaders import Augment, jpeg, make_loader
 from segshards.loaders.jpeg import decode_bgr, decode_window, window_decoder_built
 from segshards.writer.cli.main import main
+from segshards.writer.errors import ShardFormatError
 from segshards.writer.format.limits import check_image
 from tests.test_loader_augment import assert_same, rows
 from tests.test_photo import COCO_TINY, photo_like
@@ -109,6 +111,43 @@ def test_damage_in_the_window_is_a_refusal_never_a_crash() -> None:
             damaged[at] = int(rng.integers(0, 256))
         got = decode_window(bytes(damaged), header, 2, (10, 100), (5, 120))
         assert got is None or got.shape == (90, 115, 3)
+
+
+@needs_binding
+@pytest.mark.parametrize(
+    "damage",
+    [lambda p: p[: len(p) * 6 // 10], lambda p: p[:-2], lambda p: p[: len(p) * 6 // 10] + b"\xff\xd9"],
+    ids=["cut", "no-end-marker", "cut-then-end-marker"],
+)
+def test_damage_below_the_window_is_left_to_the_whole_decode(damage: Any) -> None:
+    """The window is the top rows, the damage well below them: the whole decode decides (it refuses a cut
+    scan, OpenCV takes one ended by a marker), whatever the window; else a sample would be refused in the
+    epochs whose crop reaches the damage and accepted in the others."""
+    payload = damage(encode(photo_like(480, 640, 4)))
+    header = check_image(payload, "t")
+    assert decode_window(payload, header, 1, (0, 32), (0, 64)) is None
+    assert decode_window(payload, header, 2, (0, 16), (0, 32)) is None
+
+
+def test_a_cut_scan_is_refused_by_the_whole_decode() -> None:
+    payload = encode(photo_like(480, 640, 4))
+    with pytest.raises(ShardFormatError):
+        decode_bgr(payload[:-2], check_image(payload, "t"), 1, "t")
+
+
+def scans_cut(payload: bytes, keep: int) -> bytes:
+    """A progressive JPEG with only its first `keep` scans, then its end marker: valid, and short of full
+    precision (libjpeg-turbo then smooths blocks, reading their neighbours)."""
+    starts = [i for i in range(len(payload) - 1) if payload[i : i + 2] == b"\xff\xda"]
+    return payload[: starts[keep]] + b"\xff\xd9"
+
+
+@needs_binding
+def test_a_progressive_jpeg_short_of_its_scans_goes_to_the_whole_decode(tmp_path: Path) -> None:
+    payload = scans_cut(encode(photo_like(240, 320, 6), "420", cv2.IMWRITE_JPEG_PROGRESSIVE, 1), keep=3)
+    header = check_image(payload, "t")
+    assert decode_bgr(payload, header, 1, "t").shape == (240, 320, 3)  # a whole decode takes it
+    assert decode_window(payload, header, 1, (0, 16), (100, 200)) is None
 
 
 @needs_binding
