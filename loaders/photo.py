@@ -113,18 +113,21 @@ def read_photo(
     denominator = decode_denominator(d, (h, w))
     cut = windows(d, (h, w), out_mask.shape, denominator)
     rows, cols = (cut.rows.start, cut.rows.stop), (cut.cols.start, cut.cols.stop)
-    image = (
-        decode_window(payload, header, denominator, rows, cols)
-        if (h, w) == (header.height, header.width)
-        else None
+    pixels = (
+        decode_window(payload, header, denominator, rows, cols) if (h, w) == header_size(header) else None
     )
-    if image is None:  # not built, left to the whole decode, or a mask the image's EXIF must turn to fit
-        image = decode_whole(payload, header, denominator, (h, w), key, at, check_key=check_key)
-        image = image[slice(*rows), slice(*cols)]
+    if pixels is None:  # not built, left to the whole decode, or a mask the image's EXIF must turn to fit
+        pixels = decode_whole(payload, header, denominator, (h, w), key, at, check_key=check_key)
+        pixels = pixels[slice(*rows), slice(*cols)]
     paste_augmented(
-        image, mask, out_image, out_mask, d=d, at=cut, denominator=denominator, augment=augmenting.augment
+        pixels, mask, out_image, out_mask, d=d, at=cut, denominator=denominator, augment=augmenting.augment
     )
     return meta
+
+
+def header_size(header: ImageHeader) -> tuple[int, int]:
+    """(height, width) as the JPEG's header declares them, before any EXIF turn."""
+    return header.height, header.width
 
 
 def decode_whole(
