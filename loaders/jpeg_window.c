@@ -130,8 +130,12 @@ static const char *decode(const unsigned char *data, size_t size, Window window,
          * whatever the window. Skipping to the very end would decode nothing, so the last row is read. */
         JDIMENSION below = cinfo.output_height - cinfo.output_scanline;
         if (below > 1) jpeg_skip_scanlines(&cinfo, below - 1);
-        while (cinfo.output_scanline < cinfo.output_height) jpeg_read_scanlines(&cinfo, rows, (JDIMENSION)group);
-        jpeg_finish_decompress(&cinfo);
+        while (cinfo.output_scanline < cinfo.output_height)
+            if (jpeg_read_scanlines(&cinfo, rows, (JDIMENSION)group) < 1) { /* never, from memory: no hang */
+                reason = "the decoder gave no row";
+                break;
+            }
+        if (reason == NULL) jpeg_finish_decompress(&cinfo);
     }
     jpeg_destroy_decompress(&cinfo);
     return reason;
