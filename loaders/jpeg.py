@@ -127,8 +127,8 @@ def decode_window(
 ) -> np.ndarray | None:
     """BGR pixels of decoded rows [rows) and columns [cols) of a JPEG at 1/denominator, and only those
     decoded: on coco-tiny-derived photographs an augmented crop keeps ~45% of the pixels, and the window
-    decode took ~0.85 of the whole one's instructions. None where it does not apply, and the caller decodes the whole
-    JPEG: not built, a JPEG OpenCV would turn or that is not YCbCr (as `decode_bgr`), one under an MCU or
+    decode took ~0.85 of the whole one's instructions. None where it does not apply, and the caller
+    decodes the whole JPEG: not built, a JPEG OpenCV would turn or that is not YCbCr (as `decode_bgr`), one under an MCU or
     sampled unusually, a progressive one whose scans stop short, and one libjpeg-turbo refuses or warns
     about anywhere (the rows below the window are entropy-decoded too): damage meets the whole decode's
     rules, whatever the window."""

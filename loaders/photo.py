@@ -113,9 +113,8 @@ def read_photo(
     denominator = decode_denominator(d, (h, w))
     cut = windows(d, (h, w), out_mask.shape, denominator)
     rows, cols = (cut.rows.start, cut.rows.stop), (cut.cols.start, cut.cols.stop)
-    pixels = (
-        decode_window(payload, header, denominator, rows, cols) if (h, w) == header_size(header) else None
-    )
+    upright = (h, w) == (header.height, header.width)  # else the mask fits only once EXIF turns the image
+    pixels = decode_window(payload, header, denominator, rows, cols) if upright else None
     if pixels is None:  # not built, left to the whole decode, or a mask the image's EXIF must turn to fit
         pixels = decode_whole(payload, header, denominator, (h, w), key, at, check_key=check_key)
         pixels = pixels[slice(*rows), slice(*cols)]
@@ -123,11 +122,6 @@ def read_photo(
         pixels, mask, out_image, out_mask, d=d, at=cut, denominator=denominator, augment=augmenting.augment
     )
     return meta
-
-
-def header_size(header: ImageHeader) -> tuple[int, int]:
-    """(height, width) as the JPEG's header declares them, before any EXIF turn."""
-    return header.height, header.width
 
 
 def decode_whole(
