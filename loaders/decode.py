@@ -125,6 +125,7 @@ class BatchAssembler:
         if augmenting is not None and size is None:
             raise ConfigError("augment needs size=(H, W): the crop's size")
         self.augmenting, self.transforming = augmenting, transforming
+        self.slots: Slots | None = None  # the current batch's (`batch_slots`)
 
     def decode(self, sample: Sample) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """(image as decoded: grey, BGR or BGRA; mask; parsed metadata) of one sample, once it passes the
@@ -138,12 +139,12 @@ class BatchAssembler:
         """The packed batch of `samples` (see `unpack`); a sample that fails to decode goes to `on_error`
         (which may raise)."""
         n, i = len(samples), 0
-        slots: Slots | None = None
+        self.slots = None
         keys: list[str] = []
         metas: list[dict[str, Any]] = []
         for sample in samples:
             try:
-                slots, meta = self._fill(sample, i, n, slots)
+                meta = self._fill(sample, i, n)
             except ShardFormatError as exc:
                 on_error(exc)
                 continue
@@ -152,18 +153,19 @@ class BatchAssembler:
                 metas.append(meta or {})
             i += 1
         batch: dict[str, Any] = {"key": keys}
+        slots = self.slots
         if slots is not None:
             batch.update({BUFFER: slots.buffer, FIELDS: (n, slots.fields), COUNT: i})
         if self.with_meta:
             batch["meta"] = metas
         return batch
 
-    def _fill(self, sample: Sample, i: int, n: int, slots: "Slots | None") -> tuple["Slots", dict[str, Any]]:
-        """Decode one sample into row `i` of the batch (allocated by its first good sample); its metadata.
-        JPEGs to be letterboxed take the photo path (`segshards.loaders.photo`): a scaled decode written
-        straight into the row."""
+    def _fill(self, sample: Sample, i: int, n: int) -> dict[str, Any]:
+        """Decode one sample into row `i` of the batch (`batch_slots`); its metadata. JPEGs to be
+        letterboxed take the photo path (`segshards.loaders.photo`): a scaled decode written straight into
+        the row."""
         if self.size is not None and is_photo(sample, self.layout):
-            slots = slots or self._slots(n, 3, sample)
+            slots = self.batch_slots(n, 3, sample)
             url = str(sample.get("__url__", "?"))
             meta = read_photo(
                 sample,
@@ -180,7 +182,9 @@ class BatchAssembler:
         else:
             image, mask, meta = self.decode(sample)
             channels = 1 if image.ndim == 2 else min(3, image.shape[2])
-            slots = slots or self._slots(n, channels, sample, mask.shape)
+            if i == 0:
+                self.slots = None  # shaped by the batch's first good sample, not by one that failed
+            slots = self.batch_slots(n, channels, sample, mask.shape)
             images, masks = slots.images, slots.masks
             if (
                 self.size is None
@@ -197,7 +201,16 @@ class BatchAssembler:
             apply_transform(self.transforming, key, slots.images[i], slots.masks[i], where(sample))
         for array, target in slots.targets:
             array[i] = target_value(target, meta, sample)
-        return slots, meta
+        return meta
+
+    def batch_slots(self, n: int, channels: int, sample: Sample, shape: tuple[int, ...] = ()) -> "Slots":
+        """The batch's slots, made by the first sample that needs them. A photo batch's are the same
+        whatever its samples and are made before the photo is decoded, so they are kept when it fails: made
+        again, they would take a second share of a worker's ring slot (the rest of its chunk then going to
+        fresh shared memory)."""
+        if self.slots is None:
+            self.slots = self._slots(n, channels, sample, shape)
+        return self.slots
 
     def _slots(self, n: int, channels: int, sample: Sample, shape: tuple[int, ...] = ()) -> "Slots":
         """One uint8 buffer for the whole batch and the layout of its arrays (8-byte aligned, targets first),

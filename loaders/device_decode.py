@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from segshards.loaders.augment import Augmenting, Draw, decode_denominator, draw
-from segshards.loaders.decode import BatchAssembler, Slots, target_value, where
+from segshards.loaders.decode import BatchAssembler, target_value, where
 from segshards.loaders.jpeg import exif_orientation
 from segshards.loaders.photo import JPEG_MEMBERS, check_photo, fit, is_photo, paste_augmented_mask, windows
 from segshards.loaders.stages import Stats
@@ -140,18 +140,18 @@ class BytesAssembler(BatchAssembler):
         batch[JPEGS] = self.pending
         return batch
 
-    def _fill(self, sample: Sample, i: int, n: int, slots: Slots | None) -> tuple[Slots, dict[str, Any]]:
+    def _fill(self, sample: Sample, i: int, n: int) -> dict[str, Any]:
         if self.size is None or not is_photo(sample, self.layout):
             raise ShardFormatError(f"{where(sample)}: only JPEG photographs are decoded on the device")
-        if slots is None:
+        if self.slots is None:
             check_batch(n, 4 * self.size[0] * self.size[1], where(sample), self.limits)  # RGB on the device
-            slots = self._slots(n, 0, sample)
+        slots = self.batch_slots(n, 0, sample)
         url = str(sample.get("__url__", "?"))
         pending, meta = hand_on(sample, self.layout, url, slots.masks[i], self.limits, self.augmenting)
         for array, target in slots.targets:
             array[i] = target_value(target, meta, sample)
         self.pending.append(pending)
-        return slots, meta
+        return meta
 
 
 def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:

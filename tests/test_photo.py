@@ -9,6 +9,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from segshards.loaders import make_loader
 from segshards.loaders.decode import letterbox
@@ -255,3 +256,30 @@ def test_fractional_shrinks_stay_near_inter_area_and_whole_ones_are_it() -> None
     np.testing.assert_array_equal(
         resize(big, 240, 320), cv2.resize(big, (320, 240), interpolation=cv2.INTER_AREA)
     )
+
+
+@pytest.mark.parametrize("device", [False, True])
+def test_a_failed_first_photo_leaves_its_slots_to_the_next(device: bool) -> None:
+    """In skip mode a batch whose first photo fails once its slots are made (its mask does not fit) takes
+    them once: made again, they would take a second share of a worker's ring slot."""
+    from segshards.loaders.decode import BatchAssembler, unpack
+    from segshards.loaders.device_decode import BytesAssembler
+    from segshards.writer.format.schema import SampleSchema
+
+    good = [jpeg_sample(photo_like(120, 160, s), class_mask(120, 160)) for s in (1, 2)]
+    bad = {**good[0], "__key__": "a" * 32, "mask.png": encode_png(np.zeros((100, 160), np.uint8))}
+    sizes: list[int] = []
+
+    def allocate(nbytes: int) -> torch.Tensor:
+        sizes.append(nbytes)
+        return torch.zeros(nbytes, dtype=torch.uint8)
+
+    kind = BytesAssembler if device else BatchAssembler
+    assembler = kind(schema=SampleSchema("jpg", 3, None, ("a", "b")), size=(64, 64), with_meta=False,
+                     allocate=allocate)  # fmt: skip
+    errors: list[ShardFormatError] = []
+    batch = unpack(assembler([bad, *good], errors.append))
+    assert len(sizes) == 1, sizes
+    assert [str(e).split(": ", 1)[1] for e in errors] == ["mask is 160x100, its image 160x120"]
+    assert batch["key"] == [g["__key__"] for g in good] and batch["mask"].shape == (2, 64, 64)
+    np.testing.assert_array_equal(batch["mask"][0].numpy(), through_photo_path(good[0], (64, 64))[1])
