@@ -20,7 +20,9 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
+from segshards.writer.errors import ShardFormatError
 from segshards.writer.format.images import cv2_decode
+from segshards.writer.format.keys import pixel_key
 from segshards.writer.format.limits import ImageHeader
 
 try:  # built by `pip install` where a C compiler and libjpeg-turbo's headers are (pyproject.toml)
@@ -74,22 +76,39 @@ def has_exif(payload: bytes) -> bool:
     return False
 
 
-def decode_bgr(payload: bytes, header: ImageHeader, denominator: int, where: str) -> np.ndarray:
+def decode_bgr(
+    payload: bytes, header: ImageHeader, denominator: int, where: str, key: str | None = None
+) -> np.ndarray:
     """BGR pixels of a JPEG decoded at 1/denominator and turned as its EXIF says, or one ShardFormatError
-    naming `where`. OpenCV (at the same scale) decodes what simplejpeg would not give as
-    OpenCV does: a JPEG its EXIF turns, one not stored as YCbCr (grey, CMYK, Adobe RGB), and any that
-    TurboJPEG refuses (damage OpenCV may decode, as the writer did, or name in its own words)."""
-    if plain_ycbcr(payload) and picks_exactly(header.height, header.width, denominator):
-        try:
+    naming `where`. OpenCV (at the same scale) decodes what simplejpeg would not give as OpenCV does: a
+    JPEG its EXIF turns and one not stored as YCbCr (grey, CMYK, Adobe RGB). One that TurboJPEG refuses
+    (damage, or an encoder's slip that OpenCV decodes with a warning, as the writer did) is taken only if
+    OpenCV's full decode still hashes to `key`, when given (`decode_damaged`)."""
+    try:
+        if plain_ycbcr(payload) and picks_exactly(header.height, header.width, denominator):
             return simplejpeg.decode_jpeg(
                 payload,
                 "BGR",
                 min_height=scaled_size(header.height, denominator),
                 min_width=scaled_size(header.width, denominator),
             )
-        except ValueError:
-            pass
+    except ValueError as exc:  # its header or its scan
+        if key is not None:
+            return decode_damaged(payload, denominator, key, where, str(exc))
     return cv2_decode(payload, FLAGS[denominator], "jpg", where)
+
+
+def decode_damaged(payload: bytes, denominator: int, key: str, where: str, reason: str) -> np.ndarray:
+    """A JPEG libjpeg-turbo decodes only with a warning, checked as `verify` checks it: OpenCV's full decode
+    (the writer's) must hash to its key. OpenCV fills a truncated scan with grey and says nothing, so
+    without this a cut file would pass at every reduced scale, where the key is otherwise not checked; a
+    COCO original with a stray byte still passes, as its key was computed from the same decode."""
+    full = cv2_decode(payload, cv2.IMREAD_COLOR, "jpg", where)
+    if pixel_key(full) != key:
+        raise ShardFormatError(
+            f"{where}: damaged JPEG (libjpeg-turbo: {reason}); its pixels do not match its key"
+        )
+    return full if denominator == 1 else cv2_decode(payload, FLAGS[denominator], "jpg", where)
 
 
 def picks_exactly(h: int, w: int, denominator: int) -> bool:
@@ -109,11 +128,9 @@ def picks_exactly(h: int, w: int, denominator: int) -> bool:
 
 
 def plain_ycbcr(payload: bytes) -> bool:
-    """Whether simplejpeg decodes `payload` as OpenCV does: a YCbCr JPEG its EXIF does not turn."""
-    try:
-        colorspace = simplejpeg.decode_jpeg_header(payload)[2]
-    except ValueError:
-        return False
+    """Whether simplejpeg decodes `payload` as OpenCV does: a YCbCr JPEG its EXIF does not turn. A
+    ValueError when TurboJPEG refuses its header, or warns of damage in it."""
+    colorspace = simplejpeg.decode_jpeg_header(payload)[2]
     return colorspace == "YCbCr" and exif_orientation(payload) == 1
 
 
@@ -132,10 +149,12 @@ def decode_window(
     sampled unusually, a progressive one whose scans stop short, and one libjpeg-turbo refuses or warns
     about anywhere (the rows below the window are entropy-decoded too): damage meets the whole decode's
     rules, whatever the window."""
-    if _jpeg_window is None or min(header.height, header.width) < 16 or not plain_ycbcr(payload):
+    if _jpeg_window is None or min(header.height, header.width) < 16:
         return None
     out = np.empty((rows[1] - rows[0], cols[1] - cols[0], 3), np.uint8)
     try:
+        if not plain_ycbcr(payload):
+            return None
         _jpeg_window.decode_window(payload, denominator, *rows, *cols, out)
     except ValueError:
         return None

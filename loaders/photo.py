@@ -12,8 +12,9 @@ SIMD inverse DCT, so a 6/8 decode of a 500x336 photograph took longer (1.96 ms) 
 The rules are `read_sample`'s (key, members, limits from the headers before any pixel is decoded, an 8-bit
 JPEG, a one-channel mask of the image's size, a JSON object), with one exception: a scaled decode does
 not see the full-size pixels, so the key is checked against their hash only when the JPEG is decoded at
-full size. The shard's bytes stay covered by its sha256 (`verify=`), which the writer computed after
-hashing every image.
+full size, or when libjpeg-turbo warns of damage (`segshards.loaders.jpeg.decode_damaged`: a cut file is
+refused at any scale). The shard's bytes stay covered by its sha256 (`verify=`), which the writer
+computed after hashing every image.
 
 The pixels of a scaled decode are not those of decode-then-resize: libjpeg-turbo averages whole 2x2 (4x4,
 8x8) blocks in the DCT domain where cv2 INTER_AREA averages decoded pixels over the exact scale. On the 16
@@ -135,10 +136,10 @@ def decode_whole(
     check_key: bool,
 ) -> np.ndarray:
     """The whole JPEG decoded at 1/denominator, turned as its EXIF says, checked against its (h, w) mask
-    and, decoded at full size, its key against the hash of its pixels (`verify`'s rule; a scaled or
-    windowed decode does not see those pixels, and the shard's sha256 covers its bytes)."""
+    and, decoded at full size or damaged, its key against the hash of its pixels (`verify`'s rule; a
+    sound scaled or windowed decode does not see those pixels, and the shard's sha256 covers its bytes)."""
     h, w = shape
-    image = decode_bgr(payload, header, denominator, at)
+    image = decode_bgr(payload, header, denominator, at, key if check_key else None)
     if image.shape[:2] != (scaled_size(h, denominator), scaled_size(w, denominator)):
         raise ShardFormatError(
             f"{at}: mask is {w}x{h}, its image {header.height}x{header.width} once rotated"

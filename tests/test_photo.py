@@ -283,3 +283,42 @@ def test_a_failed_first_photo_leaves_its_slots_to_the_next(device: bool) -> None
     assert [str(e).split(": ", 1)[1] for e in errors] == ["mask is 160x100, its image 160x120"]
     assert batch["key"] == [g["__key__"] for g in good] and batch["mask"].shape == (2, 64, 64)
     np.testing.assert_array_equal(batch["mask"][0].numpy(), through_photo_path(good[0], (64, 64))[1])
+
+
+def cut_halfway(payload: bytes) -> bytes:
+    """A JPEG whose scan ends halfway, at an end marker, zeros after it: the same length, and OpenCV
+    decodes it with a warning, its lower half grey."""
+    half = len(payload) // 2
+    return payload[:half] + b"\xff\xd9" + bytes(len(payload) - half - 2)
+
+
+@pytest.mark.parametrize("augmented", [False, True])
+def test_a_cut_jpeg_is_refused_at_a_reduced_scale_too(augmented: bool) -> None:
+    from segshards.loaders.augment import Augment, Augmenting
+
+    good = jpeg_sample(photo_like(480, 640, 5), class_mask(480, 640))
+    cut = {**good, "jpg": cut_halfway(good["jpg"])}
+    out_image, out_mask = np.empty((3, 320, 320), np.uint8), np.empty((320, 320), np.uint8)
+    augmenting = Augmenting(Augment(scale=(0.5, 0.5)), seed=0, epoch=0) if augmented else None  # 1/2 decode
+    with pytest.raises(
+        ShardFormatError, match=r"s.tar:\w+: damaged JPEG \(libjpeg-turbo: .*\); its pixels do not"
+    ):
+        read_photo(
+            cut, LAYOUT, "s.tar", out_image, out_mask, limits=None, check_key=True, augmenting=augmenting
+        )
+    read_photo(good, LAYOUT, "s.tar", out_image, out_mask, limits=None, check_key=True, augmenting=augmenting)
+
+
+def test_a_jpeg_with_a_stray_byte_keeps_its_key_and_passes() -> None:
+    """libjpeg-turbo warns of extraneous bytes before a marker (TurboJPEG refuses the file), as of some
+    COCO originals; OpenCV decodes them as the writer did, so the key matches and the sample is taken, with
+    the same pixels."""
+    good = jpeg_sample(photo_like(480, 640, 5), class_mask(480, 640))
+    stray = dict(good)
+    scan = good["jpg"].index(b"\xff\xda")
+    stray["jpg"] = good["jpg"][:scan] + b"\x00\x00" + good["jpg"][scan:]
+    stray["__key__"] = pixel_key(cv2.imdecode(np.frombuffer(stray["jpg"], np.uint8), cv2.IMREAD_COLOR))
+    assert stray["__key__"] == good["__key__"]
+    ours, theirs = through_photo_path(good, (320, 320)), through_photo_path(stray, (320, 320))
+    np.testing.assert_array_equal(ours[0], theirs[0])
+    np.testing.assert_array_equal(ours[1], theirs[1])
