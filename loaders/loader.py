@@ -51,6 +51,7 @@ the main process (`segshards.loaders.device_decode`).
 
 import hashlib
 import math
+import operator
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -66,12 +67,13 @@ from segshards.loaders.errors import ResumeError, SkippedDataWarning
 from segshards.loaders.integrity import VERIFY_MODES, Verify
 from segshards.loaders.messages import WorkerEnd
 from segshards.loaders.mix import MixPlan, MixStream, resolve_sources
+from segshards.loaders.photo import JPEG_MEMBERS
 from segshards.loaders.position import EpochPosition
 from segshards.loaders.source import ShardSet
 from segshards.loaders.stages import OnError, Stats
 from segshards.loaders.storage import RetryPolicy
 from segshards.loaders.streams import Stream
-from segshards.loaders.transform import Transform
+from segshards.loaders.transform import NAMED_ARRAYS, Transform, takes_named_arrays
 from segshards.loaders.transport import receive
 from segshards.loaders.worker_pool import PositionBoard, WorkerPool, original_error
 from segshards.writer.errors import ConfigError, SegshardsError
@@ -118,11 +120,16 @@ def validate(config: LoaderConfig, shards: ShardSet) -> None:
         (c.augment is None or isinstance(c.augment, Augment), f"augment {c.augment!r}: must be an Augment"),
         (c.augment is None or c.size is not None, "augment: needs size=(H, W) (the crop's size)"),
         (c.transform is None or callable(c.transform), f"transform {c.transform!r}: must be callable"),
+        (not takes_named_arrays(c.transform), f"transform {c.transform!r}: {NAMED_ARRAYS}"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
     image_member = shards.schema.image if shards.schema is not None else None
+    if c.augment is not None and image_member not in (None, *JPEG_MEMBERS):
+        raise ConfigError(
+            f"augment: the set stores {image_member} images; only JPEG photographs are augmented"
+        )
     check_decode_options(c.decode_device, size=c.size, transform=c.transform, image_member=image_member)
     if c.resampled and c.epoch_batches is None:
         raise ConfigError(f"{shards.source}: resampled mode without a manifest needs epoch_batches")
@@ -334,7 +341,11 @@ def letterbox_size(size: tuple[int, int] | None, schema: SampleSchema | None) ->
     """The (H, W) images are letterboxed to: `size` as given, else for a set of variable-size images the
     training size its schema suggests, else None (as stored)."""
     if size is not None:
-        return (size[0], size[1])
+        try:
+            h, w = (operator.index(side) for side in size)
+        except (TypeError, ValueError):
+            raise ConfigError(f"size {size!r}: must be (H, W), two whole numbers >= 1") from None
+        return (h, w)
     if schema is None or schema.size is not None:
         return None
     hint = schema.training.get("size")

@@ -69,18 +69,46 @@ def seeded(value: int) -> Iterator[None]:
 
 def apply_transform(t: Transforming, key: str, image: np.ndarray, mask: np.ndarray, where: str) -> None:
     """Run `t` on one batch row (`image` (C, H, W), `mask` (H, W), uint8 views) and write its result back.
-    A result of another shape is one ConfigError naming the sample."""
+    A result of another shape, or of values a uint8 row cannot hold, is one ConfigError naming the sample;
+    an exception of the transform's own is raised with a note naming it."""
     with seeded(seed_of(t.seed, t.epoch, key)):
-        result = t.transform(torch.from_numpy(image.copy()), torch.from_numpy(mask.copy()))
+        try:
+            result = t.transform(torch.from_numpy(image.copy()), torch.from_numpy(mask.copy()))
+        except Exception as exc:
+            exc.add_note(f"raised by the loader's transform on {where}")
+            raise
     if not isinstance(result, tuple | list) or len(result) != 2:
         raise ConfigError(f"{where}: transform returned {type(result).__name__}, expected (image, mask)")
-    for name, value, out in (("image", result[0], image), ("mask", result[1], mask)):
-        array = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value)
-        if array.shape != out.shape:
-            raise ConfigError(
-                f"{where}: transform returned a {name} of shape {array.shape}, the batch's is {out.shape}"
-            )
-        out[...] = array
+    for name, value, out in (("an image", result[0], image), ("a mask", result[1], mask)):
+        out[...] = as_row(value, out.shape, f"{where}: transform returned {name}")
+
+
+def as_row(value: Any, shape: tuple[int, ...], returned: str) -> np.ndarray:
+    """A transform's image or mask as a batch row takes it: of the row's shape, and uint8 or whole numbers in
+    0-255 (a mask of int64 class ids), never cast: a float image (normalised, 0-1) or ids past 255 would
+    wrap or truncate into other pixels and classes without a word."""
+    array = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value)
+    if array.shape != shape:
+        raise ConfigError(f"{returned} of shape {array.shape}, the batch's is {shape}")
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype.kind not in "biu":
+        raise ConfigError(
+            f"{returned} of dtype {array.dtype}; the batch holds uint8 (0-255): convert or normalise after the "
+            "loader, on the device (DevicePrefetcher(..., transform=to_float))"
+        )
+    if array.size and (array.min() < 0 or array.max() > 255):
+        raise ConfigError(f"{returned} with values {array.min()}..{array.max()}, outside uint8's 0-255")
+    return array
+
+
+NAMED_ARRAYS = "albumentations takes named arrays; pass Albumentations(compose) (segshards.loaders)"
+
+
+def takes_named_arrays(transform: Any) -> bool:
+    """Whether `transform` is an albumentations pipeline, called as compose(image=..., mask=...): given
+    as it is, its first call would fail on the pair with albumentations' own KeyError."""
+    return transform is not None and type(transform).__module__.split(".")[0] == "albumentations"
 
 
 class Albumentations:

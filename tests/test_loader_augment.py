@@ -115,8 +115,66 @@ def test_a_transform_of_the_wrong_shape_is_one_clear_error(photo_set: Path) -> N
     def crop(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return image[:, :10], mask
 
-    with pytest.raises(ConfigError, match=r"transform returned a image of shape \(3, 10, 32\)"):
+    with pytest.raises(ConfigError, match=r"transform returned an image of shape \(3, 10, 32\)"):
         list(make_loader(photo_set, "train", 2, size=SIZE, transform=crop))
+
+
+@pytest.mark.parametrize(
+    ("transform", "message"),
+    [
+        (lambda i, m: (i.float() / 255, m), r"an image of dtype float32; the batch holds uint8 \(0-255\)"),
+        (lambda i, m: (i, m.long() + 300), r"a mask with values 300\.\.\d+, outside uint8's 0-255"),
+        (lambda i, m: (i.int() - 1, m), r"an image with values -1\.\.\d+, outside"),
+    ],
+    ids=["normalised image", "class ids past 255", "negative pixels"],
+)
+def test_a_transform_result_a_uint8_row_cannot_hold_is_refused_not_cast(
+    photo_set: Path, transform: Any, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=r"train-\d+\.tar:\w+: transform returned " + message):
+        list(make_loader(photo_set, "train", 2, size=SIZE, transform=transform))
+
+
+def test_whole_numbers_within_0_255_are_taken_as_they_are(photo_set: Path) -> None:
+    plain = rows(make_loader(photo_set, "train", 2, size=SIZE))
+    assert_same(
+        plain,
+        rows(make_loader(photo_set, "train", 2, size=SIZE, transform=lambda i, m: (i.long(), m.long()))),
+    )
+
+
+def test_an_error_inside_a_transform_names_its_sample(photo_set: Path) -> None:
+    def fails(image: torch.Tensor, mask: torch.Tensor) -> Any:
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom") as caught:
+        list(make_loader(photo_set, "train", 2, size=SIZE, transform=fails))
+    assert any(note.startswith("raised by the loader's transform on ") and ".tar:" in note
+               for note in caught.value.__notes__)  # fmt: skip
+
+
+def test_an_albumentations_pipeline_given_as_it_is_is_refused_up_front(photo_set: Path) -> None:
+    class Compose:  # what albumentations' Compose looks like to the loader
+        __module__ = "albumentations.core.composition"
+
+        def __call__(self, **arrays: Any) -> Any:
+            return arrays
+
+    with pytest.raises(
+        ConfigError, match=r"albumentations takes named arrays; pass Albumentations\(compose\)"
+    ):
+        make_loader(photo_set, "train", 2, size=SIZE, transform=Compose())
+
+
+def test_augment_on_a_set_of_png_images_is_refused_up_front(grid_set: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^augment: the set stores png images; only JPEG photographs"):
+        make_loader(grid_set, "train", 2, size=(32, 32), augment=Augment())
+
+
+@pytest.mark.parametrize("size", [256, (256,), ("a", 2), (2.5, 3)])
+def test_a_size_that_is_not_two_whole_numbers_is_one_clear_error(photo_set: Path, size: Any) -> None:
+    with pytest.raises(ConfigError, match=r"^size .*: must be \(H, W\), two whole numbers >= 1$"):
+        make_loader(photo_set, "train", 2, size=size)
 
 
 def torchvision_pair(image: torch.Tensor, mask: torch.Tensor) -> Any:
