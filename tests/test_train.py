@@ -232,8 +232,13 @@ def test_photo_sets_train_augmented_by_default_and_the_run_records_it(
 
     photos = ["--size", "32", "32", "--batch-size", "2"]
     assert run("coco", sets["coco-semantic"], *photos) == AUGMENT
+    reference = "augment: torchvision reference train transform (scale 0.5-2.0, flip 0.5)\n"
+    assert capsys.readouterr().out.startswith(reference)  # said first, once
     assert run("coco-plain", sets["coco-semantic"], *photos, "--no-augment") is None
+    assert capsys.readouterr().out.startswith("augment: off (--no-augment)\n")
     assert run("mnist", sets["mnist-foreground"], "--samples-per-epoch", "64") is None
+    fixed = "augment: none (sets of fixed-size images, such as the MNIST sets, are not augmented)\n"
+    assert capsys.readouterr().out.startswith(fixed)
     resume = [
         "--data",
         str(sets["coco-semantic"]),
@@ -243,4 +248,8 @@ def test_photo_sets_train_augmented_by_default_and_the_run_records_it(
         "--no-progress",
     ]
     assert train_main([*resume, "--no-augment"]) == 1
-    assert "saved with augment={'scale'" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        f"segshards train: error: {tmp_path / 'coco' / CHECKPOINT}: saved with augment: torchvision reference "
+        "train transform (scale 0.5-2.0, flip 0.5), this run asks for --no-augment; resume without "
+        "--no-augment, or train into another --out\n"
+    )

@@ -65,7 +65,7 @@ def test_the_samples_an_epoch_leaves_out_are_said_once(
     argv = small_run(foreground, tmp_path / "b", "--batch-size", "100", "--samples-per-epoch", "150")
     assert train_main(argv) == 0
     out = capsys.readouterr().out
-    assert "note: --samples-per-epoch 150 is trained as 1 full batches of 100: 100 samples an epoch" in out
+    assert "note: --samples-per-epoch 150 is trained as 1 full batch of 100: 100 samples an epoch" in out
 
 
 def interrupt(*_: Any, **__: Any) -> bool:
@@ -89,7 +89,7 @@ def test_ctrl_c_after_a_checkpoint_names_it(
 ) -> None:
     run = tmp_path / "run"
     assert train_main(small_run(foreground, run, "--stop-after-steps", "1")) == 0
-    capsys.readouterr()
+    assert f"{run}: stopped after 1 step; continue with --resume\n" in capsys.readouterr().out
     monkeypatch.setattr(loop, "train_one_epoch", interrupt)
     assert train_main([*small_run(foreground, run), "--resume"]) == 130
     err = capsys.readouterr().err

@@ -4,7 +4,8 @@ fixed-size images (MNIST recipes) train as before. A set's schema may say otherw
 `schema.training.augment`: false, or an object of `Augment` options ({"scale": [0.5, 2.0], "flip": 0.5}).
 
 The run records the options used (`augment` in the config of the checkpoint and metrics.json; null: none),
-and a resumed run keeps them, so its remaining batches are the ones the uninterrupted run would see.
+and a resumed run keeps them, so its remaining batches are the ones the uninterrupted run would see. A run
+says which at its start, in one line (`augment_line`).
 """
 
 from dataclasses import asdict
@@ -47,3 +48,24 @@ def recorded(augment: Augment | None) -> dict[str, Any] | None:
     out = asdict(augment)
     out["scale"] = list(augment.scale)
     return out
+
+
+def described(augment: Augment | None) -> str:
+    """An `Augment` in words, for console lines: the transform and the options a user would change."""
+    if augment is None:
+        return "none"
+    low, high = (float(x) for x in augment.scale)
+    return f"torchvision reference train transform (scale {low}-{high}, flip {float(augment.flip)})"
+
+
+def augment_line(options: dict[str, Any] | None, info: SetInfo) -> str:
+    """The line a run starts with: the augmentation it applies, or why none (as `config.augment` records)."""
+    if options is not None:
+        return f"augment: {described(to_augment(options))}"
+    if default_augment(info) is not None:
+        return "augment: off (--no-augment)"
+    if info.schema.training.get("augment") is False:
+        return "augment: none (the set's manifest says schema.training.augment: false)"
+    if info.schema.size:
+        return "augment: none (sets of fixed-size images, such as the MNIST sets, are not augmented)"
+    return "augment: none (only sets of JPEG photographs are augmented by default)"

@@ -16,6 +16,7 @@ from segshards.train.class_weights import saved_weights
 from segshards.train.config import TrainConfig, default_precision, default_workers, resolve_device
 from segshards.train.dataset import SetInfo, mix_streams, parse_mix, read_set
 from segshards.train.errors import ConfigError, SegshardsError
+from segshards.train.reports import counted, update_metrics
 from segshards.train.tasks import Task, task_differences, task_for
 
 
@@ -219,7 +220,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         print(f"segshards train: interrupted; {after_interrupt(Path(args.out))}", file=sys.stderr)
         return 130
     if not result.finished:
-        print(f"{args.out}: stopped after {len(result.step_losses)} steps; continue with --resume")
+        print(f"{args.out}: stopped after {counted(len(result.step_losses), 'step')}; continue with --resume")
         return 0
     assert result.metrics is not None
     print(f"{args.out}: {summary(result.metrics, 'val')} ({time.perf_counter() - started:.0f} s)")
@@ -244,7 +245,7 @@ def summary(report: dict[str, Any], split: str) -> str:
         return f"no {split} split"
     keys = report.get("primary") or ("loss",)
     shown = ", ".join(f"{k} {metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), int | float))
-    return f"{split} {shown} ({metrics['samples']:,} samples)"
+    return f"{split} {shown} ({counted(metrics['samples'], 'sample')})"
 
 
 def eval_parser() -> argparse.ArgumentParser:
@@ -316,7 +317,6 @@ def fitting_task(info: SetInfo, saved: dict[str, Any], split: str) -> Task:
 def eval_main(argv: Sequence[str] | None = None) -> int:
     """`segshards eval`: scores RUN_DIR/checkpoint.pt on a split, merges it into metrics.json."""
     from segshards.train.evaluate import evaluate, place, plot_predictions
-    from segshards.train.reports import update_metrics
 
     args = eval_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     run = Path(args.run)

@@ -15,7 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from segshards.loaders import DevicePrefetcher, make_loader
-from segshards.train.augmentation import to_augment
+from segshards.train.augmentation import augment_line, described, to_augment
 from segshards.train.checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from segshards.train.class_weights import run_weights, saved_weights, weights_record
 from segshards.train.config import RUNTIME_FIELDS, TrainConfig, validate
@@ -34,7 +34,7 @@ from segshards.train.evaluate import (
     split_loader,
 )
 from segshards.train.plots import plot_curves
-from segshards.train.reports import update_metrics
+from segshards.train.reports import counted, update_metrics
 from segshards.train.tasks import Task, task_for
 
 WARMUP_FRACTION = 0.15  # of all steps, for the one-cycle learning-rate schedule
@@ -132,6 +132,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | 
     loader = train_loader(config)
     if len(loader) == 0:
         raise ConfigError(f"--data {config.data}: train split smaller than one batch of {config.batch_size}")
+    tqdm.write(augment_line(config.augment, info))
     note = left_out_note(config, loader)
     if note:
         tqdm.write(note)
@@ -284,11 +285,21 @@ def check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> N
     """A resumed run must learn the same thing: only runtime fields (data location, device ...) may change."""
     defaults = {f.name: f.default for f in fields(TrainConfig)}  # for fields older checkpoints lack
     for key, value in config.as_dict().items():
-        if key not in RUNTIME_FIELDS and saved.get(key, defaults[key]) != value:
-            raise CheckpointError(
-                f"{path}: saved with {key}={saved.get(key)!r}, this run asks for {value!r}; "
-                "resume with the saved settings, or train into another --out"
-            )
+        was = saved.get(key, defaults[key])
+        if key not in RUNTIME_FIELDS and was != value:
+            raise CheckpointError(f"{path}: {mismatch(key, was, value)}, or train into another --out")
+
+
+def mismatch(key: str, was: Any, asked: Any) -> str:
+    """How a resumed run differs from its checkpoint, and the fix; augmentation on or off in the flag a
+    user types (`--no-augment`), not as the recorded options."""
+    if key == "augment" and asked is None:
+        saved = described(to_augment(was))
+        return f"saved with augment: {saved}, this run asks for --no-augment; resume without --no-augment"
+    if key == "augment" and was is None:
+        wanted = described(to_augment(asked))
+        return f"saved with --no-augment, this run asks for augment: {wanted}; resume with --no-augment"
+    return f"saved with {key}={was!r}, this run asks for {asked!r}; resume with the saved settings"
 
 
 def check_size(config: TrainConfig, info: SetInfo, task: Task) -> None:
@@ -335,8 +346,9 @@ def left_out_note(config: TrainConfig, loader: Any) -> str | None:
         if trained == spe:
             return None
         return (
-            f"{config.recipe}: note: --samples-per-epoch {spe:,} is trained as {len(loader):,} full batches "
-            f"of {config.batch_size}: {trained:,} samples an epoch"
+            f"{config.recipe}: note: --samples-per-epoch {spe:,} is trained as "
+            f"{counted(len(loader), 'full batch', 'full batches')} of {config.batch_size}: "
+            f"{counted(trained, 'sample')} an epoch"
         )
     total = sum(loader.mix.wanted) if loader.mix is not None else loader.shards.total
     if total is None or trained >= total:
@@ -362,8 +374,19 @@ def epoch_line(
     shown = ", ".join(f"{k} {scores[k]:.4f}" for k in ("loss", *task.primary) if scores.get(k) is not None)
     line = f"{recipe} epoch {record['epoch']}: train loss {record['train_loss']:.4f}; val {shown or '-'}"
     per_class = val.get("iou_per_class") or {}
-    ranked = sorted(((v, k) for k, v in per_class.items() if v is not None), key=lambda x: -x[0])
-    if len(per_class) > 2 and ranked:
-        listed = ", ".join(f"{k} {v:.3f}" for v, k in ranked[:best])
-        line += f"\n  val IoU per class, best {min(best, len(ranked))} of {len(ranked)} present: {listed}"
+    present = {k: v for k, v in per_class.items() if v is not None}  # in the truth or the prediction
+    if len(per_class) > 2 and present:
+        line += "\n  " + class_line(present, best=best)
     return line
+
+
+def class_line(present: dict[str, float], *, best: int) -> str:
+    """The `best` val class IoUs among those above 0 (a class that scored 0 is no one's best), and how many
+    scored 0."""
+    ranked = sorted(((v, k) for k, v in present.items() if v > 0), key=lambda x: -x[0])
+    if not ranked:
+        return f"val IoU per class: {counted(len(present), 'class', 'classes')} present, none above 0"
+    listed = ", ".join(f"{k} {v:.3f}" for v, k in ranked[:best])
+    line = f"val IoU per class, best {min(best, len(ranked))} of {len(present)} present: {listed}"
+    zero = len(present) - len(ranked)
+    return f"{line}; {zero} scored 0" if zero else line

@@ -1,4 +1,5 @@
-"""metrics.json: one file per run, splits merged in as `train` and `eval` produce them, written atomically."""
+"""What a run reports: metrics.json (one file per run, splits merged in as `train` and `eval` produce them,
+written atomically), and the counts its console lines name."""
 
 import json
 from pathlib import Path
@@ -35,3 +36,8 @@ def update_metrics(out: Path, *, splits: dict[str, dict[str, Any]], **fields: An
     report["splits"].update(splits)
     atomic_write(out / METRICS, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode("utf-8"))
     return report
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """`n` and `noun`, plural unless `n` is 1 ("1 step", "2 steps"); `n` with thousands separators."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {plural or noun + 's'}"
