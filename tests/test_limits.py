@@ -82,6 +82,7 @@ def test_decoded_bytes_limit_and_explicit_limits() -> None:
         (png(5, 5, b"")[:24] + b"\x07\x00" + png(5, 5, b"")[26:], "corrupt PNG (bit depth 7"),
         (b"\xff\xd8\xff\xdb\x00\x02\xff\xda", "corrupt JPEG (no frame header)"),
         (b"\xff\xd8\xff\xe0\x00\x00", "corrupt JPEG"),
+        (b"\xff\xd8\x00\xe0\x00\x10JFIF", "corrupt JPEG (no marker after its start of image)"),
     ],
 )
 def test_malformed_headers_are_one_error(payload: bytes, message: str) -> None:

@@ -109,6 +109,8 @@ def image_header(payload: bytes, where: str) -> ImageHeader:
         return png_header(payload, where)
     if payload[:3] == b"\xff\xd8\xff":
         return jpeg_header(payload, where)
+    if payload[:2] == b"\xff\xd8":  # a JPEG's start of image, then damage
+        raise ShardFormatError(f"{where}: corrupt JPEG (no marker after its start of image)")
     raise ShardFormatError(f"{where}: neither a PNG nor a JPEG image")
 
 
