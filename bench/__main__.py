@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             print(f"[bench] {name}: not present, skipped")
             continue
-        print(f"\n===== {name} =====", flush=True)
+        if not args.help:  # a section's help is its usage alone
+            print(f"\n===== {name} =====", flush=True)
         module.main(rest)
     return 0
 

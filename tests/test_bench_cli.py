@@ -17,6 +17,7 @@ def test_help_after_a_section_shows_that_sections_options(capsys: pytest.Capture
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--images" in out and "--skip-peers" in out
+    assert out.startswith("usage: python -m bench photo_bench")  # no "===== photo_bench =====" banner
 
 
 def test_a_misspelt_section_is_a_one_line_error_before_anything_runs(

@@ -42,6 +42,8 @@ def expected_lines(folder: Path, location: str) -> list[str]:
         "image     png, grey, 56x56",
         "mask      mask.png, 11 classes, background 0, ignore 255",
         "target    digits: value, int64[4], 10 classes",
+        'training  batch_size 64, epochs 4, lr 0.006, metrics ["dice_macro"], samples_per_epoch 32000, '
+        "stem 2, widths [16,32,64]",
         'classes   0 "background", 1 "0", 2 "1", 3 "2", 4 "3", 5 "4", 6 "5", 7 "6", 8 "7", 9 "8", 10 "9"',
         "licence   cc-by-sa-3.0; 0 duplicates rejected",
     ]
@@ -88,3 +90,19 @@ def test_info_of_a_damaged_manifest_names_the_field(
     lines = error_lines(capsys.readouterr().err)
     assert len(lines) == 1 and lines[0].startswith(f"segshards: error: {tmp_path}/manifest.json: ")
     assert "count" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("training", "line"),
+    [
+        ({"size": [320, 320], "augment": False}, "training  augment false, size [320,320]"),
+        ({}, "training  none suggested"),
+    ],
+)
+def test_info_shows_the_suggested_training_as_recorded(
+    grid: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], training: dict[str, object], line: str
+) -> None:
+    manifest = json.loads((grid / "manifest.json").read_text())
+    manifest["schema"]["training"] = training
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert [x for x in info(capsys, str(tmp_path)).splitlines() if x.startswith("training")] == [line]

@@ -20,6 +20,7 @@ from segshards.writer.format.schema import IGNORE
 from segshards.writer.storage.atomic import atomic_write
 
 PALETTE_RGB = default_palette()[:, ::-1].copy()  # the preview's class colours, as RGB
+MARKERS = "osD^v"  # the val metrics' markers, in order
 
 
 def save_figure(figure: Figure, path: Path) -> None:
@@ -45,10 +46,12 @@ def plot_curves(
     loss_axes.set(title=f"{title}: loss")
     epochs = [h["epoch"] for h in history]
     val = [h.get("val") or {} for h in history]
-    for name in primary:
+    for i, name in enumerate(primary):
         values = [np.nan if v.get(name) is None else v[name] for v in val]
         last = f" (last {values[-1]:.4f})" if values and not np.isnan(values[-1]) else ""
-        metric_axes.plot(epochs, values, "o-", label=f"val {name}{last}")
+        # Each series its own marker, each smaller than the one before: equal values still all show.
+        marker, size = MARKERS[i % len(MARKERS)], max(4, 11 - 3 * i)
+        metric_axes.plot(epochs, values, marker=marker, markersize=size, label=f"val {name}{last}")
     metric_axes.set(xlabel="epoch", title=f"{title}: validation metrics")
     if any(name in v for v in val for name in primary):
         metric_axes.legend()
@@ -125,15 +128,17 @@ def paint(picture: np.ndarray, mask: np.ndarray, palette: np.ndarray, ignore: in
 def legend_handles(
     truth: np.ndarray, prediction: np.ndarray, names: list[str], colours: np.ndarray, ignore: int | None
 ) -> list[Patch]:
-    """One legend entry per class in the truth or the prediction, and one for ignored pixels if any."""
+    """One legend entry per class in the truth or the prediction, and one for ignored pixels if any; each
+    labelled `name (id)` as `segshards preview` labels its legend, so the two read alike and classes of
+    similar colour are told apart by id."""
     present = sorted({int(k) for k in np.unique(np.concatenate([truth.ravel(), prediction.ravel()]))})
     handles = [
-        Patch(color=rgb(colours[k]), label=names[k] + (" (no tint)" if k == 0 else ""))
+        Patch(color=rgb(colours[k]), label=f"{names[k]} ({k})" + (", no tint" if k == 0 else ""))
         for k in present
         if k < len(names)
     ]
     if ignore is not None and ignore in present:
-        handles.append(Patch(color=rgb(GREY), label="ignored / padding"))
+        handles.append(Patch(color=rgb(GREY), label=f"ignored / padding ({ignore})"))
     return handles
 
 
@@ -162,7 +167,7 @@ def plot_segmentation(
     side = 3.0 if max(truth.shape[1:]) > 64 else 1.8  # inches per panel: photographs larger than digits
     handles = legend_handles(truth, prediction, class_names, colours, ignore)
     columns = -(-len(handles) // max(8, int(n * side * 72 / 16)))  # rows of 9 pt text the height holds
-    figure = Figure(figsize=(3 * side + 2.2 * columns, n * side + 0.6), layout="constrained")
+    figure = Figure(figsize=(3 * side + 2.6 * columns, n * side + 0.6), layout="constrained")
     axes = figure.subplots(n, 3, squeeze=False)
     for i in range(n):
         picture = as_picture(batch["image"][i])

@@ -2,6 +2,7 @@
 alone, wherever the set lies (a folder, `s3://`, `https://`)."""
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,7 @@ def megabytes(n: int) -> str:
 
 
 def describe_schema(schema: SampleSchema) -> list[str]:
-    """The schema's lines: image, mask, targets."""
+    """The schema's lines: image, mask, targets, suggested training."""
     size = "x".join(map(str, schema.size[::-1])) if schema.size else "sizes vary"
     channels = {1: "grey", 3: "colour"}.get(schema.channels, f"{schema.channels} channels")
     ignore = "none" if schema.ignore is None else str(schema.ignore)
@@ -88,7 +89,15 @@ def describe_schema(schema: SampleSchema) -> list[str]:
         named = f", {len(t.classes)} classes" if t.classes else ""
         shape = f"[{', '.join(map(str, t.shape))}]" if t.shape else ""
         lines.append(f"target    {t.name}: {t.role}, {t.dtype}{shape}{named}")
-    return lines
+    return [*lines, f"training  {describe_training(schema.training)}"]
+
+
+def describe_training(training: Mapping[str, Any]) -> str:
+    """The recipe's suggested training options as recorded (`segshards train` takes those left out from
+    here), each `name value` with the value as compact JSON, so a list's commas never read as separators."""
+    if not training:
+        return "none suggested"
+    return ", ".join(f"{k} {json.dumps(v, separators=(',', ':'))}" for k, v in sorted(training.items()))
 
 
 def info_lines(info: SetInfo) -> list[str]:
