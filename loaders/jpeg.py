@@ -80,10 +80,10 @@ def decode_bgr(
     payload: bytes, header: ImageHeader, denominator: int, where: str, key: str | None = None
 ) -> np.ndarray:
     """BGR pixels of a JPEG decoded at 1/denominator and turned as its EXIF says, or one ShardFormatError
-    naming `where`. OpenCV (at the same scale) decodes what simplejpeg would not give as OpenCV does: a
-    JPEG its EXIF turns and one not stored as YCbCr (grey, CMYK, Adobe RGB). One that TurboJPEG refuses
-    (damage, or an encoder's slip that OpenCV decodes with a warning, as the writer did) is taken only if
-    OpenCV's full decode still hashes to `key`, when given (`decode_damaged`)."""
+    naming `where`. OpenCV decodes what simplejpeg would not give as OpenCV does: a JPEG its EXIF turns,
+    one not stored as YCbCr (grey, CMYK, Adobe RGB), and one that TurboJPEG refuses (damage, or an
+    encoder's slip that OpenCV decodes with a warning, as the writer did). With `key`, what OpenCV decodes
+    at a reduced scale is first checked against it (`decode_checked`): OpenCV says nothing of damage."""
     try:
         if plain_ycbcr(payload) and picks_exactly(header.height, header.width, denominator):
             return simplejpeg.decode_jpeg(
@@ -94,20 +94,27 @@ def decode_bgr(
             )
     except ValueError as exc:  # its header or its scan
         if key is not None:
-            return decode_damaged(payload, denominator, key, where, str(exc))
+            return decode_checked(payload, denominator, key, where, damage=str(exc))
+    if key is not None and denominator > 1:
+        return decode_checked(payload, denominator, key, where)
     return cv2_decode(payload, FLAGS[denominator], "jpg", where)
 
 
-def decode_damaged(payload: bytes, denominator: int, key: str, where: str, reason: str) -> np.ndarray:
-    """A JPEG libjpeg-turbo decodes only with a warning, checked as `verify` checks it: OpenCV's full decode
-    (the writer's) must hash to its key. OpenCV fills a truncated scan with grey and says nothing, so
-    without this a cut file would pass at every reduced scale, where the key is otherwise not checked; a
-    COCO original with a stray byte still passes, as its key was computed from the same decode."""
+def decode_checked(
+    payload: bytes, denominator: int, key: str, where: str, damage: str | None = None
+) -> np.ndarray:
+    """A JPEG that OpenCV decodes, checked as `verify` checks it: OpenCV's full decode (the writer's) must
+    hash to its key. OpenCV fills a truncated scan with grey and says nothing, so without this a cut file
+    would pass at every reduced scale, where a sound JPEG's key is not checked; a COCO original with a
+    stray byte still passes, as its key was computed from the same decode. Costs a full decode more, for
+    the few JPEGs simplejpeg leaves to OpenCV (EXIF-turned, grey, CMYK) or refuses (`damage`)."""
     full = cv2_decode(payload, cv2.IMREAD_COLOR, "jpg", where)
     if pixel_key(full) != key:
-        raise ShardFormatError(
-            f"{where}: damaged JPEG (libjpeg-turbo: {reason}); its pixels do not match its key"
-        )
+        if damage is not None:
+            raise ShardFormatError(
+                f"{where}: damaged JPEG (libjpeg-turbo: {damage}); its pixels do not match its key"
+            )
+        raise ShardFormatError(f"{where}: key does not match the hash of its image pixels")
     return full if denominator == 1 else cv2_decode(payload, FLAGS[denominator], "jpg", where)
 
 

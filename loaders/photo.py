@@ -12,8 +12,9 @@ SIMD inverse DCT, so a 6/8 decode of a 500x336 photograph took longer (1.96 ms) 
 The rules are `read_sample`'s (key, members, limits from the headers before any pixel is decoded, an 8-bit
 JPEG, a one-channel mask of the image's size, a JSON object), with one exception: a scaled decode does
 not see the full-size pixels, so the key is checked against their hash only when the JPEG is decoded at
-full size, or when libjpeg-turbo warns of damage (`segshards.loaders.jpeg.decode_damaged`: a cut file is
-refused at any scale). The shard's bytes stay covered by its sha256 (`verify=`), which the writer
+full size, or when OpenCV decodes it (`segshards.loaders.jpeg.decode_checked`: the few JPEGs simplejpeg
+leaves to it, EXIF-turned, grey or CMYK, and any libjpeg-turbo warns of damage, so a cut file is refused at
+any scale). The shard's bytes stay covered by its sha256 (`verify=`), which the writer
 computed after hashing every image.
 
 The pixels of a scaled decode are not those of decode-then-resize: libjpeg-turbo averages whole 2x2 (4x4,
