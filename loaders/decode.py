@@ -153,8 +153,8 @@ class BatchAssembler:
                 metas.append(meta or {})
             i += 1
         batch: dict[str, Any] = {"key": keys}
-        slots = self.slots
-        if slots is not None:
+        slots, self.slots = self.slots, None  # the worker holds no buffer between batches
+        if slots is not None and i > 0:  # a batch whose every sample failed carries no arrays
             batch.update({BUFFER: slots.buffer, FIELDS: (n, slots.fields), COUNT: i})
         if self.with_meta:
             batch["meta"] = metas

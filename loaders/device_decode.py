@@ -243,7 +243,7 @@ class BatchDecoder:
 
     def __call__(self, batch: dict[str, Any], stats: Stats) -> dict[str, Any]:
         pending: list[Pending] | None = batch.pop(JPEGS, None)
-        if pending is None or "image" not in batch:
+        if not pending or "image" not in batch:  # nvjpeg refuses an empty list
             return batch
         decoded = self.decode(pending)
         keep = [i for i, image in enumerate(decoded) if not isinstance(image, ShardFormatError)]

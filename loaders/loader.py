@@ -342,7 +342,7 @@ def letterbox_size(size: tuple[int, int] | None, schema: SampleSchema | None) ->
     training size its schema suggests, else None (as stored)."""
     if size is not None:
         try:
-            h, w = (operator.index(side) for side in size)
+            h, w = (operator.index(side) for side in size if not isinstance(side, bool))
         except (TypeError, ValueError):
             raise ConfigError(f"size {size!r}: must be (H, W), two whole numbers >= 1") from None
         return (h, w)

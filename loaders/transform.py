@@ -75,7 +75,9 @@ def apply_transform(t: Transforming, key: str, image: np.ndarray, mask: np.ndarr
         try:
             result = t.transform(torch.from_numpy(image.copy()), torch.from_numpy(mask.copy()))
         except Exception as exc:
-            exc.add_note(f"raised by the loader's transform on {where}")
+            note = getattr(exc, "add_note", None)  # Python 3.11 and later
+            if note is not None:
+                note(f"raised by the loader's transform on {where}")
             raise
     if not isinstance(result, tuple | list) or len(result) != 2:
         raise ConfigError(f"{where}: transform returned {type(result).__name__}, expected (image, mask)")
@@ -84,24 +86,28 @@ def apply_transform(t: Transforming, key: str, image: np.ndarray, mask: np.ndarr
 
 
 def as_row(value: Any, shape: tuple[int, ...], returned: str) -> np.ndarray:
-    """A transform's image or mask as a batch row takes it: of the row's shape, and uint8 or whole numbers in
-    0-255 (a mask of int64 class ids), never cast: a float image (normalised, 0-1) or ids past 255 would
-    wrap or truncate into other pixels and classes without a word."""
+    """A transform's image or mask as a batch row takes it: of the row's shape, and uint8 or an integer
+    dtype with values in 0-255 (a mask of int64 class ids), never cast: a float image (normalised, 0-1) or
+    ids past 255 would wrap or truncate into other pixels and classes without a word."""
+    if isinstance(value, torch.Tensor) and (value.dtype.is_floating_point or value.dtype.is_complex):
+        # named here: numpy has no bfloat16 to take such a tensor as
+        raise ConfigError(f"{returned} of dtype {str(value.dtype).removeprefix('torch.')}; {UINT8_ROWS}")
     array = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value)
     if array.shape != shape:
         raise ConfigError(f"{returned} of shape {array.shape}, the batch's is {shape}")
     if array.dtype == np.uint8:
         return array
     if array.dtype.kind not in "biu":
-        raise ConfigError(
-            f"{returned} of dtype {array.dtype}; the batch holds uint8 (0-255): convert or normalise after the "
-            "loader, on the device (DevicePrefetcher(..., transform=to_float))"
-        )
+        raise ConfigError(f"{returned} of dtype {array.dtype}; {UINT8_ROWS}")
     if array.size and (array.min() < 0 or array.max() > 255):
         raise ConfigError(f"{returned} with values {array.min()}..{array.max()}, outside uint8's 0-255")
     return array
 
 
+UINT8_ROWS = (
+    "the batch holds uint8 (0-255): convert or normalise after the loader, on the device "
+    "(DevicePrefetcher(..., transform=to_float))"
+)
 NAMED_ARRAYS = "albumentations takes named arrays; pass Albumentations(compose) (segshards.loaders)"
 
 

@@ -125,8 +125,9 @@ def test_a_transform_of_the_wrong_shape_is_one_clear_error(photo_set: Path) -> N
         (lambda i, m: (i.float() / 255, m), r"an image of dtype float32; the batch holds uint8 \(0-255\)"),
         (lambda i, m: (i, m.long() + 300), r"a mask with values 300\.\.\d+, outside uint8's 0-255"),
         (lambda i, m: (i.int() - 1, m), r"an image with values -1\.\.\d+, outside"),
+        (lambda i, m: (i.bfloat16(), m), r"an image of dtype bfloat16; the batch holds uint8"),
     ],
-    ids=["normalised image", "class ids past 255", "negative pixels"],
+    ids=["normalised image", "class ids past 255", "negative pixels", "bfloat16"],
 )
 def test_a_transform_result_a_uint8_row_cannot_hold_is_refused_not_cast(
     photo_set: Path, transform: Any, message: str
@@ -171,7 +172,7 @@ def test_augment_on_a_set_of_png_images_is_refused_up_front(grid_set: Path) -> N
         make_loader(grid_set, "train", 2, size=(32, 32), augment=Augment())
 
 
-@pytest.mark.parametrize("size", [256, (256,), ("a", 2), (2.5, 3)])
+@pytest.mark.parametrize("size", [256, (256,), ("a", 2), (2.5, 3), (True, True)])
 def test_a_size_that_is_not_two_whole_numbers_is_one_clear_error(photo_set: Path, size: Any) -> None:
     with pytest.raises(ConfigError, match=r"^size .*: must be \(H, W\), two whole numbers >= 1$"):
         make_loader(photo_set, "train", 2, size=size)

@@ -285,6 +285,45 @@ def test_a_failed_first_photo_leaves_its_slots_to_the_next(device: bool) -> None
     np.testing.assert_array_equal(batch["mask"][0].numpy(), through_photo_path(good[0], (64, 64))[1])
 
 
+@pytest.mark.parametrize("device", [False, True])
+def test_a_batch_whose_every_photo_fails_carries_no_arrays(device: bool) -> None:
+    """Nothing for the main process to unpack or decode (nvjpeg refuses an empty list), and no buffer
+    kept by the worker until its next batch."""
+    from segshards.loaders.decode import BatchAssembler
+    from segshards.loaders.device_decode import BatchDecoder, BytesAssembler
+    from segshards.loaders.stages import Stats
+    from segshards.writer.format.schema import SampleSchema
+
+    good = jpeg_sample(photo_like(120, 160, 1), class_mask(120, 160))
+    bad = [
+        {**good, "__key__": f"{k:032x}", "mask.png": encode_png(np.zeros((100, 160), np.uint8))}
+        for k in (1, 2)
+    ]
+    kind = BytesAssembler if device else BatchAssembler
+    assembler = kind(schema=SampleSchema("jpg", 3, None, ("a", "b")), size=(64, 64), with_meta=False,
+                     allocate=lambda n: torch.zeros(n, dtype=torch.uint8))  # fmt: skip
+    errors: list[ShardFormatError] = []
+    batch = assembler(bad, errors.append)
+    assert len(errors) == 2 and batch["key"] == [] and "_buffer" not in batch and assembler.slots is None
+    if device:  # and the main process never hands nvjpeg an empty list, which it refuses
+        decoder = BatchDecoder(torch.device("cpu"), "skip")
+        decoder.io = NoEmptyLists()
+        empty = {"key": [], "image": torch.zeros((0, 0, 64, 64), dtype=torch.uint8), "_jpegs": []}
+        assert decoder(empty, Stats())["key"] == []
+
+
+class NoEmptyLists:
+    """torchvision.io as nvjpeg's binding behaves on an empty list."""
+
+    class ImageReadMode:
+        RGB = 0
+
+    def decode_jpeg(self, data: list[Any], **_: Any) -> list[Any]:
+        if not data:
+            raise ValueError("Input list must contain at least one element")
+        raise AssertionError("only empty lists here")
+
+
 def cut_halfway(payload: bytes) -> bytes:
     """A JPEG whose scan ends halfway, at an end marker, zeros after it: the same length, and OpenCV
     decodes it with a warning, its lower half grey."""
