@@ -6,7 +6,10 @@ photograph and the 16 coco-tiny originals at 1/1, 1/2, 1/4 and 1/8 (`tests/test_
 simplejpeg reaches the decoder without OpenCV's `imdecode` layers (a buffer copy, its own EXIF pass, the
 stderr guard OpenCV's warnings need): measured in one process on 200 quality-95 COCO-derived photographs,
 1.14x OpenCV's full decode and 1.05x its half-scale decode. A JPEG whose EXIF orientation turns its pixels
-goes through OpenCV, which applies the turn as `decode_image` does when the writer computes keys.
+is turned afterwards as OpenCV turns it (`decode_image` does when the writer computes keys), and a grey
+one repeated into three channels as OpenCV repeats it: the same bits, and simplejpeg's strict decode
+refuses the damage OpenCV would decode without a word. Only CMYK and Adobe RGB JPEGs, and those
+simplejpeg refuses, go through OpenCV.
 
 An augmented photograph needs only a window of its pixels: `decode_window` decodes just that, through a
 small binding of libjpeg-turbo's own crop and skip (`loaders/jpeg_window.c`, built where the system's
@@ -80,18 +83,14 @@ def decode_bgr(
     payload: bytes, header: ImageHeader, denominator: int, where: str, key: str | None = None
 ) -> np.ndarray:
     """BGR pixels of a JPEG decoded at 1/denominator and turned as its EXIF says, or one ShardFormatError
-    naming `where`. OpenCV decodes what simplejpeg would not give as OpenCV does: a JPEG its EXIF turns,
-    one not stored as YCbCr (grey, CMYK, Adobe RGB), and one that TurboJPEG refuses (damage, or an
-    encoder's slip that OpenCV decodes with a warning, as the writer did). With `key`, what OpenCV decodes
-    at a reduced scale is first checked against it (`decode_checked`): OpenCV says nothing of damage."""
+    naming `where`. OpenCV decodes what simplejpeg would not give as OpenCV does: a JPEG stored as CMYK or
+    Adobe RGB, a tiny one (`picks_exactly`), and one that TurboJPEG refuses (damage, or an encoder's slip
+    that OpenCV decodes with a warning, as the writer did). With `key`, what OpenCV decodes at a reduced
+    scale is first checked against it (`decode_checked`): OpenCV says nothing of damage it decodes."""
     try:
-        if plain_ycbcr(payload) and picks_exactly(header.height, header.width, denominator):
-            return simplejpeg.decode_jpeg(
-                payload,
-                "BGR",
-                min_height=scaled_size(header.height, denominator),
-                min_width=scaled_size(header.width, denominator),
-            )
+        colorspace = simplejpeg.decode_jpeg_header(payload)[2]
+        if colorspace in ("YCbCr", "Gray") and picks_exactly(header.height, header.width, denominator):
+            return turned(decode_simple(payload, header, denominator, colorspace), exif_orientation(payload))
     except ValueError as exc:  # its header or its scan
         if key is not None:
             return decode_checked(payload, denominator, key, where, damage=str(exc))
@@ -100,15 +99,52 @@ def decode_bgr(
     return cv2_decode(payload, FLAGS[denominator], "jpg", where)
 
 
+def decode_simple(payload: bytes, header: ImageHeader, denominator: int, colorspace: str) -> np.ndarray:
+    """A YCbCr or grey JPEG as stored, BGR at 1/denominator, by simplejpeg (strict: a ValueError on any
+    damage libjpeg-turbo warns of); grey repeated into three channels, as OpenCV's colour decode does."""
+    pixels = simplejpeg.decode_jpeg(
+        payload,
+        "BGR" if colorspace == "YCbCr" else "Gray",
+        min_height=scaled_size(header.height, denominator),
+        min_width=scaled_size(header.width, denominator),
+    )
+    return pixels if colorspace == "YCbCr" else cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)
+
+
+# OpenCV's EXIF turn (its ExifTransform) for orientations 2-8: a transpose first, then flips of the rows and
+# of the columns.
+TURNS = {
+    2: (False, False, True),
+    3: (False, True, True),
+    4: (False, True, False),
+    5: (True, False, False),
+    6: (True, False, True),
+    7: (True, True, True),
+    8: (True, True, False),
+}
+
+
+def turned(image: np.ndarray, orientation: int) -> np.ndarray:
+    """(H, W, C) pixels as stored, turned as EXIF `orientation` says, as OpenCV turns them."""
+    if orientation not in TURNS:
+        return image
+    transpose, rows, columns = TURNS[orientation]
+    image = image.transpose(1, 0, 2) if transpose else image
+    return np.ascontiguousarray(image[:: -1 if rows else 1, :: -1 if columns else 1])
+
+
 def decode_checked(
     payload: bytes, denominator: int, key: str, where: str, damage: str | None = None
 ) -> np.ndarray:
     """A JPEG that OpenCV decodes, checked as `verify` checks it: OpenCV's full decode (the writer's) must
-    hash to its key. OpenCV fills a truncated scan with grey and says nothing, so without this a cut file
-    would pass at every reduced scale, where a sound JPEG's key is not checked; a COCO original with a
-    stray byte still passes, as its key was computed from the same decode. Costs a full decode more, for
-    the few JPEGs simplejpeg leaves to OpenCV (EXIF-turned, grey, CMYK) or refuses (`damage`)."""
-    full = cv2_decode(payload, cv2.IMREAD_COLOR, "jpg", where)
+    hash to its key. OpenCV decodes a scan ended early by an end marker, or with damaged data, into grey or
+    garbled blocks without an error, so without this such a file would pass at every reduced scale, where
+    a sound JPEG's key is not checked; a COCO original with a stray byte still passes, as its key was
+    computed from the same decode. Costs a full decode more, for the few JPEGs simplejpeg leaves to OpenCV
+    (CMYK, Adobe RGB) or refuses (`damage`, its reason)."""
+    full = cv2_decode(
+        payload, cv2.IMREAD_COLOR, "jpg", where
+    )  # the device path's error too, where it refuses
     if pixel_key(full) != key:
         if damage is not None:
             raise ShardFormatError(

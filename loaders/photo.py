@@ -13,7 +13,7 @@ The rules are `read_sample`'s (key, members, limits from the headers before any 
 JPEG, a one-channel mask of the image's size, a JSON object), with one exception: a scaled decode does
 not see the full-size pixels, so the key is checked against their hash only when the JPEG is decoded at
 full size, or when OpenCV decodes it (`segshards.loaders.jpeg.decode_checked`: the few JPEGs simplejpeg
-leaves to it, EXIF-turned, grey or CMYK, and any libjpeg-turbo warns of damage, so a cut file is refused at
+leaves to it, CMYK or Adobe RGB, and any libjpeg-turbo warns of damage, so a cut file is refused at
 any scale). The shard's bytes stay covered by its sha256 (`verify=`), which the writer
 computed after hashing every image.
 

@@ -375,27 +375,41 @@ def exif_turned(image: np.ndarray, orientation: int) -> bytes:
     return out.getvalue()
 
 
-@pytest.mark.parametrize("kind", ["exif-turned", "grey"])
-def test_a_jpeg_opencv_decodes_is_checked_against_its_key_at_a_reduced_scale(kind: str) -> None:
-    """simplejpeg leaves these to OpenCV, which says nothing of damage: cut short, they are refused at a
-    reduced scale as verify refuses them; sound, they pass with OpenCV's pixels."""
+def cmyk(image: np.ndarray) -> bytes:
+    from io import BytesIO
+
+    from PIL import Image
+
+    out = BytesIO()
+    Image.fromarray(image[:, :, ::-1]).convert("CMYK").save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("kind", "refusal"),
+    [
+        ("exif-turned", r"damaged JPEG \(libjpeg-turbo: .*\); its pixels do not match its key"),
+        ("grey", r"damaged JPEG \(libjpeg-turbo: .*\); its pixels do not match its key"),
+        ("cmyk", r"key does not match the hash of its image pixels"),  # OpenCV's, which warns of nothing
+    ],
+)
+def test_a_jpeg_cut_short_is_refused_at_a_reduced_scale_whatever_its_kind(kind: str, refusal: str) -> None:
+    """Turned, grey or CMYK: cut short, refused at a reduced scale as verify refuses it; sound, it passes
+    with OpenCV's pixels."""
     picture = photo_like(480, 640, 6)
-    payload = (
-        exif_turned(picture, 6)
-        if kind == "exif-turned"
-        else cv2.imencode(".jpg", picture[:, :, 0])[1].tobytes()
-    )
+    payloads = {
+        "exif-turned": lambda: exif_turned(picture, 6),
+        "grey": lambda: cv2.imencode(".jpg", picture[:, :, 0])[1].tobytes(),
+        "cmyk": lambda: cmyk(picture),
+    }
+    payload = payloads[kind]()
     decoded = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
     mask = class_mask(*decoded.shape[:2])
     good = {**jpeg_sample(picture, mask), "jpg": payload, "__key__": pixel_key(decoded)}
     image, _ = through_photo_path(good, (320, 320))
     top, left, nh, nw = fit(*mask.shape, 320, 320)
     assert decode_scale(*mask.shape, nh, nw) == 2  # a reduced scale, where a sound JPEG's key is not checked
-    assert_close(
-        image[:, top : top + nh, left : left + nw],
-        cv2.resize(decoded, (nw, nh), interpolation=cv2.INTER_AREA)[:, :, ::-1].transpose(2, 0, 1),
-    )
-    with pytest.raises(
-        ShardFormatError, match=r"^s.tar:\w+: key does not match the hash of its image pixels$"
-    ):
+    truth = cv2.resize(decoded, (nw, nh), interpolation=cv2.INTER_AREA)[:, :, ::-1].transpose(2, 0, 1)
+    assert_close(image[:, top : top + nh, left : left + nw], truth)
+    with pytest.raises(ShardFormatError, match=rf"^s.tar:\w+: {refusal}$"):
         through_photo_path({**good, "jpg": cut_halfway(payload)}, (320, 320))
