@@ -46,6 +46,17 @@ def test_simplejpeg_gives_opencvs_pixels_at_every_scale(denominator: int) -> Non
         assert np.array_equal(ours(payload, denominator), opencv(payload, denominator))
 
 
+def test_real_photographs_turned_or_grey_are_opencvs_pixels_at_every_scale() -> None:
+    """The coco-tiny photographs given each EXIF turn, and as grey JPEGs: what OpenCV gives at every scale."""
+    photos = sorted(COCO_TINY.glob("images/*.jpg"))[:8]
+    pictures = [cv2.imread(str(p)) for p in photos] or [photo_like(427, 640, s) for s in range(2)]
+    for picture in pictures:
+        payloads = [with_exif(picture, o) for o in range(2, 9)] + [encoded(picture[:, :, 1])]
+        for payload in payloads:
+            for denominator in FLAGS:
+                assert np.array_equal(ours(payload, denominator), opencv(payload, denominator)), denominator
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (3, 3), (5, 4), (17, 3), (16, 16), (19, 41), (37, 22), (64, 61)])
 def test_tiny_images_decode_at_exactly_opencvs_scale(shape: tuple[int, int]) -> None:
     payload = encoded(np.random.default_rng(7).integers(0, 256, (*shape, 3), dtype=np.uint8))
