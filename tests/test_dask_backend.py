@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,17 +62,17 @@ class Cluster:
     def workers(self) -> list[subprocess.Popen[bytes]]:
         return self.procs[1:]
 
-    def kill_busy_worker(self) -> int:
-        """SIGKILL the nanny and process of a worker that is running tasks; returns how many it held."""
-        with distributed.Client(self.address, timeout=10) as client:
-            deadline = time.monotonic() + 5
-            while True:
-                processing = {a: len(t) for a, t in client.processing().items()}
-                busy = max(processing, key=lambda a: processing[a])
-                if processing[busy] or time.monotonic() > deadline:
-                    break
-                time.sleep(0.01)
-            pid = client.run(os.getpid, workers=[busy])[busy]
+    def kill_busy_worker(self, client: Any) -> int:
+        """SIGKILL the nanny and process of a worker that is running tasks (`client`, connected already: the
+        few tasks in flight can finish while a new one connects); returns how many it held."""
+        deadline = time.monotonic() + 5
+        while True:
+            processing = {a: len(t) for a, t in client.processing().items()}
+            busy = max(processing, key=lambda a: processing[a])
+            if processing[busy] or time.monotonic() > deadline:
+                break
+            time.sleep(0.002)
+        pid = client.run(os.getpid, workers=[busy])[busy]
         nanny = psutil.Process(pid).ppid()
         victim = next(p for p in self.workers if p.pid == nanny)
         os.killpg(victim.pid, signal.SIGKILL)
@@ -160,23 +161,29 @@ def test_worker_killed_mid_build_still_gives_identical_bytes(
     source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     own = Cluster(2, tmp_path)
+    monitor = distributed.Client(own.address, timeout=10)
     try:
         run_on_dask = segshards.writer.build.dask_backend.run_on_dask
         killed: list[int] = []
+        # On a thread, so the build goes on submitting tasks: blocked, its few in flight could all finish
+        # before a busy worker is found (at most two a worker thread are in flight).
+        killer = threading.Thread(target=lambda: killed.append(own.kill_busy_worker(monitor)))
 
         def kill_after_first_result(*a: Any) -> Iterator[Any]:
             results = run_on_dask(*a)
             yield next(results)  # the build is under way: more tasks queued and running
-            killed.append(own.kill_busy_worker())
+            killer.start()
             yield from results
 
         monkeypatch.setattr(segshards.writer.build.job, "run_on_dask", kill_after_first_result)
         args = [*grid_args(source, 3000), "--shard-size", "50"]
         out = tmp_path / "dask-out"
         assert main(["build", *args, "--out", str(out), "--backend", "dask", "--scheduler", own.address]) == 0
+        killer.join(timeout=30)
         assert len(killed) == 1 and killed[0] > 0, "the killed worker was running tasks"
         assert own.alive_workers() == 1
     finally:
+        monitor.close()
         own.close()
     capsys.readouterr()
     assert folder_bytes(out) == folder_bytes(local_build(tmp_path, args))
