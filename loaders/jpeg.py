@@ -143,9 +143,8 @@ def decode_checked(
     a sound JPEG's key is not checked; a COCO original with a stray byte still passes, as its key was
     computed from the same decode. Costs a full decode more, for the few JPEGs simplejpeg leaves to OpenCV
     (CMYK, Adobe RGB) or refuses (`damage`, its reason)."""
-    full = cv2_decode(
-        payload, cv2.IMREAD_COLOR, "jpg", where
-    )  # the device path's error too, where it refuses
+    # Where OpenCV refuses it too: OpenCV's error, the one the device path gives.
+    full = cv2_decode(payload, cv2.IMREAD_COLOR, "jpg", where)
     if pixel_key(full) != key:
         if damage is not None:
             raise ShardFormatError(

@@ -411,5 +411,6 @@ def test_a_jpeg_cut_short_is_refused_at_a_reduced_scale_whatever_its_kind(kind: 
     assert decode_scale(*mask.shape, nh, nw) == 2  # a reduced scale, where a sound JPEG's key is not checked
     truth = cv2.resize(decoded, (nw, nh), interpolation=cv2.INTER_AREA)[:, :, ::-1].transpose(2, 0, 1)
     assert_close(image[:, top : top + nh, left : left + nw], truth)
+    through_photo_path(good, (704, 704))  # at full size, where the key is checked: it matches
     with pytest.raises(ShardFormatError, match=rf"^s.tar:\w+: {refusal}$"):
         through_photo_path({**good, "jpg": cut_halfway(payload)}, (320, 320))
