@@ -137,8 +137,9 @@ def decode_whole(
     check_key: bool,
 ) -> np.ndarray:
     """The whole JPEG decoded at 1/denominator, turned as its EXIF says, checked against its (h, w) mask
-    and, decoded at full size or damaged, its key against the hash of its pixels (`verify`'s rule; a
-    sound scaled or windowed decode does not see those pixels, and the shard's sha256 covers its bytes)."""
+    and, decoded at full size or by OpenCV (`decode_checked`), its key against the hash of its pixels
+    (`verify`'s rule; simplejpeg's strict scaled decode does not see those pixels, and the shard's sha256
+    covers its bytes)."""
     h, w = shape
     image = decode_bgr(payload, header, denominator, at, key if check_key else None)
     if image.shape[:2] != (scaled_size(h, denominator), scaled_size(w, denominator)):
