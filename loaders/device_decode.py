@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from segshards.loaders.augment import Augmenting, Draw, decode_denominator, draw
 from segshards.loaders.decode import BatchAssembler, target_value, where
-from segshards.loaders.jpeg import exif_orientation
+from segshards.loaders.jpeg import TURNS, exif_orientation
 from segshards.loaders.photo import JPEG_MEMBERS, check_photo, fit, is_photo, paste_augmented_mask, windows
 from segshards.loaders.stages import Stats
 from segshards.writer.errors import ConfigError, ShardFormatError
@@ -155,11 +155,16 @@ class BytesAssembler(BatchAssembler):
 
 
 def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
-    """(C, H, W) pixels as stored, turned as EXIF `orientation` says (OpenCV's ExifTransform)."""
-    if orientation >= 5:
-        image = image.transpose(-1, -2)
-    flips = {2: (-1,), 3: (-1, -2), 4: (-2,), 6: (-1,), 7: (-1, -2), 8: (-2,)}.get(orientation, ())
-    return image.flip(flips) if flips else image
+    """(C, H, W) pixels as stored, turned as EXIF `orientation` says: `segshards.loaders.jpeg.TURNS`
+    (OpenCV's ExifTransform), in torch's dimensions."""
+    if orientation not in TURNS:
+        return image
+    transpose, flip = TURNS[orientation]
+    image = image.transpose(-1, -2) if transpose else image
+    return image if flip is None else image.flip(FLIP_DIMS[flip])
+
+
+FLIP_DIMS = {1: (-1,), 0: (-2,), -1: (-1, -2)}  # OpenCV's flip codes as (C, H, W) dimensions
 
 
 def area_axis(pixels: torch.Tensor, out: int, dim: int) -> torch.Tensor:

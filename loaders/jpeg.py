@@ -85,18 +85,28 @@ def decode_bgr(
     """BGR pixels of a JPEG decoded at 1/denominator and turned as its EXIF says, or one ShardFormatError
     naming `where`. OpenCV decodes what simplejpeg would not give as OpenCV does: a JPEG stored as CMYK or
     Adobe RGB, a tiny one (`picks_exactly`), and one that TurboJPEG refuses (damage, or an encoder's slip
-    that OpenCV decodes with a warning, as the writer did). With `key`, what OpenCV decodes at a reduced
-    scale is first checked against it (`decode_checked`): OpenCV says nothing of damage it decodes."""
+    that OpenCV decodes with a warning, as the writer did). With `key`, the pixels are checked against it
+    as `verify` checks them where they are the full-size ones, and what OpenCV decodes at a reduced scale
+    is first checked through a full decode (`decode_checked`): OpenCV says nothing of damage it decodes.
+    simplejpeg's strict decode at a reduced scale is not: it refuses damage itself."""
     try:
         colorspace = simplejpeg.decode_jpeg_header(payload)[2]
         if colorspace in ("YCbCr", "Gray") and picks_exactly(header.height, header.width, denominator):
-            return turned(decode_simple(payload, header, denominator, colorspace), exif_orientation(payload))
+            image = turned(decode_simple(payload, header, denominator, colorspace), exif_orientation(payload))
+            return image if key is None or denominator > 1 else keyed(image, key, where)
     except ValueError as exc:  # its header or its scan
         if key is not None:
             return decode_checked(payload, denominator, key, where, damage=str(exc))
-    if key is not None and denominator > 1:
+    if key is not None:
         return decode_checked(payload, denominator, key, where)
     return cv2_decode(payload, FLAGS[denominator], "jpg", where)
+
+
+def keyed(image: np.ndarray, key: str, where: str) -> np.ndarray:
+    """`image`, full-size pixels as the writer decoded them, once they hash to `key` (`verify`'s rule)."""
+    if pixel_key(image) != key:
+        raise ShardFormatError(f"{where}: key does not match the hash of its image pixels")
+    return image
 
 
 def decode_simple(payload: bytes, header: ImageHeader, denominator: int, colorspace: str) -> np.ndarray:
@@ -145,12 +155,12 @@ def decode_checked(
     (CMYK, Adobe RGB) or refuses (`damage`, its reason)."""
     # Where OpenCV refuses it too: OpenCV's error, the one the device path gives.
     full = cv2_decode(payload, cv2.IMREAD_COLOR, "jpg", where)
-    if pixel_key(full) != key:
-        if damage is not None:
-            raise ShardFormatError(
-                f"{where}: damaged JPEG (libjpeg-turbo: {damage}); its pixels do not match its key"
-            )
-        raise ShardFormatError(f"{where}: key does not match the hash of its image pixels")
+    if damage is None:
+        keyed(full, key, where)
+    elif pixel_key(full) != key:
+        raise ShardFormatError(
+            f"{where}: damaged JPEG (libjpeg-turbo: {damage}); its pixels do not match its key"
+        )
     return full if denominator == 1 else cv2_decode(payload, FLAGS[denominator], "jpg", where)
 
 

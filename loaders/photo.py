@@ -58,7 +58,7 @@ from segshards.loaders.augment import (
 from segshards.loaders.jpeg import decode_bgr, decode_window, scaled_size
 from segshards.writer.errors import ShardFormatError
 from segshards.writer.format.images import decode_image
-from segshards.writer.format.keys import is_key, pixel_key
+from segshards.writer.format.keys import is_key
 from segshards.writer.format.limits import DecodeLimits, ImageHeader, check_image
 from segshards.writer.format.sample import Layout, image_member, parse_meta
 from segshards.writer.format.schema import IGNORE
@@ -137,17 +137,15 @@ def decode_whole(
     check_key: bool,
 ) -> np.ndarray:
     """The whole JPEG decoded at 1/denominator, turned as its EXIF says, checked against its (h, w) mask
-    and, decoded at full size or by OpenCV (`decode_checked`), its key against the hash of its pixels
-    (`verify`'s rule; simplejpeg's strict scaled decode does not see those pixels, and the shard's sha256
-    covers its bytes)."""
+    and, with `check_key`, its key against the hash of its pixels where `decode_bgr` sees them (full size,
+    or through OpenCV; simplejpeg's strict scaled decode does not see them, and the shard's sha256 covers
+    its bytes)."""
     h, w = shape
     image = decode_bgr(payload, header, denominator, at, key if check_key else None)
     if image.shape[:2] != (scaled_size(h, denominator), scaled_size(w, denominator)):
         raise ShardFormatError(
             f"{at}: mask is {w}x{h}, its image {header.height}x{header.width} once rotated"
         )
-    if check_key and denominator == 1 and pixel_key(image) != key:
-        raise ShardFormatError(f"{at}: key does not match the hash of its image pixels")
     return image
 
 
