@@ -341,7 +341,7 @@ def letterbox_size(size: tuple[int, int] | None, schema: SampleSchema | None) ->
     """The (H, W) images are letterboxed to: `size` as given, else for a set of variable-size images the
     training size its schema suggests, else None (as stored)."""
     if size is not None:
-        try:
+        try:  # two whole numbers (numpy's too); a bool is left out, so that (True, True) falls short of two
             h, w = (operator.index(side) for side in size if not isinstance(side, bool))
         except (TypeError, ValueError):
             raise ConfigError(f"size {size!r}: must be (H, W), two whole numbers >= 1") from None
