@@ -6,8 +6,10 @@ thread keeps a few chunks ahead of the tar reader: file and socket reads and sha
 GIL, so they overlap with decoding, as LitData's and MosaicML's download threads do.
 """
 
+import atexit
 import queue
 import threading
+import weakref
 from types import TracebackType
 from typing import IO
 
@@ -35,6 +37,7 @@ class ReadAhead:
         self.thread: threading.Thread | None = None
         self.rest, self.pos, self.ended = b"", 0, False
         self.error: BaseException | None = None
+        self.closed = False
 
     def fileno(self) -> int:
         """The stream's descriptor (the tar reader refuses one that is not a regular file)."""
@@ -66,7 +69,11 @@ class ReadAhead:
             pass
 
     def close(self) -> None:
-        """Stop the thread once its current read ends (see the class); the queued chunks are dropped."""
+        """Stop the thread once its current read ends (see the class); the queued chunks are dropped. Once
+        closed, a second call does nothing: it may come at the interpreter's exit (see `close_all`)."""
+        if self.closed:
+            return
+        self.closed = True
         self.stop.set()
         thread = self.thread
         if thread is not None and thread is not threading.current_thread():
@@ -100,6 +107,7 @@ class ReadAhead:
         if self.thread is None:
             self.thread = threading.Thread(target=self._run, name="segshards-read-ahead", daemon=True)
             self.thread.start()
+            RUNNING.add(self)
         while True:
             try:
                 item = self.queue.get(timeout=POLL)
@@ -137,3 +145,16 @@ class ReadAhead:
                 self.queue.get_nowait()
         except queue.Empty:
             pass
+
+
+RUNNING: "weakref.WeakSet[ReadAhead]" = weakref.WeakSet()  # those whose thread was started
+
+
+@atexit.register
+def close_all() -> None:
+    """Close every read-ahead still open when the interpreter exits, while the modules `close` uses are
+    still there. A script that takes one batch and ends (`next(iter(loader))`) leaves a loader's generator
+    open in its globals; Python closes it only after it has cleared the modules' globals, and `close` then
+    failed (a TypeError printed as "Exception ignored in: <generator object read_shards>")."""
+    for ahead in list(RUNNING):
+        ahead.close()

@@ -3,6 +3,8 @@ they are reached, and no read of the stream once it is closed."""
 
 import hashlib
 import io
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -194,3 +196,21 @@ def test_a_shard_left_mid_way_is_not_read_once_its_file_is_closed(
     assert len(RecordingFile.closed_at) == 1
     assert all(t <= RecordingFile.closed_at[0] for t in RecordingFile.reads)
     assert not [t for t in threading.enumerate() if t.name == "segshards-read-ahead"]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_script_that_takes_one_batch_and_ends_exits_without_a_traceback(
+    grid_set: Path, workers: int
+) -> None:
+    """An iterator kept in a script's globals (`batches = iter(loader)`, one `next`) leaves the loader's
+    generator open mid-shard; Python closes it after clearing the modules' globals, where closing the
+    read-ahead printed "Exception ignored in: <generator object read_shards>" and a TypeError."""
+    script = (
+        "from segshards.loaders import make_loader\n"
+        f"loader = make_loader({str(grid_set)!r}, 'train', 4, num_workers={workers}, shuffle=False)\n"
+        "batches = iter(loader)\n"
+        "batch = next(batches)\n"
+        "print(len(batch['key']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "4\n", "")
