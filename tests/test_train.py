@@ -91,6 +91,9 @@ def test_short_training_beats_background_everywhere(sets: dict[str, Path], tmp_p
     [
         # dropout draws from the RNG; stop mid-epoch (8 steps per epoch)
         ("mnist-circle", {"widths": (8, 16)}, 5),
+        # stop on the epoch's last step: the prefetcher has read the loader to its end, which stands at the
+        # next epoch's start while the run has not ended its epoch yet
+        ("mnist-circle", {"widths": (8, 16)}, 8),
         # resampled stream of 3 steps per epoch; stop just after an epoch boundary
         ("mnist-foreground", {"samples_per_epoch": 192, "widths": (8, 16)}, 4),
         # photographs augmented (seeded per sample and epoch), 2 loader workers; stop mid-epoch 2 of 3 steps

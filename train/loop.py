@@ -166,6 +166,10 @@ def train_one_epoch(
 ) -> bool:
     """Run (the rest of) epoch `state.epoch`; True when it stopped after `stop_after` steps of this call."""
     data = state.data
+    if data.state_dict()["epoch"] > state.epoch:
+        # Checkpointed on the epoch's last step: DevicePrefetcher had read the loader to its end, which then
+        # stands at the next epoch's start. No batch of this epoch is left; `set_epoch` would start it over.
+        return False
     data.set_epoch(state.epoch)  # the same epoch again keeps a resumed position
     bar = progress(
         total=len(data) * config.batch_size,
