@@ -1,6 +1,7 @@
 """segshards.writer.storage.store: local and s3:// locations, atomic writes with recorded sha256, clear errors, no secrets."""
 
 import hashlib
+import json
 import logging
 import pickle
 import re
@@ -254,17 +255,28 @@ def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return request.getfixturevalue("s3").url("out")
 
 
+def test_a_build_stopped_before_its_first_shard_gives_way_to_other_settings(location: str) -> None:
+    """Ctrl-C on seeing a wrong count leaves only the build marker: the corrected command takes the location
+    over (it was refused, naming settings of a set that holds nothing)."""
+    store = open_store(location)
+    claim_output(store, {"recipe": "mnist-grid", "seed": 1})
+    assert claim_output(store, {"recipe": "mnist-grid", "seed": 2}) == frozenset()
+    assert json.loads(store.read(MARKER)) == {"config": {"recipe": "mnist-grid", "seed": 2}}
+
+
 def test_claim_is_the_same_on_both_kinds(location: str) -> None:
     store = open_store(location)
     assert claim_output(store, {"recipe": "mnist-grid", "seed": 1}) == frozenset()
     assert set(store.names()) - {LOCK} == {MARKER}  # a folder also holds its build lock
     assert claim_output(store, {"recipe": "mnist-grid", "seed": 1}) == frozenset({MARKER})  # a resume
+    store.write("train-000000.tar", b"a shard")
     with pytest.raises(OutputError) as info:
         claim_output(store, {"recipe": "mnist-grid", "seed": 2})
     assert str(info.value) == (
         f"--out {store.url}: holds a mnist-grid set built with other settings ({MARKER}: seed 1 there, 2 asked); "
         f"choose another {store.noun} or delete it"
     )
+    store.delete("train-000000.tar")
     store.delete(MARKER)
     store.write("notes.txt", b"mine")
     with pytest.raises(OutputError, match=r"not empty and holds no segshards set \(notes\.txt \.\.\.\)$"):

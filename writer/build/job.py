@@ -134,8 +134,12 @@ def claim_output(store: Store, public: dict[str, Any]) -> frozenset[str]:
     store.prepare(label="--out ")
     store.lock()  # one build per folder from here on (`build` releases it)
     names = frozenset(store.names()) - {LOCK}  # our own lock is not content
-    refuse_other_settings(store, public, names)
     visible = store.entries()
+    if MARKER in names and MANIFEST not in names and not visible and read_config(store, MARKER) != public:
+        # A build stopped before its first shard (Ctrl-C on seeing a wrong count): nothing of it to resume,
+        # so a build with other settings takes the location over.
+        names -= {MARKER}
+    refuse_other_settings(store, public, names)
     if visible and MANIFEST not in names and MARKER not in names:
         raise OutputError(f"--out {store.url}: not empty and holds no segshards set ({visible[0]} ...)")
     store.write(MARKER, json.dumps({"config": public}, sort_keys=True).encode())
