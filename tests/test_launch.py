@@ -1,7 +1,11 @@
 """The entry point starts a build's workers before the heavy imports, and only when a build wants them."""
 
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +15,7 @@ import segshards.writer.cli.jobs
 from segshards.writer.cli import main as cli
 from segshards.writer.cli.jobs import INTERRUPTED, capped_jobs
 from segshards.writer.cli.launch import early_workers, option, planned_shards
+from segshards.writer.process_pool import executor, sigint_held
 
 
 def test_option_reads_both_spellings_and_the_last_wins() -> None:
@@ -138,3 +143,55 @@ def test_a_reader_that_leaves_early_gets_no_traceback(grid_set: Path) -> None:
         timeout=120,
     )
     assert (done.stdout, done.stderr) == ("{", "")
+
+
+def test_a_process_started_while_sigint_is_held_has_it_blocked_from_its_start() -> None:
+    """How the build's workers keep out of a terminal's Ctrl-C while they import: the signal mask is
+    inherited through fork and exec, before the child runs any Python."""
+    probe = [
+        sys.executable,
+        "-c",
+        "import signal; print(signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))",
+    ]
+    with sigint_held():
+        inside = subprocess.run(probe, capture_output=True, text=True, check=True).stdout
+    outside = subprocess.run(probe, capture_output=True, text=True, check=True).stdout
+    assert (inside, outside) == ("True\n", "False\n")
+
+
+def test_a_ctrl_c_while_sigint_is_held_reaches_this_process_once_released() -> None:
+    with pytest.raises(KeyboardInterrupt):  # noqa: PT012 - the signal is raised where the block ends
+        with sigint_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # held: nothing raised here
+        time.sleep(1)  # raised before this ends
+
+
+def test_build_workers_ignore_sigint() -> None:
+    pool = executor(1)
+    pid = pool.submit(os.getpid).result(timeout=60)
+    ignored = re.search(r"SigIgn:\s*([0-9a-f]+)", Path(f"/proc/{pid}/status").read_text())
+    blocked = re.search(r"SigBlk:\s*([0-9a-f]+)", Path(f"/proc/{pid}/status").read_text())
+    assert ignored is not None and blocked is not None
+    bit = 1 << (signal.SIGINT - 1)
+    assert (int(ignored.group(1), 16) & bit, int(blocked.group(1), 16) & bit) == (bit, 0)
+
+
+@pytest.mark.parametrize("delay_s", [0.3, 0.5, 0.8, 1.5])
+def test_ctrl_c_to_the_whole_group_during_a_parallel_build_is_one_line(
+    tmp_path: Path, delay_s: float
+) -> None:
+    """A terminal's Ctrl-C reaches the build and its workers alike; a worker still importing printed its own
+    traceback, or "Fatal Python error: init_import_site", beside the build's line."""
+    command = [
+        str(Path(sys.executable).with_name("segshards")), "build", "mnist-grid", "--out", str(tmp_path / "set"),
+        "--train", "40000", "--val", "0", "--test", "0", "--shard-size", "5000", "--jobs", "2",
+    ]  # fmt: skip
+    build = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)  # fmt: skip
+    time.sleep(delay_s)
+    os.killpg(build.pid, signal.SIGINT)
+    output, _ = build.communicate(timeout=60)
+    if build.returncode == 0:
+        pytest.skip(f"the build ended within {delay_s} s, before the signal")
+    assert (build.returncode, output) == (130, INTERRUPTED + "\n")

@@ -10,17 +10,24 @@ AWS_* settings (an object-store build uploads from them; loky starts a new pool 
 Each worker watches the process that started it and exits within `PARENT_POLL_S` once it is gone: a
 SIGKILLed build gets no chance to stop its workers, and loky's idle timeout would otherwise keep them (and
 the resource trackers, which wait for them, all holding the build's stdout and stderr) for minutes.
+Workers never see SIGINT, from their first instruction: a terminal's Ctrl-C reaches the whole process group,
+and a worker still importing printed a traceback of its own (or "Fatal Python error: init_import_site")
+beside the build's one line. The build, which does get it, stops them.
 """
 
 import concurrent.futures as cf
+import contextlib
 import os
+import signal
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
+from multiprocessing import resource_tracker
 from typing import Any, NoReturn, TypeVar
 
 from joblib import cpu_count
 from joblib.externals.loky import get_reusable_executor
+from joblib.externals.loky.backend import resource_tracker as loky_resource_tracker
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -35,19 +42,48 @@ _pools: list[Any] = []  # the pool this process started last, for `stop_workers`
 
 def executor(workers: int) -> Any:
     """The reusable pool of `workers` worker processes (started, or reused if it has these settings)."""
-    pool = get_reusable_executor(
-        max_workers=workers,
-        timeout=IDLE_TIMEOUT_S,
-        env=worker_env(workers),
-        initializer=watch_parent,
-        initargs=(os.getpid(),),
-    )
+    start_resource_trackers()
+    with sigint_held():
+        pool = get_reusable_executor(
+            max_workers=workers,
+            timeout=IDLE_TIMEOUT_S,
+            env=worker_env(workers),
+            initializer=watch_parent,
+            initargs=(os.getpid(),),
+        )
     _pools[:] = [pool]
     return pool
 
 
+def start_resource_trackers() -> None:
+    """Start loky's and multiprocessing's resource trackers (a no-op once running). Each unblocks SIGINT in
+    the thread that starts it, once it has started, so they must be running before `sigint_held`: started
+    inside it, the first worker would come after that unblocking and get SIGINT after all."""
+    resource_tracker.ensure_running()
+    loky_resource_tracker.ensure_running()
+
+
+@contextlib.contextmanager
+def sigint_held() -> Iterator[None]:
+    """SIGINT blocked in this thread while the block runs: the processes it starts inherit the block through
+    fork and exec, before Python's first import, and a Ctrl-C meant for this process is delivered when the
+    block ends (ignoring it instead would lose it)."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no process groups to share a Ctrl-C with
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def watch_parent(parent: int) -> None:
-    """A worker's initializer: a daemon thread ends this worker once `parent` (the build) is gone."""
+    """A worker's initializer: SIGINT ignored, then let through (it came blocked, see `sigint_held`: a
+    pending one is dropped), and a daemon thread that ends this worker once `parent` (the build) is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     threading.Thread(target=exit_when_orphaned, args=(parent,), name="segshards-parent", daemon=True).start()
 
 
@@ -79,8 +115,9 @@ def start_workers(workers: int, warm_up: Callable[[], None]) -> None:
     if workers < 1:
         return
     pool = executor(workers)
-    for _ in range(workers):
-        pool.submit(warm_up)
+    with sigint_held():  # loky starts the processes at the first submit
+        for _ in range(workers):
+            pool.submit(warm_up)
 
 
 def run_here(fn: Callable[[T], R], item: T) -> cf.Future[R]:
