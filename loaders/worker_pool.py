@@ -7,6 +7,7 @@ one shows up there first.
 """
 
 import atexit
+import signal
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -55,6 +56,14 @@ def _identity(item: Any) -> Any:
     return item
 
 
+def _ignore_sigint(worker: int) -> None:
+    """A worker's init: Ctrl-C is the main process's to handle, which stops the workers. A terminal sends it
+    to the whole process group; a worker that took it as a KeyboardInterrupt ended before the main process
+    asked, and could not leave while its batches filled the pipe to a main process no longer reading:
+    each such worker held the exit for DataLoader's 5 s timeout."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 _LIVE_POOLS: "weakref.WeakSet[WorkerPool]" = weakref.WeakSet()
 
 
@@ -97,6 +106,7 @@ class WorkerPool:
             pin_memory=False,  # the loader pins while copying out of its workers' rings (see transport)
             prefetch_factor=self.prefetch_factor if self.workers else None,
             persistent_workers=self.workers > 0,
+            worker_init_fn=_ignore_sigint if self.workers else None,
         )
 
     def start(self) -> Iterator[Any]:

@@ -1,6 +1,10 @@
 """The DataLoader plumbing the loader relies on, each piece checked against the installed torch."""
 
+import os
+import re
+import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from torch.utils.data import IterableDataset
@@ -65,3 +69,23 @@ def test_a_worker_error_comes_back_with_its_own_message() -> None:
     pool.stop(None)
     plain = ShardFormatError("x: y")
     assert original_error(plain) is plain
+
+
+class Pids(IterableDataset):
+    def __iter__(self) -> Iterator[int]:
+        yield os.getpid()
+
+
+def test_workers_leave_ctrl_c_to_the_main_process() -> None:
+    """A terminal's Ctrl-C reaches the workers too; one that ended on it before the main process asked
+    could not leave while its batches filled the pipe, and held the exit for DataLoader's 5 s timeout."""
+    pool = WorkerPool(Pids(), workers=2, prefetch_factor=2)
+    try:
+        pids = set(pool.start())
+        assert len(pids) == 2 and os.getpid() not in pids
+        for pid in pids:
+            ignored = re.search(r"SigIgn:\s*([0-9a-f]+)", Path(f"/proc/{pid}/status").read_text())
+            assert ignored is not None and int(ignored.group(1), 16) & (1 << (signal.SIGINT - 1))
+    finally:
+        pool.stop(None)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the main process keeps its own
