@@ -13,7 +13,7 @@ import pytest
 import segshards.writer.build.pool
 import segshards.writer.cli.jobs
 from segshards.writer.cli import main as cli
-from segshards.writer.cli.jobs import INTERRUPTED, capped_jobs
+from segshards.writer.cli.jobs import INTERRUPTED, capped_jobs, interrupted_line
 from segshards.writer.cli.launch import early_workers, option, planned_shards
 from segshards.writer.process_pool import executor, sigint_held
 
@@ -92,7 +92,7 @@ def test_sigint_during_start_up_is_one_line_and_exit_130(tmp_path: Path) -> None
         "run()\n"
     )
     done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
-    assert (done.returncode, done.stderr) == (130, INTERRUPTED + "\n")
+    assert (done.returncode, done.stderr) == (130, "segshards: interrupted\n")  # verify has nothing to resume
 
 
 def test_interrupt_while_parsing_is_exit_130(
@@ -102,8 +102,22 @@ def test_interrupt_while_parsing_is_exit_130(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "build_parser", interrupted)
-    assert cli.main(["verify", "x"]) == 130
+    assert cli.main(["build", "mnist-grid", "--out", "x"]) == 130
     assert capsys.readouterr().err == INTERRUPTED + "\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["build", "mnist-grid"], "segshards: interrupted; run the same command again to resume"),
+        (["publish", "set", "s3://b/p"], "segshards: interrupted; run the same command again to resume"),
+        (["train", "--data", "set"], "segshards: interrupted"),  # before its run has a checkpoint
+        (["verify", "set"], "segshards: interrupted"),
+        ([], "segshards: interrupted"),
+    ],
+)
+def test_only_commands_that_resume_say_so_on_ctrl_c(argv: list[str], line: str) -> None:
+    assert interrupted_line(argv) == line
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,16 @@
 """What the entry point and the parser both need, light enough to import before anything heavy: how many
 build processes `--jobs` gives, and the line printed on Ctrl-C."""
 
+from collections.abc import Sequence
+
 INTERRUPTED = "segshards: interrupted; run the same command again to resume"
+RESUMABLE = ("build", "publish")  # they go on from what they had finished
+
+
+def interrupted_line(argv: Sequence[str]) -> str:
+    """The line printed on Ctrl-C. Only `build` and `publish` resume; `train` says it when its own run has
+    a checkpoint, and an interrupt before that (its imports, its set's checks) has nothing to resume."""
+    return INTERRUPTED if argv[:1] and argv[0] in RESUMABLE else "segshards: interrupted"
 
 
 def cores() -> int:

@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from segshards.writer.cli.jobs import INTERRUPTED, capped_jobs
+from segshards.writer.cli.jobs import capped_jobs, interrupted_line
 from segshards.writer.format.splits import SPLITS
 
 
@@ -64,13 +64,13 @@ def run() -> None:
 
         status = main()
     except KeyboardInterrupt:
-        print(INTERRUPTED, file=sys.stderr)
+        print(interrupted_line(sys.argv[1:]), file=sys.stderr)
         status = 130
     except ImportError:
         if not interrupts:
             raise
         # Ctrl-C inside a C extension's own import (NumPy's import of datetime) comes out as an ImportError.
-        print(INTERRUPTED, file=sys.stderr)
+        print(interrupted_line(sys.argv[1:]), file=sys.stderr)
         status = 130
     except BrokenPipeError:  # the reader left (`segshards info --json SET | head`): no traceback
         quiet_stdout()

@@ -16,7 +16,7 @@ from segshards.writer.build.checks import check_supply
 from segshards.writer.build.job import BACKENDS, BuildConfig, build
 from segshards.writer.build.near_dup_codes import MODES as NEAR_MODES
 from segshards.writer.build.near_dup_codes import with_walk_check
-from segshards.writer.cli.jobs import INTERRUPTED, capped_jobs
+from segshards.writer.cli.jobs import capped_jobs, interrupted_line
 from segshards.writer.cli.suggest import check_recipe, parse_with_hints
 from segshards.writer.errors import SegshardsError, StorageError
 from segshards.writer.format.manifest import RUN_LOG, SPLITS
@@ -405,5 +405,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"segshards: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(INTERRUPTED, file=sys.stderr)
+        print(interrupted_line(argv), file=sys.stderr)
         return 130
