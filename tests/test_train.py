@@ -96,6 +96,7 @@ def test_short_training_beats_background_everywhere(sets: dict[str, Path], tmp_p
         ("mnist-circle", {"widths": (8, 16)}, 8),
         # resampled stream of 3 steps per epoch; stop just after an epoch boundary
         ("mnist-foreground", {"samples_per_epoch": 192, "widths": (8, 16)}, 4),
+        ("mnist-foreground", {"samples_per_epoch": 192, "widths": (8, 16)}, 3),  # on its last step
         # photographs augmented (seeded per sample and epoch), 2 loader workers; stop mid-epoch 2 of 3 steps
         ("coco-semantic", {"size": (32, 32), "batch_size": 2, "widths": (8, 16), "augment": AUGMENT}, 4),
         (
