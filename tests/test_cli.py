@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from segshards.writer.cli import main as cli_main
 from segshards.writer.cli.main import main
 from tests.mnist_fixtures import (
     LABELS_MAGIC,
@@ -467,3 +468,20 @@ def test_failed_commands_leave_no_empty_folder(tmp_path: Path, capsys: pytest.Ca
     fails(capsys, build_args(tmp_path / "nowhere", tmp_path / "a" / "b"), naming="nowhere")
     fails(capsys, ["publish", str(tmp_path / "nowhere"), str(tmp_path / "c")], naming="no manifest")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_while_the_idle_workers_stop_reports_the_set_as_built(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the manifest is written the set is complete: Ctrl-C while the workers stop said "run the same
+    command again to resume" and exit 130, with no summary."""
+    source = tiny_source(tmp_path / "src")
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_main, "stop_workers", interrupted)
+    assert main(build_args(source, tmp_path / "out")) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"{tmp_path / 'out'}: train ") and "interrupted" not in captured.err
+    assert (tmp_path / "out" / "manifest.json").is_file()

@@ -209,6 +209,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         progress=args.progress,
         near_duplicates=args.near_duplicates,
     )
+    manifest: dict[str, Any] | None = None
     try:
         # The recipe sees --jobs as capped: a walk on its own processes (coco-semantic) uses the same pool.
         spec = recipe.make_spec(argparse.Namespace(**{**vars(args), "jobs": jobs}))
@@ -217,7 +218,11 @@ def cmd_build(args: argparse.Namespace) -> int:
         check_supply(recipe, spec, counts, defaulted=[s for s in SPLITS if getattr(args, s) is None])
         manifest = build(recipe, spec, config)
     finally:
-        stop_workers()  # the command is about to exit: end the idle workers now, not at interpreter exit
+        # The command is about to exit: end the idle workers now, not at interpreter exit. Ctrl-C while
+        # they stop, once the set is complete, leaves them to end as orphans (`watch_parent`); the set is
+        # reported as built, not as a build to resume.
+        with contextlib.suppress(KeyboardInterrupt) if manifest is not None else contextlib.nullcontext():
+            stop_workers()
     print(build_summary(args.out, manifest, run_log(config.out)))
     return 0
 
