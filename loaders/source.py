@@ -21,7 +21,14 @@ from segshards.writer.errors import ConfigError, ShardFormatError
 from segshards.writer.format.manifest import shard_entries
 from segshards.writer.format.schema import SampleSchema, schema_of
 from segshards.writer.storage.retry import RetryPolicy
-from segshards.writer.storage.urls import join_url, local_path, read_set_manifest, scheme_of
+from segshards.writer.storage.urls import (
+    join_url,
+    local_path,
+    read_set_manifest,
+    refuse_credentials,
+    scheme_of,
+    url_path,
+)
 
 __all__ = ["ShardSet", "read_set_manifest", "resolve"]
 
@@ -56,8 +63,9 @@ class ShardSet:
 
 
 def is_shard_pattern(source: str) -> bool:
-    """True for a shard URL or brace pattern (`...tar`), false for a set's folder."""
-    return source.rstrip("/").endswith((".tar", ".tar.gz", ".tgz"))
+    """True for a shard URL or brace pattern (`...tar`, before any query string), false for a set's
+    folder."""
+    return url_path(source).rstrip("/").endswith((".tar", ".tar.gz", ".tgz"))
 
 
 def given_schema(schema: SampleSchema | str | Path | None, retry: RetryPolicy | None) -> SampleSchema | None:
@@ -95,7 +103,7 @@ def resolve(
     if not text:
         raise ConfigError("source: empty; give a shard-set folder, an http(s)/s3 URL, or shard URLs")
     if is_shard_pattern(text):
-        urls = refuse_special_files(tuple(braceexpand.braceexpand(text)))
+        urls = refuse_special_files(tuple(braceexpand.braceexpand(refuse_credentials(text))))
         return ShardSet(text, urls, None, None, given_schema(schema, retry))
     folder, manifest_url, manifest = read_set_manifest(text, retry)
     entries = shard_entries(manifest, split)

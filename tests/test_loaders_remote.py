@@ -12,7 +12,9 @@ import webdataset as wds
 
 from segshards.loaders import RetryPolicy, StorageError, make_loader
 from segshards.loaders.storage import classify, open_url, read_url
-from segshards.writer.errors import ShardFormatError
+from segshards.writer.cli.main import main
+from segshards.writer.errors import ConfigError, ShardFormatError
+from segshards.writer.storage.retry import retried
 from tests.conftest import aws_env, run_moto_server
 from tests.test_loaders import batch_keys, flat, manifest_keys
 
@@ -160,3 +162,43 @@ def test_s3_refused_credentials_are_one_clear_error(monkeypatch: pytest.MonkeyPa
         aws_env(monkeypatch, endpoint, AWS_ACCESS_KEY_ID="AKIAUNKNOWNKEY000000")
         with pytest.raises(StorageError, match="^s3://bucket/set/manifest.json: access denied"):
             make_loader("s3://bucket/set", "train", 16, retry=FAST_RETRY)
+
+
+def test_credentials_in_a_url_are_refused_and_never_printed(
+    http_server: Any, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """urllib does not send `user:password@` (it took it for part of the host name and retried the failing
+    lookup for a minute), and every log line and error printed it."""
+    secret = http_server.url.replace("http://", "http://alice:s3cret@")
+    for source in (secret, f"{secret}/train-{{000000..000004}}.tar"):
+        with pytest.raises(ConfigError, match="credentials in the URL are not supported") as info:
+            make_loader(source, "train", 16, retry=FAST_RETRY)
+        assert "s3cret" not in str(info.value) and str(info.value).startswith(http_server.url)
+    assert main(["verify", secret]) == 1
+    assert "s3cret" not in capsys.readouterr().err + caplog.text
+    assert http_server.requests == []
+
+
+def test_retry_lines_and_errors_leave_credentials_out(caplog: pytest.LogCaptureFixture) -> None:
+    def failing() -> None:
+        raise ConnectionResetError("reset by peer")
+
+    with pytest.raises(StorageError) as info:
+        retried(failing, "https://alice:s3cret@example.org/set/train-000000.tar", FAST_RETRY)
+    assert str(info.value).startswith(
+        "https://example.org/set/train-000000.tar: still failing after 4 attempts"
+    )
+    assert "retry 1 of 3" in caplog.text and "s3cret" not in caplog.text + str(info.value)
+    with pytest.raises(StorageError, match=r"still failing after 1 attempt \("):
+        retried(failing, "https://example.org/x.tar", RetryPolicy(attempts=1))
+
+
+def test_a_token_in_the_query_string_goes_with_every_request(http_server: Any, grid_set: Path) -> None:
+    """A token-protected server (`?token=...`): the query stays at the end of the manifest's and each
+    shard's URL, for a set's folder and for brace-expanded shard URLs alike (the latter was taken for a
+    folder: `...tar?token=abc/manifest.json`)."""
+    folder = make_loader(f"{http_server.url}/?token=abc", "train", 16, shuffle=False)
+    assert flat(batch_keys(folder)) == manifest_keys(grid_set)
+    pattern = f"{http_server.url}/train-{{000000..000004}}.tar?token=abc"
+    assert flat(batch_keys(make_loader(pattern, "train", 16, shuffle=False))) == manifest_keys(grid_set)
+    assert http_server.requests and all(r.endswith("?token=abc") for r in http_server.requests)

@@ -86,6 +86,11 @@ class RetryPolicy:
 def safe_reason(exc: BaseException) -> str:
     """A one-line reason for `exc` with any `user:password@` removed from URLs in it."""
     text = " ".join(str(exc).split()) or type(exc).__name__
+    return redacted(text)
+
+
+def redacted(text: str) -> str:
+    """`text` with any `user:password@` removed from the URLs in it."""
     return USERINFO.sub("", text)
 
 
@@ -136,7 +141,7 @@ def with_retries(action: Callable[[], T], what: str, policy: RetryPolicy) -> T:
                 raise
             LOG.warning(
                 "%s: %s; retry %d of %d in %.1f s",
-                what,
+                redacted(what),
                 safe_reason(exc),
                 attempt + 1,
                 policy.attempts - 1,
@@ -156,6 +161,7 @@ def retried(action: Callable[[], T], url: str, policy: RetryPolicy) -> T:
         if kind is None:
             raise
         detail = f"{type(exc).__name__}: {safe_reason(exc)}"
+        url = redacted(url)
         if kind == "missing":
             raise StorageError(f"{url}: not found ({detail})", missing=True) from exc
         if kind == "denied":
@@ -164,4 +170,5 @@ def retried(action: Callable[[], T], url: str, policy: RetryPolicy) -> T:
             ) from exc
         if kind == "other":
             raise StorageError(f"{url}: cannot read ({detail})") from exc
-        raise StorageError(f"{url}: still failing after {policy.attempts} attempts ({detail})") from exc
+        attempts = f"{policy.attempts} attempt" + ("s" if policy.attempts != 1 else "")
+        raise StorageError(f"{url}: still failing after {attempts} ({detail})") from exc

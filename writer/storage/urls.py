@@ -15,12 +15,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit, urlunsplit
 from urllib.request import url2pathname
 
-from segshards.writer.errors import ShardFormatError, StorageError
+from segshards.writer.errors import ConfigError, ShardFormatError, StorageError
 from segshards.writer.format.manifest import MANIFEST, parse_manifest
-from segshards.writer.storage.retry import RetryPolicy, retried
+from segshards.writer.storage.retry import RetryPolicy, redacted, retried
 from segshards.writer.storage.s3 import s3_filesystem, s3_path
 
 HTTP_TIMEOUT_S = 60.0
@@ -39,10 +39,30 @@ def local_path(url: str) -> str:
 
 
 def join_url(base: str, name: str) -> str:
-    """`base/name` for a folder URL or local path."""
+    """`base/name` for a folder URL or local path; an http(s) URL's query (a token) stays at the end."""
     if scheme_of(base) == "file" and not base.startswith("file:"):
         return str(Path(base) / name)
+    parts = urlsplit(base)
+    if parts.scheme in ("http", "https") and (parts.query or parts.fragment):
+        return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/" + name))
     return base.rstrip("/") + "/" + name
+
+
+def url_path(url: str) -> str:
+    """The path of an http(s) URL, without its query; any other URL or path as it is."""
+    return urlsplit(url).path if scheme_of(url) in ("http", "https") else url
+
+
+def refuse_credentials(url: str) -> str:
+    """`url`, unless it carries `user:password@`: that would be printed in every log line and error
+    naming the URL, and urllib does not send it (it took it for part of the host name, and retried a
+    failing DNS lookup for a minute). One ConfigError, the credentials left out of it."""
+    if scheme_of(url) in ("http", "https") and urlsplit(url).username is not None:
+        raise ConfigError(
+            f"{redacted(url)}: credentials in the URL are not supported (they would appear in logs and "
+            "errors); put a token in the query string, or serve the set from s3:// with AWS_* credentials"
+        )
+    return url
 
 
 class _HttpBody(io.RawIOBase):
@@ -132,6 +152,7 @@ class RetryingReader:
 def open_url(url: str, policy: RetryPolicy | None = None) -> IO[bytes]:
     """Open a local path, file://, http(s):// or s3:// URL for streaming reads."""
     policy = policy or RetryPolicy()
+    refuse_credentials(url)
     if scheme_of(url) == "file":
         path = local_path(url)
         return retried(lambda: open(path, "rb", buffering=0), url, policy)  # noqa: SIM115 (caller closes)
@@ -153,7 +174,7 @@ def read_set_manifest(
     """(folder URL, manifest URL, validated manifest) of the finished set at `location`: a local folder,
     an http(s):// or s3:// prefix, or the manifest's own path or URL. A location without a manifest is a
     ShardFormatError ("not a finished segshards set"); one that cannot be read, a StorageError."""
-    text = str(location)
+    text = refuse_credentials(str(location))
     folder = text.removesuffix(MANIFEST).rstrip("/") if text.endswith(MANIFEST) else text
     manifest_url = join_url(folder, MANIFEST)
     if scheme_of(text) == "file" and Path(local_path(text)).is_file() and not text.endswith(MANIFEST):
