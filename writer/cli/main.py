@@ -284,6 +284,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     except StorageError as exc:
         if (problem := credentials_problem(exc, args.dest)) is not None:
             raise StorageError(problem) from exc
+        if exc.missing:  # no such bucket: running the command again cannot help
+            raise
         raise StorageError(
             f"{exc}; run the same command again to resume (finished objects are kept, the manifest goes last)"
         ) from exc

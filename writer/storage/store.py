@@ -207,7 +207,8 @@ class S3Store:
                 self._retried(lambda: self.fs.call_s3("head_bucket", Bucket=self.bucket), None)
             except FileNotFoundError:
                 raise StorageError(
-                    f"s3://{self.bucket}: no such bucket (or not visible with these credentials)"
+                    f"s3://{self.bucket}: no such bucket (or not visible with these credentials)",
+                    missing=True,
                 ) from None
 
     def prepare(self, *, label: str = "") -> None:

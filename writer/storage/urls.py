@@ -183,6 +183,24 @@ def read_set_manifest(
         data = read_url(manifest_url, retry)
     except StorageError as exc:
         if exc.missing:
+            refuse_missing_bucket(manifest_url, retry)
             raise ShardFormatError(f"{manifest_url}: no manifest (not a finished segshards set)") from None
         raise
     return folder, manifest_url, parse_manifest(data, manifest_url)
+
+
+def refuse_missing_bucket(url: str, retry: RetryPolicy | None) -> None:
+    """For an s3:// object that is missing, a StorageError when its bucket is (a typo in the bucket is not
+    an unfinished set), as `verify` and `info` say it; one more request, on the error path only."""
+    if scheme_of(url) != "s3":
+        return
+    bucket = s3_path(url).split("/", 1)[0]
+    fs = s3_filesystem()
+    try:
+        retried(lambda: fs.call_s3("head_bucket", Bucket=bucket), f"s3://{bucket}", retry or RetryPolicy())
+    except StorageError as exc:
+        if exc.missing:
+            raise StorageError(
+                f"s3://{bucket}: no such bucket (or not visible with these credentials)", missing=True
+            ) from None
+        # anything else (denied to list it, say): the manifest's own message stands
