@@ -3,6 +3,7 @@ built from real photographs (a folder, s3:// and http://), the JSON and the shee
 for MNIST, and bad input: one line and exit 2, unreadable samples counted."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,20 @@ def audit(capsys: pytest.CaptureFixture[str], *argv: str, code: int = 0) -> str:
     assert main(["audit", *argv]) == code
     captured = capsys.readouterr()
     assert error_lines(captured.err) == []
+    return captured.out
+
+
+def audit_incomplete(capsys: pytest.CaptureFixture[str], folder: Path, unread: int | None, *argv: str) -> str:
+    """`audit` on a damaged set: its report printed and written, then one error line and exit 2 (with
+    `--fail-on any` too: a gate must not pass on a report that covers less than the set)."""
+    assert main(["audit", str(folder), "--fail-on", "any", *argv]) == 2
+    captured = capsys.readouterr()
+    (line,) = error_lines(captured.err)
+    assert re.fullmatch(
+        rf"segshards: error: {unread if unread is not None else '[0-9,]+'} images? could not be read, so this "
+        rf"covers less than the set; `segshards verify {re.escape(str(folder))}` names the damage",
+        line,
+    ), line
     return captured.out
 
 
@@ -248,7 +263,7 @@ def test_damaged_samples_are_counted_and_named(
     start = data.find(b"\xff\xd8\xff")  # the first JPEG's bytes: a sample that no longer decodes
     data[start : start + 400] = bytes(400)
     tar.write_bytes(bytes(data))
-    out = audit(capsys, str(damaged), "--json", str(tmp_path / "r.json"), "--jobs", "1")
+    out = audit_incomplete(capsys, damaged, 1, "--json", str(tmp_path / "r.json"), "--jobs", "1")
     report = json.loads((tmp_path / "r.json").read_text())["sets"][0]
     assert report["unreadable"] == 1 and report["images"]["train"] == 8
     assert len(report["problems"]) == 1 and report["problems"][0].startswith(f"{tar}:")
@@ -262,7 +277,7 @@ def test_a_truncated_shard_counts_what_it_lost(
     shutil.copytree(two_sets[0], damaged)
     tar = damaged / "train-000000.tar"
     tar.write_bytes(tar.read_bytes()[:4096])
-    audit(capsys, str(damaged), "--json", str(tmp_path / "r.json"), "--jobs", "1")
+    audit_incomplete(capsys, damaged, None, "--json", str(tmp_path / "r.json"), "--jobs", "1")
     report = json.loads((tmp_path / "r.json").read_text())["sets"][0]
     assert report["images"]["train"] + report["unreadable"] == 9 and report["unreadable"] >= 8
     assert "truncated" in report["problems"][0] or "manifest" in report["problems"][0]
@@ -274,7 +289,7 @@ def test_a_missing_shard_counts_its_samples(
     damaged = tmp_path / "missing"
     shutil.copytree(two_sets[0], damaged)
     (damaged / "val-000000.tar").unlink()
-    audit(capsys, str(damaged), "--json", str(tmp_path / "r.json"), "--jobs", "1")
+    audit_incomplete(capsys, damaged, 1, "--json", str(tmp_path / "r.json"), "--jobs", "1")
     report = json.loads((tmp_path / "r.json").read_text())["sets"][0]
     assert report["images"] == {"train": 9, "val": 0, "test": 1} and report["unreadable"] == 1
     assert len(report["problems"]) == 1 and "val-000000.tar" in report["problems"][0]

@@ -204,9 +204,13 @@ def test_a_damaged_mask_is_counted(
     start = data.find(b"IDAT", data.find(b".mask.png"))
     data[start + 8 : start + 40] = bytes(32)
     tar.write_bytes(bytes(data))
-    stats(
-        capsys, str(damaged), "-o", str(tmp_path / "s.png"), "--json", str(tmp_path / "s.json"), "--jobs", "1"
-    )
+    argv = [str(damaged), "-o", str(tmp_path / "s.png"), "--json", str(tmp_path / "s.json"), "--jobs", "1"]
+    assert main(["stats", *argv]) == 2  # the figures are written, but they cover less than the set
+    assert error_lines(capsys.readouterr().err) == [
+        f"segshards: error: 1 image could not be read, so this covers less than the set; "
+        f"`segshards verify {damaged}` names the damage"
+    ]
+    assert (tmp_path / "s.png").is_file()
     val = json.loads((tmp_path / "s.json").read_text())["splits"]["val"]
     assert (val["images"], val["unreadable"], len(val["problems"])) == (0, 1, 1)
     assert val["problems"][0].startswith(f"{tar}:")

@@ -23,7 +23,7 @@ def add_audit_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]")
         "audit",
         help="near-duplicates within a split, leaks across splits, overlap between sets",
         description="Hash every image of one or more sets (a folder or s3://bucket/prefix) and group "
-        "near-duplicates: copies re-encoded, resized (0.5-2x), cropped (<= 10%%) or with a small label "
+        "near-duplicates: copies re-encoded, resized (0.5-2x), cropped (<= 10%) or with a small label "
         "pasted on. Colour photographs are compared by perceptual codes; other images (MNIST digits look "
         "alike by nature) by their pixel keys only.",
     )
@@ -77,7 +77,17 @@ def audit_command(args: argparse.Namespace) -> int:
     except SegshardsError as exc:
         print(f"segshards: error: {exc}", file=sys.stderr)
         return BAD_INPUT
+    unread = sum(s.unreadable for s in result.sets)
+    if unread:  # the report stands, but it covers less than the sets: no gate may pass on it
+        print(f"segshards: error: {incomplete(unread, args.sets)}", file=sys.stderr)
+        return BAD_INPUT
     return 1 if failed(result, args.fail_on) else 0
+
+
+def incomplete(unread: int, sets: list[str]) -> str:
+    """The error of a report that could not read `unread` images of `sets`."""
+    images = f"{unread:,} image{'s' * (unread != 1)}"
+    return f"{images} could not be read, so this covers less than the set; `segshards verify {sets[0]}` names the damage"
 
 
 def write_json(path: Path, data: bytes) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from segshards.writer.errors import OutputError, SegshardsError
 from segshards.writer.process_pool import stop_workers
+from segshards.writer.share.audit_command import incomplete
 from segshards.writer.share.stats import dumps, set_stats, summary_lines
 from segshards.writer.storage.atomic import atomic_write
 
@@ -54,5 +55,9 @@ def stats_command(args: argparse.Namespace) -> int:
             print(f"wrote {args.json}")
     except SegshardsError as exc:
         print(f"segshards: error: {exc}", file=sys.stderr)
+        return BAD_INPUT
+    unread = sum(split.unreadable for split in stats.splits.values())
+    if unread:  # the figures stand, but they cover less than the set
+        print(f"segshards: error: {incomplete(unread, [args.set])}", file=sys.stderr)
         return BAD_INPUT
     return 0
