@@ -1,6 +1,7 @@
 """`segshards.build(fn, inputs, out)` (issue 24): a set from a function gives what a CLI build gives, the
 same bytes for any `jobs`, global dedup, skips and one-line errors before any shard, resume after a kill."""
 
+import functools
 import json
 import os
 import signal
@@ -341,3 +342,33 @@ def test_the_card_says_to_call_build_again_not_the_cli(blobs: tuple[Path, Any]) 
     card = (blobs[0] / "README.md").read_text()
     assert "segshards.build(tests.test_build_from_python.blob, inputs, out, ...)" in card
     assert "with `segshards build` and the same recipe" not in card
+
+
+def test_a_second_call_after_fn_was_edited_is_refused_not_reused(tmp_path: Path) -> None:
+    """The same name over the same inputs, with another body: its shards were reused without a word, so
+    the set in `out` held what the old code made."""
+    out = tmp_path / "o"
+
+    def run(fill: int) -> subprocess.CompletedProcess[str]:
+        script = (
+            "import numpy as np, segshards\n"
+            "def make(i):\n"
+            f"    mask = np.full((8, 8), {fill}, np.uint8)\n"
+            "    return {'image': np.full((8, 8), i, np.uint8), 'mask': mask}\n"
+            f"segshards.build(make, [1, 2, 3], {str(out)!r}, classes=['background', 'thing'], jobs=1)\n"
+        )
+        return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+
+    assert run(0).returncode == 0
+    assert run(0).returncode == 0  # the same code again: reused
+    edited = run(1)
+    assert edited.returncode != 0 and "OutputError" in edited.stderr
+    assert "holds a function set built with other settings (manifest.json: function_sha256" in edited.stderr
+    config = json.loads((out / "manifest.json").read_text())["config"]
+    assert config["function"] == "__main__:make" and len(config["function_sha256"]) == 64
+
+
+def test_the_function_digest_follows_the_code_wherever_it_is() -> None:
+    assert from_function.function_digest(blob) == from_function.function_digest(functools.partial(blob))
+    assert from_function.function_digest(blob) != from_function.function_digest(flaky)
+    assert from_function.function_digest(len) is None  # a C function: no source, no bytecode

@@ -7,6 +7,8 @@ arguments, resolves them into a `BuildConfig` and reports the outcome.
 """
 
 import hashlib
+import inspect
+import marshal
 import os
 import pickle
 import shutil
@@ -103,6 +105,24 @@ def inputs_digest(inputs: Mapping[str, Sequence[Any]]) -> str:
 
 def qualified_name(fn: Callable[[Any], Any]) -> str:
     return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+
+
+def function_digest(fn: Callable[[Any], Any]) -> str | None:
+    """sha256 of `fn`'s source text (of its bytecode where there is no source: `python -c`, exec), so that a
+    second call after `fn` was edited is refused as another set instead of reusing the shards the old code
+    made. Code `fn` calls is not covered. None for a callable with neither (a C function)."""
+    target = getattr(fn, "func", fn)  # functools.partial
+    target = getattr(target, "__func__", target)  # a bound method
+    if not hasattr(target, "__code__") and not inspect.isclass(target):
+        target = type(target)  # an instance with __call__: its class
+    try:
+        text = inspect.getsource(target).encode()
+    except (OSError, TypeError):
+        code = getattr(target, "__code__", None)
+        if code is None:
+            return None
+        text = marshal.dumps(code)
+    return hashlib.sha256(text).hexdigest()
 
 
 def default_shard_size(inputs: Mapping[str, Sequence[Any]], most: int) -> int:
@@ -205,9 +225,11 @@ def call_options(
     targets: Sequence[str | Target],
     on_error: str,
 ) -> dict[str, Any]:
-    """What the manifest records of the call: the function's name, the inputs' counts and digest, the rules."""
+    """What the manifest records of the call: the function's name and code digest, the inputs' counts and
+    digest, the rules."""
     return {
         "function": qualified_name(fn),
+        "function_sha256": function_digest(fn),
         "inputs": {s: len(v) for s, v in split.items()},
         "inputs_sha256": inputs_digest(split),
         "classes": list(names),
