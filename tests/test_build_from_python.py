@@ -141,6 +141,9 @@ def test_an_fn_that_raises_names_the_input_and_the_error(tmp_path: Path) -> None
         segshards.build(flaky, {"val": [1, 2, 3, 4, 5, 6]}, tmp_path / "r", classes=CLASSES, jobs=2)
     assert str(caught.value) == "val input 4 (5): fn raised FileNotFoundError: no record 5"
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+    with pytest.raises(SourceError) as caught:
+        segshards.build(flaky, {"val": [1, 2, 3, 4, 5, 6]}, tmp_path / "r1", classes=CLASSES, jobs=1)
+    assert isinstance(caught.value.__cause__, FileNotFoundError)  # in one process: fn's own traceback too
 
 
 def bad(kind: str) -> Any:
@@ -158,6 +161,11 @@ def bad(kind: str) -> Any:
             "channels": {**out, "image": out["image"][:, :, 0]},
             "meta": {**out, "meta": {"id": {1, 2}}},
             "type": ("image", "mask"),
+            "both": {**out, "image_bytes": cv2.imencode(".png", out["image"])[1].tobytes()},
+            "alpha": {
+                "image_bytes": cv2.imencode(".png", np.dstack([out["image"], out["mask"]]))[1].tobytes(),
+                "mask": out["mask"],
+            },
         }
         return broken[kind]
 
@@ -180,6 +188,10 @@ def bad(kind: str) -> Any:
             "train input 3 (3): meta is not JSON-serialisable (Object of type set is not JSON serializable)",
         ),
         ("type", "train input 3 (3): fn returned a tuple, expected a dict or None"),
+        # the image was dropped for the bytes without a word
+        ("both", "train input 3 (3): fn returned both 'image' and 'image_bytes'; give one of them"),
+        # built, verified, then `segshards train` failed on a 4-channel model fed 3 channels
+        ("alpha", "train input 3 (3): image_bytes is a PNG of 4 channels, expected grey or RGB"),
     ],
 )
 def test_bad_output_is_one_line_naming_the_input_before_any_shard(

@@ -62,7 +62,9 @@ def call(fn: Callable[[Any], Any], value: Any, where: Input) -> Any:
         return fn(value)
     except Exception as exc:
         reason = type(exc).__name__
-        raise BadRecord(reason, f"{where}: fn raised {reason}: {str(exc)[:200]}") from None
+        raise BadRecord(
+            reason, f"{where}: fn raised {reason}: {str(exc)[:200]}"
+        ) from exc  # its traceback kept
 
 
 def as_array(value: Any, name: str, where: Input) -> np.ndarray:
@@ -78,6 +80,8 @@ def as_array(value: Any, name: str, where: Input) -> np.ndarray:
 def image_of(result: dict[str, Any], where: Input) -> tuple[np.ndarray, str, bytes | None]:
     """(pixels as stored, member extension, bytes to store as they are or None) of fn's output."""
     data = result.get("image_bytes")
+    if data is not None and result.get("image") is not None:
+        raise ConfigError(f"{where}: fn returned both 'image' and 'image_bytes'; give one of them")
     if data is not None:
         if not isinstance(data, bytes | bytearray | memoryview):
             raise ConfigError(f"{where}: image_bytes is a {type(data).__name__}, expected bytes")
@@ -86,9 +90,14 @@ def image_of(result: dict[str, Any], where: Input) -> tuple[np.ndarray, str, byt
         if ext is None:
             raise ConfigError(f"{where}: image_bytes is neither a JPEG nor a PNG")
         try:
-            return decode_image(data, ext, str(where)), ext, data  # the pixels verify will hash
+            pixels = decode_image(data, ext, str(where))  # the pixels verify will hash
         except ShardFormatError as exc:
             raise ConfigError(str(exc)) from None
+        if pixels.ndim == 3 and pixels.shape[2] != 3:  # the loaders and the schema take grey or colour
+            raise ConfigError(
+                f"{where}: image_bytes is a {ext.upper()} of {pixels.shape[2]} channels, expected grey or RGB"
+            )
+        return pixels, ext, data
     if "image" not in result:
         raise ConfigError(f"{where}: fn returned no 'image' (nor 'image_bytes')")
     image = as_array(result["image"], "image", where)
