@@ -218,6 +218,8 @@ def test_arguments_are_checked(tmp_path: Path) -> None:
         segshards.build(blob, [1], tmp_path / "a", classes=[])
     with pytest.raises(ConfigError, match="^on_error 'ignore'"):
         segshards.build(blob, [1], tmp_path / "a", classes=CLASSES, on_error="ignore")
+    with pytest.raises(ConfigError, match=r"^--seed 'x': must be an integer$"):  # was a raw TypeError
+        segshards.build(blob, [1], tmp_path / "a", classes=CLASSES, seed="x")  # type: ignore[arg-type]
 
 
 def jpeg_of(i: int) -> dict[str, Any]:

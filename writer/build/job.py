@@ -83,6 +83,13 @@ class BuildConfig:
 
 def validate(config: BuildConfig) -> None:
     """Refuse impossible options with a message naming the option."""
+    for option, value in (
+        ("--shard-size", config.shard_size),
+        ("--jobs", config.jobs),
+        ("--seed", config.seed),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int):  # from Python (segshards.build), any type
+            raise ConfigError(f"{option} {value!r}: must be an integer")
     for split, n in config.counts.items():
         if n is not None and n < 0:
             raise ConfigError(f"--{split} {n}: a sample count must be >= 0")
