@@ -386,3 +386,21 @@ def test_the_function_digest_follows_the_code_wherever_it_is() -> None:
     assert from_function.function_digest(blob) == from_function.function_digest(functools.partial(blob))
     assert from_function.function_digest(blob) != from_function.function_digest(flaky)
     assert from_function.function_digest(len) is None  # a C function: no source, no bytecode
+
+
+def scored(i: int) -> dict[str, Any]:
+    """A target whose first values are whole and a later one is not: 0, 1, 2, 3.5."""
+    return {**blob(i), "meta": {"score": i if i < 3 else i + 0.5, "box": [i, i + 1]}}
+
+
+def test_a_target_is_float32_when_any_value_is_not_an_integer(tmp_path: Path) -> None:
+    """The first value's type alone made it int64, and a later 3.5 was refused as "meta does not give
+    target"; RECIPES.md says int64 only when the values are integers."""
+    segshards.build(scored, [0, 1, 2, 3], tmp_path / "s", classes=CLASSES, targets=["score", "box"], jobs=1)
+    targets = json.loads((tmp_path / "s" / "manifest.json").read_text())["schema"]["targets"]
+    assert [(t["name"], t["dtype"], t["shape"]) for t in targets] == [
+        ("score", "float32", []),
+        ("box", "int64", [2]),
+    ]
+    batch = next(iter(make_loader(tmp_path / "s", "train", 4, shuffle=False)))
+    assert sorted(batch["score"].tolist()) == [0.0, 1.0, 2.0, 3.5]

@@ -197,8 +197,9 @@ def schema_of(spec: FunctionSpec, sel: Selection) -> SampleSchema:
             )
     first, other = first_other(sel, "size")
     size = None if first is None or other is not None else first.size
-    targets = tuple(resolve_target(t, first) for t in spec.targets)
-    for o in (o for s in SPLITS for o in sel.offered[s]):
+    offered = [o for s in SPLITS for o in sel.offered[s]]
+    targets = tuple(resolve_target(t, first, offered) for t in spec.targets)
+    for o in offered:
         for target in targets:
             try:
                 target.value(o.meta)
@@ -209,20 +210,39 @@ def schema_of(spec: FunctionSpec, sel: Selection) -> SampleSchema:
     return SampleSchema(ext, channels, size, spec.classes, ignore=IGNORE, targets=targets)
 
 
-def resolve_target(target: str | Target, first: Offered | None) -> Target:
-    """A target named by its meta path: int64 when the first sample's value is an integer (or a list of
-    them), else float32, of that value's shape."""
+def resolve_target(target: str | Target, first: Offered | None, offered: list[Offered]) -> Target:
+    """A target named by its meta path, of the first sample's value's shape: int64 when every sample's
+    values are integers, else float32 (the first one's type alone refused a later 2.5 after a 2)."""
     if isinstance(target, Target):
         return target
-    value: Any = first.meta if first is not None else {}
-    for part in target.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
+    value = meta_value(first.meta if first is not None else {}, target)
     shape: list[int] = []
     while isinstance(value, list) and value:
         shape.append(len(value))
         value = value[0]
-    dtype = "int64" if isinstance(value, int) and not isinstance(value, bool) else "float32"
+    whole = all(is_integer(v) for o in offered for v in leaves(meta_value(o.meta, target)))
+    dtype = "int64" if is_integer(value) and whole else "float32"
     return Target(target.rsplit(".", 1)[-1], dtype, tuple(shape), (target,))
+
+
+def meta_value(meta: Any, path: str) -> Any:
+    """The value at a dotted `path` of `meta`; None where it is missing."""
+    for part in path.split("."):
+        meta = meta.get(part) if isinstance(meta, dict) else None
+    return meta
+
+
+def leaves(value: Any) -> Iterator[Any]:
+    """The scalars of a value and of its nested lists (a missing value has none: it is refused later)."""
+    if isinstance(value, list):
+        for item in value:
+            yield from leaves(item)
+    elif value is not None:
+        yield value
+
+
+def is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class FunctionRecipe(RecipeBase):
