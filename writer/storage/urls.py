@@ -22,6 +22,7 @@ from segshards.writer.errors import ConfigError, ShardFormatError, StorageError
 from segshards.writer.format.manifest import MANIFEST, parse_manifest
 from segshards.writer.storage.retry import RetryPolicy, redacted, retried
 from segshards.writer.storage.s3 import s3_filesystem, s3_path
+from segshards.writer.storage.store import S3Store
 
 HTTP_TIMEOUT_S = 60.0
 S3_BLOCK = 8 << 20
@@ -174,7 +175,7 @@ def read_set_manifest(
     """(folder URL, manifest URL, validated manifest) of the finished set at `location`: a local folder,
     an http(s):// or s3:// prefix, or the manifest's own path or URL. A location without a manifest is a
     ShardFormatError ("not a finished segshards set"); one that cannot be read, a StorageError."""
-    text = refuse_credentials(str(location))
+    text = str(location)
     folder = text.removesuffix(MANIFEST).rstrip("/") if text.endswith(MANIFEST) else text
     manifest_url = join_url(folder, MANIFEST)
     if scheme_of(text) == "file" and Path(local_path(text)).is_file() and not text.endswith(MANIFEST):
@@ -190,17 +191,14 @@ def read_set_manifest(
 
 
 def refuse_missing_bucket(url: str, retry: RetryPolicy | None) -> None:
-    """For an s3:// object that is missing, a StorageError when its bucket is (a typo in the bucket is not
-    an unfinished set), as `verify` and `info` say it; one more request, on the error path only."""
+    """For an s3:// object that is missing, the bucket's own check (`S3Store.check`, as `verify` and `info`
+    make it) when the bucket is missing too: a typo in the bucket is not an unfinished set. One more
+    request, on the error path only."""
     if scheme_of(url) != "s3":
         return
-    bucket = s3_path(url).split("/", 1)[0]
-    fs = s3_filesystem()
     try:
-        retried(lambda: fs.call_s3("head_bucket", Bucket=bucket), f"s3://{bucket}", retry or RetryPolicy())
+        S3Store(f"s3://{s3_path(url).split('/', 1)[0]}", retry).check()
     except StorageError as exc:
         if exc.missing:
-            raise StorageError(
-                f"s3://{bucket}: no such bucket (or not visible with these credentials)", missing=True
-            ) from None
-        # anything else (denied to list it, say): the manifest's own message stands
+            raise
+        # anything else (denied to look at the bucket, say): the manifest's own message stands
